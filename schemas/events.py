@@ -1,0 +1,85 @@
+"""The two kinds of event that ranks publish: :class:`StepEvent` and :class:`LogEvent`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from rankwatch.schemas._types import JobId, Measure, NonFiniteFloat, Percent, Rank, Step, Timestamp
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+_LEVEL_ALIASES = {"WARN": "WARNING", "FATAL": "CRITICAL"}
+
+
+def _normalize_level(value: Any) -> Any:
+    if isinstance(value, str):
+        upper = value.strip().upper()
+        return _LEVEL_ALIASES.get(upper, upper)
+    return value
+
+
+class EventBase(BaseModel):
+    """Fields every event carries. Unknown fields are kept (see :attr:`extra`), never rejected."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, validate_default=False)
+
+    schema_version: Annotated[int, Field(strict=True, ge=1)] = 1
+    job_id: JobId
+    rank: Rank
+    host: str | None = None
+    timestamp: Timestamp
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        """Fields this version of the contract does not know, as they arrived."""
+        return self.model_extra or {}
+
+    @property
+    def epoch(self) -> float:
+        """Event time as epoch seconds: what detectors compute with."""
+        return self.timestamp.timestamp()
+
+
+class StepEvent(EventBase):
+    """One rank's metrics for one optimizer step.
+
+    >>> e = StepEvent(job_id="j1", rank=7, step=1200, timestamp=1743848595, loss="nan")
+    >>> e.loss != e.loss, e.timestamp.isoformat()
+    (True, '2025-04-05T10:23:15+00:00')
+    """
+
+    kind: Literal["step"] = "step"
+    world_size: Annotated[int, Field(strict=True, ge=1)] | None = None
+    step: Step
+    loss: NonFiniteFloat | None = None
+    learning_rate: Annotated[float, Field(allow_inf_nan=False)] | None = None
+    gradient_norm: NonFiniteFloat | None = None
+    gpu_memory_usage: Percent | None = None
+    gpu_memory_allocated_mb: Measure | None = None
+    gpu_memory_reserved_mb: Measure | None = None
+    throughput_tokens_per_sec: Measure | None = None
+    step_time_s: Measure | None = None
+    data_time_s: Measure | None = None
+    compute_time_s: Measure | None = None
+
+    @model_validator(mode="after")
+    def _rank_within_world(self) -> StepEvent:
+        if self.world_size is not None and self.rank >= self.world_size:
+            raise ValueError(f"rank {self.rank} is not below world_size {self.world_size}")
+        return self
+
+
+class LogEvent(EventBase):
+    """One log record of one rank; a traceback stays inside its record.
+
+    >>> LogEvent(job_id="j1", rank=0, timestamp=0, level="warn", message="x").level
+    'WARNING'
+    """
+
+    kind: Literal["log"] = "log"
+    level: Annotated[LogLevel, BeforeValidator(_normalize_level)]
+    message: str
+    logger: str | None = None
+    step: Step | None = None
+

@@ -1,0 +1,94 @@
+"""The three shapes a detector can take, and the per-rank/per-job views they read.
+
+- :class:`StepDetector`: sees each new step event of one rank (per-rank metric rules).
+- :class:`LogDetector`: sees each log record of one rank (pattern rules).
+- :class:`JobDetector`: sees the whole job at ticks of event time (cross-rank rules).
+
+A detector keeps its state in the slot the engine gives it (``rank.slots[name]`` or
+``job.slots[name]``), created by ``new_rank_state()`` / ``new_job_state()``. State must be
+plain data (numbers, strings, lists, dicts, ``array('d')``) so the worker can persist it to a
+changelog and a restarted worker resumes where it was. Keep it small: O(1) per event, and
+well under 1 KB per rank per detector (16,384 ranks must fit in memory).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from rankwatch.schemas import LogEvent, StepEvent
+from rankwatch.streams.findings import Outcome
+
+
+@dataclass(slots=True)
+class RankState:
+    """Everything the engine remembers about one rank of one job."""
+
+    rank: int
+    host: str | None = None
+    last_step: int = -1  # highest step applied: a step at or below it is a duplicate
+    last_step_time: float = float("-inf")  # event time of that step
+    last_seen: float = float("-inf")  # event time of the rank's latest event of any kind
+    last_log_time: float = float("-inf")
+    recent_log_digests: list[int] = field(default_factory=list)
+    slots: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class JobState:
+    """Everything the engine remembers about one job: its ranks and job-level slots."""
+
+    job_id: str
+    world_size: int | None = None
+    watermark: float = float("-inf")  # highest event time seen: the job's clock
+    max_step: int = -1
+    last_tick: float = float("-inf")
+    ranks: dict[int, RankState] = field(default_factory=dict)
+    slots: dict[str, Any] = field(default_factory=dict)
+    # Owned by the engine's incident book-keeping (rankwatch.streams.incidents).
+    incidents: dict[str, Any] = field(default_factory=dict)
+    pending: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class StepDetector(Protocol):
+    """A per-rank rule over step metrics."""
+
+    name: ClassVar[str]
+
+    def new_rank_state(self) -> Any: ...
+
+    def on_step(
+        self, job: JobState, rank: RankState, state: Any, event: StepEvent
+    ) -> Iterable[Outcome]: ...
+
+
+@runtime_checkable
+class LogDetector(Protocol):
+    """A rule over log records. ``state`` is the detector's job-level slot."""
+
+    name: ClassVar[str]
+
+    def new_job_state(self) -> Any: ...
+
+    def on_log(
+        self, job: JobState, rank: RankState, state: Any, event: LogEvent
+    ) -> Iterable[Outcome]: ...
+
+
+@runtime_checkable
+class JobDetector(Protocol):
+    """A cross-rank rule, evaluated when the job's event time advances by a tick.
+
+    It may also look at each step event (``on_step``) to keep per-job running figures; both
+    get the job-level slot as ``state``.
+    """
+
+    name: ClassVar[str]
+
+    def new_job_state(self) -> Any: ...
+
+    def on_step(self, job: JobState, rank: RankState, state: Any, event: StepEvent) -> None: ...
+
+    def on_tick(self, job: JobState, state: Any, now: float) -> Iterable[Outcome]: ...

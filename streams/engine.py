@@ -1,0 +1,168 @@
+"""The detector engine: events in, alerts out, for any number of jobs.
+
+This is the pure core that the Faust worker, ``rankwatch replay`` and the tests all drive.
+It owns per-job and per-rank state, the job's event-time clock (its watermark), duplicate
+suppression, and the ticks that run cross-rank rules. It never reads the wall clock.
+
+>>> from rankwatch.schemas import LogEvent
+>>> engine = Engine.with_builtin_detectors()
+>>> alerts = engine.process(LogEvent(job_id="j", rank=3, timestamp=100, level="ERROR",
+...     message="torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"))
+>>> [(a.rule, a.ranks, a.status) for a in alerts]
+[('cuda_oom', [3], 'firing')]
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from rankwatch.schemas import Alert, LogEvent, StepEvent
+from rankwatch.streams.detectors.base import (
+    JobDetector,
+    JobState,
+    LogDetector,
+    RankState,
+    StepDetector,
+)
+from rankwatch.streams.findings import Finding, Outcome
+from rankwatch.streams.incidents import IncidentBook, IncidentPolicy
+
+Detector = StepDetector | LogDetector | JobDetector
+
+_RECENT_LOGS = 16  # digests kept per rank to drop duplicated log records
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    #: Cross-rank rules run when a job's event time has advanced this much since the last run.
+    tick_interval_s: float = 1.0
+    incidents: IncidentPolicy = IncidentPolicy()
+
+
+class Engine:
+    """Runs detectors over events of many jobs and returns the alerts they raise."""
+
+    def __init__(
+        self, detectors: Sequence[Detector], config: EngineConfig | None = None
+    ) -> None:
+        self.config = config or EngineConfig()
+        self.jobs: dict[str, JobState] = {}
+        self.book = IncidentBook(self.config.incidents)
+        # Sorted by kind once, so the per-event loops do no isinstance checks.
+        self._step: list[StepDetector] = []
+        self._log: list[LogDetector] = []
+        self._job: list[JobDetector] = []
+        for d in detectors:
+            if isinstance(d, JobDetector):
+                self._job.append(d)
+            elif isinstance(d, StepDetector):
+                self._step.append(d)
+            elif isinstance(d, LogDetector):
+                self._log.append(d)
+            else:
+                raise TypeError(f"{d!r} is not a StepDetector, LogDetector or JobDetector")
+
+    @classmethod
+    def with_builtin_detectors(cls, config: EngineConfig | None = None) -> Engine:
+        from rankwatch.streams.registry import builtin_detectors
+
+        return cls(builtin_detectors(), config)
+
+    @property
+    def detectors(self) -> list[Detector]:
+        return [*self._step, *self._log, *self._job]
+
+    # -- state ----------------------------------------------------------------------------
+    def job_state(self, job_id: str) -> JobState:
+        job = self.jobs.get(job_id)
+        if job is None:
+            job = self.jobs[job_id] = JobState(job_id)
+            for d in self._log:
+                job.slots[d.name] = d.new_job_state()
+            for jd in self._job:
+                job.slots[jd.name] = jd.new_job_state()
+        return job
+
+    def _rank_state(self, job: JobState, rank: int, host: str | None) -> RankState:
+        state = job.ranks.get(rank)
+        if state is None:
+            state = job.ranks[rank] = RankState(rank, host)
+            for d in self._step:
+                state.slots[d.name] = d.new_rank_state()
+        return state
+
+    # -- events ---------------------------------------------------------------------------
+    def process(self, event: StepEvent | LogEvent) -> list[Alert]:
+        """Apply one event; return the alerts (firing or resolved) it causes, often none."""
+        job = self.job_state(event.job_id)
+        rank = self._rank_state(job, event.rank, event.host)
+        now = event.epoch
+        out: list[Alert] = []
+        if isinstance(event, StepEvent):
+            if event.step <= rank.last_step:
+                return out  # a duplicate or a late reordering: already applied
+            rank.last_step = event.step
+            rank.last_step_time = now
+            if event.world_size is not None:
+                job.world_size = event.world_size
+            if event.step > job.max_step:
+                job.max_step = event.step
+            self._advance(job, rank, now)
+            slots = rank.slots
+            for d in self._step:
+                self._apply(job, d.on_step(job, rank, slots[d.name], event), out)
+            for jd in self._job:
+                jd.on_step(job, rank, job.slots[jd.name], event)
+        else:
+            digest = zlib.crc32(event.message.encode(), int(now * 1000) & 0xFFFFFFFF)
+            recent = rank.recent_log_digests
+            if digest in recent:
+                return out
+            recent.append(digest)
+            if len(recent) > _RECENT_LOGS:
+                del recent[0]
+            rank.last_log_time = now
+            self._advance(job, rank, now)
+            for ld in self._log:
+                self._apply(job, ld.on_log(job, rank, job.slots[ld.name], event), out)
+        if job.watermark - job.last_tick >= self.config.tick_interval_s:
+            self._tick(job, out)
+        return out
+
+    def process_many(self, events: Iterable[StepEvent | LogEvent]) -> list[Alert]:
+        out: list[Alert] = []
+        for event in events:
+            out.extend(self.process(event))
+        return out
+
+    def flush(self) -> list[Alert]:
+        """At the end of a replay: run a last tick and decide pending groups of every job."""
+        out: list[Alert] = []
+        for job in self.jobs.values():
+            self._tick(job, out)
+            self.book.flush(job, out)
+        return out
+
+    # -- internals ------------------------------------------------------------------------
+    @staticmethod
+    def _advance(job: JobState, rank: RankState, now: float) -> None:
+        if now > rank.last_seen:
+            rank.last_seen = now
+        if now > job.watermark:
+            job.watermark = now
+
+    def _tick(self, job: JobState, out: list[Alert]) -> None:
+        now = job.watermark
+        job.last_tick = now
+        for jd in self._job:
+            self._apply(job, jd.on_tick(job, job.slots[jd.name], now), out)
+        self.book.on_time(job, now, out)
+
+    def _apply(self, job: JobState, outcomes: Iterable[Outcome], out: list[Alert]) -> None:
+        for o in outcomes:
+            if isinstance(o, Finding):
+                self.book.on_finding(job, o, out)
+            else:
+                self.book.on_resolution(job, o, out)

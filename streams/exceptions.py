@@ -1,0 +1,9 @@
+"""Errors of the stream-processing package."""
+
+
+class StreamsError(Exception):
+    """Root of every error raised by :mod:`rankwatch.streams`."""
+
+
+class DetectorConfigError(StreamsError, ValueError):
+    """A detector threshold or option that cannot work; the message names it."""

@@ -1,0 +1,11 @@
+"""The built-in detectors, wired in one explicit place."""
+
+from __future__ import annotations
+
+from rankwatch.streams.detectors import crossrank, logs, metrics
+from rankwatch.streams.engine import Detector
+
+
+def builtin_detectors() -> list[Detector]:
+    """Every built-in rule of CONTRACT.md, with its default thresholds."""
+    return [*metrics.detectors(), *logs.detectors(), *crossrank.detectors()]
