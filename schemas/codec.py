@@ -37,11 +37,16 @@ def _loads(data: bytes | str) -> Any:
     except orjson.JSONDecodeError as first:
         # orjson rejects the bare NaN / Infinity tokens that Python's json.dumps writes;
         # the stdlib parser takes them. Only such messages (and garbage) pay for this path.
+        if isinstance(data, bytes | bytearray | memoryview):
+            try:
+                data = bytes(data).decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise EventDecodeError.whole(
+                    f"message is not valid UTF-8 (byte {error.start})"
+                ) from None
         try:
             return json.loads(data)
-        except UnicodeDecodeError:
-            raise EventDecodeError.whole("message is not valid UTF-8") from None
-        except (json.JSONDecodeError, RecursionError):
+        except (ValueError, RecursionError):  # JSONDecodeError, and ints too long to convert
             raise EventDecodeError.whole(f"not valid JSON: {first}") from None
 
 
