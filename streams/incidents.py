@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from rankwatch.schemas import Alert, alert_id_for
+from rankwatch.schemas import Alert, Status, alert_id_for
 from rankwatch.streams.detectors.base import JobState
 from rankwatch.streams.findings import Finding, Resolution
 
@@ -48,7 +48,7 @@ def _dt(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
 
 
-def _alert(job: JobState, inc: dict[str, Any], status: str, summary: str | None = None) -> Alert:
+def _alert(job: JobState, inc: dict[str, Any], status: Status, summary: str | None = None) -> Alert:
     return Alert(
         alert_id=inc["alert_id"],
         job_id=job.job_id,
@@ -62,7 +62,7 @@ def _alert(job: JobState, inc: dict[str, Any], status: str, summary: str | None 
         summary=summary or inc["summary"],
         evidence=inc["evidence"],
         action=inc["action"],
-        status=status,  # type: ignore[arg-type]
+        status=status,
     )
 
 
