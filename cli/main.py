@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 from types import ModuleType
 
-from rankwatch.cli import schema_cmd
+from rankwatch.cli import demo_cmd, schema_cmd
 
 
 def _command_modules() -> list[ModuleType]:
@@ -15,7 +15,7 @@ def _command_modules() -> list[ModuleType]:
 
     One explicit list (not discovery) so a newcomer sees all commands in one place.
     """
-    modules: list[ModuleType] = [schema_cmd]
+    modules: list[ModuleType] = [demo_cmd, schema_cmd]
     return modules
 
 
@@ -42,6 +42,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except KeyboardInterrupt:
         return 130
+    except _user_errors() as error:
+        # Our own errors already say what is wrong and where: no traceback.
+        print(f"rankwatch {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from rankwatch.config.exceptions import ConfigError
+    from rankwatch.infra.exceptions import InfraError
+    from rankwatch.schemas import SchemaError
+    from rankwatch.streams.exceptions import StreamsError
+
+    return (ConfigError, InfraError, SchemaError, StreamsError)
 
 
 if __name__ == "__main__":
