@@ -44,9 +44,7 @@ class EngineConfig:
 class Engine:
     """Runs detectors over events of many jobs and returns the alerts they raise."""
 
-    def __init__(
-        self, detectors: Sequence[Detector], config: EngineConfig | None = None
-    ) -> None:
+    def __init__(self, detectors: Sequence[Detector], config: EngineConfig | None = None) -> None:
         self.config = config or EngineConfig()
         self.jobs: dict[str, JobState] = {}
         self.book = IncidentBook(self.config.incidents)
@@ -59,9 +57,11 @@ class Engine:
                 self._job.append(d)
             elif isinstance(d, StepDetector):
                 self._step.append(d)
-            elif isinstance(d, LogDetector):
+            # A JobDetector may read logs too (cuda_oom joins a rank's OOM record with the
+            # memory readings it kept from steps): it then gets on_log as well, same job slot.
+            if isinstance(d, LogDetector):
                 self._log.append(d)
-            else:
+            elif not isinstance(d, JobDetector | StepDetector):
                 raise TypeError(f"{d!r} is not a StepDetector, LogDetector or JobDetector")
 
     @classmethod
@@ -72,7 +72,8 @@ class Engine:
 
     @property
     def detectors(self) -> list[Detector]:
-        return [*self._step, *self._log, *self._job]
+        both = {id(d) for d in self._job}
+        return [*self._step, *(d for d in self._log if id(d) not in both), *self._job]
 
     # -- state ----------------------------------------------------------------------------
     def job_state(self, job_id: str) -> JobState:
@@ -82,7 +83,8 @@ class Engine:
             for d in self._log:
                 job.slots[d.name] = d.new_job_state()
             for jd in self._job:
-                job.slots[jd.name] = jd.new_job_state()
+                if jd.name not in job.slots:  # a Log+Job detector has one slot, made once
+                    job.slots[jd.name] = jd.new_job_state()
         return job
 
     def _rank_state(self, job: JobState, rank: int, host: str | None) -> RankState:

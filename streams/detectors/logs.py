@@ -1,9 +1,298 @@
-"""Placeholder: filled in by the detectors work (see registry.py)."""
+"""Log rules: cuda_oom, fatal_error, nccl_error, nccl_timeout_burst and hang (from logs).
+
+One detector, :class:`LogRulesDetector`, classifies each record once (see
+:mod:`~rankwatch.streams.detectors.log_patterns`: a benign line costs about a microsecond) and
+hands a match to its rule:
+
+- ``cuda_oom`` and ``fatal_error`` are one rank's own crash: a rank-scope finding at once.
+  The OOM finding joins the log with the metrics: the rank's last few GPU memory readings,
+  which this detector records from step events (it is a JobDetector too, for ``on_step``);
+- NCCL and watchdog-hang records are gathered across ranks
+  (:mod:`~rankwatch.streams.detectors.log_episodes`): several ranks within a minute are one
+  job-scope ``nccl_timeout_burst`` / ``hang`` alert naming the likely culprit; a record that
+  stays alone becomes ``nccl_error`` / a rank-scope ``hang``.
+
+>>> from rankwatch.schemas import LogEvent
+>>> from rankwatch.streams.engine import Engine
+>>> engine = Engine(detectors())
+>>> alerts = engine.process(LogEvent(job_id="j", rank=2, timestamp=5, level="ERROR",
+...     message="NVRM: Xid (PCI:0000:3b:00): 79, pid=1234, GPU has fallen off the bus."))
+>>> [(a.rule, a.ranks, a.evidence["xid"]) for a in alerts]
+[('fatal_error', [2], 79)]
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from array import array
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from rankwatch.schemas import Action, LogEvent, Severity, StepEvent
+from rankwatch.streams.detectors.base import JobState, RankState
+from rankwatch.streams.detectors.log_episodes import EpisodeConfig, EpisodeGatherer
+from rankwatch.streams.detectors.log_patterns import (
+    CUDA_OOM,
+    FATAL_ERROR,
+    HANG,
+    NCCL,
+    XID_WARNING_CODES,
+    LogMatch,
+    classify,
+    clip,
+    fatal_figures,
+    nccl_figures,
+    oom_figures,
+)
+from rankwatch.streams.exceptions import DetectorConfigError
+from rankwatch.streams.findings import Finding, Outcome
+
+__all__ = [
+    "EpisodeConfig",
+    "FatalErrorConfig",
+    "LogRulesConfig",
+    "LogRulesDetector",
+    "OomConfig",
+    "detectors",
+]
+
+_MEM_FIELDS = 4  # per reading: step, gpu_memory_usage %, allocated MB, reserved MB
+
+
+@dataclass(frozen=True, slots=True)
+class OomConfig:
+    """``cuda_oom``: severity, action, and how many memory readings the evidence shows."""
+
+    severity: Severity = "critical"
+    action: Action = "notify"
+    memory_readings: int = 5  # enough to tell a leak (steady climb) from one huge batch
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.memory_readings <= 32:
+            raise DetectorConfigError(
+                f"memory_readings must be in [0, 32], got {self.memory_readings}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class FatalErrorConfig:
+    """``fatal_error``: severity and action (Xid 45/63/92 are recorded events: ``warning``)."""
+
+    severity: Severity = "critical"
+    action: Action = "notify"
+    event_severity: Severity = "warning"
+
+
+def _nccl_default() -> EpisodeConfig:
+    return EpisodeConfig(burst_rule="nccl_timeout_burst", lone_rule="nccl_error")
+
+
+def _hang_default() -> EpisodeConfig:
+    return EpisodeConfig(burst_rule="hang", lone_rule="hang")
+
+
+@dataclass(frozen=True, slots=True)
+class LogRulesConfig:
+    """One sub-config per rule family; ``None`` turns that family off."""
+
+    oom: OomConfig | None = field(default_factory=OomConfig)
+    fatal: FatalErrorConfig | None = field(default_factory=FatalErrorConfig)
+    nccl: EpisodeConfig | None = field(default_factory=_nccl_default)
+    hang: EpisodeConfig | None = field(default_factory=_hang_default)
+    max_line: int = 400  # characters of a log line kept in evidence
+
+    def __post_init__(self) -> None:
+        if self.max_line < 40:
+            raise DetectorConfigError(f"max_line must be >= 40, got {self.max_line}")
+        if self.nccl is not None and self.nccl.burst_rule == self.nccl.lone_rule:
+            raise DetectorConfigError("nccl burst_rule and lone_rule must differ")
+
+
+class LogRulesDetector:
+    """Every built-in log rule, over one classification per record.
+
+    It is a :class:`~rankwatch.streams.detectors.base.LogDetector` (``on_log``) and a
+    :class:`~rankwatch.streams.detectors.base.JobDetector` (``on_step`` records memory
+    readings for the OOM evidence; ``on_tick`` decides gathered NCCL/hang episodes in event
+    time). Both see the same job-level slot.
+    """
+
+    name: ClassVar[str] = "log_rules"
+
+    def __init__(self, config: LogRulesConfig | None = None) -> None:
+        self.config = cfg = config or LogRulesConfig()
+        self._nccl = EpisodeGatherer(cfg.nccl, what="NCCL", name_culprit=True) if cfg.nccl else None
+        self._hang = (
+            EpisodeGatherer(cfg.hang, what="Hang", name_culprit=False) if cfg.hang else None
+        )
+        self._mem_len = (cfg.oom.memory_readings if cfg.oom else 0) * _MEM_FIELDS
+
+    def new_job_state(self) -> dict[str, Any]:
+        # mem: rank -> array('d') of the last readings, flattened; nccl/hang: episode dicts.
+        return {"mem": {}, "nccl": {}, "hang": {}}
+
+    # -- logs -----------------------------------------------------------------------------
+    def on_log(
+        self, job: JobState, rank: RankState, state: dict[str, Any], event: LogEvent
+    ) -> Iterable[Outcome]:
+        match = classify(event.message, event.level, max_line=self.config.max_line)
+        if match is None:
+            return ()
+        now = event.epoch
+        step = (
+            event.step
+            if event.step is not None
+            else (rank.last_step if rank.last_step >= 0 else None)
+        )
+        if match.rule == CUDA_OOM and self.config.oom is not None:
+            return (self._oom(rank, state, event, match, now, step, self.config.oom),)
+        if match.rule == FATAL_ERROR and self.config.fatal is not None:
+            return (self._fatal(rank, event, match, now, step, self.config.fatal),)
+        if match.rule == NCCL and self._nccl is not None:
+            figures = nccl_figures(event.message)
+            return self._nccl.add(
+                job, state["nccl"], rank.rank, now, match.label, match.line, figures, step
+            )
+        if match.rule == HANG and self._hang is not None:
+            return self._hang.add(
+                job, state["hang"], rank.rank, now, match.label, match.line, {}, step
+            )
+        return ()
+
+    def _oom(
+        self,
+        rank: RankState,
+        state: dict[str, Any],
+        event: LogEvent,
+        match: LogMatch,
+        now: float,
+        step: int | None,
+        cfg: OomConfig,
+    ) -> Finding:
+        evidence: dict[str, Any] = {"line": match.line, "pattern": match.label}
+        evidence.update(oom_figures(event.message))
+        if rank.host:
+            evidence["host"] = rank.host
+        trend = _memory_trend(state["mem"].get(rank.rank))
+        parts = [f"CUDA out of memory on rank {rank.rank}"]
+        if rank.host:
+            parts[0] += f" ({rank.host})"
+        if step is not None:
+            parts[0] += f" at step {step}"
+        if "tried_to_allocate_gib" in evidence:
+            parts.append(f"tried to allocate {evidence['tried_to_allocate_gib']:g} GiB")
+        if trend:
+            evidence["memory_trend"] = trend
+            parts.append(_trend_text(trend))
+        return Finding(
+            rule=CUDA_OOM,
+            rank=rank.rank,
+            severity=cfg.severity,
+            event_time=now,
+            step=step,
+            summary="; ".join(parts) + ": lower the batch or sequence length, or look for a leak",
+            evidence=evidence,
+            action=cfg.action,
+        )
+
+    def _fatal(
+        self,
+        rank: RankState,
+        event: LogEvent,
+        match: LogMatch,
+        now: float,
+        step: int | None,
+        cfg: FatalErrorConfig,
+    ) -> Finding:
+        evidence: dict[str, Any] = {"line": match.line, "pattern": match.label}
+        evidence.update(fatal_figures(event.message))
+        if rank.host:
+            evidence["host"] = rank.host
+        where = f"rank {rank.rank}" + (f" ({rank.host})" if rank.host else "")
+        severity = cfg.severity
+        if "xid" in evidence:
+            what = f"Xid {evidence['xid']} on {where}: {evidence['xid_meaning']}"
+            if evidence["xid"] in XID_WARNING_CODES:
+                severity = cfg.event_severity
+        elif "signal" in evidence:
+            what = f"{where} died of {evidence['signal']}: {clip(match.line, 160)}"
+        else:
+            what = f"Fatal error on {where}: {clip(match.line, 160)}"
+        return Finding(
+            rule=FATAL_ERROR,
+            rank=rank.rank,
+            severity=severity,
+            event_time=now,
+            step=step,
+            summary=what,
+            evidence=evidence,
+            action=cfg.action,
+        )
+
+    # -- steps and ticks (JobDetector) ----------------------------------------------------
+    def on_step(
+        self, job: JobState, rank: RankState, state: dict[str, Any], event: StepEvent
+    ) -> None:
+        if not self._mem_len:
+            return
+        pct = event.gpu_memory_usage
+        alloc = event.gpu_memory_allocated_mb
+        reserved = event.gpu_memory_reserved_mb
+        if pct is None and alloc is None and reserved is None:
+            return
+        readings = state["mem"].get(rank.rank)
+        if readings is None:
+            readings = state["mem"][rank.rank] = array("d")
+        nan = math.nan
+        readings.extend(
+            (
+                float(event.step),
+                nan if pct is None else pct,
+                nan if alloc is None else alloc,
+                nan if reserved is None else reserved,
+            )
+        )
+        if len(readings) > self._mem_len:
+            del readings[:_MEM_FIELDS]
+
+    def on_tick(self, job: JobState, state: dict[str, Any], now: float) -> Iterable[Outcome]:
+        out: list[Outcome] = []
+        if self._nccl is not None and state["nccl"]:
+            out.extend(self._nccl.tick(job, state["nccl"], now))
+        if self._hang is not None and state["hang"]:
+            out.extend(self._hang.tick(job, state["hang"], now))
+        return out
+
+
+def _memory_trend(readings: array[float] | None) -> list[dict[str, float]]:
+    if not readings:
+        return []
+    out: list[dict[str, float]] = []
+    names = ("gpu_memory_usage", "gpu_memory_allocated_mb", "gpu_memory_reserved_mb")
+    for i in range(0, len(readings), _MEM_FIELDS):
+        row: dict[str, float] = {"step": int(readings[i])}
+        for j, key in enumerate(names, start=1):
+            value = readings[i + j]
+            if not math.isnan(value):
+                row[key] = round(value, 2)
+        out.append(row)
+    return out
+
+
+def _trend_text(trend: list[dict[str, float]]) -> str:
+    for key, unit in (
+        ("gpu_memory_usage", "%"),
+        ("gpu_memory_allocated_mb", " MB"),
+        ("gpu_memory_reserved_mb", " MB"),
+    ):
+        values = [row[key] for row in trend if key in row]
+        if values:
+            first, last = values[0], values[-1]
+            return f"memory {first:g}{unit} -> {last:g}{unit} over the last {len(values)} steps"
+    return ""
 
 
 def detectors() -> list[Any]:
-    return []
+    """The log rules with their default thresholds (wired in by ``streams/registry.py``)."""
+    return [LogRulesDetector()]
