@@ -1,0 +1,233 @@
+"""Load :class:`Settings` from defaults, a TOML file, the environment and a ``--bootstrap`` flag.
+
+Precedence, lowest first: defaults < file < environment < ``bootstrap=`` argument. The file is
+``config_file`` if given, else ``$RANKWATCH_CONFIG``, else ``rankwatch.toml`` in the working
+directory if it exists, else none. Relative file paths inside the file (``ssl_cafile``...) are
+relative to the file's own folder, so a config file can travel with its certificates.
+
+Every problem becomes one line of :class:`ConfigError`, ``SOURCE: KEY: PROBLEM``, where SOURCE is
+the file or the environment variable the bad value came from.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from rankwatch.config.exceptions import ConfigError
+from rankwatch.config.settings import KafkaSettings, Settings, TopicSettings, TopicsSettings
+
+DEFAULT_FILE_NAME = "rankwatch.toml"
+CONFIG_ENV = "RANKWATCH_CONFIG"
+
+# Environment variable -> (section, key). Only these RANKWATCH_* names are read as settings;
+# others (RANKWATCH_HOME, RANKWATCH_CONFIG, ...) belong to other parts and are left alone.
+ENV_VARS: dict[str, tuple[str, str]] = {
+    "RANKWATCH_BOOTSTRAP": ("kafka", "bootstrap"),
+    "RANKWATCH_CLIENT_ID": ("kafka", "client_id"),
+    "RANKWATCH_SECURITY_PROTOCOL": ("kafka", "security_protocol"),
+    "RANKWATCH_SASL_MECHANISM": ("kafka", "sasl_mechanism"),
+    "RANKWATCH_SASL_USERNAME": ("kafka", "sasl_username"),
+    "RANKWATCH_SASL_PASSWORD": ("kafka", "sasl_password"),
+    "RANKWATCH_SSL_CAFILE": ("kafka", "ssl_cafile"),
+    "RANKWATCH_SSL_CERTFILE": ("kafka", "ssl_certfile"),
+    "RANKWATCH_SSL_KEYFILE": ("kafka", "ssl_keyfile"),
+}
+_PATH_KEYS = ("ssl_cafile", "ssl_certfile", "ssl_keyfile")
+
+
+def find_config_file(
+    config_file: str | Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Path | None:
+    """The config file to read, or None. An explicitly named file that is missing is an error."""
+    env = os.environ if env is None else env
+    if config_file is not None:
+        path, origin = Path(config_file), "--config"
+    elif env.get(CONFIG_ENV):
+        path, origin = Path(env[CONFIG_ENV]), CONFIG_ENV
+    else:
+        default = (cwd or Path.cwd()) / DEFAULT_FILE_NAME
+        return default if default.is_file() else None
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found (named by {origin})")
+    return path
+
+
+def load_settings(
+    config_file: str | Path | None = None,
+    *,
+    bootstrap: str | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Settings:
+    """Build the settings; ``bootstrap`` (the ``--bootstrap`` flag) overrides everything."""
+    env = os.environ if env is None else env
+    # Which source set each dotted key, so an error can point at the file or the env var.
+    sources: dict[str, str] = {}
+    data: dict[str, Any] = {}
+    path = find_config_file(config_file, env=env, cwd=cwd)
+    if path is not None:
+        data = _read_toml(path)
+        _resolve_paths(data, path.parent)
+        for key in _dotted_keys(data):
+            sources[key] = str(path)
+    for name, (section, key) in ENV_VARS.items():
+        value = env.get(name, "")
+        if value:  # an empty variable counts as unset, as in most shells' idiom VAR= cmd
+            _section(data, section, name)[key] = value
+            sources[f"{section}.{key}"] = f"environment variable {name}"
+    if bootstrap is not None:
+        _section(data, "kafka", "--bootstrap")["bootstrap"] = bootstrap
+        sources["kafka.bootstrap"] = "--bootstrap"
+    try:
+        # Merge over the defaults so a file can set one key of a topic and keep the rest.
+        return Settings.model_validate(_merged(_fields_tree(Settings()), data))
+    except ValidationError as exc:
+        fallback = str(path) if path is not None else "settings"
+        raise ConfigError(
+            "\n".join(_describe(error, sources, fallback) for error in exc.errors())
+        ) from None
+
+
+def _fields_tree(model: BaseModel) -> dict[str, Any]:
+    """A model as nested dicts of its field values (SecretStr stays SecretStr, not dumped)."""
+    tree: dict[str, Any] = {}
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        tree[name] = _fields_tree(value) if isinstance(value, BaseModel) else value
+    return tree
+
+
+def _merged(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    result = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(result.get(key), dict):
+            result[key] = _merged(result[key], value)
+        else:
+            result[key] = value
+    return result
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+
+
+def _section(data: dict[str, Any], section: str, source: str) -> dict[str, Any]:
+    table = data.setdefault(section, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{source}: cannot apply: [{section}] in the config file is not a table")
+    return table
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> None:
+    kafka = data.get("kafka")
+    if not isinstance(kafka, dict):
+        return
+    for key in _PATH_KEYS:
+        value = kafka.get(key)
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+            kafka[key] = str(base / value)
+        elif isinstance(value, str):
+            kafka[key] = str(Path(value).expanduser())
+
+
+def _dotted_keys(data: Mapping[str, Any], prefix: str = "") -> list[str]:
+    keys: list[str] = []
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        keys.append(dotted)
+        if isinstance(value, Mapping):
+            keys.extend(_dotted_keys(value, dotted + "."))
+    return keys
+
+
+def _source_of(key: str, sources: Mapping[str, str], fallback: str) -> str:
+    # A whole-section error (from a model validator) may mix sources: name all of them.
+    found = sorted({src for k, src in sources.items() if k == key or k.startswith(key + ".")})
+    return ", ".join(found) if found else fallback
+
+
+def _describe(error: Any, sources: Mapping[str, str], fallback: str) -> str:
+    loc = [str(part) for part in error["loc"]]
+    key = ".".join(loc)
+    kind = error["type"]
+    # Never echo a secret back, not even a mistyped one.
+    value = "<redacted>" if "password" in key else error.get("input")
+    if kind == "extra_forbidden":
+        message = f"unknown key {loc[-1]!r}{_suggestion(loc)}"
+        key = ".".join(loc[:-1]) or "(top level)"
+        return f"{_source_of('.'.join(loc), sources, fallback)}: {key}: {message}"
+    if kind == "literal_error":
+        message = f"must be one of {error['ctx']['expected']}, got {_show(value)}"
+    elif kind == "model_type" or kind == "model_attributes_type":
+        message = f"expected a table, got {_show(value)}"
+    elif kind in ("int_type", "int_parsing"):
+        message = f"expected an integer, got {_show(value)}"
+    elif kind == "string_type":
+        message = f"expected a string, got {_show(value)}"
+    elif kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        op = {
+            "greater_than_equal": ">=",
+            "greater_than": ">",
+            "less_than_equal": "<=",
+            "less_than": "<",
+        }[kind]
+        bound = next(iter(error["ctx"].values()))
+        message = f"must be {op} {bound}, got {_show(value)}"
+    elif kind == "value_error":
+        message = str(error["ctx"]["error"])
+    elif kind == "missing":
+        message = "is required"
+    else:
+        message = f"{error['msg']}, got {_show(value)}"
+    return f"{_source_of(key, sources, fallback)}: {key}: {message}"
+
+
+def _show(value: Any) -> str:
+    """A value as a person reads it in TOML terms, with its type."""
+    kinds = {
+        bool: "boolean",
+        int: "integer",
+        float: "float",
+        str: "string",
+        list: "array",
+        tuple: "array",
+        dict: "table",
+    }
+    kind = kinds.get(type(value), type(value).__name__)
+    if value == "<redacted>":
+        return "a value (not shown)"
+    if isinstance(value, dict):
+        return "a table"
+    return f"{kind} {value!r}"
+
+
+_MODELS: dict[str, type[BaseModel]] = {
+    "": Settings,
+    "kafka": KafkaSettings,
+    "topics": TopicsSettings,
+}
+
+
+def _suggestion(loc: list[str]) -> str:
+    """`` (did you mean 'bootstrap'?)`` for a near-miss of a real key, else ''."""
+    parent = ".".join(loc[:-1])
+    model = _MODELS.get(parent, TopicSettings if parent.startswith("topics.") else None)
+    if model is None:
+        return ""
+    close = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -1,0 +1,286 @@
+"""A local Kafka cluster of 1 or 3 combined broker+controller nodes, driven from any process.
+
+State (cluster id, ports, pids) lives in ``<run dir>/broker/state.json``, with one folder per node
+holding its ``server.properties``, data and log. So ``rankwatch broker start`` and
+``rankwatch broker stop`` may run in different processes, ``start`` twice reuses the running
+cluster, and a stopped cluster restarts with its topics. The run dir is ``$RANKWATCH_HOME`` or
+``.rankwatch`` in the working directory.
+
+Ports: broker ports are ``port, port+1, ...``, controller ports follow them (so the single node's
+default is 9092 and 9093, as in Kafka's quickstart). ``port=0`` picks free ports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rankwatch.infra import node as nodes
+from rankwatch.infra.admin import wait_until_ready
+from rankwatch.infra.exceptions import BrokerError, BrokerTimeout
+from rankwatch.infra.jars import KAFKA_VERSION, ensure_kafka_jars
+from rankwatch.infra.node import NodeSpec
+
+HOME_ENV = "RANKWATCH_HOME"
+DEFAULT_PORT = 9092
+
+
+def run_dir() -> Path:
+    """``$RANKWATCH_HOME`` or ``./.rankwatch``."""
+    return Path(os.environ.get(HOME_ENV) or Path.cwd() / ".rankwatch").resolve()
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports free on 127.0.0.1 right now (all bound at once, so they are distinct)."""
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind((nodes.HOST, 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((nodes.HOST, port))
+        except OSError:
+            return True
+    return False
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    node_id: int
+    pid: int | None
+    port: int
+    controller_port: int
+    running: bool
+    log_file: Path
+
+
+class LocalCluster:
+    """Handle on the local cluster whose state lives in ``directory``.
+
+    Build one with :meth:`create` (new layout) or :meth:`open` (the one on disk); most callers
+    want :meth:`start_or_reuse`.
+    """
+
+    def __init__(self, directory: Path, cluster_id: str, specs: list[NodeSpec]) -> None:
+        self.directory = directory
+        self.cluster_id = cluster_id
+        self.specs = specs
+        self.pids: dict[int, int | None] = {spec.node_id: None for spec in specs}
+
+    # ----- construction -------------------------------------------------------------------------
+
+    @staticmethod
+    def state_dir(home: Path | None = None) -> Path:
+        return (home or run_dir()) / "broker"
+
+    @classmethod
+    def open(cls, home: Path | None = None) -> LocalCluster | None:
+        """The cluster recorded under ``home`` (default: the run dir), or None if there is none."""
+        directory = cls.state_dir(home)
+        try:
+            state: dict[str, Any] = json.loads((directory / "state.json").read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise BrokerError(
+                f"{directory / 'state.json'} is unreadable ({exc}): remove it"
+            ) from None
+        cluster = cls(
+            directory, state["cluster_id"], [NodeSpec.from_json(n) for n in state["nodes"]]
+        )
+        cluster.pids = {int(k): v for k, v in state["pids"].items()}
+        return cluster
+
+    @classmethod
+    def create(
+        cls,
+        home: Path | None = None,
+        *,
+        nodes_count: int = 1,
+        port: int = DEFAULT_PORT,
+        controller_port: int | None = None,
+        heap_mb: int | None = None,
+    ) -> LocalCluster:
+        """A new, not yet formatted layout (nothing written until :meth:`start`)."""
+        if nodes_count not in (1, 3):
+            raise BrokerError(f"nodes must be 1 or 3, got {nodes_count}")
+        if port == 0:
+            ports = free_ports(2 * nodes_count)
+            broker_ports, controller_ports = ports[:nodes_count], ports[nodes_count:]
+        else:
+            first_controller = controller_port or port + nodes_count
+            broker_ports = [port + i for i in range(nodes_count)]
+            controller_ports = [first_controller + i for i in range(nodes_count)]
+        heap = heap_mb or (512 if nodes_count == 1 else 384)
+        directory = cls.state_dir(home)
+        specs = [
+            NodeSpec(i + 1, broker_ports[i], controller_ports[i], directory / f"node-{i + 1}", heap)
+            for i in range(nodes_count)
+        ]
+        return cls(directory, "", specs)
+
+    @classmethod
+    def start_or_reuse(
+        cls,
+        home: Path | None = None,
+        *,
+        nodes_count: int | None = None,
+        port: int | None = None,
+        timeout_s: float = 90.0,
+    ) -> tuple[LocalCluster, bool]:
+        """Start the cluster under ``home``; return it and whether it was already running.
+
+        An existing cluster is reused (restarted if stopped) when it matches the requested node
+        count and port; a mismatch is an error rather than silently discarding its data.
+        """
+        cluster = cls.open(home)
+        if cluster is not None:
+            wanted_port = cluster.specs[0].port if port in (None, 0) else port
+            wanted_nodes = nodes_count or len(cluster.specs)
+            if wanted_nodes != len(cluster.specs) or wanted_port != cluster.specs[0].port:
+                raise BrokerError(
+                    f"{cluster.directory} holds a {len(cluster.specs)}-node cluster on port "
+                    f"{cluster.specs[0].port}; stop it with `rankwatch broker stop --purge` to "
+                    f"replace it with a {wanted_nodes}-node one on port {wanted_port}"
+                )
+            if all(s.running for s in cluster.status()):
+                return cluster, True
+        else:
+            cluster = cls.create(
+                home, nodes_count=nodes_count or 1, port=DEFAULT_PORT if port is None else port
+            )
+        cluster.start(timeout_s=timeout_s)
+        return cluster, False
+
+    # ----- queries ------------------------------------------------------------------------------
+
+    @property
+    def bootstrap(self) -> str:
+        """``127.0.0.1:P1,127.0.0.1:P2,...``"""
+        return ",".join(spec.bootstrap for spec in self.specs)
+
+    def spec(self, node_id: int) -> NodeSpec:
+        for spec in self.specs:
+            if spec.node_id == node_id:
+                return spec
+        raise BrokerError(f"no node {node_id}: nodes are {[s.node_id for s in self.specs]}")
+
+    def status(self) -> list[NodeStatus]:
+        return [
+            NodeStatus(
+                s.node_id,
+                self.pids.get(s.node_id),
+                s.port,
+                s.controller_port,
+                nodes.is_running(self.pids.get(s.node_id), s),
+                s.log_file,
+            )
+            for s in self.specs
+        ]
+
+    @property
+    def running(self) -> bool:
+        return any(s.running for s in self.status())
+
+    # ----- lifecycle ----------------------------------------------------------------------------
+
+    def start(self, *, timeout_s: float = 90.0) -> float:
+        """Format if new, start every stopped node, wait for all; return seconds to ready."""
+        started = time.monotonic()
+        lib = ensure_kafka_jars()
+        self._format(lib)
+        for spec in self.specs:
+            if not nodes.is_running(self.pids.get(spec.node_id), spec):
+                self._launch(lib, spec)
+        self._save()
+        self._wait(timeout_s, len(self.specs))
+        return time.monotonic() - started
+
+    def stop(self, *, grace_s: float = 15.0, purge: bool = False) -> None:
+        """Stop every node (SIGTERM, SIGKILL after ``grace_s``); ``purge`` also deletes data."""
+        try:
+            nodes.stop_all([(self.pids.get(s.node_id), s) for s in self.specs], grace_s=grace_s)
+            self.pids = dict.fromkeys(self.pids)
+        finally:
+            if purge:
+                shutil.rmtree(self.directory, ignore_errors=True)
+            else:
+                self._save()
+
+    def kill_node(self, node_id: int) -> None:
+        """SIGKILL one node, as a crash would (the others keep running)."""
+        spec = self.spec(node_id)
+        nodes.kill(self.pids.get(node_id), spec)
+        self.pids[node_id] = None
+        self._save()
+
+    def restart_node(self, node_id: int, *, timeout_s: float = 60.0) -> None:
+        """Start a stopped or killed node again and wait until the cluster lists it."""
+        spec = self.spec(node_id)
+        if not nodes.is_running(self.pids.get(node_id), spec):
+            self._launch(ensure_kafka_jars(), spec)
+            self._save()
+        self._wait(timeout_s, len(self.specs))
+
+    # ----- internals ----------------------------------------------------------------------------
+
+    def _format(self, lib: Path) -> None:
+        todo = [spec for spec in self.specs if not nodes.is_formatted(spec)]
+        if not todo:
+            return
+        if len(todo) != len(self.specs) and len(self.specs) > 1:
+            raise BrokerError(f"{self.directory}: some nodes are formatted, some not: purge it")
+        for spec in self.specs:
+            for port in (spec.port, spec.controller_port):
+                if _port_in_use(port):
+                    raise BrokerError(f"port {port} on {nodes.HOST} is already in use")
+        self.cluster_id = self.cluster_id or nodes.random_cluster_id(lib)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        # Formatting is a JVM start per node: run them side by side.
+        running = [(s, nodes.start_format(lib, s, self.specs, self.cluster_id)) for s in todo]
+        for spec, process in running:
+            nodes.finish_format(spec, process)
+
+    def _launch(self, lib: Path, spec: NodeSpec) -> None:
+        for port in (spec.port, spec.controller_port):
+            if _port_in_use(port):
+                raise BrokerError(f"node {spec.node_id}: port {port} on {nodes.HOST} is in use")
+        self.pids[spec.node_id] = nodes.launch(lib, spec)
+
+    def _wait(self, timeout_s: float, brokers: int) -> None:
+        def alive() -> bool:
+            return all(s.running for s in self.status() if s.pid is not None)
+
+        try:
+            wait_until_ready(self.bootstrap, timeout_s=timeout_s, brokers=brokers, alive=alive)
+        except BrokerTimeout as exc:
+            logs = "\n".join(
+                f"--- {s.log_file} ---\n{nodes.log_tail(self.spec(s.node_id))}"
+                for s in self.status()
+            )
+            raise BrokerTimeout(f"{exc}\n{logs}") from None
+
+    def _save(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        state = {
+            "kafka_version": KAFKA_VERSION,
+            "cluster_id": self.cluster_id,
+            "nodes": [spec.to_json() for spec in self.specs],
+            "pids": {str(k): v for k, v in self.pids.items()},
+        }
+        tmp = self.directory / "state.json.tmp"
+        tmp.write_text(json.dumps(state, indent=2) + "\n")
+        tmp.replace(self.directory / "state.json")
