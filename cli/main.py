@@ -7,7 +7,15 @@ import sys
 from collections.abc import Callable, Sequence
 from types import ModuleType
 
-from rankwatch.cli import demo_cmd, schema_cmd
+from rankwatch.cli import (
+    broker_cmd,
+    demo_cmd,
+    replay_cmd,
+    scenarios_cmd,
+    schema_cmd,
+    topics_cmd,
+    worker_cmd,
+)
 
 
 def _command_modules() -> list[ModuleType]:
@@ -15,7 +23,15 @@ def _command_modules() -> list[ModuleType]:
 
     One explicit list (not discovery) so a newcomer sees all commands in one place.
     """
-    modules: list[ModuleType] = [demo_cmd, schema_cmd]
+    modules: list[ModuleType] = [
+        broker_cmd,
+        topics_cmd,
+        worker_cmd,
+        replay_cmd,
+        scenarios_cmd,
+        demo_cmd,
+        schema_cmd,
+    ]
     return modules
 
 

@@ -1,0 +1,76 @@
+"""``rankwatch worker``: the live stream processor (a Faust worker).
+
+    rankwatch worker [--bootstrap HOST:PORT] [--config FILE] [--app-id ID]
+                     [--loglevel info] [--data-dir DIR]
+
+Consumes the steps and logs topics, runs every detector, writes alerts to the alerts topic
+and undecodable messages to the dead-letter topic. Its state is kept in a changelog topic, so
+a restarted worker resumes where it was. Stop it with SIGTERM or Ctrl-C. The topics must exist
+(``rankwatch topics create``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from rankwatch.cli import common
+
+_LEVELS = ("crit", "error", "warn", "info", "debug")
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser(
+        "worker",
+        help="run the live detector worker (Faust) on the Kafka topics",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    common.add_connection_args(parser)
+    parser.add_argument(
+        "--app-id",
+        default="rankwatch-worker",
+        help="Faust app id: the consumer group and the changelog topic's prefix "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--loglevel",
+        default="info",
+        choices=_LEVELS,
+        help="log level, to stderr (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=".rankwatch/worker",
+        help="Faust's local data directory (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--snapshot-interval",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="how often engine state is persisted; a crash replays at most "
+        "this much (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=2000,
+        help="events taken from Kafka per batch (default: %(default)s)",
+    )
+    parser.set_defaults(handler=common.reports_errors(_run))
+
+
+def _run(args: argparse.Namespace) -> int:
+    from rankwatch.streams.worker import WorkerOptions, run_worker
+
+    if args.snapshot_interval <= 0 or args.batch_size < 1:
+        raise SystemExit("rankwatch worker: --snapshot-interval and --batch-size must be > 0")
+    options = WorkerOptions(
+        app_id=args.app_id,
+        data_dir=args.data_dir,
+        loglevel=args.loglevel,
+        snapshot_interval_s=args.snapshot_interval,
+        batch_size=args.batch_size,
+    )
+    return run_worker(common.settings_from_args(args), options)

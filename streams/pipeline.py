@@ -1,0 +1,189 @@
+"""Raw messages in, alerts and dead letters out: the step shared by the worker and replay.
+
+:class:`Pipeline` decodes each message with the contract's :func:`~rankwatch.schemas.decode`
+and feeds the :class:`~rankwatch.streams.Engine`. A message that does not decode, or that is
+not a step or log event, becomes a :class:`DeadLetter` carrying the reason; processing goes on.
+The worker and ``rankwatch replay`` run this same code, so the same input gives the same
+alerts, ids included.
+
+>>> from rankwatch.streams import Engine
+>>> p = Pipeline(Engine([]))
+>>> p.handle(b'{"kind":"step","job_id":"j","rank":0,"step":1,"timestamp":0}')
+[]
+>>> p.handle(b'{"kind":"step","job_id":"j","rank":-1,"step":1,"timestamp":0}').error
+'rank: Input should be greater than or equal to 0 (got -1)'
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from rankwatch.schemas import Alert, EventDecodeError, FieldProblem, LogEvent, StepEvent, decode
+from rankwatch.streams.detectors.base import JobState
+from rankwatch.streams.engine import Engine
+from rankwatch.streams.state_codec import DEFAULT_RANKS_PER_CHUNK
+
+log = logging.getLogger(__name__)
+
+#: Looks a job up in persistent state the first time the engine meets it (or None).
+Restore = Callable[[str], JobState | None]
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    """A message that could not be processed, and why."""
+
+    error: str
+    problems: list[FieldProblem]
+    payload: bytes
+    topic: str = ""
+    partition: int = -1
+    offset: int = -1
+    key: bytes | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The value written to the dead-letter topic (a JSON object)."""
+        try:
+            payload, encoding = self.payload.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            payload, encoding = base64.b64encode(self.payload).decode("ascii"), "base64"
+        key = None if self.key is None else self.key.decode("utf-8", "backslashreplace")
+        return {
+            "error": self.error,
+            "problems": [{"field": p.field, "problem": p.problem} for p in self.problems],
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
+            "key": key,
+            "payload": payload,
+            "payload_encoding": encoding,
+        }
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(self.to_json())
+
+
+@dataclass(slots=True)
+class Stats:
+    """What went through a pipeline: for logs and the replay summary."""
+
+    events: int = 0
+    bad: int = 0
+    alerts: Counter[str] = field(default_factory=Counter)
+
+    def count(self, alerts: list[Alert]) -> None:
+        for alert in alerts:
+            self.alerts[f"{alert.rule}/{alert.status}"] += 1
+
+
+class Pipeline:
+    """Decode, hand to the engine, dead-letter what does not fit, track what changed.
+
+    ``restore`` is asked for a job's state the first time a job id is met (the worker reads
+    it from its table). ``dirty`` maps each job touched since :meth:`take_dirty` to the rank
+    chunks that had events, so the worker persists only those; ``partition_of`` remembers the
+    input partition of each job, where its state is persisted.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        restore: Restore | None = None,
+        ranks_per_chunk: int = DEFAULT_RANKS_PER_CHUNK,
+    ) -> None:
+        self.engine = engine
+        self.restore = restore
+        self.ranks_per_chunk = ranks_per_chunk
+        self.dirty: dict[str, set[int]] = {}
+        self.partition_of: dict[str, int] = {}
+        self.stats = Stats()
+
+    def handle(
+        self,
+        value: bytes | str,
+        *,
+        topic: str = "",
+        partition: int = -1,
+        offset: int = -1,
+        key: bytes | None = None,
+        defaults: Mapping[str, Any] | None = None,
+    ) -> list[Alert] | DeadLetter:
+        """Process one message: the alerts it caused, or a dead letter saying why not."""
+        raw = value.encode() if isinstance(value, str) else value
+        try:
+            event = decode(raw, defaults=defaults)
+        except EventDecodeError as exc:
+            return self._dead(str(exc), exc.problems, raw, topic, partition, offset, key)
+        if not isinstance(event, StepEvent | LogEvent):
+            problem = FieldProblem("kind", f"{event.kind!r} is not an input event (step or log)")
+            return self._dead(str(problem), [problem], raw, topic, partition, offset, key)
+        self.stats.events += 1
+        job_id = event.job_id
+        engine = self.engine
+        if self.restore is not None and job_id not in engine.jobs:
+            restored = self.restore(job_id)
+            if restored is not None:
+                engine.jobs[job_id] = restored
+        chunks = self.dirty.get(job_id)
+        if chunks is None:
+            chunks = self.dirty[job_id] = set()
+            if partition >= 0:
+                self._note_partition(job_id, partition)
+        chunks.add(event.rank // self.ranks_per_chunk)
+        try:
+            alerts = engine.process(event)
+        except Exception as exc:
+            # A detector bug must not stop the stream for every job: the event is kept in the
+            # dead-letter topic for a replay once the bug is fixed.
+            log.exception("engine failed on %s offset %s (job %s)", topic, offset, job_id)
+            problem = FieldProblem("", f"internal error in the detector engine: {exc!r}")
+            self.stats.events -= 1
+            return self._dead(str(problem), [problem], raw, topic, partition, offset, key)
+        if alerts:
+            self.stats.count(alerts)
+        return alerts
+
+    def flush(self) -> list[Alert]:
+        """End of input: the engine's last tick and pending decisions (replay only)."""
+        alerts = self.engine.flush()
+        self.stats.count(alerts)
+        return alerts
+
+    def take_dirty(self) -> dict[str, set[int]]:
+        """The jobs (and their rank chunks) touched since the last call; resets the record."""
+        dirty, self.dirty = self.dirty, {}
+        return dirty
+
+    def _note_partition(self, job_id: str, partition: int) -> None:
+        known = self.partition_of.setdefault(job_id, partition)
+        if known != partition:
+            # Steps and logs of one job must share a partition number (same key, same
+            # partitioner, same partition count), or a rebalance splits the job's state.
+            log.warning(
+                "job %s arrives on partitions %d and %d: are the producers' partitioners "
+                "the same (murmur2, as Java and aiokafka use)?",
+                job_id,
+                known,
+                partition,
+            )
+            self.partition_of[job_id] = partition
+
+    def _dead(
+        self,
+        error: str,
+        problems: list[FieldProblem],
+        raw: bytes,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+    ) -> DeadLetter:
+        self.stats.bad += 1
+        return DeadLetter(error, problems, raw, topic, partition, offset, key)

@@ -1,0 +1,369 @@
+"""The Faust worker: steps and logs from Kafka through the engine, alerts back to Kafka.
+
+One Faust app, one agent over BOTH input topics (one engine must see a job's steps and its
+logs in one place; the producers key both by job_id, so a job's two streams share a partition
+number and land on the same worker). Messages are taken in batches (``noack_take``) to
+amortise Faust's per-event cost, decoded with the contract's own ``decode`` (raw bytes, never
+Faust models), and run through :class:`~rankwatch.streams.pipeline.Pipeline`. Alerts go to the
+alerts topic keyed by job_id; messages that do not decode go to the dead-letter topic with the
+reason, and the worker carries on.
+
+State and restarts
+------------------
+Engine state is persisted per job in a Faust table (``engine-state``, a compacted changelog
+topic ``<app-id>-engine-state-changelog``) in parts: a head per job and one value per chunk of
+512 ranks, written to the changelog partition the job's events come from.
+
+Persisting is periodic, not per event: a 16,384-rank job holds megabytes of state, and
+rewriting it for each of its 16k events a second is out of the question. Every
+``snapshot_interval`` seconds the worker (1) flushes the producer, so the alerts already
+emitted are on the brokers before any state that records them as sent, (2) writes the head and
+the dirty rank chunks of each job that had events, and (3) only then acks the events those
+snapshots cover. Faust commits only acked offsets, and flushes the producer (the snapshots)
+before it commits. So the committed offset never runs ahead of the persisted state.
+
+The trade-off: a crash loses the in-memory state since the last snapshot, and the restarted
+worker replays at most the events since then (``snapshot_interval`` seconds' worth, plus the
+commit interval). Replaying them is a no-op for the state (a rank drops steps at or below its
+last applied step; recent log records are recognised) and any alert re-fired in the gap has
+the same deterministic ``alert_id``, which sinks deduplicate. A shorter interval means less
+replay and more write load; the unacked events in between are held in memory.
+
+Restoring is lazy: Faust recovers the table's partitions on assignment before the agent gets
+events, and the first event of a job the engine does not hold loads the job from the table.
+On revocation the jobs of the revoked partitions are dropped (their new owner loads them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from rankwatch.schemas import encode
+from rankwatch.streams.engine import Engine
+from rankwatch.streams.exceptions import StreamsError
+from rankwatch.streams.pipeline import DeadLetter, Pipeline
+from rankwatch.streams.snapshots import SnapshotStore
+from rankwatch.streams.state_codec import DEFAULT_RANKS_PER_CHUNK
+
+log = logging.getLogger("rankwatch.worker")
+
+TABLE_NAME = "engine-state"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerOptions:
+    app_id: str = "rankwatch-worker"
+    data_dir: str = ".rankwatch/worker"
+    loglevel: str = "info"
+    batch_size: int = 2000
+    batch_within_s: float = 0.2
+    snapshot_interval_s: float = 5.0
+    stats_interval_s: float = 30.0
+    #: Unacked events held between snapshots before one is forced (bounds memory).
+    max_unacked: int = 200_000
+    ranks_per_chunk: int = DEFAULT_RANKS_PER_CHUNK
+
+
+@dataclass(frozen=True, slots=True)
+class TopicLayout:
+    """The topics as found on the cluster."""
+
+    steps: str
+    logs: str
+    alerts: str
+    deadletter: str
+    partitions: int
+    replication: int
+
+
+def inspect_topics(settings: Any, timeout_s: float = 15.0) -> TopicLayout:
+    """Check the four topics exist and the inputs are co-partitioned.
+
+    Faust would auto-create a missing input topic with one partition and then fail against
+    its table's changelog, so a missing topic is an error here, with the command that fixes it.
+    """
+    from confluent_kafka.admin import AdminClient
+
+    topics = settings.topics
+    admin = AdminClient(settings.confluent_config())
+    meta = admin.list_topics(timeout=timeout_s)
+    counts: dict[str, int] = {}
+    for role, topic in topics.by_role().items():
+        found = meta.topics.get(topic.name)
+        if found is None or found.error is not None or not found.partitions:
+            raise StreamsError(
+                f"topic {topic.name!r} ({role}) does not exist on {settings.bootstrap}: "
+                "create the topics first (rankwatch topics create)"
+            )
+        counts[role] = len(found.partitions)
+    if counts["steps"] != counts["logs"]:
+        raise StreamsError(
+            f"{topics.steps.name} has {counts['steps']} partitions and {topics.logs.name} "
+            f"{counts['logs']}: they must be equal so a job's steps and logs meet in one worker"
+        )
+    rf = topics.steps.replication_factor
+    if rf < 1:  # the broker's default: follow the cluster size, as Kafka's own default does
+        rf = min(3, max(1, len(meta.brokers)))
+    return TopicLayout(
+        topics.steps.name,
+        topics.logs.name,
+        topics.alerts.name,
+        topics.deadletter.name,
+        counts["steps"],
+        rf,
+    )
+
+
+class _TableKV:
+    """:class:`~rankwatch.streams.snapshots.KeyValue` over a Faust table of raw bytes.
+
+    Writes go to an explicit changelog partition (the job's input partition) rather than
+    through ``table[key] = value``, which takes the partition from the *current* event: in a
+    batch that is the last event of the batch, possibly another job's partition.
+    """
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    def get(self, key: bytes) -> bytes | None:
+        value = self.table.data.get(key)
+        return value if isinstance(value, bytes) else None
+
+    def put(self, key: bytes, value: bytes, partition: int | None) -> None:
+        self.table.send_changelog(partition, key, value)
+        self.table.data[key] = value
+
+
+class Runtime:
+    """The worker's state between Faust callbacks: engine, pipeline, unacked events."""
+
+    def __init__(
+        self,
+        app: Any,
+        table: Any,
+        alerts: Any,
+        dead: Any,
+        layout: TopicLayout,
+        options: WorkerOptions,
+    ) -> None:
+        self.app = app
+        self.alerts = alerts
+        self.dead = dead
+        self.layout = layout
+        self.options = options
+        self.engine = Engine.with_builtin_detectors()
+        self.store = SnapshotStore(_TableKV(table), self.engine, options.ranks_per_chunk)
+        self.pipeline = Pipeline(
+            self.engine, restore=self._restore, ranks_per_chunk=options.ranks_per_chunk
+        )
+        self.stream: Any = None
+        self.pending: list[Any] = []  # events processed but not acked: no snapshot covers them
+        self.lock = asyncio.Lock()
+        self.sent_alerts = 0
+        self.sent_dead = 0
+        self.snapshots = 0
+        self.snapshot_bytes = 0
+        self._last_stats = (time.monotonic(), 0)
+
+    def _restore(self, job_id: str) -> Any:
+        job = self.store.load(job_id)
+        if job is not None:
+            log.info(
+                "job %s: state restored (%d ranks, %d open incidents)",
+                job_id,
+                len(job.ranks),
+                len(job.incidents),
+            )
+        return job
+
+    async def on_batch(self, stream: Any, events: list[Any]) -> None:
+        """Process one batch; alerts and dead letters are sent, events wait for a snapshot."""
+        self.stream = stream
+        handle = self.pipeline.handle
+        async with self.lock:
+            for event in events:
+                message = event.message
+                result = handle(
+                    event.value,
+                    topic=message.topic,
+                    partition=message.partition,
+                    offset=message.offset,
+                    key=message.key,
+                )
+                if isinstance(result, DeadLetter):
+                    log.warning(
+                        "dead letter %s[%d]@%d: %s",
+                        message.topic,
+                        message.partition,
+                        message.offset,
+                        result.error,
+                    )
+                    await self.dead.send(key=message.key, value=result.to_bytes())
+                    self.sent_dead += 1
+                    continue
+                for alert in result:
+                    log.info(
+                        "alert %s %s %s job=%s ranks=%s",
+                        alert.alert_id,
+                        alert.rule,
+                        alert.status,
+                        alert.job_id,
+                        _ranks(alert.ranks),
+                    )
+                    await self.alerts.send(key=alert.job_id.encode(), value=encode(alert))
+                    self.sent_alerts += 1
+            self.pending.extend(events)
+        if len(self.pending) >= self.options.max_unacked:
+            await self.snapshot()
+
+    async def snapshot(self) -> None:
+        """Persist the jobs touched since the last snapshot, then ack the events it covers."""
+        async with self.lock:
+            if not self.pending:
+                return
+            started = time.perf_counter()
+            pending, self.pending = self.pending, []
+            dirty = self.pipeline.take_dirty()
+            # Alerts first: once the state says an incident was alerted, the alert must be
+            # on the brokers, or a crash would lose it for good.
+            await self.app.producer.flush()
+            written = 0
+            for job_id, chunks in dirty.items():
+                job = self.engine.jobs.get(job_id)
+                if job is not None:
+                    written += self.store.save(job, chunks, self.pipeline.partition_of.get(job_id))
+            stream = self.stream
+            for event in pending:
+                await stream.ack(event)
+            self.snapshots += 1
+            self.snapshot_bytes += written
+            log.debug(
+                "snapshot: %d jobs, %d bytes, %d events acked, %.1f ms",
+                len(dirty),
+                written,
+                len(pending),
+                (time.perf_counter() - started) * 1000,
+            )
+
+    def on_revoked(self, partitions: set[int]) -> None:
+        """Forget the jobs of partitions now owned by another worker."""
+        gone = [j for j, p in self.pipeline.partition_of.items() if p in partitions]
+        for job_id in gone:
+            self.engine.jobs.pop(job_id, None)
+            self.pipeline.dirty.pop(job_id, None)
+            del self.pipeline.partition_of[job_id]
+        # Not acked, so not committed: the new owner processes them again.
+        self.pending = [e for e in self.pending if e.message.partition not in partitions]
+        if gone:
+            log.info("partitions %s revoked: dropped %d jobs", sorted(partitions), len(gone))
+
+    def log_stats(self) -> None:
+        then, before = self._last_stats
+        now, events = time.monotonic(), self.pipeline.stats.events
+        self._last_stats = (now, events)
+        rate = (events - before) / (now - then) if now > then else 0.0
+        log.info(
+            "%d events (%.0f/s), %d alerts, %d dead letters, %d jobs, %d snapshots (%d bytes)",
+            events,
+            rate,
+            self.sent_alerts,
+            self.sent_dead,
+            len(self.engine.jobs),
+            self.snapshots,
+            self.snapshot_bytes,
+        )
+
+
+def _ranks(ranks: list[int]) -> str:
+    return str(ranks) if len(ranks) <= 8 else f"[{ranks[0]}..{ranks[-1]}] ({len(ranks)})"
+
+
+def build_app(settings: Any, options: WorkerOptions, layout: TopicLayout) -> tuple[Any, Runtime]:
+    """The Faust app with its agent, timers and rebalance hooks; faust is imported here only."""
+    import faust
+
+    app = faust.App(
+        options.app_id,
+        broker=settings.faust_broker_url(),
+        broker_credentials=settings.faust_credentials(),
+        datadir=options.data_dir,
+        store="memory://",
+        autodiscover=False,
+        web_enabled=False,
+        consumer_auto_offset_reset="earliest",
+        topic_partitions=layout.partitions,
+        topic_replication_factor=layout.replication,
+        table_standby_replicas=0,
+        producer_acks=-1,
+    )
+
+    def raw_topic(*names: str) -> Any:
+        # Raw bytes both ways: values are decoded by the contract's codec, never Faust models.
+        return app.topic(
+            *names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+        )
+
+    source = raw_topic(layout.steps, layout.logs)
+    alerts = raw_topic(layout.alerts)
+    dead = raw_topic(layout.deadletter)
+    table = app.Table(
+        TABLE_NAME,
+        partitions=layout.partitions,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    runtime = Runtime(app, table, alerts, dead, layout, options)
+
+    @app.agent(source, name="detect")
+    async def detect(stream: Any) -> None:
+        async for events in stream.noack_take(options.batch_size, within=options.batch_within_s):
+            await runtime.on_batch(stream, events)
+
+    @app.timer(options.snapshot_interval_s, name="snapshot")  # type: ignore[untyped-decorator]
+    async def snapshot() -> None:
+        await runtime.snapshot()
+
+    @app.timer(options.stats_interval_s, name="stats")  # type: ignore[untyped-decorator]
+    async def stats() -> None:
+        runtime.log_stats()
+
+    async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
+        inputs = {layout.steps, layout.logs}
+        runtime.on_revoked({tp.partition for tp in revoked if tp.topic in inputs})
+
+    app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def hello() -> None:
+        # Logged from inside the app: Faust sets logging up only when the worker starts.
+        log.info(
+            "worker %s: %s + %s (%d partitions) -> %s, dead letters -> %s",
+            options.app_id,
+            layout.steps,
+            layout.logs,
+            layout.partitions,
+            layout.alerts,
+            layout.deadletter,
+        )
+
+    return app, runtime
+
+
+def run_worker(settings: Any, options: WorkerOptions) -> int:
+    """Run until SIGTERM/SIGINT; return the exit status."""
+    layout = inspect_topics(settings)
+    app, _ = build_app(settings, options, layout)
+    from faust import Worker
+
+    worker = Worker(app, loglevel=options.loglevel, quiet=True)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 1
+    return 0
