@@ -1,0 +1,137 @@
+"""PostgreSQL back-end (psycopg 3): the same tables as SQLite, a ``tsvector`` GIN index for search.
+
+Writes use psycopg's pipeline mode (``executemany``), so a batch is one round trip's worth of
+latency, not one per row. Migrations hold an advisory lock, so two sinks starting at once do
+not both create the tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from rankwatch.sinks.exceptions import StoreError
+from rankwatch.sinks.storage.base import METRICS
+from rankwatch.sinks.storage.sql import SqlStore
+
+if TYPE_CHECKING:
+    import psycopg
+
+_METRIC_COLUMNS = ", ".join(f"{name} double precision" for name in METRICS)
+_MIGRATION_LOCK = 0x72616E6B  # "rank": any constant shared by every rankwatch process
+
+V1: tuple[str, ...] = (
+    f"""CREATE TABLE steps (
+        job_id text NOT NULL, rank integer NOT NULL, step bigint NOT NULL,
+        ts double precision NOT NULL, world_size integer, host text, {_METRIC_COLUMNS},
+        nonfinite text, extra text, PRIMARY KEY (job_id, rank, step))""",
+    "CREATE INDEX steps_ts ON steps (ts)",
+    """CREATE TABLE logs (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, job_id text NOT NULL,
+        rank integer NOT NULL, ts double precision NOT NULL, level text NOT NULL,
+        level_no smallint NOT NULL, logger text, step bigint, host text, message text NOT NULL,
+        msg_hash bigint NOT NULL, extra text, UNIQUE (job_id, rank, ts, msg_hash))""",
+    "CREATE INDEX logs_job_ts ON logs (job_id, ts)",
+    "CREATE INDEX logs_ts ON logs (ts)",
+    """CREATE TABLE alerts (
+        alert_id text NOT NULL, status text NOT NULL, job_id text NOT NULL, rule text NOT NULL,
+        severity text NOT NULL, scope text NOT NULL, ranks text NOT NULL, step bigint,
+        first_seen double precision NOT NULL, last_seen double precision NOT NULL,
+        summary text NOT NULL, evidence text NOT NULL, action text NOT NULL, extra text,
+        PRIMARY KEY (alert_id, status))""",
+    "CREATE INDEX alerts_job_seen ON alerts (job_id, last_seen)",
+    "CREATE INDEX alerts_seen ON alerts (last_seen)",
+)
+
+# The 'simple' configuration: no stemming or stop words, so "NCCL", "rank" and "out of memory"
+# are found as written.
+V2: tuple[str, ...] = (
+    "CREATE INDEX logs_message_fts ON logs USING GIN (to_tsvector('simple', message))",
+    """CREATE TABLE job_ranks (
+        job_id text NOT NULL, rank integer NOT NULL, last_step bigint,
+        last_ts double precision NOT NULL, PRIMARY KEY (job_id, rank))""",
+    """INSERT INTO job_ranks (job_id, rank, last_step, last_ts)
+        SELECT job_id, rank, max(step), max(ts) FROM (
+            SELECT job_id, rank, step, ts FROM steps
+            UNION ALL SELECT job_id, rank, NULL, ts FROM logs) AS seen
+        GROUP BY job_id, rank""",
+    "CREATE INDEX logs_job_rank_ts ON logs (job_id, rank, ts)",
+)
+
+
+class PostgresStore(SqlStore):
+    """A store in a PostgreSQL database, given by a ``postgresql://`` URL (libpq syntax)."""
+
+    migrations = (V1, V2)
+    ph = "%s"
+
+    def __init__(self, url: str, *, connect_timeout_s: int = 10) -> None:
+        import psycopg
+
+        self.url = url
+        try:
+            self._conn: psycopg.Connection[tuple[Any, ...]] = psycopg.connect(
+                url, autocommit=True, connect_timeout=connect_timeout_s
+            )
+        except psycopg.Error as exc:
+            raise StoreError(f"{_redacted(url)}: cannot connect to PostgreSQL: {exc}") from None
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        import psycopg
+
+        try:
+            with self._conn.transaction():
+                yield
+        except psycopg.Error as exc:
+            raise StoreError(f"{_redacted(self.url)}: {exc}") from None
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        with self._conn.cursor() as cursor:
+            cursor.execute(sql.encode(), params)  # bytes: a dynamic SQL string, not a literal
+            return cursor.rowcount
+
+    def _executemany(self, sql: str, params: Sequence[Sequence[Any]]) -> int:
+        with self._conn.cursor() as cursor:
+            cursor.executemany(sql.encode(), params)
+            return cursor.rowcount
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        import psycopg
+
+        try:
+            with self._conn.cursor() as cursor:
+                cursor.execute(sql.encode(), params)
+                return cursor.fetchall()
+        except psycopg.Error as exc:
+            raise StoreError(f"{_redacted(self.url)}: {exc}") from None
+
+    def _table_exists(self, name: str) -> bool:
+        return self._query("SELECT to_regclass(%s)", (name,))[0][0] is not None
+
+    def _greatest(self, a: str, b: str) -> str:
+        return f"GREATEST({a}, {b})"  # ignores NULLs, unlike SQLite's max()
+
+    def _lock_for_migration(self) -> None:
+        self._execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+
+    def _grep_clause(self, text: str) -> tuple[str, list[Any]]:
+        # Same expression as the GIN index, so the index serves it.
+        return "to_tsvector('simple', message) @@ phraseto_tsquery('simple', %s)", [text]
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def _redacted(url: str) -> str:
+    """The URL without its password, for error messages.
+
+    >>> _redacted("postgresql://u:secret@h:5432/db")
+    'postgresql://u:***@h:5432/db'
+    """
+    scheme, sep, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if not at or ":" not in creds:
+        return url
+    return f"{scheme}{sep}{creds.split(':', 1)[0]}:***@{host}"
