@@ -155,6 +155,13 @@ class EpisodeGatherer:
             return self._decide(job, ep)
         return []
 
+    def flush(self, job: JobState, state: dict[str, Any]) -> list[Outcome]:
+        """End of input (replay): decide an episode still waiting for more ranks."""
+        ep: dict[str, Any] | None = state.get("ep")
+        if ep is None or ep["decided"]:
+            return []
+        return self._decide(job, ep)
+
     # -- decisions ------------------------------------------------------------------------
     def _threshold(self, job: JobState) -> int:
         cfg = self.config

@@ -264,6 +264,15 @@ class LogRulesDetector:
             out.extend(self._hang.tick(job, state["hang"], now))
         return out
 
+    def on_flush(self, job: JobState, state: dict[str, Any]) -> Iterable[Outcome]:
+        """End of input (``Engine.flush``): decide NCCL/hang episodes still gathering."""
+        out: list[Outcome] = []
+        if self._nccl is not None and state["nccl"]:
+            out.extend(self._nccl.flush(job, state["nccl"]))
+        if self._hang is not None and state["hang"]:
+            out.extend(self._hang.flush(job, state["hang"]))
+        return out
+
 
 def _memory_trend(readings: array[float] | None) -> list[dict[str, float]]:
     if not readings:
