@@ -76,6 +76,8 @@ def load_settings(
     path = find_config_file(config_file, env=env, cwd=cwd)
     if path is not None:
         data = _read_toml(path)
+        # [sinks] belongs to rankwatch.sinks.config, which validates it as strictly.
+        data.pop("sinks", None)
         _resolve_paths(data, path.parent)
         for key in _dotted_keys(data):
             sources[key] = str(path)
