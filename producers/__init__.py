@@ -1,0 +1,43 @@
+"""What runs inside trainers: stream steps and log records to rankwatch, and hear alerts back.
+
+One line in the trainer (identity from torchrun/Slurm variables, Kafka from the config)::
+
+    import rankwatch.producers as rw
+    rw.configure(job_id="llama-7b-run3", capture_logs=True)   # or $RANKWATCH_JOB_ID
+    ...
+    rw.log_step(step, loss=loss.item(), learning_rate=lr, gradient_norm=norm)
+
+The training thread never blocks on the network and never sees an exception from here: events
+wait in a bounded buffer while the broker is away (oldest dropped past the bound, counted in
+:func:`stats`), and drain when it returns. Importing this package connects to nothing.
+"""
+
+from rankwatch.producers._enrich import Enricher, GpuMemory, default_enrichers, static_fields
+from rankwatch.producers._global import configure, flush, log_step, shutdown, stats
+from rankwatch.producers._handler import RankwatchLogHandler
+from rankwatch.producers._identity import Identity, IdentityError, resolve_identity
+from rankwatch.producers._producer import ProducerStats, RankwatchProducer
+from rankwatch.producers._scrub import Scrubber, scrub
+from rankwatch.producers._subscribe import AlertSubscription, subscribe
+
+__all__ = [
+    "AlertSubscription",
+    "Enricher",
+    "GpuMemory",
+    "Identity",
+    "IdentityError",
+    "ProducerStats",
+    "RankwatchLogHandler",
+    "RankwatchProducer",
+    "Scrubber",
+    "configure",
+    "default_enrichers",
+    "flush",
+    "log_step",
+    "resolve_identity",
+    "scrub",
+    "shutdown",
+    "static_fields",
+    "stats",
+    "subscribe",
+]

@@ -1,0 +1,124 @@
+"""The process-wide producer that :func:`configure` sets up, and module-level shortcuts."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from rankwatch.producers._enrich import Enricher
+from rankwatch.producers._identity import resolve_identity
+from rankwatch.producers._once import logger
+from rankwatch.producers._producer import ProducerStats, RankwatchProducer
+
+if TYPE_CHECKING:
+    from rankwatch.config import Settings
+
+_lock = threading.Lock()
+_producer: RankwatchProducer | None = None
+_warned_unconfigured = False
+
+
+def current() -> RankwatchProducer | None:
+    """The configured producer, or None before :func:`configure`."""
+    return _producer
+
+
+def install(producer: RankwatchProducer | None) -> RankwatchProducer | None:
+    """Make ``producer`` the process-wide one; return the previous one (not closed)."""
+    global _producer
+    with _lock:
+        previous, _producer = _producer, producer
+    return previous
+
+
+def configure(
+    job_id: str | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
+    host: str | None = None,
+    *,
+    settings: Settings | None = None,
+    bootstrap: str | None = None,
+    config_file: str | None = None,
+    max_buffered: int = 100_000,
+    enrichers: Iterable[Enricher] | None = None,
+    scrub_patterns: Iterable[str] = (),
+    kafka_config: Mapping[str, Any] | None = None,
+    capture_logs: bool | int = False,
+    flush_on_exit_s: float = 5.0,
+) -> RankwatchProducer:
+    """Set up this process's producer: the one line a trainer adds.
+
+    Identity comes from the arguments, else the environment (``$RANKWATCH_JOB_ID``, torchrun's
+    ``$RANK``/``$WORLD_SIZE``, Slurm's ``$SLURM_*``); a missing job id raises
+    :class:`IdentityError` here, at setup, never later. Kafka settings come from ``settings``,
+    else the config file and ``RANKWATCH_*`` variables (``bootstrap`` overrides the servers).
+    ``capture_logs=True`` (or a level) also attaches a :class:`RankwatchLogHandler` to the root
+    logger. Calling it again replaces (and closes) the previous producer. At exit, buffered
+    events get up to ``flush_on_exit_s`` seconds to reach the broker.
+    """
+    identity = resolve_identity(job_id, rank, world_size, host)
+    if settings is None:
+        from rankwatch.config import load_settings
+
+        settings = load_settings(config_file, bootstrap=bootstrap)
+    elif bootstrap is not None:
+        settings = settings.with_bootstrap(bootstrap)
+    producer = RankwatchProducer(
+        identity,
+        settings=settings,
+        max_buffered=max_buffered,
+        enrichers=enrichers,
+        scrub_patterns=scrub_patterns,
+        kafka_config=kafka_config,
+        flush_on_exit_s=flush_on_exit_s,
+    )
+    previous = install(producer)
+    if previous is not None:
+        previous.close(flush_on_exit_s)
+    if capture_logs is not False:
+        from rankwatch.producers._handler import RankwatchLogHandler
+
+        root = logging.getLogger()
+        if not any(isinstance(h, RankwatchLogHandler) for h in root.handlers):
+            level = logging.INFO if capture_logs is True else int(capture_logs)
+            root.addHandler(RankwatchLogHandler(level=level))
+    return producer
+
+
+def log_step(step: int, **metrics: Any) -> None:
+    """:meth:`RankwatchProducer.log_step` on the configured producer; before :func:`configure`
+    it does nothing (warned once). Never raises."""
+    producer = _producer
+    if producer is None:
+        _warn_unconfigured()
+        return
+    producer.log_step(step, **metrics)
+
+
+def flush(timeout: float = 10.0) -> int:
+    """Flush the configured producer; return events still waiting (0 without a producer)."""
+    producer = _producer
+    return producer.flush(timeout) if producer is not None else 0
+
+
+def stats() -> ProducerStats:
+    """The configured producer's counters (all zero before :func:`configure`)."""
+    producer = _producer
+    return producer.stats() if producer is not None else ProducerStats(0, 0, 0, 0)
+
+
+def shutdown(timeout: float = 10.0) -> None:
+    """Close the configured producer (flushing up to ``timeout`` seconds) and forget it."""
+    producer = install(None)
+    if producer is not None:
+        producer.close(timeout)
+
+
+def _warn_unconfigured() -> None:
+    global _warned_unconfigured
+    if not _warned_unconfigured:
+        _warned_unconfigured = True
+        logger.warning("rankwatch: log_step() before configure(): events are not sent")

@@ -1,0 +1,348 @@
+"""The embedded producer: :class:`RankwatchProducer`.
+
+The training thread only builds a small dict and appends it to a bounded deque (about a
+microsecond); validation with the contract's pydantic models, secrets scrubbing, JSON encoding
+and Kafka all happen on a background thread (:mod:`rankwatch.producers._sender`). Nothing here
+raises into the caller after construction: problems are counted in :meth:`stats` and logged once.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import contextlib
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+from rankwatch.producers._enrich import Enricher, EventDict, default_enrichers
+from rankwatch.producers._identity import Identity
+from rankwatch.producers._once import LogOnce
+from rankwatch.producers._scrub import Scrubber
+from rankwatch.producers._sender import Prepared, Sender
+from rankwatch.schemas import LogEvent, StepEvent, encode
+
+if TYPE_CHECKING:
+    from rankwatch.config import Settings
+
+_now = time.time
+_NUMERIC_FIELDS = (
+    "step",
+    "loss",
+    "learning_rate",
+    "gradient_norm",
+    "gpu_memory_usage",
+    "gpu_memory_allocated_mb",
+    "gpu_memory_reserved_mb",
+    "throughput_tokens_per_sec",
+    "step_time_s",
+    "data_time_s",
+    "compute_time_s",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ProducerStats:
+    """Counters since the producer started.
+
+    ``sent``: acknowledged by the broker. ``buffered``: waiting, in our buffer or in librdkafka.
+    ``dropped``: discarded because the buffer was full, or left undelivered at close.
+    ``errors``: events refused (invalid values, delivery failures) and internal failures.
+    """
+
+    sent: int
+    buffered: int
+    dropped: int
+    errors: int
+
+
+def _plain(value: Any) -> Any:
+    # Tensors and numpy scalars become Python numbers here, on the background thread: calling
+    # .item() on a CUDA tensor synchronises the device, which the training thread must not do.
+    item = getattr(value, "item", None)
+    return item() if item is not None and not isinstance(value, int | float) else value
+
+
+class EventPreparer:
+    """Turns a raw event dict into a validated, scrubbed event: shared by the Kafka path and
+    :func:`rankwatch.producers.testing.capture_events`, so tests see what Kafka would get."""
+
+    def __init__(
+        self, identity: Identity, settings: Settings | None, scrubber: Scrubber, once: LogOnce
+    ) -> None:
+        self.identity = identity
+        self._fields = identity.as_fields()
+        self._key = identity.job_id.encode()
+        self._scrub = scrubber
+        self._once = once
+        if settings is not None:
+            self._steps_topic = settings.topics.steps.name
+            self._logs_topic = settings.topics.logs.name
+        self.errors = 0
+
+    def model(self, raw: EventDict) -> StepEvent | LogEvent | None:
+        try:
+            kind = raw.pop("kind")
+            fields = {**self._fields, **raw}
+            for name in _NUMERIC_FIELDS:
+                if name in fields:
+                    fields[name] = _plain(fields[name])
+            if kind == "step":
+                if self.identity.world_size is not None:
+                    fields.setdefault("world_size", self.identity.world_size)
+                return StepEvent.model_validate(fields)
+            fields["message"] = self._scrub(str(fields.get("message", "")))
+            return LogEvent.model_validate(fields)
+        except ValidationError as error:
+            self.errors += 1
+            problem = error.errors(include_url=False)[0]
+            field = ".".join(str(p) for p in problem["loc"]) or "event"
+            self._once.warning(
+                f"invalid:{field}",
+                "rankwatch: dropped an event with an invalid "
+                "%s: %s (got %r); further ones are counted, not logged",
+                field,
+                problem["msg"],
+                problem.get("input"),
+            )
+        except Exception as error:
+            self.errors += 1
+            self._once.warning(
+                f"prepare:{type(error).__name__}",
+                "rankwatch: could not prepare an event: %r",
+                error,
+            )
+        return None
+
+    def prepare(self, raw: EventDict) -> Prepared | None:
+        event = self.model(raw)
+        if event is None:
+            return None
+        topic = self._steps_topic if isinstance(event, StepEvent) else self._logs_topic
+        return topic, self._key, encode(event)
+
+
+class RankwatchProducer:
+    """Streams one rank's steps and log records to Kafka without ever hurting training.
+
+    Most trainers use :func:`rankwatch.producers.configure` instead of building one directly.
+    ``settings`` (a :class:`rankwatch.config.Settings`) says where Kafka is; default: loaded
+    from the usual config file and environment. ``start=False`` builds one that buffers but
+    sends nothing (for tests of the hot path).
+
+    Memory is bounded by ``max_buffered`` events (of which up to ``max_in_flight``, at most a
+    tenth of the bound, are handed to librdkafka); past it the oldest are dropped and counted.
+    """
+
+    def __init__(
+        self,
+        identity: Identity,
+        *,
+        settings: Settings | None = None,
+        max_buffered: int = 100_000,
+        max_in_flight: int = 10_000,
+        enrichers: Iterable[Enricher] | None = None,
+        scrub_patterns: Iterable[str] = (),
+        kafka_config: Mapping[str, Any] | None = None,
+        flush_on_exit_s: float = 5.0,
+        start: bool = True,
+    ) -> None:
+        if settings is None:
+            from rankwatch.config import load_settings
+
+            settings = load_settings()
+        if max_buffered < 1:
+            raise ValueError(f"max_buffered must be >= 1, got {max_buffered}")
+        self.identity = identity
+        self.settings = settings
+        # max_buffered bounds everything held: up to a tenth of it may sit inside librdkafka
+        # (in flight), the rest in our deque, where dropping the oldest is counted.
+        in_flight = max(1, min(max_in_flight, max_buffered // 10))
+        self._max_queued = max(1, max_buffered - in_flight)
+        self.max_buffered = self._max_queued + in_flight
+        self._once = LogOnce()
+        self._buffer: collections.deque[EventDict] = collections.deque(maxlen=self._max_queued)
+        self._enrichers = list(default_enrichers() if enrichers is None else enrichers)
+        self._preparer = EventPreparer(identity, settings, Scrubber(scrub_patterns), self._once)
+        self._dropped = 0
+        self._errors = 0
+        self._closed = False
+        self.last_step: int | None = None
+        self._sender: Sender | None = None
+        self._flush_on_exit_s = flush_on_exit_s
+        if start:
+            config = {**settings.confluent_config(), **(kafka_config or {})}
+            self._sender = Sender(
+                self._buffer,
+                self._preparer.prepare,
+                config,
+                max_in_flight=in_flight,
+                once=self._once,
+            )
+            self._sender.start()
+            atexit.register(self._at_exit)
+
+    # ----- the hot path: called on the training thread ---------------------------------------
+
+    def log_step(
+        self,
+        step: int,
+        *,
+        loss: float | None = None,
+        learning_rate: float | None = None,
+        gradient_norm: float | None = None,
+        gpu_memory_usage: float | None = None,
+        gpu_memory_allocated_mb: float | None = None,
+        gpu_memory_reserved_mb: float | None = None,
+        throughput_tokens_per_sec: float | None = None,
+        step_time_s: float | None = None,
+        data_time_s: float | None = None,
+        compute_time_s: float | None = None,
+        **extra: Any,
+    ) -> None:
+        """Record one optimizer step. Values may be floats, numpy scalars or 0-d tensors (read
+        on the background thread). Unknown keywords travel as extra fields. Never raises."""
+        try:
+            event: EventDict = {"kind": "step", "step": step, "timestamp": _now()}
+            # One test per metric is cheaper than building a dict of all and filtering it.
+            if loss is not None:
+                event["loss"] = loss
+            if learning_rate is not None:
+                event["learning_rate"] = learning_rate
+            if gradient_norm is not None:
+                event["gradient_norm"] = gradient_norm
+            if gpu_memory_usage is not None:
+                event["gpu_memory_usage"] = gpu_memory_usage
+            if gpu_memory_allocated_mb is not None:
+                event["gpu_memory_allocated_mb"] = gpu_memory_allocated_mb
+            if gpu_memory_reserved_mb is not None:
+                event["gpu_memory_reserved_mb"] = gpu_memory_reserved_mb
+            if throughput_tokens_per_sec is not None:
+                event["throughput_tokens_per_sec"] = throughput_tokens_per_sec
+            if step_time_s is not None:
+                event["step_time_s"] = step_time_s
+            if data_time_s is not None:
+                event["data_time_s"] = data_time_s
+            if compute_time_s is not None:
+                event["compute_time_s"] = compute_time_s
+            if extra:
+                event.update(extra)
+            if isinstance(step, int):
+                self.last_step = step
+            for enrich in self._enrichers:
+                event = self._enrich(enrich, event)
+            self._put(event)
+        except Exception as error:  # principle 5: count it, never raise into training
+            self._internal_error("log_step", error)
+
+    def log(
+        self,
+        level: str,
+        message: str,
+        *,
+        logger: str | None = None,
+        step: int | None = None,
+        timestamp: float | None = None,
+    ) -> None:
+        """Record one log message (a whole record: put a traceback inside it). Never raises.
+
+        ``step`` defaults to the last step given to :meth:`log_step`."""
+        try:
+            event: EventDict = {
+                "kind": "log",
+                "level": level,
+                "message": message,
+                "timestamp": _now() if timestamp is None else timestamp,
+            }
+            if logger is not None:
+                event["logger"] = logger
+            step = self.last_step if step is None else step
+            if step is not None:
+                event["step"] = step
+            for enrich in self._enrichers:
+                event = self._enrich(enrich, event)
+            self._put(event)
+        except Exception as error:
+            self._internal_error("log", error)
+
+    def _enrich(self, enrich: Enricher, event: EventDict) -> EventDict:
+        try:
+            return enrich(event)
+        except Exception as error:
+            self._internal_error(f"enricher {getattr(enrich, '__name__', enrich)!r}", error)
+            return event
+
+    def _put(self, event: EventDict) -> None:
+        buffer = self._buffer
+        if self._closed:
+            self._dropped += 1
+            return
+        # deque(maxlen) drops the oldest by itself; count it. With several producing threads
+        # the count may be off by a few: a lock here would cost every call, for no one's benefit.
+        if len(buffer) >= self._max_queued:
+            self._dropped += 1
+        buffer.append(event)
+
+    def _internal_error(self, where: str, error: Exception) -> None:
+        self._errors += 1
+        self._once.warning(
+            f"internal:{where}:{type(error).__name__}",
+            "rankwatch: %s failed (%r); counted, not raised",
+            where,
+            error,
+        )
+
+    # ----- control: called at setup and teardown ---------------------------------------------
+
+    def stats(self) -> ProducerStats:
+        """Counters since start (see :class:`ProducerStats`)."""
+        sender = self._sender
+        in_flight = sender.in_flight if sender is not None else 0
+        sent = sender.sent if sender is not None else 0
+        send_errors = sender.errors if sender is not None else 0
+        lost = sender.lost if sender is not None else 0
+        return ProducerStats(
+            sent=sent,
+            buffered=len(self._buffer) + in_flight,
+            dropped=self._dropped + lost,
+            errors=self._errors + self._preparer.errors + send_errors,
+        )
+
+    def flush(self, timeout: float = 10.0) -> int:
+        """Wait up to ``timeout`` seconds until everything buffered is acknowledged; return the
+        number of events still waiting (0: all delivered). Never raises."""
+        deadline = time.monotonic() + timeout
+        sender = self._sender
+        if sender is None or not sender.is_alive():
+            return len(self._buffer)
+        while not sender.drained() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return len(self._buffer) + sender.in_flight
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Flush for up to ``timeout`` seconds, then stop. Events still waiting are counted as
+        dropped; later calls to :meth:`log_step` are dropped and counted too."""
+        if self._closed:
+            return
+        deadline = time.monotonic() + timeout
+        self.flush(timeout)
+        self._closed = True
+        sender = self._sender
+        if sender is not None:
+            # The stopped sender keeps its final counters for stats().
+            sender.stop(max(0.0, deadline - time.monotonic()))
+            atexit.unregister(self._at_exit)
+        self._dropped += len(self._buffer)
+        self._buffer.clear()
+
+    def _at_exit(self) -> None:
+        with contextlib.suppress(Exception):  # at exit there is no one left to tell
+            self.close(self._flush_on_exit_s)
+
+    def __enter__(self) -> RankwatchProducer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
