@@ -8,11 +8,14 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 
 from rankwatch.cli import (
+    alerts_cmd,
     broker_cmd,
     demo_cmd,
+    query_cmd,
     replay_cmd,
     scenarios_cmd,
     schema_cmd,
+    sink_cmd,
     topics_cmd,
     worker_cmd,
 )
@@ -29,6 +32,9 @@ def _command_modules() -> list[ModuleType]:
         worker_cmd,
         replay_cmd,
         scenarios_cmd,
+        sink_cmd,
+        query_cmd,
+        alerts_cmd,
         demo_cmd,
         schema_cmd,
     ]

@@ -1,0 +1,1 @@
+"""What the query commands share: time and rank specs, tables, the console alert line, plots."""
