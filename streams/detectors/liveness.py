@@ -1,0 +1,317 @@
+"""Liveness rules in event time: ``rank_silent`` (one rank stops) and ``hang`` (no rank moves).
+
+Both compare the job's watermark (the newest event time of any rank) with when things last
+happened, never with the wall clock, so a replay a month later alerts as the live run did; and
+both scale their patience to the job's own pace: the typical seconds per step, learned from
+how fast the job's highest step advances (:class:`StepPeriod`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from rankwatch.schemas import Action, Severity, StepEvent
+from rankwatch.streams.detectors.base import JobState, RankState
+from rankwatch.streams.exceptions import DetectorConfigError
+from rankwatch.streams.findings import Finding, Outcome, Resolution
+
+_PERIOD_ALPHA = 0.1  # EWMA weight of one new step period
+_PERIOD_CLAMP = 4.0  # one sample may move the estimate by at most this factor (a checkpoint)
+
+
+class StepPeriod:
+    """Seconds per step of a job, from the times its highest step advanced (state: a dict).
+
+    One EWMA per job, updated in O(1) per step event: the first rank to report each new step
+    moves it, so a straggler or a silent rank does not bend the job's pace.
+    """
+
+    @staticmethod
+    def new() -> dict[str, Any]:
+        return {"ms": -1, "mt": float("-inf"), "period": 0.0}
+
+    @staticmethod
+    def observe(state: dict[str, Any], event: StepEvent) -> bool:
+        """Fold in a step event; True when it advanced the job's highest step."""
+        step = event.step
+        if step <= state["ms"]:
+            return False
+        now = event.epoch
+        if state["ms"] >= 0 and now > state["mt"]:
+            sample = (now - state["mt"]) / (step - state["ms"])
+            period = state["period"]
+            if period > 0:
+                sample = min(sample, period * _PERIOD_CLAMP)
+                state["period"] = period + _PERIOD_ALPHA * (sample - period)
+            else:
+                state["period"] = sample
+        state["ms"] = step
+        state["mt"] = max(state["mt"], now)
+        return True
+
+
+def _check_positive(**values: float) -> None:
+    for key, value in values.items():
+        if not value > 0:
+            raise DetectorConfigError(f"{key} must be > 0, got {value}")
+
+
+@dataclass(frozen=True, slots=True)
+class RankSilentConfig:
+    """``rank_silent``: silent for ``max(min_silence_s, step_periods x typical step)``.
+
+    30 s floor: well above log/metric batching and broker hiccups; 5 steps: a rank that misses
+    five of its peers' steps is not merely late. ``min_peer_steps`` and ``peer_progress``:
+    peers must have moved on, or it is the whole job that paused (a checkpoint) or hung (the
+    ``hang`` rule's case, where the rank that stopped first is named).
+    """
+
+    min_silence_s: float = 30.0
+    step_periods: float = 5.0
+    min_peer_steps: int = 2
+    #: Peers must have made this share of the steps their pace allows in the silence window:
+    #: "keep stepping", not one step as a stalled job resumes.
+    peer_progress: float = 0.5
+    severity: Severity = "critical"
+    action: Action = "notify"
+
+    def __post_init__(self) -> None:
+        _check_positive(min_silence_s=self.min_silence_s, step_periods=self.step_periods)
+        if self.min_peer_steps < 1:
+            raise DetectorConfigError(f"min_peer_steps must be >= 1, got {self.min_peer_steps}")
+        if not 0 <= self.peer_progress <= 1:
+            raise DetectorConfigError(f"peer_progress must be in [0, 1], got {self.peer_progress}")
+
+
+class RankSilentDetector:
+    """A rank stops reporting while its peers keep stepping; resolved when it reports again.
+
+    Ranks that fall silent together (a node) are one job-scope alert with its own incident key,
+    so a rank that dies later is still a new alert.
+    """
+
+    name: ClassVar[str] = "rank_silent"
+    rule: ClassVar[str] = "rank_silent"
+
+    def __init__(self, config: RankSilentConfig | None = None) -> None:
+        self.config = config or RankSilentConfig()
+
+    def new_job_state(self) -> dict[str, Any]:
+        # silent: rank -> [incident_key, last_seen when flagged]
+        return {**StepPeriod.new(), "silent": {}}
+
+    def on_step(
+        self, job: JobState, rank: RankState, state: dict[str, Any], event: StepEvent
+    ) -> None:
+        StepPeriod.observe(state, event)
+
+    def on_tick(self, job: JobState, state: dict[str, Any], now: float) -> Iterable[Outcome]:
+        cfg = self.config
+        silent: dict[int, list[Any]] = state["silent"]
+        out: list[Outcome] = []
+        for r in [r for r, (_, seen) in silent.items() if job.ranks[r].last_seen > seen]:
+            key = silent.pop(r)[0]
+            out.append(
+                Resolution(self.rule, r, job.ranks[r].last_seen, key, f"rank {r} reports again")
+            )
+        period = state["period"]
+        threshold = max(cfg.min_silence_s, cfg.step_periods * period)
+        cutoff = now - threshold
+        min_behind = cfg.min_peer_steps
+        if period > 0:
+            min_behind = max(min_behind, int(cfg.peer_progress * threshold / period))
+        behind_at = job.max_step - min_behind  # a rank at or below this step is behind
+        newly: list[RankState] = []
+        for rs in job.ranks.values():
+            if rs.last_seen < cutoff and 0 <= rs.last_step <= behind_at and rs.rank not in silent:
+                newly.append(rs)
+        if not newly:
+            return out
+        # Ranks of one failure cross the threshold a second or so apart: take along those
+        # already half-way silent, so a dead node is one alert.
+        half = now - threshold / 2
+        taken = {rs.rank for rs in newly}
+        for rs in job.ranks.values():
+            if (
+                rs.rank not in taken
+                and rs.rank not in silent
+                and rs.last_seen < half
+                and 0 <= rs.last_step <= behind_at
+            ):
+                newly.append(rs)
+        newly.sort(key=lambda rs: rs.rank)
+        if len(newly) == 1:
+            rs = newly[0]
+            silent[rs.rank] = ["", rs.last_seen]
+            out.append(self._rank_finding(job, rs, now, threshold, period))
+            return out
+        key = f"g{round(now, 3)}"
+        for rs in newly:
+            silent[rs.rank] = [key, rs.last_seen]
+        out.append(self._job_finding(job, newly, now, threshold, period, key))
+        return out
+
+    def _rank_finding(
+        self, job: JobState, rs: RankState, now: float, threshold: float, period: float
+    ) -> Finding:
+        where = f"rank {rs.rank}" + (f" ({rs.host})" if rs.host else "")
+        gap = now - rs.last_seen
+        behind = job.max_step - rs.last_step
+        return Finding(
+            rule=self.rule,
+            rank=rs.rank,
+            severity=self.config.severity,
+            event_time=now,
+            step=rs.last_step + 1,
+            summary=(
+                f"{where} silent for {gap:.0f} s while its peers advanced {behind} steps "
+                f"(its last step {rs.last_step}): check whether its process and node are alive"
+            ),
+            evidence={
+                "silent_s": round(gap, 3),
+                "threshold_s": round(threshold, 3),
+                "last_step": rs.last_step,
+                "job_max_step": job.max_step,
+                "typical_step_s": round(period, 4),
+                "host": rs.host,
+            },
+            action=self.config.action,
+        )
+
+    def _job_finding(
+        self,
+        job: JobState,
+        ranks: list[RankState],
+        now: float,
+        threshold: float,
+        period: float,
+        key: str,
+    ) -> Finding:
+        hosts = sorted({rs.host for rs in ranks if rs.host})
+        min_gap = min(now - rs.last_seen for rs in ranks)
+        ids = [rs.rank for rs in ranks]
+        shown = ", ".join(map(str, ids[:16])) + (", ..." if len(ids) > 16 else "")
+        on = f" on {', '.join(hosts[:8])}" + ("..." if len(hosts) > 8 else "") if hosts else ""
+        return Finding(
+            rule=self.rule,
+            rank=None,
+            severity=self.config.severity,
+            event_time=now,
+            step=min(rs.last_step for rs in ranks) + 1,
+            summary=(
+                f"{len(ids)} ranks{on} silent for {min_gap:.0f}+ s while their peers kept "
+                f"stepping (ranks {shown}): check those nodes"
+            ),
+            evidence={
+                "silent_ranks": ids,
+                "hosts": hosts,
+                "threshold_s": round(threshold, 3),
+                "job_max_step": job.max_step,
+                "last_steps": {str(rs.rank): rs.last_step for rs in ranks[:64]},
+                "typical_step_s": round(period, 4),
+            },
+            action=self.config.action,
+            ranks=tuple(ids),
+            incident_key=key,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressHangConfig:
+    """``hang``: no new step for ``max(min_stall_s, step_periods x typical step)``.
+
+    120 s floor: longer than warm-up/compile steps and most checkpoint saves, five times
+    shorter than NCCL's default 600 s watchdog, which is the point of detecting it here.
+    ``watch_fraction``: events must have kept arriving for that part of the threshold, so a
+    job that resumes after an outage (one jump of the clock) is not called hung.
+    """
+
+    min_stall_s: float = 120.0
+    step_periods: float = 10.0
+    watch_fraction: float = 0.5
+    severity: Severity = "critical"
+    action: Action = "notify"
+    max_named: int = 4  # ranks that never reported the last step, named when this few
+
+    def __post_init__(self) -> None:
+        _check_positive(min_stall_s=self.min_stall_s, step_periods=self.step_periods)
+        if not 0 <= self.watch_fraction <= 1:
+            raise DetectorConfigError(
+                f"watch_fraction must be in [0, 1], got {self.watch_fraction}"
+            )
+
+
+class ProgressHangDetector:
+    """No rank progresses while events still arrive: the job is hung (job scope)."""
+
+    name: ClassVar[str] = "progress_hang"
+    rule: ClassVar[str] = "hang"
+
+    def __init__(self, config: ProgressHangConfig | None = None) -> None:
+        self.config = config or ProgressHangConfig()
+
+    def new_job_state(self) -> dict[str, Any]:
+        # watch: first tick seen while stalled; firing: the step it stalled at, or -1.
+        return {**StepPeriod.new(), "watch": None, "firing": -1}
+
+    def on_step(
+        self, job: JobState, rank: RankState, state: dict[str, Any], event: StepEvent
+    ) -> None:
+        if StepPeriod.observe(state, event):
+            state["watch"] = None
+
+    def on_tick(self, job: JobState, state: dict[str, Any], now: float) -> Iterable[Outcome]:
+        cfg = self.config
+        last = state["ms"]
+        if last < 0:
+            return ()
+        if state["firing"] >= 0:
+            if last > state["firing"]:
+                state["firing"] = -1
+                return (Resolution(self.rule, None, now, "", f"progress again: step {last}"),)
+            return ()
+        if now <= state["mt"]:
+            return ()
+        if state["watch"] is None:
+            state["watch"] = now
+        threshold = max(cfg.min_stall_s, cfg.step_periods * state["period"])
+        stalled = now - state["mt"]
+        if stalled <= threshold or now - state["watch"] < cfg.watch_fraction * threshold:
+            return ()
+        state["firing"] = last
+        return (self._finding(job, state, now, stalled, threshold),)
+
+    def _finding(
+        self, job: JobState, state: dict[str, Any], now: float, stalled: float, threshold: float
+    ) -> Finding:
+        last = state["ms"]
+        behind = sorted(r for r, rs in job.ranks.items() if 0 <= rs.last_step < last)
+        evidence: dict[str, Any] = {
+            "last_step": last,
+            "stalled_s": round(stalled, 3),
+            "threshold_s": round(threshold, 3),
+            "typical_step_s": round(state["period"], 4),
+            "ranks_behind_count": len(behind),
+        }
+        hint = "check NCCL/watchdog logs and dump the ranks' stacks (py-spy)"
+        if 1 <= len(behind) <= self.config.max_named:
+            evidence["ranks_behind"] = behind
+            names = ", ".join(
+                f"{r}" + (f" ({h})" if (h := job.ranks[r].host) else "") for r in behind
+            )
+            hint = f"rank {names} never reported step {last}: start there"
+        return Finding(
+            rule=self.rule,
+            rank=None,
+            severity=self.config.severity,
+            event_time=now,
+            step=last + 1,
+            summary=(
+                f"No rank has progressed past step {last} for {stalled:.0f} s (typical step "
+                f"{state['period']:.2f} s) while events still arrive: {hint}"
+            ),
+            evidence=evidence,
+            action=self.config.action,
+        )

@@ -1,0 +1,226 @@
+"""Cross-rank rules over whole synthetic jobs: straggler, rank_silent, hang (no progress)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from rankwatch.schemas import Alert, LogEvent, StepEvent
+from rankwatch.streams import DetectorConfigError, Engine
+from rankwatch.streams.detectors import crossrank, logs
+from rankwatch.streams.detectors.liveness import ProgressHangConfig, RankSilentConfig
+from rankwatch.streams.detectors.straggler import StragglerConfig
+from synth import T0, Fault, RunShape, healthy_run
+
+
+def engine() -> Engine:
+    return Engine([*crossrank.detectors(), *logs.detectors()])
+
+
+def timing(
+    slow_rank: int | None = None,
+    *,
+    component: str = "compute_time_s",
+    factor: float = 2.0,
+    from_step: int = 0,
+    to_step: int = 10**9,
+    checkpoint_every: int = 100,
+) -> Fault:
+    """Adds compute/data times as a synchronous data-parallel job has them.
+
+    Every rank computes ~0.8 s and waits ~10 ms for data; a checkpoint step slows every rank
+    alike. ``slow_rank`` has ``component`` multiplied by ``factor`` between the steps given.
+    """
+
+    def fault(rank: int, step: int, m: dict[str, Any]) -> None:
+        rng = random.Random(step * 100_003 + rank)
+        compute = 0.8 * (1 + rng.gauss(0, 0.03))
+        data = 0.01 * (1 + abs(rng.gauss(0, 0.3)))
+        if checkpoint_every and step and step % checkpoint_every == 0:
+            data += 20.0  # every rank waits for the checkpoint writer
+        m["compute_time_s"], m["data_time_s"] = compute, data
+        if slow_rank == rank and from_step <= step < to_step:
+            m[component] *= factor
+        m["step_time_s"] = compute + data
+
+    return fault
+
+
+def run(events: Iterator[StepEvent], e: Engine | None = None) -> list[Alert]:
+    e = e or engine()
+    return e.process_many(events) + e.flush()
+
+
+def firing(alerts: list[Alert], rule: str | None = None) -> list[Alert]:
+    return [a for a in alerts if a.status == "firing" and (rule is None or a.rule == rule)]
+
+
+# -- healthy --------------------------------------------------------------------------------
+@pytest.mark.parametrize(("ranks", "steps"), [(8, 400), (256, 60)])
+def test_healthy_runs_fire_nothing(ranks: int, steps: int) -> None:
+    alerts = run(healthy_run(ranks=ranks, steps=steps, seed=7, fault=timing()))
+    assert alerts == []
+
+
+def test_checkpoint_pause_on_every_rank_is_not_a_straggler_or_a_hang() -> None:
+    # A 90 s checkpoint save: every rank stops stepping while rank 0 logs its progress.
+    def events() -> Iterator[StepEvent | LogEvent]:
+        yield from healthy_run(ranks=16, steps=60, seed=1, fault=timing())
+        for i in range(9):
+            yield LogEvent(job_id="job-1", rank=0, timestamp=T0 + 60 + 10 * i, level="INFO",
+                           message=f"saving checkpoint shard {i}/9")  # fmt: skip
+        yield from healthy_run(ranks=16, steps=60, seed=2, fault=timing(), t0=T0 + 90,
+                               start_step=60)  # fmt: skip
+
+    e = engine()
+    assert e.process_many(events()) + e.flush() == []
+
+
+# -- straggler ------------------------------------------------------------------------------
+def test_one_straggler_among_256_ranks_is_flagged_alone_and_resolves() -> None:
+    fault = timing(slow_rank=77, factor=1.9, from_step=20, to_step=40)
+    alerts = run(healthy_run(ranks=256, steps=60, seed=5, fault=fault))
+    fired = firing(alerts)
+    assert [(a.rule, a.ranks, a.scope) for a in fired] == [("straggler", [77], "rank")]
+    a = fired[0]
+    assert a.evidence["component"] == "compute"
+    assert 1.7 < a.evidence["factor"] < 2.1
+    assert 20 <= a.step <= 24  # type: ignore[operator]
+    assert "rank 77 (node9) is a straggler: compute time" in a.summary
+    assert "GPU" in a.summary
+    resolved = [x for x in alerts if x.status == "resolved"]
+    assert [(x.rule, x.alert_id) for x in resolved] == [("straggler", a.alert_id)]
+
+
+def test_a_slow_input_pipeline_points_at_the_host() -> None:
+    fault = timing(slow_rank=3, component="data_time_s", factor=40.0, from_step=10)
+    fired = firing(run(healthy_run(ranks=8, steps=40, seed=5, fault=fault)))
+    assert [(a.rule, a.ranks, a.evidence["component"]) for a in fired] == [
+        ("straggler", [3], "data")
+    ]
+    assert "input pipeline" in fired[0].summary
+
+
+def test_throughput_that_falls_alone_is_a_straggler() -> None:
+    def fault(rank: int, step: int, m: dict[str, Any]) -> None:
+        if rank == 2 and step >= 20:
+            m["throughput_tokens_per_sec"] *= 0.4
+
+    fired = firing(run(healthy_run(ranks=8, steps=40, seed=5, fault=fault)), "straggler")
+    assert [(a.ranks, a.evidence["component"]) for a in fired] == [([2], "throughput")]
+
+
+def test_a_single_slow_step_is_not_a_straggler() -> None:
+    fault = timing(slow_rank=0, factor=5.0, from_step=30, to_step=31)
+    assert run(healthy_run(ranks=8, steps=60, seed=5, fault=fault)) == []
+
+
+# -- rank_silent ----------------------------------------------------------------------------
+def stop_rank(events: Iterator[StepEvent], rank: int, start: int, end: int) -> Iterator[StepEvent]:
+    """Drops ``rank``'s events for steps in [start, end)."""
+    return (ev for ev in events if not (ev.rank == rank and start <= ev.step < end))
+
+
+def test_rank_silent_fires_while_7_peers_continue_and_resolves_when_it_is_back() -> None:
+    events = list(stop_rank(healthy_run(ranks=8, steps=200, seed=2, fault=timing()), 5, 100, 150))
+    e = engine()
+    alerts: list[Alert] = []
+    fired_at = None
+    for ev in events:
+        new = e.process(ev)
+        if new and fired_at is None:
+            fired_at = ev.step
+        alerts += new
+    alerts += e.flush()
+    assert [(a.rule, a.ranks, a.scope, a.status) for a in alerts] == [
+        ("rank_silent", [5], "rank", "firing"),
+        ("rank_silent", [5], "rank", "resolved"),
+    ]
+    fire, resolve = alerts
+    assert fired_at is not None and 130 <= fired_at <= 133  # 30 s after its last step (99)
+    assert fire.step == 100 and fire.severity == "critical"
+    assert fire.summary.startswith("rank 5 (node0) silent for 3")
+    assert resolve.alert_id == fire.alert_id
+    assert resolve.last_seen.timestamp() == pytest.approx(T0 + 150, abs=0.1)
+
+
+def test_a_dead_node_is_one_alert() -> None:
+    events = healthy_run(ranks=32, steps=120, seed=2, fault=timing())
+    dead = (ev for ev in events if not (8 <= ev.rank < 16 and ev.step >= 50))
+    fired = firing(run(dead))
+    assert [(a.rule, a.scope, a.ranks) for a in fired] == [
+        ("rank_silent", "job", list(range(8, 16)))
+    ]
+    assert "8 ranks on node1 silent" in fired[0].summary
+
+
+def test_a_rank_dying_later_is_a_new_alert() -> None:
+    events = healthy_run(ranks=32, steps=200, seed=2, fault=timing())
+    dead = (
+        ev
+        for ev in events
+        if not (8 <= ev.rank < 16 and ev.step >= 50) and not (ev.rank == 30 and ev.step >= 120)
+    )
+    fired = firing(run(dead))
+    assert [(a.scope, a.ranks) for a in fired] == [("job", list(range(8, 16))), ("rank", [30])]
+
+
+# -- hang (no progress) ---------------------------------------------------------------------
+def test_no_progress_while_logs_arrive_is_a_hang_naming_the_rank_behind() -> None:
+    def events() -> Iterator[StepEvent | LogEvent]:
+        # Rank 6 never reports step 100: its peers block in the all-reduce of step 101.
+        yield from (
+            ev for ev in healthy_run(ranks=8, steps=101, seed=4, fault=timing())
+            if not (ev.rank == 6 and ev.step == 100)
+        )  # fmt: skip
+        for i in range(60):  # rank 0 keeps logging heartbeats, 5 s apart
+            yield LogEvent(job_id="job-1", rank=0, timestamp=T0 + 101 + 5 * i, level="INFO",
+                           message="dataloader heartbeat")  # fmt: skip
+        yield from healthy_run(ranks=8, steps=5, seed=4, fault=timing(), t0=T0 + 300,
+                               start_step=101)  # fmt: skip
+
+    e = engine()
+    alerts = e.process_many(events()) + e.flush()
+    hang = [a for a in alerts if a.rule == "hang"]
+    assert [(a.status, a.scope) for a in hang] == [("firing", "job"), ("resolved", "job")]
+    a = hang[0]
+    assert a.evidence["ranks_behind"] == [6]
+    assert 120 <= a.evidence["stalled_s"] <= 126
+    assert "rank 6 (node0) never reported step 100" in a.summary
+    assert [x.rule for x in alerts if x.rule != "hang"] == []  # peers did not step: no silence
+
+
+def test_a_clock_jump_alone_is_not_a_hang() -> None:
+    # The job was down for an hour (nothing arrived), then resumed.
+    e = engine()
+    alerts = run(healthy_run(ranks=8, steps=50, seed=4, fault=timing()), e)
+    alerts += run(healthy_run(ranks=8, steps=50, seed=4, fault=timing(), t0=T0 + 3600,
+                              start_step=50), e)  # fmt: skip
+    assert alerts == []
+
+
+# -- configuration and scale ----------------------------------------------------------------
+def test_configs_are_validated() -> None:
+    for bad in (
+        lambda: StragglerConfig(ratio=1.0),
+        lambda: StragglerConfig(min_ranks=2),
+        lambda: StragglerConfig(consecutive=0),
+        lambda: RankSilentConfig(min_silence_s=0),
+        lambda: RankSilentConfig(min_peer_steps=0),
+        lambda: ProgressHangConfig(watch_fraction=2),
+    ):
+        with pytest.raises(DetectorConfigError):
+            bad()
+
+
+def test_per_rank_state_stays_small() -> None:
+    e = engine()
+    e.process_many(healthy_run(ranks=64, steps=20, seed=1, fault=timing(),
+                               shape=RunShape(checkpoint_every=0)))  # fmt: skip
+    job = e.jobs["job-1"]
+    straggler_entry = job.slots["straggler"]["r"][3]
+    memory = job.slots["log_rules"]["mem"][3]
+    assert len(straggler_entry) == 9
+    assert len(memory) == 5 * 4
