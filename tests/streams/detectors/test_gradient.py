@@ -1,0 +1,138 @@
+"""gradient_explosion: persistent or loss-coinciding non-finite norms and sustained large spikes
+fire; fp16 loss-scale overflow skips (one-off, or a run at start-up) and ordinary spikes don't."""
+
+from __future__ import annotations
+
+import math
+import pickle
+
+import pytest
+import synth
+from rankwatch.streams import DetectorConfigError, Finding, Resolution
+from rankwatch.streams.detectors.gradient import (
+    GradientExplosion,
+    GradientExplosionConfig,
+    GradientState,
+)
+
+NAN, INF = math.nan, math.inf
+
+
+def _healthy(n: int, level: float = 1.0) -> list[dict[str, float]]:
+    return [{"loss": 2.0, "gradient_norm": level * (1 + 0.3 * math.sin(i))} for i in range(n)]
+
+
+def _steps(out: list[tuple[int, object]]) -> list[tuple[int, str]]:
+    return [(s, type(o).__name__) for s, o in out]
+
+
+def test_single_overflow_skips_are_not_an_explosion() -> None:
+    values = _healthy(2000)
+    for i in range(100, 2000, 97):
+        values[i]["gradient_norm"] = INF
+    for i in (500, 501, 1500, 1501):  # two in a row: the scale halved twice
+        values[i]["gradient_norm"] = NAN
+    assert synth.drive(GradientExplosion(), synth.steps_of(values)) == []
+
+
+def test_startup_overflows_while_the_scaler_calibrates_are_ignored() -> None:
+    # DeepSpeed starts at a 2**32 loss scale and halves it once per skipped step.
+    values = [{"loss": 11.0, "gradient_norm": INF} for _ in range(20)] + _healthy(100)
+    assert synth.drive(GradientExplosion(), synth.steps_of(values)) == []
+
+
+def test_non_finite_norm_that_persists_fires() -> None:
+    values = _healthy(100) + [{"loss": 2.0, "gradient_norm": INF} for _ in range(5)]
+    out = synth.drive(GradientExplosion(), synth.steps_of(values, rank=2))
+    [(step, f)] = out
+    assert isinstance(f, Finding)
+    assert (step, f.step, f.rank) == (102, 100, 2)
+    assert f.evidence["consecutive_steps"] == 3
+    assert "3 consecutive steps" in f.summary and f.summary.startswith("rank 2: gradient norm")
+
+
+def test_non_finite_norm_with_a_non_finite_loss_fires_at_once() -> None:
+    values = [*_healthy(100), {"loss": NAN, "gradient_norm": NAN}]
+    [(step, f)] = synth.drive(GradientExplosion(), synth.steps_of(values))
+    assert step == 100 and isinstance(f, Finding) and "with a nan loss" in f.summary
+
+
+def test_non_finite_with_nan_loss_fires_even_during_startup() -> None:
+    values = [{"loss": NAN, "gradient_norm": NAN}]
+    assert len(synth.drive(GradientExplosion(), synth.steps_of(values))) == 1
+
+
+def test_a_scaler_stuck_at_its_floor_fires_eventually() -> None:
+    values = [{"loss": 11.0, "gradient_norm": INF} for _ in range(60)]
+    [(step, _)] = synth.drive(GradientExplosion(), synth.steps_of(values))
+    assert step == 39
+
+
+def test_sustained_large_spike_fires() -> None:
+    values = [*_healthy(100), *({"loss": 2.0, "gradient_norm": 40.0} for _ in range(3))]
+    [(step, f)] = synth.drive(GradientExplosion(), synth.steps_of(values))
+    assert isinstance(f, Finding)
+    assert (step, f.step) == (101, 100)
+    assert "x its recent level" in f.summary
+    assert f.evidence["baseline_gradient_norm"] == pytest.approx(1.0, rel=0.2)
+
+
+def test_single_large_spikes_do_not_fire() -> None:
+    values = _healthy(1000)
+    for i in range(50, 1000, 11):
+        values[i]["gradient_norm"] = 100.0
+    assert synth.drive(GradientExplosion(), synth.steps_of(values)) == []
+
+
+def test_spikes_below_ten_times_do_not_fire_even_when_sustained() -> None:
+    values = [
+        *_healthy(100),
+        *({"loss": 2.0, "gradient_norm": 7.0} for _ in range(5)),
+        *_healthy(50),
+    ]
+    assert synth.drive(GradientExplosion(), synth.steps_of(values)) == []
+
+
+def test_overflow_between_two_spikes_neither_breaks_nor_extends_the_run() -> None:
+    spike = {"loss": 2.0, "gradient_norm": 40.0}
+    values = [*_healthy(100), spike, {"loss": 2.0, "gradient_norm": INF}, spike]
+    [(step, _)] = synth.drive(GradientExplosion(), synth.steps_of(values))
+    assert step == 102
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_heavy_tailed_healthy_run_with_overflow_skips(seed: int) -> None:
+    shape = synth.RunShape(grad_sigma=0.6, grad_spike_prob=0.03, overflow_every=37)
+    events = synth.healthy_run(ranks=1, steps=3000, seed=seed, shape=shape)
+    assert synth.drive(GradientExplosion(), events) == []
+
+
+def test_resolves_when_norm_is_back() -> None:
+    values = [*_healthy(100), *({"loss": 2.0, "gradient_norm": INF} for _ in range(4))]
+    values += _healthy(5)
+    out = synth.drive(GradientExplosion(), synth.steps_of(values))
+    assert _steps(out) == [(102, "Finding"), (106, "Resolution")]
+    assert isinstance(out[1][1], Resolution)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"nonfinite_steps": 0}, "nonfinite_steps"),
+        ({"ratio": 0.5}, "ratio"),
+        ({"spike_steps": 1.5}, "spike_steps"),
+        ({"clip": math.nan}, "clip"),
+        ({"recover_ratio": 20.0}, "recover_ratio"),
+        ({"refresh_s": 0}, "refresh_s"),
+        ({"severity": "high"}, "severity"),
+    ],
+)
+def test_bad_config_names_the_field(kwargs: dict[str, object], field: str) -> None:
+    with pytest.raises(DetectorConfigError, match=rf"GradientExplosionConfig\.{field}\b"):
+        GradientExplosionConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_state_is_small_and_plain() -> None:
+    state = GradientState()
+    synth.drive(GradientExplosion(), synth.steps_of(_healthy(100)), state)
+    assert len(pickle.dumps(state)) < 500
