@@ -131,23 +131,29 @@ class LossExplosion:
         s = state
         c = self.config
         finite = _isfinite(loss)
-        if finite and loss <= self.threshold(s):
-            # The common path: a healthy loss. Fold it into the level and count calm steps.
-            s.bad = 0
-            s.nonfinite = 0
-            s.last_ok = loss
+        if finite:
+            # The common path, inlined (this runs for every step of every rank): a loss at
+            # or below the threshold is healthy; fold it into the level, count calm steps.
             n = s.n
-            if n < c.warmup_steps:
-                s.level += (loss - s.level) / (n + 1)
+            level = s.level
+            if n >= c.warmup_steps:
+                if level > 0.0:
+                    high = level * c.ratio
+                    if high < level + c.min_rise:
+                        high = level + c.min_rise
+                else:
+                    high = self.threshold(s)  # a negative level: rare, take the slow path
+                if high > c.ceiling and level < c.ceiling:
+                    high = c.ceiling
+                if loss <= high:
+                    cap = level * c.clip  # clip the update: one spike barely moves the level
+                    x = cap if level > 0.0 and loss > cap else loss
+                    s.level = level + c.alpha * (x - level)
+                    return self._healthy(rank, s, loss, event)
+            elif n == 0 or loss <= c.ceiling or level >= c.ceiling:
+                s.level = level + (loss - level) / (n + 1)
                 s.n = n + 1
-            else:
-                level = s.level
-                cap = level * c.clip
-                x = loss if level <= 0.0 or loss < cap else cap
-                s.level = level + c.alpha * (x - level)
-            if s.active:
-                return self._recovering(rank, s, loss, event)
-            return _NOTHING
+                return self._healthy(rank, s, loss, event)
         # Too high or non-finite: the level is left alone (it stays the pre-incident one).
         if s.bad == 0:
             s.start_step = event.step
@@ -164,6 +170,16 @@ class LossExplosion:
             s.active = True
             s.reported_at = now
             return (self._finding(rank, s, loss, event, now),)
+        return _NOTHING
+
+    def _healthy(
+        self, rank: RankState, s: LossState, loss: float, event: StepEvent
+    ) -> Iterable[Outcome]:
+        s.bad = 0
+        s.nonfinite = 0
+        s.last_ok = loss
+        if s.active:
+            return self._recovering(rank, s, loss, event)
         return _NOTHING
 
     def _recovering(
