@@ -217,11 +217,12 @@ class EpisodeGatherer:
     ) -> Finding:
         cfg = self.config
         if extend_with is not None:
-            # Only the rank and the time matter to the incident book for an open incident.
+            # Only the rank and the time matter to the incident book for an open incident;
+            # the summary is there in case it closed meanwhile (progress resumed) and reopens.
             return Finding(
                 rule=cfg.burst_rule, rank=None, severity=cfg.severity,
-                event_time=ep["ranks"][extend_with][_T], summary="", step=ep["step"],
-                ranks=(extend_with,), action=cfg.action,
+                event_time=ep["ranks"][extend_with][_T], summary=ep.get("summary", ""),
+                step=ep["step"], ranks=(extend_with,), action=cfg.action,
             )  # fmt: skip
         ranks: dict[int, list[Any]] = ep["ranks"]
         n = len(ranks)
@@ -259,6 +260,7 @@ class EpisodeGatherer:
                 tail = f"; {who}{on} {reason}: check its node and network"
             else:
                 tail = "; no single rank stands out: check the network fabric and recent changes"
+        ep["summary"] = head + tail
         return Finding(
             rule=cfg.burst_rule,
             rank=None,
