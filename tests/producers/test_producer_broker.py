@@ -120,3 +120,36 @@ def test_events_buffered_while_the_broker_is_away_drain_when_it_returns(
         if producer is not None:
             producer.close(1)
         cluster.stop(grace_s=10, purge=True)
+
+
+@pytest.mark.broker
+def test_subscribe_delivers_this_jobs_alerts(topic_settings: Settings) -> None:
+    from confluent_kafka import Producer
+    from rankwatch.producers import subscribe
+    from rankwatch.schemas import Alert, encode
+
+    received: list[Alert] = []
+    with subscribe("job-x", received.append, settings=topic_settings) as subscription:
+        assert subscription.wait_ready(20)
+        producer = Producer({"bootstrap.servers": topic_settings.bootstrap})
+        for job in ("job-other", "job-x"):
+            alert = Alert(
+                alert_id=f"a-{job}",
+                job_id=job,
+                rule="loss_explosion",
+                severity="critical",
+                scope="job",
+                first_seen=0,
+                last_seen=1,
+                summary="loss is NaN",
+                action="pause_job",
+            )
+            producer.produce(topic_settings.topics.alerts.name, encode(alert), job.encode())
+        producer.produce(topic_settings.topics.alerts.name, b"not json", b"job-x")
+        assert producer.flush(10) == 0
+        deadline = time.monotonic() + 15
+        while not received and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+    assert [a.alert_id for a in received] == ["a-job-x"] and received[0].action == "pause_job"
+    assert subscription.errors == 1
