@@ -24,6 +24,8 @@ def register(sub: Any) -> None:
     add_store_args(storage)
     storage.add_argument("--bootstrap", default=None, help="Kafka bootstrap servers")
     storage.add_argument("--group", default=None, help="consumer group id")
+    storage.add_argument("--instance-id", default=None,
+                         help="static group member id: a restarted sink resumes at once")
     storage.add_argument("--batch-size", type=int, default=None,
                          help="messages per write (default 1000)")
     storage.add_argument("--linger", default=None,
@@ -71,7 +73,8 @@ def _storage(args: argparse.Namespace) -> int:
     try:
         sink = StorageSink(store, settings, group_id=args.group or config.group_id,
                            batch_size=args.batch_size or config.batch_size, linger_s=linger,
-                           retention_s=retention)
+                           retention_s=retention,
+                           instance_id=args.instance_id or config.instance_id)
         _stop_on_signals(sink.stop)
         log = logging.getLogger("rankwatch.sinks.storage")
         where = store.url.split("@")[-1]  # never log a password in the URL

@@ -49,6 +49,7 @@ class StorageConfig(_Strict):
 
     db: str = DEFAULT_DB
     group_id: str = "rankwatch-sink-storage"
+    instance_id: str | None = None  # static group membership: a restart resumes at once
     batch_size: int = Field(default=1000, ge=1, le=100_000, strict=True)
     linger: Duration = 1.0
     retention: Duration | None = None  # none: keep everything

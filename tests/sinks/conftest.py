@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
 from rankwatch.sinks.storage import SqlStore, open_store
 from rankwatch.sinks.testing import PostgresServer, PostgresUnavailable
 

@@ -6,7 +6,6 @@ import math
 from collections.abc import Callable
 
 import pytest
-
 from rankwatch.schemas import Alert, LogEvent, StepEvent
 from rankwatch.sinks.exceptions import QueryError, StoreError
 from rankwatch.sinks.storage import LogQuery, SqlStore, StepQuery, open_store
