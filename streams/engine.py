@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from rankwatch.schemas import Alert, LogEvent, StepEvent
 from rankwatch.streams.detectors.base import (
@@ -38,7 +38,7 @@ _RECENT_LOGS = 16  # digests kept per rank to drop duplicated log records
 class EngineConfig:
     #: Cross-rank rules run when a job's event time has advanced this much since the last run.
     tick_interval_s: float = 1.0
-    incidents: IncidentPolicy = IncidentPolicy()
+    incidents: IncidentPolicy = field(default_factory=IncidentPolicy)
 
 
 class Engine:
@@ -103,8 +103,12 @@ class Engine:
         now = event.epoch
         out: list[Alert] = []
         if isinstance(event, StepEvent):
-            if event.step <= rank.last_step:
-                return out  # a duplicate or a late reordering: already applied
+            if event.step <= rank.last_step and (
+                event.step == rank.last_step or now <= rank.last_step_time
+            ):
+                # A duplicate or a late reordering: already applied. A lower step with a
+                # newer event time is different: the job restarted from an earlier checkpoint.
+                return out
             rank.last_step = event.step
             rank.last_step_time = now
             if event.world_size is not None:

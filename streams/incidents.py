@@ -91,7 +91,9 @@ class IncidentBook:
             inc = incidents[rank_key]
             inc["last_seen"] = max(inc["last_seen"], f.event_time)
             return
-        if f.rule in self.policy.immediate_rules:
+        if f.rule in self.policy.immediate_rules and not self._recent_rank_incidents(job, f):
+            # A rank's own crash is news at once; ranks that follow within the wait are
+            # gathered below, so an OOM on every rank is two alerts, not one per rank.
             self._open_or_extend(job, rank_key, f, "rank", {f.rank}, out)
             return
         group = job.pending.setdefault(job_key, {"first": f.event_time, "findings": {}})
@@ -128,14 +130,31 @@ class IncidentBook:
         job.incidents[key] = inc
         out.append(_alert(job, inc, "firing"))
 
+    def _recent_rank_incidents(self, job: JobState, f: Finding) -> list[dict[str, Any]]:
+        """Open rank incidents of the finding's rule that began within the grouping wait."""
+        since = f.event_time - self.policy.group_wait_s
+        prefix = f"{f.rule}|"
+        return [
+            inc
+            for key, inc in job.incidents.items()
+            if key.startswith(prefix)
+            and inc["scope"] == "rank"
+            and key.endswith(f"|{f.incident_key}")
+            and inc["first_seen"] >= since
+        ]
+
     def _flush_group(self, job: JobState, job_key: str, out: list[Alert]) -> None:
         group = job.pending.pop(job_key)
         findings: dict[int, Finding] = group["findings"]
         ordered = sorted(findings.values(), key=lambda x: (x.event_time, x.rank or 0))
         first = ordered[0]
         world = job.world_size or len(job.ranks)
-        if len(findings) >= 2 and len(findings) >= self.policy.job_fraction * world:
-            ranks = set(findings)
+        already: set[int] = set()
+        if first.rule in self.policy.immediate_rules:
+            for inc in self._recent_rank_incidents(job, first):
+                already |= inc["ranks"]
+        if len(findings) >= 2 and len(findings) + len(already) >= self.policy.job_fraction * world:
+            ranks = set(findings) | already
             steps = [x.step for x in ordered if x.step is not None]
             merged = Finding(
                 rule=first.rule,
@@ -159,7 +178,9 @@ class IncidentBook:
             return
         for f in ordered:
             assert f.rank is not None
-            self._open_or_extend(job, _key(f.rule, f.rank, f.incident_key), f, "rank", {f.rank}, out)
+            self._open_or_extend(
+                job, _key(f.rule, f.rank, f.incident_key), f, "rank", {f.rank}, out
+            )
 
     # -- resolutions ----------------------------------------------------------------------
     def on_resolution(self, job: JobState, r: Resolution, out: list[Alert]) -> None:
@@ -181,9 +202,7 @@ class IncidentBook:
             if not inc["firing"]:
                 self._close(job, job_key, r.event_time, r.summary, out)
 
-    def _close(
-        self, job: JobState, key: str, when: float, summary: str, out: list[Alert]
-    ) -> None:
+    def _close(self, job: JobState, key: str, when: float, summary: str, out: list[Alert]) -> None:
         inc = job.incidents.pop(key, None)
         if inc is None:
             return

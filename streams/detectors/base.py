@@ -92,3 +92,8 @@ class JobDetector(Protocol):
     def on_step(self, job: JobState, rank: RankState, state: Any, event: StepEvent) -> None: ...
 
     def on_tick(self, job: JobState, state: Any, now: float) -> Iterable[Outcome]: ...
+
+    # Optional: ``on_flush(job, state) -> Iterable[Outcome]``, called by ``Engine.flush()`` at
+    # the end of a replay, for a detector that holds findings back in event time (records
+    # gathered across ranks) to decide them. It is looked up with getattr, so it is not
+    # declared here: a Protocol member would make it required.
