@@ -32,6 +32,7 @@ def register(subparsers: Any) -> None:
     listing = actions.add_parser("list", help="list the cluster's topics")
     add_connection_args(listing)
     listing.add_argument("--internal", action="store_true", help="include __* internal topics")
+    listing.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
     listing.set_defaults(handler=_list)
 
 
@@ -50,6 +51,8 @@ def _list(args: argparse.Namespace) -> int:
     from rankwatch.infra import list_topics
 
     settings = settings_from_args(args)
-    for info in list_topics(settings.confluent_config(), internal=args.internal):
+    for info in list_topics(
+        settings.confluent_config(), internal=args.internal, timeout_s=args.timeout
+    ):
         print(f"{info.name}\tpartitions={info.partitions}\treplication={info.replication_factor}")
     return 0

@@ -145,7 +145,8 @@ def delete_topics(config: Mapping[str, str], names: list[str], *, timeout_s: flo
 
     if not names:
         return
-    futures = admin_client(config).delete_topics(names, operation_timeout=timeout_s)
+    client = admin_client(config)  # keep it referenced until the futures resolve
+    futures = client.delete_topics(names, operation_timeout=timeout_s)
     for name, future in futures.items():
         try:
             future.result(timeout=timeout_s)

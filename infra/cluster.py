@@ -50,6 +50,8 @@ def free_ports(count: int) -> list[int]:
 
 def _port_in_use(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As the JVM binds: TIME_WAIT leftovers of a killed node must not count as "in use".
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((nodes.HOST, port))
         except OSError:
@@ -210,7 +212,13 @@ class LocalCluster:
         return time.monotonic() - started
 
     def stop(self, *, grace_s: float = 15.0, purge: bool = False) -> None:
-        """Stop every node (SIGTERM, SIGKILL after ``grace_s``); ``purge`` also deletes data."""
+        """Stop every node (SIGTERM, SIGKILL after ``grace_s``); ``purge`` also deletes data.
+
+        With ``purge`` the nodes are killed at once: a clean shutdown protects data that is
+        about to be deleted anyway.
+        """
+        if purge:
+            grace_s = 0.0
         try:
             nodes.stop_all([(self.pids.get(s.node_id), s) for s in self.specs], grace_s=grace_s)
             self.pids = dict.fromkeys(self.pids)
@@ -247,7 +255,7 @@ class LocalCluster:
             for port in (spec.port, spec.controller_port):
                 if _port_in_use(port):
                     raise BrokerError(f"port {port} on {nodes.HOST} is already in use")
-        self.cluster_id = self.cluster_id or nodes.random_cluster_id(lib)
+        self.cluster_id = self.cluster_id or nodes.random_cluster_id()
         self.directory.mkdir(parents=True, exist_ok=True)
         # Formatting is a JVM start per node: run them side by side.
         running = [(s, nodes.start_format(lib, s, self.specs, self.cluster_id)) for s in todo]

@@ -7,6 +7,7 @@ stop it: SIGTERM, then SIGKILL after a grace period, since a stuck JVM must not 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import signal
@@ -126,17 +127,16 @@ def is_formatted(node: NodeSpec) -> bool:
     return (node.data_dir / "meta.properties").is_file()
 
 
-def random_cluster_id(lib: Path) -> str:
-    result = subprocess.run(
-        _java(lib, 128, "kafka.tools.StorageTool", "random-uuid"),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
-    if result.returncode != 0:
-        raise BrokerError(f"kafka-storage random-uuid failed: {result.stderr.strip()}")
-    return result.stdout.strip()
+def random_cluster_id() -> str:
+    """A cluster id as ``kafka-storage random-uuid`` makes one, without starting a JVM for it.
+
+    Kafka's Uuid: 16 random bytes in URL-safe base64 without padding, never starting with "-"
+    (it would read as a command-line flag).
+    """
+    while True:
+        text = base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+        if not text.startswith("-"):
+            return text
 
 
 def start_format(
