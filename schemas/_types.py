@@ -11,7 +11,11 @@ from pydantic import AfterValidator, AwareDatetime, Field, PlainSerializer, With
 JOB_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 
 # Matches every spelling of a non-finite float that readers must accept on the wire.
-_NON_FINITE_SCHEMA = {"type": "string", "pattern": r"^[+-]?([Nn][Aa][Nn]|[Ii][Nn][Ff]([Ii][Nn][Ii][Tt][Yy])?)$"}
+# JSON Schema regexes (ECMA 262) have no case-insensitive flag: spell each letter's cases.
+_NON_FINITE_SCHEMA = {
+    "type": "string",
+    "pattern": r"^[+-]?([Nn][Aa][Nn]|[Ii][Nn][Ff]([Ii][Nn][Ii][Tt][Yy])?)$",
+}
 
 
 def _to_utc(value: datetime) -> datetime:

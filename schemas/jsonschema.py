@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-
 from rankwatch.schemas.alert import Alert
 from rankwatch.schemas.events import LogEvent, StepEvent
 

@@ -43,9 +43,10 @@ class StragglerConfig:
 
     ``ratio`` 1.25: normal rank-to-rank spread of compute time is a few percent (3 sigma is
     well under 10%); a rank a quarter slower than its peers slows every step of the whole job
-    by about as much, which on a large job is worth a person's look (a throttled GPU). ``min_excess_s`` 0.05: below
-    that, data-time ratios on millisecond waits are noise. ``consecutive`` 3 evaluated steps:
-    one slow step (rank 0 writing a checkpoint, a GC pause) is not a straggler.
+    by about as much, which on a large job is worth a person's look (a throttled GPU).
+    ``min_excess_s`` 0.05: below that, data-time ratios on millisecond waits are noise.
+    ``consecutive`` 3 evaluated steps: one slow step (rank 0 writing a checkpoint, a GC
+    pause) is not a straggler.
     ``warmup_samples`` 5: compile and warm-up steps vary across ranks.
     """
 

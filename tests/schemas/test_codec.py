@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 
 import orjson
 import pytest
-
 from rankwatch.schemas import (
     MAX_MESSAGE_BYTES,
     Alert,
@@ -46,7 +45,7 @@ LOG = {
     "host": "node-0",
     "timestamp": 1743848595.5,
     "level": "ERROR",
-    "message": "Traceback (most recent call last):\n  File \"train.py\"\ntorch.OutOfMemoryError: CUDA out of memory.",
+    "message": 'Traceback (most recent call last):\n  File "train.py"\ntorch.OutOfMemoryError: CUDA out of memory.',
     "logger": "torch.distributed",
     "step": 12,
 }
@@ -93,18 +92,24 @@ def test_all_step_fields_of_the_contract_exist() -> None:
 @pytest.mark.parametrize(
     ("spelling", "expected"),
     [
-        ('"nan"', "nan"), ('"NaN"', "nan"), ('"NAN"', "nan"),
-        ('"inf"', "inf"), ('"Inf"', "inf"), ('"Infinity"', "inf"), ('"+inf"', "inf"),
-        ('"-inf"', "-inf"), ('"-Infinity"', "-inf"), ('"-INFINITY"', "-inf"),
-        ("NaN", "nan"), ("Infinity", "inf"), ("-Infinity", "-inf"),
+        ('"nan"', "nan"),
+        ('"NaN"', "nan"),
+        ('"NAN"', "nan"),
+        ('"inf"', "inf"),
+        ('"Inf"', "inf"),
+        ('"Infinity"', "inf"),
+        ('"+inf"', "inf"),
+        ('"-inf"', "-inf"),
+        ('"-Infinity"', "-inf"),
+        ('"-INFINITY"', "-inf"),
+        ("NaN", "nan"),
+        ("Infinity", "inf"),
+        ("-Infinity", "-inf"),
     ],
 )
 @pytest.mark.parametrize("field", ["loss", "gradient_norm"])
 def test_non_finite_floats_survive_the_wire(spelling: str, expected: str, field: str) -> None:
-    raw = '{"kind":"step","job_id":"j","rank":0,"step":1,"timestamp":0,"%s":%s}' % (
-        field,
-        spelling,
-    )
+    raw = f'{{"kind":"step","job_id":"j","rank":0,"step":1,"timestamp":0,"{field}":{spelling}}}'
     event = decode(raw.encode())
     value = getattr(event, field)
     assert not math.isfinite(value)
@@ -148,34 +153,58 @@ def test_future_schema_version_is_accepted_when_it_parses() -> None:
     assert event.extra["new_field"] == [1, 2]
 
 
-@pytest.mark.parametrize(("alias", "level"), [
-    ("warn", "WARNING"), ("WARN", "WARNING"), ("Fatal", "CRITICAL"), ("error", "ERROR"),
-    ("critical", "CRITICAL"), ("debug", "DEBUG"), ("Info", "INFO"), ("warning", "WARNING"),
-])
+@pytest.mark.parametrize(
+    ("alias", "level"),
+    [
+        ("warn", "WARNING"),
+        ("WARN", "WARNING"),
+        ("Fatal", "CRITICAL"),
+        ("error", "ERROR"),
+        ("critical", "CRITICAL"),
+        ("debug", "DEBUG"),
+        ("Info", "INFO"),
+        ("warning", "WARNING"),
+    ],
+)
 def test_levels_in_any_case_and_aliases(alias: str, level: str) -> None:
     assert decode(wire({**LOG, "level": alias})).level == level
 
 
 def test_seeds_style_step_log_replays_with_a_default_job_id() -> None:
     # The structured per-step log of seeds/001 has neither kind nor job_id.
-    line = (b'{"step": 1200, "loss": 2.15, "learning_rate": 1.5e-5, "gpu_memory_usage": 87.3,'
-            b' "gradient_norm": 0.42, "throughput_tokens_per_sec": 78400,'
-            b' "timestamp": "2025-04-05T10:23:15Z", "rank": 7}')
+    line = (
+        b'{"step": 1200, "loss": 2.15, "learning_rate": 1.5e-5, "gpu_memory_usage": 87.3,'
+        b' "gradient_norm": 0.42, "throughput_tokens_per_sec": 78400,'
+        b' "timestamp": "2025-04-05T10:23:15Z", "rank": 7}'
+    )
     event = decode(line, defaults={"job_id": "j-20250405"})
     assert isinstance(event, StepEvent)
     assert (event.job_id, event.rank, event.step) == ("j-20250405", 7, 1200)
 
 
-REQUIRED = {"step": ["job_id", "rank", "step", "timestamp"],
-            "log": ["job_id", "rank", "timestamp", "level", "message"],
-            "alert": ["alert_id", "job_id", "rule", "severity", "scope", "first_seen",
-                      "last_seen", "summary"]}
+REQUIRED = {
+    "step": ["job_id", "rank", "step", "timestamp"],
+    "log": ["job_id", "rank", "timestamp", "level", "message"],
+    "alert": [
+        "alert_id",
+        "job_id",
+        "rule",
+        "severity",
+        "scope",
+        "first_seen",
+        "last_seen",
+        "summary",
+    ],
+}
 
 
 @pytest.mark.parametrize(
     ("payload", "field"),
-    [(p, f) for p, kind in ((STEP, "step"), (LOG, "log"), (ALERT, "alert"))
-     for f in REQUIRED[kind]],
+    [
+        (p, f)
+        for p, kind in ((STEP, "step"), (LOG, "log"), (ALERT, "alert"))
+        for f in REQUIRED[kind]
+    ],
 )
 def test_every_required_field_missing_is_named(payload: dict[str, object], field: str) -> None:
     broken = {k: v for k, v in payload.items() if k != field}
@@ -196,18 +225,39 @@ def test_every_required_field_missing_is_named(payload: dict[str, object], field
         ({"rank": 300}, "rank 300 is not below world_size 256"),
         ({"world_size": 0}, "world_size: Input should be greater than or equal to 1 (got 0)"),
         ({"job_id": ""}, "job_id: String should match pattern '^[A-Za-z0-9._:-]{1,128}$' (got '')"),
-        ({"job_id": "a/b"}, "job_id: String should match pattern '^[A-Za-z0-9._:-]{1,128}$' (got 'a/b')"),
+        (
+            {"job_id": "a/b"},
+            "job_id: String should match pattern '^[A-Za-z0-9._:-]{1,128}$' (got 'a/b')",
+        ),
         ({"job_id": "x" * 129}, "job_id: String should match pattern"),
         ({"job_id": 5}, "job_id: Input should be a valid string (got 5)"),
-        ({"loss": "lots"}, "loss: Input should be a valid number, unable to parse string as a number (got 'lots')"),
+        (
+            {"loss": "lots"},
+            "loss: Input should be a valid number, unable to parse string as a number (got 'lots')",
+        ),
         ({"loss": [1]}, "loss: Input should be a valid number (got [1])"),
-        ({"gpu_memory_usage": 120}, "gpu_memory_usage: Input should be less than or equal to 100 (got 120)"),
-        ({"gpu_memory_usage": "nan"}, "gpu_memory_usage: Input should be a finite number (got 'nan')"),
-        ({"step_time_s": -1.0}, "step_time_s: Input should be greater than or equal to 0 (got -1.0)"),
+        (
+            {"gpu_memory_usage": 120},
+            "gpu_memory_usage: Input should be less than or equal to 100 (got 120)",
+        ),
+        (
+            {"gpu_memory_usage": "nan"},
+            "gpu_memory_usage: Input should be a finite number (got 'nan')",
+        ),
+        (
+            {"step_time_s": -1.0},
+            "step_time_s: Input should be greater than or equal to 0 (got -1.0)",
+        ),
         ({"timestamp": "yesterday"}, "timestamp: Input should be a valid datetime"),
-        ({"timestamp": "2025-04-05T10:23:15"}, "timestamp: Input should have timezone info (got '2025-04-05T10:23:15')"),
+        (
+            {"timestamp": "2025-04-05T10:23:15"},
+            "timestamp: Input should have timezone info (got '2025-04-05T10:23:15')",
+        ),
         ({"kind": "metrics"}, "kind: unknown kind 'metrics' (expected one of step, log, alert)"),
-        ({"schema_version": 0}, "schema_version: Input should be greater than or equal to 1 (got 0)"),
+        (
+            {"schema_version": 0},
+            "schema_version: Input should be greater than or equal to 1 (got 0)",
+        ),
     ],
 )
 def test_wrong_values_name_field_and_problem(change: dict[str, object], message: str) -> None:
@@ -240,7 +290,7 @@ def test_oversized_message_is_refused_before_parsing() -> None:
 
 
 def test_log_level_rejects_unknown() -> None:
-    with pytest.raises(EventDecodeError, match="^level: Input should be 'DEBUG'"):
+    with pytest.raises(EventDecodeError, match=r"^level: Input should be 'DEBUG'"):
         decode(wire({**LOG, "level": "LOUD"}))
 
 
@@ -254,8 +304,16 @@ def test_models_are_constructible_in_python() -> None:
     now = datetime(2025, 4, 5, 10, 23, 15, tzinfo=UTC)
     step = StepEvent(job_id="j", rank=0, step=0, timestamp=now)
     log = LogEvent(job_id="j", rank=0, timestamp=now, level="INFO", message="hi")
-    alert = Alert(alert_id="a", job_id="j", rule="r", severity="info", scope="job",
-                  first_seen=now, last_seen=now, summary="s")
+    alert = Alert(
+        alert_id="a",
+        job_id="j",
+        rule="r",
+        severity="info",
+        scope="job",
+        first_seen=now,
+        last_seen=now,
+        summary="s",
+    )
     for event in (step, log, alert):
         assert decode(encode(event)) == event
 
