@@ -142,7 +142,9 @@ class WebhookServer:
 
     Modes: ``ok`` answers 200 (DingTalk's ``{"errcode":0}`` body, which Slack and generic
     clients ignore) and records the request; ``error`` answers 503; ``reject`` answers 400;
-    ``hang`` holds the request without answering until the mode changes or ``hang_s`` passes.
+    ``hang`` holds the request without answering until the mode changes or ``hang_s`` passes,
+    then drops it (503, not recorded). (A real endpoint that times out the client but acts on
+    the request later makes a duplicate no client can prevent: that case is not modelled.)
     ``stop()``/``start()`` take the port down and back (connection refused meanwhile).
     """
 
@@ -180,9 +182,11 @@ class WebhookServer:
                 with owner._changed:
                     owner.attempts += 1
                     deadline = time.monotonic() + owner.hang_s
+                    mode = owner.mode
                     while owner.mode == "hang" and time.monotonic() < deadline:
                         owner._changed.wait(0.05)
-                    mode = owner.mode
+                    if mode == "hang":
+                        mode = "error"  # a held request is dropped, never processed late
                     if mode == "ok":
                         owner.received.append(
                             Received(self.path, json.loads(raw or b"null"), time.time())
