@@ -31,7 +31,7 @@ class RetryPolicy:
         >>> RetryPolicy(backoff=1, max_backoff=5).delay(10, rng=lambda: 1.0)
         5.0
         """
-        return rng() * min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
+        return float(rng() * min(self.max_backoff, self.backoff * 2.0 ** (attempt - 1)))
 
 
 def deliver(

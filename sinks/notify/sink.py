@@ -127,9 +127,8 @@ class NotifySink:
             self._tracker.add(topic, partition, offset, 0)
             return
         if topic == self.config.retry_topic:
-            headers = dict(message.headers() or [])
-            name = (headers.get("destination") or b"").decode()
-            not_before = float((headers.get("not_before") or b"0").decode())
+            name = _header(message, "destination")
+            not_before = float(_header(message, "not_before") or 0)
             if name not in self.workers:
                 log.warning("parked alert %s for %r: no such destination any more; dropped",
                             event.alert_id, name)
@@ -182,7 +181,8 @@ class NotifySink:
     def _ensure_retry_topic(self) -> None:
         """Create the retry topic if it does not exist (the first run on a new cluster)."""
         from confluent_kafka import KafkaError, KafkaException
-        from confluent_kafka.admin import AdminClient, NewTopic
+        from confluent_kafka.admin import AdminClient
+        from confluent_kafka.cimpl import NewTopic
 
         topic = self.config.retry_topic
         admin = AdminClient({**self.settings.confluent_config(), "log_level": 0})
@@ -195,3 +195,12 @@ class NotifySink:
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise SinkError(f"cannot create the retry topic {topic}: {exc}") from None
+
+
+def _header(message: Message, name: str) -> str:
+    """A header of a retry-topic message as text ('' if absent)."""
+    headers: Any = message.headers() or []
+    for key, value in headers:
+        if key == name:
+            return value.decode() if isinstance(value, bytes) else str(value or "")
+    return ""

@@ -116,10 +116,11 @@ def job_rank_rows(
     Aggregated here so a batch of 10,000 steps costs one upsert per rank, not one per event.
     """
     latest: dict[tuple[str, int], tuple[int | None, float]] = {}
-    for event in (*steps, *logs):
+    events: list[StepEvent | LogEvent] = [*steps, *logs]
+    for event in events:
         key = (event.job_id, event.rank)
         step, ts = latest.get(key, (None, float("-inf")))
-        new_step = event.step if event.step is not None else None
+        new_step = event.step
         if new_step is not None and (step is None or new_step > step):
             step = new_step
         latest[key] = (step, max(ts, event.epoch))

@@ -179,7 +179,8 @@ class SqlStore(ABC):
     def logs(self, query: LogQuery) -> list[LogRow]:
         """The latest ``query.limit`` matching records, oldest first."""
         p = self.ph
-        where, params = [f"job_id = {p}"], [query.job_id]
+        where: list[str] = [f"job_id = {p}"]
+        params: list[Any] = [query.job_id]
         if query.rank is not None:
             where.append(f"rank = {p}")
             params.append(query.rank)
@@ -212,7 +213,8 @@ class SqlStore(ABC):
     ) -> list[Alert]:
         """Alerts (one per ``(alert_id, status)``) by ``last_seen``, oldest first."""
         p = self.ph
-        where, params = ["1 = 1"], []
+        where: list[str] = ["1 = 1"]
+        params: list[Any] = []
         if job_id is not None:
             where.append(f"job_id = {p}")
             params.append(job_id)
@@ -231,7 +233,8 @@ class SqlStore(ABC):
         if query.metric not in METRICS:
             raise QueryError(f"unknown metric {query.metric!r} (one of {', '.join(METRICS)})")
         p = self.ph
-        where, params = [f"job_id = {p}"], [query.job_id]
+        where: list[str] = [f"job_id = {p}"]
+        params: list[Any] = [query.job_id]
         if query.ranks is not None:
             ranks = sorted(set(query.ranks))
             if not ranks:
