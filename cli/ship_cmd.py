@@ -91,6 +91,7 @@ class _FileSink:
 class _KafkaSink:
     def __init__(self, args: argparse.Namespace) -> None:
         from confluent_kafka import Producer
+
         from rankwatch.config import load_settings
 
         settings = load_settings(args.config, bootstrap=args.bootstrap)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
+
 from rankwatch.producers._enrich import Enricher, EventDict, default_enrichers
 from rankwatch.producers._identity import Identity
 from rankwatch.producers._once import LogOnce
@@ -279,10 +280,14 @@ class RankwatchProducer:
         if self._closed:
             self._dropped += 1
             return
-        # deque(maxlen) drops the oldest by itself; count it. With several producing threads
-        # the count may be off by a few: a lock here would cost every call, for no one's benefit.
+        # Drop the oldest ourselves so every drop is counted exactly, even while the sender
+        # pops concurrently (deque's own maxlen stays as a backstop for racing producers).
         if len(buffer) >= self._max_queued:
-            self._dropped += 1
+            try:
+                buffer.popleft()
+                self._dropped += 1
+            except IndexError:  # the sender emptied it meanwhile
+                pass
         buffer.append(event)
 
     def _internal_error(self, where: str, error: Exception) -> None:

@@ -18,6 +18,7 @@ from rankwatch.schemas import Alert, EventDecodeError, decode
 
 if TYPE_CHECKING:
     from confluent_kafka import Consumer
+
     from rankwatch.config import Settings
 
 

@@ -27,6 +27,7 @@ from datetime import UTC, datetime, tzinfo
 from typing import Any
 
 from pydantic import ValidationError
+
 from rankwatch.producers._scrub import Scrubber
 from rankwatch.producers._ship_lines import (
     CHAINING,

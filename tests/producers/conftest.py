@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Callable
 
 import pytest
+
 from rankwatch.config import Settings, TopicSettings, TopicsSettings
 from rankwatch.schemas import Event, decode
 

@@ -7,6 +7,7 @@ import importlib.util
 from types import SimpleNamespace
 
 import pytest
+
 from rankwatch.producers.integrations import HFBridge, rankwatch_hf_callback, watch_step
 from rankwatch.producers.testing import capture_events
 from rankwatch.schemas import StepEvent

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
 from rankwatch.config import Settings
 from rankwatch.infra.admin import create_topics
 from rankwatch.infra.cluster import LocalCluster, free_ports
@@ -125,6 +126,7 @@ def test_events_buffered_while_the_broker_is_away_drain_when_it_returns(
 @pytest.mark.broker
 def test_subscribe_delivers_this_jobs_alerts(topic_settings: Settings) -> None:
     from confluent_kafka import Producer
+
     from rankwatch.producers import subscribe
     from rankwatch.schemas import Alert, encode
 

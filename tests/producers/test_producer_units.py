@@ -6,6 +6,7 @@ import logging
 import math
 
 import pytest
+
 from rankwatch.producers import (
     Identity,
     IdentityError,

@@ -12,6 +12,7 @@ from datetime import UTC
 from pathlib import Path
 
 import orjson
+
 from rankwatch.cli.main import main
 from rankwatch.producers._tail import IDLE, follow
 from rankwatch.producers.ship import LogParser
