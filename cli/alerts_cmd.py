@@ -79,6 +79,7 @@ def _render(alert: Any, as_json: bool, colour: bool) -> str:
 def follow_alerts(settings: Any, job_id: str | None) -> Any:
     """Yield alerts of ``job_id`` (or all) as they arrive on the alerts topic, from now on."""
     from confluent_kafka import Consumer
+
     from rankwatch.schemas import Alert, EventDecodeError, decode
 
     topic = settings.topics.alerts.name
@@ -90,7 +91,12 @@ def follow_alerts(settings: Any, job_id: str | None) -> Any:
         "log_level": 3,
     })
 
-    def on_assign(_consumer: Any, partitions: list[Any]) -> None:
+    def on_assign(consumer: Any, partitions: list[Any]) -> None:
+        # Pin "from now on" to the end offsets as of now: "latest" would be resolved only at
+        # the first fetch, and alerts fired in between would be missed.
+        for partition in partitions:
+            partition.offset = consumer.get_watermark_offsets(partition, timeout=10)[1]
+        consumer.assign(partitions)
         # On stderr, so --json output stays clean; tests wait for this line.
         print(f"following {topic} ({len(partitions)} partitions), Ctrl-C to stop",
               file=sys.stderr, flush=True)
