@@ -25,8 +25,14 @@ from rankwatch.sinks.testing import PostgresServer
 
 T0 = 1_750_000_000.0
 JOBS, RANKS = 10, 100
-WORDS = ["checkpoint saved", "loss scale overflow", "dataloader worker restarted",
-         "NCCL INFO channel", "allreduce done", "evaluation finished"]
+WORDS = [
+    "checkpoint saved",
+    "loss scale overflow",
+    "dataloader worker restarted",
+    "NCCL INFO channel",
+    "allreduce done",
+    "evaluation finished",
+]
 
 
 def step_batches(total: int, size: int) -> Iterator[list[StepEvent]]:
@@ -35,9 +41,16 @@ def step_batches(total: int, size: int) -> Iterator[list[StepEvent]]:
     for job in range(JOBS):
         for step in range(steps_per_rank):
             for rank in range(RANKS):
-                batch.append(StepEvent(job_id=f"job-{job}", rank=rank, step=step,
-                                       timestamp=T0 + step, loss=3.0 - step / 1e4,
-                                       throughput_tokens_per_sec=80_000.0))
+                batch.append(
+                    StepEvent(
+                        job_id=f"job-{job}",
+                        rank=rank,
+                        step=step,
+                        timestamp=T0 + step,
+                        loss=3.0 - step / 1e4,
+                        throughput_tokens_per_sec=80_000.0,
+                    )
+                )
                 if len(batch) == size:
                     yield batch
                     batch = []
@@ -51,8 +64,15 @@ def log_batches(total: int, size: int) -> Iterator[list[LogEvent]]:
         job, rank = i % JOBS, (i // JOBS) % RANKS
         level = "ERROR" if (i // JOBS) % 500 == 0 else "INFO"
         text = "NCCL watchdog timeout on rank" if level == "ERROR" else WORDS[i % len(WORDS)]
-        batch.append(LogEvent(job_id=f"job-{job}", rank=rank, timestamp=T0 + i / 100,
-                              level=level, message=f"{text} {i}"))
+        batch.append(
+            LogEvent(
+                job_id=f"job-{job}",
+                rank=rank,
+                timestamp=T0 + i / 100,
+                level=level,
+                message=f"{text} {i}",
+            )
+        )
         if len(batch) == size:
             yield batch
             batch = []
@@ -75,10 +95,22 @@ def fill(store: SqlStore, steps: int, logs: int) -> dict[str, float]:
         store.write_batch([], log_batch, [])
         spent += time.perf_counter() - start
     rates["logs/s"] = logs / spent
-    alerts = [Alert(alert_id=f"a{i}", job_id=f"job-{i % JOBS}", rule="straggler",
-                    severity="warning", scope="rank", ranks=[i % RANKS], step=i,
-                    first_seen=T0 + i, last_seen=T0 + i, summary="slow rank",
-                    status="resolved" if i % 3 == 0 else "firing") for i in range(5000)]
+    alerts = [
+        Alert(
+            alert_id=f"a{i}",
+            job_id=f"job-{i % JOBS}",
+            rule="straggler",
+            severity="warning",
+            scope="rank",
+            ranks=[i % RANKS],
+            step=i,
+            first_seen=T0 + i,
+            last_seen=T0 + i,
+            summary="slow rank",
+            status="resolved" if i % 3 == 0 else "firing",
+        )
+        for i in range(5000)
+    ]
     store.write_batch([], [], alerts)
     return rates
 
@@ -96,13 +128,14 @@ def median_ms(run: Callable[[], Any], repeat: int = 7) -> tuple[float, int]:
 def queries(store: SqlStore, logs: int) -> dict[str, Callable[[], Any]]:
     since = T0 + logs / 100 - 600  # the last ten minutes of the log stream
     return {
-        "logs --job J --rank R --since": lambda: store.logs(
-            LogQuery("job-3", rank=7, since=since)),
+        "logs --job J --rank R --since": lambda: store.logs(LogQuery("job-3", rank=7, since=since)),
         "logs --job J --level ERROR": lambda: store.logs(LogQuery("job-3", level="ERROR")),
         "logs --job J --grep 'watchdog timeout'": lambda: store.logs(
-            LogQuery("job-3", grep="watchdog timeout")),
+            LogQuery("job-3", grep="watchdog timeout")
+        ),
         "steps --job J --metric loss --ranks 0-7": lambda: store.steps(
-            StepQuery("job-3", "loss", ranks=range(8))),
+            StepQuery("job-3", "loss", ranks=range(8))
+        ),
         "alerts --job J": lambda: store.alerts("job-3"),
         "jobs": store.jobs,
     }

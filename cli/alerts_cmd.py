@@ -20,10 +20,19 @@ def register(sub: Any) -> None:
     alerts.add_argument("--job", default=None, help="job id (default: every job)")
     alerts.add_argument("--since", default=None, help="10m, 2h, 7d, or an ISO 8601 time")
     alerts.add_argument("--limit", type=int, default=1000, help="the latest N stored alerts")
-    alerts.add_argument("--follow", "-f", action="store_true",
-                        help="then print new alerts as they fire (from the alerts topic)")
-    alerts.add_argument("--exit-after", type=int, default=None, metavar="N",
-                        help="with --follow: stop after N live alerts")
+    alerts.add_argument(
+        "--follow",
+        "-f",
+        action="store_true",
+        help="then print new alerts as they fire (from the alerts topic)",
+    )
+    alerts.add_argument(
+        "--exit-after",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --follow: stop after N live alerts",
+    )
     alerts.add_argument("--bootstrap", default=None, help="Kafka bootstrap servers (--follow)")
     alerts.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     add_store_args(alerts)
@@ -83,13 +92,15 @@ def follow_alerts(settings: Any, job_id: str | None) -> Any:
     from rankwatch.schemas import Alert, EventDecodeError, decode
 
     topic = settings.topics.alerts.name
-    consumer = Consumer({
-        **settings.confluent_config(),
-        "group.id": f"rankwatch-console-{uuid.uuid4().hex[:12]}",
-        "enable.auto.commit": False,
-        "auto.offset.reset": "latest",
-        "log_level": 3,
-    })
+    consumer = Consumer(
+        {
+            **settings.confluent_config(),
+            "group.id": f"rankwatch-console-{uuid.uuid4().hex[:12]}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "latest",
+            "log_level": 3,
+        }
+    )
 
     def on_assign(consumer: Any, partitions: list[Any]) -> None:
         # Pin "from now on" to the end offsets as of now: "latest" would be resolved only at
@@ -98,8 +109,11 @@ def follow_alerts(settings: Any, job_id: str | None) -> Any:
             partition.offset = consumer.get_watermark_offsets(partition, timeout=10)[1]
         consumer.assign(partitions)
         # On stderr, so --json output stays clean; tests wait for this line.
-        print(f"following {topic} ({len(partitions)} partitions), Ctrl-C to stop",
-              file=sys.stderr, flush=True)
+        print(
+            f"following {topic} ({len(partitions)} partitions), Ctrl-C to stop",
+            file=sys.stderr,
+            flush=True,
+        )
 
     consumer.subscribe([topic], on_assign=on_assign)
     try:

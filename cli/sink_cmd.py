@@ -24,14 +24,22 @@ def register(sub: Any) -> None:
     add_store_args(storage)
     storage.add_argument("--bootstrap", default=None, help="Kafka bootstrap servers")
     storage.add_argument("--group", default=None, help="consumer group id")
-    storage.add_argument("--instance-id", default=None,
-                         help="static group member id: a restarted sink resumes at once")
-    storage.add_argument("--batch-size", type=int, default=None,
-                         help="messages per write (default 1000)")
-    storage.add_argument("--linger", default=None,
-                         help="write a batch after this long at the latest (default 1s)")
-    storage.add_argument("--retention", default=None,
-                         help="delete what is older than this (e.g. 30d; default: keep all)")
+    storage.add_argument(
+        "--instance-id",
+        default=None,
+        help="static group member id: a restarted sink resumes at once",
+    )
+    storage.add_argument(
+        "--batch-size", type=int, default=None, help="messages per write (default 1000)"
+    )
+    storage.add_argument(
+        "--linger", default=None, help="write a batch after this long at the latest (default 1s)"
+    )
+    storage.add_argument(
+        "--retention",
+        default=None,
+        help="delete what is older than this (e.g. 30d; default: keep all)",
+    )
     storage.set_defaults(handler=_storage)
 
     notify = kinds.add_parser("notify", help="deliver alerts to webhooks (Slack, DingTalk, JSON)")
@@ -71,10 +79,15 @@ def _storage(args: argparse.Namespace) -> int:
         raise SinkConfigError(str(exc)) from None
     store = open_store(args.db or config.db)
     try:
-        sink = StorageSink(store, settings, group_id=args.group or config.group_id,
-                           batch_size=args.batch_size or config.batch_size, linger_s=linger,
-                           retention_s=retention,
-                           instance_id=args.instance_id or config.instance_id)
+        sink = StorageSink(
+            store,
+            settings,
+            group_id=args.group or config.group_id,
+            batch_size=args.batch_size or config.batch_size,
+            linger_s=linger,
+            retention_s=retention,
+            instance_id=args.instance_id or config.instance_id,
+        )
         _stop_on_signals(sink.stop)
         log = logging.getLogger("rankwatch.sinks.storage")
         where = store.url.split("@")[-1]  # never log a password in the URL

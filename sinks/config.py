@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
 from rankwatch.schemas import Severity
 from rankwatch.sinks.durations import parse_duration
 from rankwatch.sinks.exceptions import SinkConfigError
@@ -32,7 +33,7 @@ def _duration(value: Any) -> Any:
     if isinstance(value, str):
         return parse_duration(value)
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"expected a duration string such as \"10s\", got {value!r}")
+        raise ValueError(f'expected a duration string such as "10s", got {value!r}')
     return float(value)  # a bare number is seconds
 
 
@@ -112,9 +113,7 @@ class NotifyConfig(_Strict):
             for name in route.to:
                 if name not in self.destinations:
                     known = ", ".join(sorted(self.destinations)) or "none defined"
-                    raise ValueError(
-                        f"routes[{index}].to: no destination named {name!r} ({known})"
-                    )
+                    raise ValueError(f"routes[{index}].to: no destination named {name!r} ({known})")
         return self
 
 
@@ -174,7 +173,9 @@ def _describe(error: Any, source: str) -> str:
 
 
 _FIELDS: dict[str, type[BaseModel]] = {
-    "sinks": SinksConfig, "sinks.storage": StorageConfig, "sinks.notify": NotifyConfig,
+    "sinks": SinksConfig,
+    "sinks.storage": StorageConfig,
+    "sinks.notify": NotifyConfig,
 }
 
 

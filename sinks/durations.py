@@ -21,7 +21,6 @@ def parse_duration(text: str) -> float:
     match = _PATTERN.match(text)
     if match is None:
         raise ValueError(
-            f"{text!r} is not a duration (expected a number and a unit: "
-            "500ms, 10s, 5m, 2h, 7d, 1w)"
+            f"{text!r} is not a duration (expected a number and a unit: 500ms, 10s, 5m, 2h, 7d, 1w)"
         )
     return float(match.group(1)) * _UNITS[match.group(2)]

@@ -49,7 +49,9 @@ class RateLimitedLog:
         if self._last_line is None:
             self._emit(f"{self.what} ({self.total} so far): {detail}")
         else:
-            self._emit(f"{self.what} ({self.total} so far, {self._since_line} since the last "
-                       f"line): {detail}")
+            self._emit(
+                f"{self.what} ({self.total} so far, {self._since_line} since the last "
+                f"line): {detail}"
+            )
         self._last_line = now
         self._since_line = 0

@@ -80,36 +80,107 @@ class PostgresServer:
             shutil.chown(self.root, "postgres", "postgres")
             self._as_user = ["runuser", "-u", "postgres", "--"]
         data = self.root / "data"
-        self._run([str(self._bin / "initdb"), "-D", str(data), "-U", "postgres",
-                   "--auth=trust", "-E", "UTF8", "--no-sync"], "initdb", timeout_s)
-        options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
-                   "-c fsync=off -c full_page_writes=off -c shared_buffers=128MB")
-        self._run([str(self._bin / "pg_ctl"), "-D", str(data), "-l", str(self.root / "log"),
-                   "-o", options, "-w", "-t", str(int(timeout_s)), "start"], "pg_ctl start",
-                  timeout_s + 5)
-        self._run([str(self._bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port),
-                   "-U", "postgres", self.database], "createdb", timeout_s)
+        self._run(
+            [
+                str(self._bin / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+            "initdb",
+            timeout_s,
+        )
+        options = (
+            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
+            "-c fsync=off -c full_page_writes=off -c shared_buffers=128MB"
+        )
+        self._run(
+            [
+                str(self._bin / "pg_ctl"),
+                "-D",
+                str(data),
+                "-l",
+                str(self.root / "log"),
+                "-o",
+                options,
+                "-w",
+                "-t",
+                str(int(timeout_s)),
+                "start",
+            ],
+            "pg_ctl start",
+            timeout_s + 5,
+        )
+        self._run(
+            [
+                str(self._bin / "createdb"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                self.database,
+            ],
+            "createdb",
+            timeout_s,
+        )
         return self
 
     def create_database(self, name: str) -> str:
         """A fresh database in this cluster; returns its URL."""
         assert self._bin is not None, "start() first"
-        self._run([str(self._bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port),
-                   "-U", "postgres", name], "createdb", 30)
+        self._run(
+            [
+                str(self._bin / "createdb"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                name,
+            ],
+            "createdb",
+            30,
+        )
         return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
 
     def stop(self) -> None:
         if self._bin is not None and self.root is not None and (self.root / "data").exists():
-            subprocess.run([*self._as_user, str(self._bin / "pg_ctl"), "-D",
-                            str(self.root / "data"), "-m", "immediate", "-w", "stop"],
-                           capture_output=True, timeout=60, check=False)
+            subprocess.run(
+                [
+                    *self._as_user,
+                    str(self._bin / "pg_ctl"),
+                    "-D",
+                    str(self.root / "data"),
+                    "-m",
+                    "immediate",
+                    "-w",
+                    "stop",
+                ],
+                capture_output=True,
+                timeout=60,
+                check=False,
+            )
         if self.root is not None:
             shutil.rmtree(self.root, ignore_errors=True)
             self.root = None
 
     def _run(self, command: list[str], what: str, timeout_s: float) -> None:
-        done = subprocess.run([*self._as_user, *command], capture_output=True, text=True,
-                              timeout=timeout_s, cwd=self.root, check=False)
+        done = subprocess.run(
+            [*self._as_user, *command],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            cwd=self.root,
+            check=False,
+        )
         if done.returncode != 0:
             log = ""
             if self.root is not None and (self.root / "log").exists():
@@ -208,8 +279,9 @@ class WebhookServer:
         ThreadingHTTPServer.allow_reuse_address = True
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._thread.start()
         return self
 

@@ -7,6 +7,7 @@ import urllib.request
 from typing import Any
 
 import orjson
+
 from rankwatch.sinks.notify.base import OK, Outcome
 
 #: HTTP statuses worth trying again: the endpoint may be fine in a moment.
@@ -16,7 +17,9 @@ RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 def post_json(url: str, payload: Any, timeout_s: float) -> tuple[Outcome, bytes]:
     """The outcome and the response body (empty when there was none)."""
     request = urllib.request.Request(
-        url, data=orjson.dumps(payload), method="POST",
+        url,
+        data=orjson.dumps(payload),
+        method="POST",
         headers={"Content-Type": "application/json", "User-Agent": "rankwatch"},
     )
     try:

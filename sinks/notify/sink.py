@@ -26,6 +26,7 @@ from rankwatch.sinks.ratelog import RateLimitedLog
 
 if TYPE_CHECKING:
     from confluent_kafka import Consumer, Message, Producer
+
     from rankwatch.config import Settings
 
 log = logging.getLogger("rankwatch.sinks.notify")
@@ -37,8 +38,11 @@ def make_notifier(name: str, config: DestinationConfig) -> Notifier:
     from rankwatch.sinks.notify.slack import SlackNotifier
     from rankwatch.sinks.notify.webhook import WebhookNotifier
 
-    kinds: dict[str, Any] = {"webhook": WebhookNotifier, "slack": SlackNotifier,
-                             "dingtalk": DingTalkNotifier}
+    kinds: dict[str, Any] = {
+        "webhook": WebhookNotifier,
+        "slack": SlackNotifier,
+        "dingtalk": DingTalkNotifier,
+    }
     notifier: Notifier = kinds[config.type](name, config.url, config.timeout)
     return notifier
 
@@ -54,8 +58,9 @@ class NotifySink:
         self._bad = RateLimitedLog("skipped a message that is not an alert", emit=log.warning)
         self.delivered = DeliveredSet(config.state_db)
         self.workers = {
-            name: DestinationWorker(name, make_notifier(name, dest), dest, self.delivered,
-                                    self._park, self._stop)
+            name: DestinationWorker(
+                name, make_notifier(name, dest), dest, self.delivered, self._park, self._stop
+            )
             for name, dest in config.destinations.items()
         }
         self._producer: Producer | None = None
@@ -76,18 +81,24 @@ class NotifySink:
         from confluent_kafka import Consumer, Producer
 
         self._ensure_retry_topic()
-        self._producer = Producer({**self.settings.confluent_config(),
-                                   "enable.idempotence": True, "log_level": 3})
-        consumer = Consumer({
-            **self.settings.confluent_config(),
-            "group.id": self.config.group_id,
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "session.timeout.ms": 10_000,
-            "log_level": 3,
-        })
-        consumer.subscribe([self.alerts_topic, self.config.retry_topic],
-                           on_assign=lambda c, p: self._ready.set(), on_revoke=self._on_revoke)
+        self._producer = Producer(
+            {**self.settings.confluent_config(), "enable.idempotence": True, "log_level": 3}
+        )
+        consumer = Consumer(
+            {
+                **self.settings.confluent_config(),
+                "group.id": self.config.group_id,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "session.timeout.ms": 10_000,
+                "log_level": 3,
+            }
+        )
+        consumer.subscribe(
+            [self.alerts_topic, self.config.retry_topic],
+            on_assign=lambda c, p: self._ready.set(),
+            on_revoke=self._on_revoke,
+        )
         for worker in self.workers.values():
             worker.start()
         log.info("delivering %s to %s", self.alerts_topic, ", ".join(self.workers) or "nobody")
@@ -130,8 +141,11 @@ class NotifySink:
             name = _header(message, "destination")
             not_before = float(_header(message, "not_before") or 0)
             if name not in self.workers:
-                log.warning("parked alert %s for %r: no such destination any more; dropped",
-                            event.alert_id, name)
+                log.warning(
+                    "parked alert %s for %r: no such destination any more; dropped",
+                    event.alert_id,
+                    name,
+                )
                 self._tracker.add(topic, partition, offset, 0)
                 return
             names = [name]
@@ -151,9 +165,13 @@ class NotifySink:
         while not self._stop.is_set():
             try:
                 self._producer.produce(
-                    self.config.retry_topic, encode(alert), key=alert.job_id.encode(),
-                    headers=[("destination", destination.encode()),
-                             ("not_before", repr(due).encode())],
+                    self.config.retry_topic,
+                    encode(alert),
+                    key=alert.job_id.encode(),
+                    headers=[
+                        ("destination", destination.encode()),
+                        ("not_before", repr(due).encode()),
+                    ],
                 )
                 if self._producer.flush(10) == 0:
                     return True
@@ -189,8 +207,9 @@ class NotifySink:
         try:
             if topic in admin.list_topics(timeout=10).topics:
                 return
-            future = admin.create_topics([NewTopic(topic, num_partitions=1,
-                                                   replication_factor=-1)])[topic]
+            future = admin.create_topics(
+                [NewTopic(topic, num_partitions=1, replication_factor=-1)]
+            )[topic]
             future.result(timeout=30)
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:

@@ -130,7 +130,10 @@ class DestinationWorker:
         if fresh:
             alerts = list(fresh.values())
             outcome, attempts = deliver(
-                self.notifier, alerts, self.policy, wait=self.stop.wait,
+                self.notifier,
+                alerts,
+                self.policy,
+                wait=self.stop.wait,
                 before_attempt=lambda: self.bucket.acquire(self.stop),
             )
             self.stats.attempts += attempts
@@ -141,9 +144,15 @@ class DestinationWorker:
             elif self.stop.is_set():
                 return  # not done: re-read and delivered by the next run
             else:
-                log.error("%s: %d alert(s) of %s not delivered after %d attempt(s): %s; "
-                          "parked for a later retry", self.name, len(alerts), alerts[0].job_id,
-                          attempts, outcome.error)
+                log.error(
+                    "%s: %d alert(s) of %s not delivered after %d attempt(s): %s; "
+                    "parked for a later retry",
+                    self.name,
+                    len(alerts),
+                    alerts[0].job_id,
+                    attempts,
+                    outcome.error,
+                )
                 for alert in alerts:
                     if not self.park(self.name, alert):
                         return  # stopping: not done, so re-read and retried by the next run

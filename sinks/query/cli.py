@@ -16,11 +16,19 @@ Handler = Callable[[argparse.Namespace], int]
 
 def add_store_args(parser: argparse.ArgumentParser) -> None:
     """``--db`` and ``--config``: where the store is (flag > [sinks.storage] db > default)."""
-    parser.add_argument("--db", default=None, metavar="URL",
-                        help="sqlite:///PATH or postgresql://... (default: [sinks.storage] db "
-                             "of the config file, else sqlite:///.rankwatch/rankwatch.db)")
-    parser.add_argument("--config", default=None, metavar="FILE",
-                        help="rankwatch TOML config (default: $RANKWATCH_CONFIG, ./rankwatch.toml)")
+    parser.add_argument(
+        "--db",
+        default=None,
+        metavar="URL",
+        help="sqlite:///PATH or postgresql://... (default: [sinks.storage] db "
+        "of the config file, else sqlite:///.rankwatch/rankwatch.db)",
+    )
+    parser.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="rankwatch TOML config (default: $RANKWATCH_CONFIG, ./rankwatch.toml)",
+    )
 
 
 def store_url(args: argparse.Namespace) -> str:

@@ -20,8 +20,10 @@ def alert_line(alert: Alert, *, colour: bool = False) -> str:
     ranks = _ranks(alert.ranks) if alert.ranks else ("all" if alert.scope == "job" else "-")
     step = "-" if alert.step is None else str(alert.step)
     summary = " ".join(alert.summary.split())  # one line, whatever the detector wrote
-    text = (f"{alert.last_seen:%Y-%m-%d %H:%M:%S} {alert.severity.upper():<8} "
-            f"{alert.status:<8} {alert.job_id} {alert.rule} ranks={ranks} step={step}: {summary}")
+    text = (
+        f"{alert.last_seen:%Y-%m-%d %H:%M:%S} {alert.severity.upper():<8} "
+        f"{alert.status:<8} {alert.job_id} {alert.rule} ranks={ranks} step={step}: {summary}"
+    )
     if not colour:
         return text
     code = _RESOLVED if alert.status == "resolved" else _COLOURS[alert.severity]

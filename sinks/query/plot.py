@@ -72,12 +72,23 @@ def plot_steps(points: Sequence[StepPoint], *, job_id: str, metric: str, path: P
         steps, values = per_rank[rank]
         if rank == odd:
             continue  # drawn last, on top
-        overlay.plot(steps, values, color=colours(i % 20), linewidth=1.0, alpha=0.8,
-                     label=f"rank {rank}" if len(ranks) <= 16 else None)
+        overlay.plot(
+            steps,
+            values,
+            color=colours(i % 20),
+            linewidth=1.0,
+            alpha=0.8,
+            label=f"rank {rank}" if len(ranks) <= 16 else None,
+        )
     if odd is not None:
         steps, values = per_rank[odd]
-        overlay.plot(steps, values, color="red", linewidth=2.2,
-                     label=f"rank {odd} (furthest from the median)")
+        overlay.plot(
+            steps,
+            values,
+            color="red",
+            linewidth=2.2,
+            label=f"rank {odd} (furthest from the median)",
+        )
     overlay.set_title(f"{job_id}: {metric} of {len(ranks)} rank(s)")
     overlay.set_xlabel("step")
     overlay.set_ylabel(metric)
@@ -86,8 +97,9 @@ def plot_steps(points: Sequence[StepPoint], *, job_id: str, metric: str, path: P
         overlay.legend(fontsize=7, ncol=4, loc="best")
     first_axis = None
     for index, rank in enumerate(panels):
-        axis = figure.add_subplot(grid[1 + index // cols, index % cols],
-                                  sharex=first_axis, sharey=first_axis)
+        axis = figure.add_subplot(
+            grid[1 + index // cols, index % cols], sharex=first_axis, sharey=first_axis
+        )
         first_axis = first_axis or axis
         steps, values = per_rank[rank]
         axis.plot(steps, values, color="red" if rank == odd else "tab:blue", linewidth=1.0)
@@ -99,8 +111,13 @@ def plot_steps(points: Sequence[StepPoint], *, job_id: str, metric: str, path: P
         axis.tick_params(labelsize=6)
         axis.grid(alpha=0.3)
     if len(ranks) > MAX_PANELS:
-        figure.text(0.5, 0.01, f"panels show the first {MAX_PANELS} of {len(ranks)} ranks "
-                    "(select with --ranks)", ha="center", fontsize=8)
+        figure.text(
+            0.5,
+            0.01,
+            f"panels show the first {MAX_PANELS} of {len(ranks)} ranks (select with --ranks)",
+            ha="center",
+            fontsize=8,
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
     plt.close(figure)

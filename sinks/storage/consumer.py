@@ -23,6 +23,7 @@ from rankwatch.sinks.ratelog import RateLimitedLog
 
 if TYPE_CHECKING:
     from confluent_kafka import Consumer, Message
+
     from rankwatch.config import Settings
     from rankwatch.sinks.storage.sql import SqlStore
 
@@ -180,8 +181,9 @@ class StorageSink:
             except StoreError as exc:
                 # Never drop a batch and never commit past it: wait for the store to come back.
                 self.stats.write_failures += 1
-                log.error("writing a batch of %d failed, retrying in %.1f s: %s",
-                          batch.size, delay, exc)
+                log.error(
+                    "writing a batch of %d failed, retrying in %.1f s: %s", batch.size, delay, exc
+                )
                 if self._stop.wait(delay):
                     return  # stopping: uncommitted, so the next run reads the batch again
                 delay = min(delay * 2, 30.0)
@@ -195,8 +197,9 @@ class StorageSink:
             consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
             # The rows are stored; an uncommitted batch is only read (and ignored) again.
-            log.warning("committing offsets failed (the batch will be re-read, harmlessly): %s",
-                        exc)
+            log.warning(
+                "committing offsets failed (the batch will be re-read, harmlessly): %s", exc
+            )
 
     def _on_revoke(self, consumer: Consumer, partitions: list[Any]) -> None:
         # Write and commit what we hold before another member takes these partitions.

@@ -13,20 +13,50 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
+
 from rankwatch.schemas import Alert, LogEvent, StepEvent
 from rankwatch.schemas._types import wire_safe
 from rankwatch.sinks.storage.base import LEVELS, METRICS
 
 STEP_COLUMNS: tuple[str, ...] = (
-    "job_id", "rank", "step", "ts", "world_size", "host", *METRICS, "nonfinite", "extra",
+    "job_id",
+    "rank",
+    "step",
+    "ts",
+    "world_size",
+    "host",
+    *METRICS,
+    "nonfinite",
+    "extra",
 )
 LOG_COLUMNS: tuple[str, ...] = (
-    "job_id", "rank", "ts", "level", "level_no", "logger", "step", "host", "message",
-    "msg_hash", "extra",
+    "job_id",
+    "rank",
+    "ts",
+    "level",
+    "level_no",
+    "logger",
+    "step",
+    "host",
+    "message",
+    "msg_hash",
+    "extra",
 )
 ALERT_COLUMNS: tuple[str, ...] = (
-    "alert_id", "status", "job_id", "rule", "severity", "scope", "ranks", "step",
-    "first_seen", "last_seen", "summary", "evidence", "action", "extra",
+    "alert_id",
+    "status",
+    "job_id",
+    "rule",
+    "severity",
+    "scope",
+    "ranks",
+    "step",
+    "first_seen",
+    "last_seen",
+    "summary",
+    "evidence",
+    "action",
+    "extra",
 )
 
 
@@ -47,8 +77,15 @@ def step_row(event: StepEvent) -> tuple[Any, ...]:
             value = None
         values.append(value)
     return (
-        event.job_id, event.rank, event.step, event.epoch, event.world_size, event.host,
-        *values, _json(nonfinite), _json(event.extra),
+        event.job_id,
+        event.rank,
+        event.step,
+        event.epoch,
+        event.world_size,
+        event.host,
+        *values,
+        _json(nonfinite),
+        _json(event.extra),
     )
 
 
@@ -68,18 +105,37 @@ def message_hash(event: LogEvent) -> int:
 def log_row(event: LogEvent) -> tuple[Any, ...]:
     """The ``logs`` row of a log event, in :data:`LOG_COLUMNS` order."""
     return (
-        event.job_id, event.rank, event.epoch, event.level, LEVELS[event.level], event.logger,
-        event.step, event.host, event.message, message_hash(event), _json(event.extra),
+        event.job_id,
+        event.rank,
+        event.epoch,
+        event.level,
+        LEVELS[event.level],
+        event.logger,
+        event.step,
+        event.host,
+        event.message,
+        message_hash(event),
+        _json(event.extra),
     )
 
 
 def alert_row(alert: Alert) -> tuple[Any, ...]:
     """The ``alerts`` row of an alert, in :data:`ALERT_COLUMNS` order."""
     return (
-        alert.alert_id, alert.status, alert.job_id, alert.rule, alert.severity, alert.scope,
-        orjson.dumps(alert.ranks).decode(), alert.step, alert.first_seen.timestamp(),
-        alert.last_seen.timestamp(), alert.summary, _json(alert.evidence) or "{}",
-        alert.action, _json(alert.extra),
+        alert.alert_id,
+        alert.status,
+        alert.job_id,
+        alert.rule,
+        alert.severity,
+        alert.scope,
+        orjson.dumps(alert.ranks).decode(),
+        alert.step,
+        alert.first_seen.timestamp(),
+        alert.last_seen.timestamp(),
+        alert.summary,
+        _json(alert.evidence) or "{}",
+        alert.action,
+        _json(alert.extra),
     )
 
 

@@ -160,7 +160,9 @@ class SqlStore(ABC):
                 )
         return WriteStats(
             received=len(steps) + len(logs) + len(alerts),
-            steps=new_steps, logs=new_logs, alerts=new_alerts,
+            steps=new_steps,
+            logs=new_logs,
+            alerts=new_alerts,
         )
 
     def delete_older_than(self, age_s: float, now: float | None = None) -> RetentionResult:
@@ -168,8 +170,12 @@ class SqlStore(ABC):
         cutoff = (time.time() if now is None else now) - age_s
         deleted: dict[str, int] = {}
         with self._transaction():
-            for table, column in (("steps", "ts"), ("logs", "ts"), ("alerts", "last_seen"),
-                                  ("job_ranks", "last_ts")):
+            for table, column in (
+                ("steps", "ts"),
+                ("logs", "ts"),
+                ("alerts", "last_seen"),
+                ("job_ranks", "last_ts"),
+            ):
                 deleted[table] = self._execute(
                     f"DELETE FROM {table} WHERE {column} < {self.ph}", (cutoff,)
                 )
@@ -203,8 +209,16 @@ class SqlStore(ABC):
             [*params, query.limit],
         )
         return [
-            LogRow(job_id=r[0], rank=r[1], timestamp=from_epoch(r[2]), level=r[3], message=r[4],
-                   logger=r[5], step=r[6], host=r[7])
+            LogRow(
+                job_id=r[0],
+                rank=r[1],
+                timestamp=from_epoch(r[2]),
+                level=r[3],
+                message=r[4],
+                logger=r[5],
+                step=r[6],
+                host=r[7],
+            )
             for r in reversed(found)
         ]
 
@@ -241,8 +255,11 @@ class SqlStore(ABC):
                 return []
             where.append(f"rank IN ({', '.join([p] * len(ranks))})")
             params.extend(ranks)
-        for clause, value in ((f"ts >= {p}", query.since), (f"step >= {p}", query.min_step),
-                              (f"step <= {p}", query.max_step)):
+        for clause, value in (
+            (f"ts >= {p}", query.since),
+            (f"step >= {p}", query.min_step),
+            (f"step <= {p}", query.max_step),
+        ):
             if value is not None:
                 where.append(clause)
                 params.append(value)
@@ -253,25 +270,38 @@ class SqlStore(ABC):
             params,
         )
         return [
-            StepPoint(rank=r[0], step=r[1], value=rows.metric_value(r[2], r[3], query.metric),
-                      timestamp=from_epoch(r[4]))
+            StepPoint(
+                rank=r[0],
+                step=r[1],
+                value=rows.metric_value(r[2], r[3], query.metric),
+                timestamp=from_epoch(r[4]),
+            )
             for r in found
         ]
 
     def jobs(self) -> list[JobSummary]:
         """Every job seen, most recently active first, with its open (unresolved) alerts."""
-        open_alerts = dict(self._query(
-            "SELECT a.job_id, count(*) FROM alerts a WHERE a.status = 'firing' AND NOT EXISTS"
-            " (SELECT 1 FROM alerts r WHERE r.alert_id = a.alert_id AND r.status = 'resolved')"
-            " GROUP BY a.job_id"
-        ))
+        open_alerts = dict(
+            self._query(
+                "SELECT a.job_id, count(*) FROM alerts a WHERE a.status = 'firing' AND NOT EXISTS"
+                " (SELECT 1 FROM alerts r WHERE r.alert_id = a.alert_id AND r.status = 'resolved')"
+                " GROUP BY a.job_id"
+            )
+        )
         found = self._query(
             "SELECT job_id, count(*), min(rank), max(rank), max(last_step), max(last_ts)"
             " FROM job_ranks GROUP BY job_id ORDER BY max(last_ts) DESC"
         )
         return [
-            JobSummary(job_id=r[0], ranks=r[1], min_rank=r[2], max_rank=r[3], last_step=r[4],
-                       last_seen=from_epoch(r[5]), open_alerts=int(open_alerts.get(r[0], 0)))
+            JobSummary(
+                job_id=r[0],
+                ranks=r[1],
+                min_rank=r[2],
+                max_rank=r[3],
+                last_step=r[4],
+                last_seen=from_epoch(r[5]),
+                open_alerts=int(open_alerts.get(r[0], 0)),
+            )
             for r in found
         ]
 
@@ -296,4 +326,4 @@ def iter_chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     [[1, 2], [3]]
     """
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
 from rankwatch.sinks.storage import SqlStore, open_store
 from rankwatch.sinks.testing import PostgresServer, PostgresUnavailable
 
@@ -29,9 +30,7 @@ def postgres() -> Iterator[PostgresServer]:
 
 
 @pytest.fixture
-def make_db_url(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> Callable[[str], str]:
+def make_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[str], str]:
     """``make_db_url("sqlite" | "postgres") -> URL`` of a fresh, empty database."""
 
     def make(kind: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from rankwatch.config import load_settings
 from rankwatch.sinks.config import load_sinks_config
 from rankwatch.sinks.exceptions import SinkConfigError
@@ -55,33 +56,56 @@ def test_no_file_means_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert load_sinks_config().storage.db == "sqlite:///.rankwatch/rankwatch.db"
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("[sinks.storag]\n", "sinks: unknown key 'storag' (did you mean 'storage'?)"),
-    ('[sinks.storage]\nlinger = "ten"\n',
-     "sinks.storage.linger: 'ten' is not a duration (expected a number and a unit: "
-     "500ms, 10s, 5m, 2h, 7d, 1w)"),
-    ('[sinks.storage]\nbatch_size = "3"\n',
-     "sinks.storage.batch_size: Input should be a valid integer, got '3'"),
-    ('[sinks.storage]\nbatch_size = 0\n',
-     "sinks.storage.batch_size: Input should be greater than or equal to 1, got 0"),
-    ('[sinks.storage]\ndb = "mysql://x"\n',
-     "sinks.storage.db: expected sqlite:///PATH or postgresql://..., got 'mysql://x'"),
-    ('[sinks.notify.destinations.a]\ntype = "teams"\nurl = "http://x"\n',
-     "sinks.notify.destinations.a.type: Input should be 'webhook', 'slack' or 'dingtalk', "
-     "got 'teams'"),
-    ('[sinks.notify.destinations.a]\ntype = "slack"\nurl = "ftp://x"\n',
-     "sinks.notify.destinations.a.url: expected an http:// or https:// URL, got 'ftp://x'"),
-    ('[sinks.notify.destinations.a]\ntype = "slack"\n',
-     "sinks.notify.destinations.a.url: is required"),
-    ('[sinks.notify.destinations.a]\ntype = "slack"\nurl = "http://x"\ntimout = "1s"\n',
-     "sinks.notify.destinations.a: unknown key 'timout' (did you mean 'timeout'?)"),
-    ('[[sinks.notify.routes]]\nto = ["pager"]\n',
-     "sinks.notify.routes[0].to: no destination named 'pager' (none defined)"),
-    ('[[sinks.notify.routes]]\njobs = "x"\n', "sinks.notify.routes.0.to: is required"),
-    ('[[sinks.notify.routes]]\nto = []\nmin_severity = "loud"\n',
-     "sinks.notify.routes.0.min_severity: Input should be 'info', 'warning' or 'critical', "
-     "got 'loud'"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[sinks.storag]\n", "sinks: unknown key 'storag' (did you mean 'storage'?)"),
+        (
+            '[sinks.storage]\nlinger = "ten"\n',
+            "sinks.storage.linger: 'ten' is not a duration (expected a number and a unit: "
+            "500ms, 10s, 5m, 2h, 7d, 1w)",
+        ),
+        (
+            '[sinks.storage]\nbatch_size = "3"\n',
+            "sinks.storage.batch_size: Input should be a valid integer, got '3'",
+        ),
+        (
+            "[sinks.storage]\nbatch_size = 0\n",
+            "sinks.storage.batch_size: Input should be greater than or equal to 1, got 0",
+        ),
+        (
+            '[sinks.storage]\ndb = "mysql://x"\n',
+            "sinks.storage.db: expected sqlite:///PATH or postgresql://..., got 'mysql://x'",
+        ),
+        (
+            '[sinks.notify.destinations.a]\ntype = "teams"\nurl = "http://x"\n',
+            "sinks.notify.destinations.a.type: Input should be 'webhook', 'slack' or 'dingtalk', "
+            "got 'teams'",
+        ),
+        (
+            '[sinks.notify.destinations.a]\ntype = "slack"\nurl = "ftp://x"\n',
+            "sinks.notify.destinations.a.url: expected an http:// or https:// URL, got 'ftp://x'",
+        ),
+        (
+            '[sinks.notify.destinations.a]\ntype = "slack"\n',
+            "sinks.notify.destinations.a.url: is required",
+        ),
+        (
+            '[sinks.notify.destinations.a]\ntype = "slack"\nurl = "http://x"\ntimout = "1s"\n',
+            "sinks.notify.destinations.a: unknown key 'timout' (did you mean 'timeout'?)",
+        ),
+        (
+            '[[sinks.notify.routes]]\nto = ["pager"]\n',
+            "sinks.notify.routes[0].to: no destination named 'pager' (none defined)",
+        ),
+        ('[[sinks.notify.routes]]\njobs = "x"\n', "sinks.notify.routes.0.to: is required"),
+        (
+            '[[sinks.notify.routes]]\nto = []\nmin_severity = "loud"\n',
+            "sinks.notify.routes.0.min_severity: Input should be 'info', 'warning' or 'critical', "
+            "got 'loud'",
+        ),
+    ],
+)
 def test_each_mistake_is_one_line_naming_file_and_key(
     tmp_path: Path, text: str, message: str
 ) -> None:

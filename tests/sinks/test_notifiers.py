@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+
 from rankwatch.schemas import Alert
 from rankwatch.sinks.notify.dingtalk import DingTalkNotifier
 from rankwatch.sinks.notify.retry import RetryPolicy, deliver
@@ -17,9 +18,19 @@ from rankwatch.sinks.notify.slack import SlackNotifier
 from rankwatch.sinks.notify.webhook import WebhookNotifier
 from rankwatch.sinks.testing import WebhookServer
 
-ALERT = Alert(alert_id="a1", job_id="llm-a", rule="nccl_timeout_burst", severity="critical",
-              scope="job", ranks=[1, 5, 9], step=1200, first_seen=0, last_seen=5,
-              summary="NCCL timeouts on 3 ranks", evidence={"ratio": float("nan")})
+ALERT = Alert(
+    alert_id="a1",
+    job_id="llm-a",
+    rule="nccl_timeout_burst",
+    severity="critical",
+    scope="job",
+    ranks=[1, 5, 9],
+    step=1200,
+    first_seen=0,
+    last_seen=5,
+    summary="NCCL timeouts on 3 ranks",
+    evidence={"ratio": float("nan")},
+)
 
 
 @pytest.fixture
@@ -55,12 +66,14 @@ def test_dingtalk_markdown_format_and_errcode(server: WebhookServer) -> None:
 def test_a_400_is_not_retried_a_503_is_until_the_last_attempt(server: WebhookServer) -> None:
     policy = RetryPolicy(max_attempts=3, backoff=0.01, max_backoff=0.02)
     server.set_mode("reject")
-    outcome, attempts = deliver(WebhookNotifier("x", server.url, 1), [ALERT], policy,
-                                wait=threading.Event().wait)
+    outcome, attempts = deliver(
+        WebhookNotifier("x", server.url, 1), [ALERT], policy, wait=threading.Event().wait
+    )
     assert (outcome.retryable, outcome.error, attempts) == (False, "HTTP 400 Bad Request", 1)
     server.set_mode("error")
-    outcome, attempts = deliver(WebhookNotifier("x", server.url, 1), [ALERT], policy,
-                                wait=threading.Event().wait)
+    outcome, attempts = deliver(
+        WebhookNotifier("x", server.url, 1), [ALERT], policy, wait=threading.Event().wait
+    )
     assert (outcome.retryable, attempts, server.attempts) == (True, 3, 4)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Producer
+
 from rankwatch.config import load_settings
 from rankwatch.schemas import Alert, encode
 from rankwatch.sinks.config import load_sinks_config
@@ -28,13 +29,25 @@ T0 = 1_750_000_000.0
 
 
 def incident(job: str, n: int, status: str = "firing") -> Alert:
-    return Alert(alert_id=f"{job}-inc-{n}", job_id=job, rule="cuda_oom", severity="critical",
-                 scope="rank", ranks=[n], step=100 + n, first_seen=T0 + n, last_seen=T0 + n,
-                 summary=f"rank {n}: CUDA out of memory", status=status)
+    return Alert(
+        alert_id=f"{job}-inc-{n}",
+        job_id=job,
+        rule="cuda_oom",
+        severity="critical",
+        scope="rank",
+        ranks=[n],
+        step=100 + n,
+        first_seen=T0 + n,
+        last_seen=T0 + n,
+        summary=f"rank {n}: CUDA out of memory",
+        status=status,
+    )
 
 
 ALERTS = [incident(job, n) for job in ("llm-a", "llm-b") for n in range(4)] + [
-    incident("llm-a", 0, "resolved"), incident("llm-b", 1, "resolved")]
+    incident("llm-a", 0, "resolved"),
+    incident("llm-b", 1, "resolved"),
+]
 KEYS = {(a.alert_id, a.status) for a in ALERTS}
 
 
@@ -45,8 +58,10 @@ def keys_in(server: WebhookServer, kind: str) -> list[tuple[str, str]]:
         if kind == "webhook":
             out += [(a["alert_id"], a["status"]) for a in body["alerts"]]
         elif kind == "slack":
-            out += [(att["footer"].split()[-1], att["title"].split("]")[0][1:].lower())
-                    for att in body["attachments"]]
+            out += [
+                (att["footer"].split()[-1], att["title"].split("]")[0][1:].lower())
+                for att in body["attachments"]
+            ]
         else:
             for line in body["markdown"]["text"].splitlines()[1:]:
                 status = line.split("[")[1].split("]")[0].lower()
@@ -74,15 +89,19 @@ def eventually(check: Callable[[], bool], timeout_s: float, what: str) -> None:
 
 @pytest.fixture
 def servers() -> Iterator[dict[str, WebhookServer]]:
-    started = {"flaky": WebhookServer(mode="error").start(), "chat": WebhookServer().start(),
-               "robot": WebhookServer(mode="hang").start()}
+    started = {
+        "flaky": WebhookServer(mode="error").start(),
+        "chat": WebhookServer().start(),
+        "robot": WebhookServer(mode="hang").start(),
+    }
     yield started
     for server in started.values():
         server.stop()
 
 
-def write_config(path: Path, bootstrap: str, topic: str, servers: dict[str, WebhookServer],
-                 group: str) -> Path:
+def write_config(
+    path: Path, bootstrap: str, topic: str, servers: dict[str, WebhookServer], group: str
+) -> Path:
     path.write_text(f"""
 [kafka]
 bootstrap = "{bootstrap}"
@@ -90,22 +109,22 @@ bootstrap = "{bootstrap}"
 name = "{topic}"
 [sinks.notify]
 group_id = "{group}"
-state_db = "{path.parent / 'delivered.db'}"
+state_db = "{path.parent / "delivered.db"}"
 retry_topic = "{topic}.retry"
 park_for = "1s"
 [sinks.notify.destinations.flaky]
 type = "webhook"
-url = "{servers['flaky'].url}"
+url = "{servers["flaky"].url}"
 max_attempts = 2
 backoff = "50ms"
 group_wait = "300ms"
 [sinks.notify.destinations.chat]
 type = "slack"
-url = "{servers['chat'].url}"
+url = "{servers["chat"].url}"
 group_wait = "1s"
 [sinks.notify.destinations.robot]
 type = "dingtalk"
-url = "{servers['robot'].url}"
+url = "{servers["robot"].url}"
 timeout = "300ms"
 max_attempts = 1
 group_wait = "300ms"
@@ -126,7 +145,9 @@ def start(config: Path) -> tuple[NotifySink, threading.Thread]:
 
 
 def test_down_and_hanging_endpoints_get_every_alert_exactly_once_when_back(
-    kafka_bootstrap: str, make_topic: Callable[..., str], tmp_path: Path,
+    kafka_bootstrap: str,
+    make_topic: Callable[..., str],
+    tmp_path: Path,
     servers: dict[str, WebhookServer],
 ) -> None:
     topic = make_topic(2)
@@ -155,7 +176,9 @@ def test_down_and_hanging_endpoints_get_every_alert_exactly_once_when_back(
 
 
 def test_a_restarted_sink_does_not_resend_what_it_delivered(
-    kafka_bootstrap: str, make_topic: Callable[..., str], tmp_path: Path,
+    kafka_bootstrap: str,
+    make_topic: Callable[..., str],
+    tmp_path: Path,
     servers: dict[str, WebhookServer],
 ) -> None:
     for server in servers.values():

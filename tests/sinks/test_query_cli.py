@@ -7,6 +7,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+
 from rankwatch.cli.main import main
 from rankwatch.schemas import Alert, LogEvent, StepEvent
 from rankwatch.sinks.storage import open_store
@@ -18,16 +19,47 @@ T0 = 1_750_000_000.0
 def db(tmp_path: Path) -> str:
     url = f"sqlite:///{tmp_path / 'rw.db'}"
     with open_store(url) as store:
-        steps = [StepEvent(job_id="llm-7b", rank=r, step=s, timestamp=T0 + s,
-                           loss=3.0 * math.exp(-s / 40) + (0.015 * s if r == 5 else 0.0))
-                 for r in range(8) for s in range(120)]
-        logs = [LogEvent(job_id="llm-7b", rank=7, timestamp=T0 + 100, level="ERROR",
-                         message="NCCL watchdog timeout\nTraceback (most recent call last):"),
-                LogEvent(job_id="llm-7b", rank=3, timestamp=T0 + 101, level="INFO",
-                         message="checkpoint saved")]
-        alerts = [Alert(alert_id="x1", job_id="llm-7b", rule="straggler", severity="warning",
-                        scope="rank", ranks=[5], step=60, first_seen=T0 + 60,
-                        last_seen=T0 + 90, summary="rank 5 drifts from its peers")]
+        steps = [
+            StepEvent(
+                job_id="llm-7b",
+                rank=r,
+                step=s,
+                timestamp=T0 + s,
+                loss=3.0 * math.exp(-s / 40) + (0.015 * s if r == 5 else 0.0),
+            )
+            for r in range(8)
+            for s in range(120)
+        ]
+        logs = [
+            LogEvent(
+                job_id="llm-7b",
+                rank=7,
+                timestamp=T0 + 100,
+                level="ERROR",
+                message="NCCL watchdog timeout\nTraceback (most recent call last):",
+            ),
+            LogEvent(
+                job_id="llm-7b",
+                rank=3,
+                timestamp=T0 + 101,
+                level="INFO",
+                message="checkpoint saved",
+            ),
+        ]
+        alerts = [
+            Alert(
+                alert_id="x1",
+                job_id="llm-7b",
+                rule="straggler",
+                severity="warning",
+                scope="rank",
+                ranks=[5],
+                step=60,
+                first_seen=T0 + 60,
+                last_seen=T0 + 90,
+                summary="rank 5 drifts from its peers",
+            )
+        ]
         store.write_batch(steps, logs, alerts)
     return url
 
@@ -43,33 +75,57 @@ def test_logs_table_json_and_filters(db: str, capsys: pytest.CaptureFixture[str]
     assert code == 0
     assert out.splitlines()[0].split() == ["TIME", "RANK", "LEVEL", "MESSAGE"]
     assert "        Traceback (most recent call last):" in out  # indented under its record
-    code, out, _ = run(capsys, "logs", "--job", "llm-7b", "--rank", "7", "--level", "error",
-                       "--grep", "watchdog", "--since", "2025-01-01T00:00:00Z", "--json",
-                       "--db", db)
+    code, out, _ = run(
+        capsys,
+        "logs",
+        "--job",
+        "llm-7b",
+        "--rank",
+        "7",
+        "--level",
+        "error",
+        "--grep",
+        "watchdog",
+        "--since",
+        "2025-01-01T00:00:00Z",
+        "--json",
+        "--db",
+        db,
+    )
     (record,) = [orjson.loads(line) for line in out.splitlines()]
     assert (record["rank"], record["level"], record["timestamp"]) == (
-        7, "ERROR", "2025-06-15T15:08:20Z")
+        7,
+        "ERROR",
+        "2025-06-15T15:08:20Z",
+    )
 
 
 def test_steps_side_by_side_and_json(db: str, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "steps", "--job", "llm-7b", "--metric", "loss", "--ranks",
-                       "4-5", "--db", db)
+    code, out, _ = run(
+        capsys, "steps", "--job", "llm-7b", "--metric", "loss", "--ranks", "4-5", "--db", db
+    )
     assert code == 0
     lines = out.splitlines()
     assert lines[0].split() == ["STEP", "rank", "4", "rank", "5"]
     assert lines[1].split() == ["0", "3", "3"] and len(lines) == 121
-    _code, out, _ = run(capsys, "steps", "--job", "llm-7b", "--metric", "loss", "--ranks", "0",
-                       "--json", "--db", db)
-    assert orjson.loads(out.splitlines()[0]) == {"rank": 0, "step": 0, "loss": 3.0,
-                                                 "timestamp": "2025-06-15T15:06:40Z"}
+    _code, out, _ = run(
+        capsys, "steps", "--job", "llm-7b", "--metric", "loss", "--ranks", "0", "--json", "--db", db
+    )
+    assert orjson.loads(out.splitlines()[0]) == {
+        "rank": 0,
+        "step": 0,
+        "loss": 3.0,
+        "timestamp": "2025-06-15T15:06:40Z",
+    }
 
 
 def test_steps_plot_writes_a_png_of_every_rank(
     db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     png = tmp_path / "loss.png"
-    code, out, _ = run(capsys, "steps", "--job", "llm-7b", "--metric", "loss", "--plot",
-                       str(png), "--db", db)
+    code, out, _ = run(
+        capsys, "steps", "--job", "llm-7b", "--metric", "loss", "--plot", str(png), "--db", db
+    )
     assert code == 0 and "8 ranks, 960 points" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
 
@@ -90,7 +146,10 @@ def test_bad_arguments_are_one_line_errors(db: str, capsys: pytest.CaptureFixtur
     code, _, err = run(capsys, "logs", "--job", "x", "--since", "soon", "--db", db)
     assert code == 2
     assert err.startswith("rankwatch logs: error: --since 'soon': expected a duration")
-    code, _, err = run(capsys, "steps", "--job", "x", "--metric", "loss", "--ranks", "7-2",
-                       "--db", db)
+    code, _, err = run(
+        capsys, "steps", "--job", "x", "--metric", "loss", "--ranks", "7-2", "--db", db
+    )
     assert (code, err.strip()) == (
-        2, "rankwatch steps: error: --ranks '7-2': 7-2 is not a range (low-high)")
+        2,
+        "rankwatch steps: error: --ranks '7-2': 7-2 is not a range (low-high)",
+    )

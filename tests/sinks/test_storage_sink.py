@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
+
 from rankwatch.schemas import Alert, LogEvent, StepEvent, encode
 from rankwatch.sinks.storage import LogQuery, SqlStore, open_store
 
@@ -25,18 +26,44 @@ def run_events(first: int, last: int) -> list[StepEvent | LogEvent | Alert]:
     events: list[StepEvent | LogEvent | Alert] = []
     for step in range(first, last):
         for rank in range(RANKS):
-            events.append(StepEvent(job_id="job-a", rank=rank, step=step, timestamp=T0 + step,
-                                    loss=3.0 - step / 1000, world_size=RANKS))
+            events.append(
+                StepEvent(
+                    job_id="job-a",
+                    rank=rank,
+                    step=step,
+                    timestamp=T0 + step,
+                    loss=3.0 - step / 1000,
+                    world_size=RANKS,
+                )
+            )
         if step % 10 == 0:
-            events.append(LogEvent(job_id="job-a", rank=step % RANKS, timestamp=T0 + step,
-                                   level="INFO", message=f"step {step} checkpoint saved"))
+            events.append(
+                LogEvent(
+                    job_id="job-a",
+                    rank=step % RANKS,
+                    timestamp=T0 + step,
+                    level="INFO",
+                    message=f"step {step} checkpoint saved",
+                )
+            )
         if step % 100 == 50:
-            fired = Alert(alert_id=f"inc-{step}", job_id="job-a", rule="straggler",
-                          severity="warning", scope="rank", ranks=[3], step=step,
-                          first_seen=T0 + step, last_seen=T0 + step, summary="rank 3 is slow")
-            events += [fired, fired,  # a repeat of the same incident: still one row
-                       fired.model_copy(update={"status": "resolved",
-                                                "last_seen": fired.last_seen})]
+            fired = Alert(
+                alert_id=f"inc-{step}",
+                job_id="job-a",
+                rule="straggler",
+                severity="warning",
+                scope="rank",
+                ranks=[3],
+                step=step,
+                first_seen=T0 + step,
+                last_seen=T0 + step,
+                summary="rank 3 is slow",
+            )
+            events += [
+                fired,
+                fired,  # a repeat of the same incident: still one row
+                fired.model_copy(update={"status": "resolved", "last_seen": fired.last_seen}),
+            ]
     return events
 
 
@@ -51,10 +78,27 @@ def produce(bootstrap: str, topics: dict[str, str], events: list[object]) -> Non
 
 def start_sink(config: Path, url: str, group: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "rankwatch.cli", "sink", "storage", "--config", str(config),
-         "--db", url, "--group", group, "--instance-id", group, "--batch-size", "20",
-         "--linger", "100ms"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "rankwatch.cli",
+            "sink",
+            "storage",
+            "--config",
+            str(config),
+            "--db",
+            url,
+            "--group",
+            group,
+            "--instance-id",
+            group,
+            "--batch-size",
+            "20",
+            "--linger",
+            "100ms",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
 
 
@@ -69,8 +113,11 @@ def wait_for(store: SqlStore, done: Callable[[dict[str, int]], bool], timeout_s:
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
 def test_a_run_is_stored_once_each_after_the_sink_is_killed_and_restarted(
-    kind: str, kafka_bootstrap: str, make_topic: Callable[..., str],
-    make_db_url: Callable[[str], str], tmp_path: Path,
+    kind: str,
+    kafka_bootstrap: str,
+    make_topic: Callable[..., str],
+    make_db_url: Callable[[str], str],
+    tmp_path: Path,
 ) -> None:
     topics = {"step": make_topic(3), "log": make_topic(3), "alert": make_topic(1)}
     config = tmp_path / "rankwatch.toml"
@@ -103,8 +150,15 @@ def test_a_run_is_stored_once_each_after_the_sink_is_killed_and_restarted(
         assert garbage.flush(30) == 0
         sink = start_sink(config, url, group)
         try:
-            wait_for(store, lambda c: c["steps"] == RANKS * STEPS and c["logs"] == STEPS // 10
-                     and c["alerts"] == 2 * 4, 60)
+            wait_for(
+                store,
+                lambda c: (
+                    c["steps"] == RANKS * STEPS
+                    and c["logs"] == STEPS // 10
+                    and c["alerts"] == 2 * 4
+                ),
+                60,
+            )
             time.sleep(0.5)  # anything re-read after this point must still not add rows
         finally:
             sink.send_signal(signal.SIGTERM)
@@ -112,13 +166,19 @@ def test_a_run_is_stored_once_each_after_the_sink_is_killed_and_restarted(
         assert sink.returncode == 0, output
         assert "skipped a message that is not a valid event" in output
 
-        assert store.counts() == {"steps": RANKS * STEPS, "logs": STEPS // 10, "alerts": 8,
-                                  "job_ranks": RANKS}
+        assert store.counts() == {
+            "steps": RANKS * STEPS,
+            "logs": STEPS // 10,
+            "alerts": 8,
+            "job_ranks": RANKS,
+        }
         logs = store.logs(LogQuery("job-a", limit=10_000))
         assert sorted(r.message for r in logs) == sorted(
-            e.message for e in first_half + second_half if isinstance(e, LogEvent))
+            e.message for e in first_half + second_half if isinstance(e, LogEvent)
+        )
         stored_alerts = {(a.alert_id, a.status) for a in store.alerts("job-a")}
-        assert stored_alerts == {(f"inc-{s}", st) for s in range(50, STEPS, 100)
-                                 for st in ("firing", "resolved")}
+        assert stored_alerts == {
+            (f"inc-{s}", st) for s in range(50, STEPS, 100) for st in ("firing", "resolved")
+        }
         (job,) = store.jobs()
         assert (job.ranks, job.last_step, job.open_alerts) == (RANKS, STEPS - 1, 0)

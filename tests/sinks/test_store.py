@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable
 
 import pytest
+
 from rankwatch.schemas import Alert, LogEvent, StepEvent
 from rankwatch.sinks.exceptions import QueryError, StoreError
 from rankwatch.sinks.storage import LogQuery, SqlStore, StepQuery, open_store
@@ -17,8 +18,13 @@ T0 = 1_750_000_000.0
 
 
 def steps(job: str = "j1", ranks: int = 4, n: int = 20) -> list[StepEvent]:
-    return [StepEvent(job_id=job, rank=r, step=s, timestamp=T0 + s, loss=2.0 - s / 100,
-                      gradient_norm=1.0) for r in range(ranks) for s in range(n)]
+    return [
+        StepEvent(
+            job_id=job, rank=r, step=s, timestamp=T0 + s, loss=2.0 - s / 100, gradient_norm=1.0
+        )
+        for r in range(ranks)
+        for s in range(n)
+    ]
 
 
 def log(rank: int, ts: float, level: str, message: str, job: str = "j1") -> LogEvent:
@@ -26,9 +32,20 @@ def log(rank: int, ts: float, level: str, message: str, job: str = "j1") -> LogE
 
 
 def alert(status: str = "firing", last: float = T0 + 5, summary: str = "rank 3: OOM") -> Alert:
-    return Alert(alert_id="a-1", job_id="j1", rule="cuda_oom", severity="critical",
-                 scope="rank", ranks=[3], step=5, first_seen=T0 + 5, last_seen=last,
-                 summary=summary, evidence={"lines": ["CUDA out of memory"]}, status=status)
+    return Alert(
+        alert_id="a-1",
+        job_id="j1",
+        rule="cuda_oom",
+        severity="critical",
+        scope="rank",
+        ranks=[3],
+        step=5,
+        first_seen=T0 + 5,
+        last_seen=last,
+        summary=summary,
+        evidence={"lines": ["CUDA out of memory"]},
+        status=status,
+    )
 
 
 def test_a_replayed_batch_adds_no_rows(store: SqlStore) -> None:
@@ -41,8 +58,11 @@ def test_a_replayed_batch_adds_no_rows(store: SqlStore) -> None:
 
 
 def test_non_finite_metrics_survive_storage(store: SqlStore) -> None:
-    store.write_batch([StepEvent(job_id="j", rank=0, step=1, timestamp=T0, loss="nan",
-                                 gradient_norm="-inf")], [], [])
+    store.write_batch(
+        [StepEvent(job_id="j", rank=0, step=1, timestamp=T0, loss="nan", gradient_norm="-inf")],
+        [],
+        [],
+    )
     (loss,) = store.steps(StepQuery("j", "loss"))
     (grad,) = store.steps(StepQuery("j", "gradient_norm"))
     assert math.isnan(loss.value or 0.0)
@@ -64,13 +84,19 @@ def test_alert_repeat_updates_last_seen_and_resolution_closes_it(store: SqlStore
 
 
 def test_log_filters_rank_since_level_and_full_text(store: SqlStore) -> None:
-    store.write_batch([], [
-        log(7, T0 + 1, "INFO", "step 100 done"),
-        log(7, T0 + 2, "WARNING", "loss scale overflow, skipping step"),
-        log(7, T0 + 3, "ERROR", "NCCL watchdog timeout after 600000 ms\nTraceback (most recent"),
-        log(2, T0 + 3, "ERROR", "CUDA out of memory. Tried to allocate 4.20 GiB"),
-        log(2, T0 + 4, "INFO", "other job line", job="j2"),
-    ], [])
+    store.write_batch(
+        [],
+        [
+            log(7, T0 + 1, "INFO", "step 100 done"),
+            log(7, T0 + 2, "WARNING", "loss scale overflow, skipping step"),
+            log(
+                7, T0 + 3, "ERROR", "NCCL watchdog timeout after 600000 ms\nTraceback (most recent"
+            ),
+            log(2, T0 + 3, "ERROR", "CUDA out of memory. Tried to allocate 4.20 GiB"),
+            log(2, T0 + 4, "INFO", "other job line", job="j2"),
+        ],
+        [],
+    )
     assert [r.message[:4] for r in store.logs(LogQuery("j1", rank=7))] == ["step", "loss", "NCCL"]
     assert len(store.logs(LogQuery("j1", since=T0 + 2))) == 3
     assert [r.rank for r in store.logs(LogQuery("j1", level="WARNING"))] == [7, 7, 2]
@@ -80,7 +106,8 @@ def test_log_filters_rank_since_level_and_full_text(store: SqlStore) -> None:
     assert [r.rank for r in store.logs(LogQuery("j1", grep="out of memory"))] == [2]
     assert store.logs(LogQuery("j1", grep="timeout watchdog")) == []  # a phrase, in order
     assert [r.message for r in store.logs(LogQuery("j1", limit=1))] == [
-        "CUDA out of memory. Tried to allocate 4.20 GiB"]  # the latest, not the first
+        "CUDA out of memory. Tried to allocate 4.20 GiB"
+    ]  # the latest, not the first
     with pytest.raises(QueryError, match="unknown level 'LOUD'"):
         store.logs(LogQuery("j1", level="LOUD"))
 
@@ -91,16 +118,16 @@ def test_steps_by_rank_and_jobs_summary(store: SqlStore) -> None:
     assert [(p.rank, p.step) for p in points[:2]] == [(1, 0), (1, 1)]
     assert {p.rank for p in points} == {1, 3} and len(points) == 40
     (job,) = store.jobs()
-    assert (job.job_id, job.ranks, job.min_rank, job.max_rank, job.last_step) == (
-        "j1", 5, 0, 9, 19)
+    assert (job.job_id, job.ranks, job.min_rank, job.max_rank, job.last_step) == ("j1", 5, 0, 9, 19)
     assert job.last_seen.timestamp() == T0 + 99
     with pytest.raises(QueryError, match="unknown metric 'los'"):
         store.steps(StepQuery("j1", "los"))
 
 
 def test_retention_deletes_only_what_is_older(store: SqlStore) -> None:
-    store.write_batch(steps(ranks=1, n=10), [log(0, T0, "INFO", "old"),
-                                             log(0, T0 + 9, "INFO", "new")], [alert()])
+    store.write_batch(
+        steps(ranks=1, n=10), [log(0, T0, "INFO", "old"), log(0, T0 + 9, "INFO", "new")], [alert()]
+    )
     result = store.delete_older_than(5, now=T0 + 10)
     assert result.deleted == {"steps": 5, "logs": 1, "alerts": 0, "job_ranks": 0}
     assert [r.message for r in store.logs(LogQuery("j1"))] == ["new"]
@@ -117,14 +144,22 @@ def test_migrate_upgrades_a_version_1_database_in_place(
     old = open_store(url, migrate=False)
     schema = sqlite_schema if kind == "sqlite" else pg_schema
     ph = old.ph
-    for statement in (*schema.V1, "CREATE TABLE rankwatch_schema_version (version INTEGER)",
-                      "INSERT INTO rankwatch_schema_version VALUES (1)"):
+    for statement in (
+        *schema.V1,
+        "CREATE TABLE rankwatch_schema_version (version INTEGER)",
+        "INSERT INTO rankwatch_schema_version VALUES (1)",
+    ):
         old._execute(statement)
-    old._executemany(f"INSERT INTO steps ({', '.join(STEP_COLUMNS)}) VALUES "
-                     f"({', '.join([ph] * len(STEP_COLUMNS))})", [step_row(e) for e in steps()])
-    old._executemany(f"INSERT INTO logs ({', '.join(LOG_COLUMNS)}) VALUES "
-                     f"({', '.join([ph] * len(LOG_COLUMNS))})",
-                     [log_row(log(3, T0 + 30, "ERROR", "NCCL watchdog timeout"))])
+    old._executemany(
+        f"INSERT INTO steps ({', '.join(STEP_COLUMNS)}) VALUES "
+        f"({', '.join([ph] * len(STEP_COLUMNS))})",
+        [step_row(e) for e in steps()],
+    )
+    old._executemany(
+        f"INSERT INTO logs ({', '.join(LOG_COLUMNS)}) VALUES "
+        f"({', '.join([ph] * len(LOG_COLUMNS))})",
+        [log_row(log(3, T0 + 30, "ERROR", "NCCL watchdog timeout"))],
+    )
     assert old.schema_version() == 1
     old.close()
 

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
+
 from rankwatch.schemas import Alert
 from rankwatch.sinks.notify.base import Outcome
 from rankwatch.sinks.notify.http import post_json
@@ -31,10 +32,14 @@ def dingtalk_body(alerts: Sequence[Alert]) -> dict[str, Any]:
     for a in alerts:
         ranks = ",".join(map(str, a.ranks[:16])) or "all"
         step = "-" if a.step is None else a.step
-        lines.append(f"- **[{a.status.upper()}] {a.severity.upper()} {a.rule}** "
-                     f"ranks {ranks}, step {step}: {' '.join(a.summary.split())}")
-    return {"msgtype": "markdown",
-            "markdown": {"title": f"rankwatch {job}: {alerts[0].rule}", "text": "\n".join(lines)}}
+        lines.append(
+            f"- **[{a.status.upper()}] {a.severity.upper()} {a.rule}** "
+            f"ranks {ranks}, step {step}: {' '.join(a.summary.split())}"
+        )
+    return {
+        "msgtype": "markdown",
+        "markdown": {"title": f"rankwatch {job}: {alerts[0].rule}", "text": "\n".join(lines)},
+    }
 
 
 class DingTalkNotifier:

@@ -30,8 +30,10 @@ def slack_body(alerts: Sequence[Alert]) -> dict[str, Any]:
     worst = max(alerts, key=lambda a: ("info", "warning", "critical").index(a.severity))
     icon = ":rotating_light:" if firing else ":white_check_mark:"
     plural = "s" if len(alerts) != 1 else ""
-    text = (f"{icon} {alerts[0].job_id}: {len(alerts)} alert{plural} ({len(firing)} firing, "
-            f"{worst.severity}: {worst.rule})")
+    text = (
+        f"{icon} {alerts[0].job_id}: {len(alerts)} alert{plural} ({len(firing)} firing, "
+        f"{worst.severity}: {worst.rule})"
+    )
     return {
         "text": text,
         "attachments": [
