@@ -58,6 +58,14 @@ def register(sub: Any) -> None:
         default=2000,
         help="events taken from Kafka per batch (default: %(default)s)",
     )
+    parser.add_argument(
+        "--session-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long the group waits for a crashed worker before reassigning its partitions "
+        "(default: %(default)s; the broker's minimum is 6)",
+    )
     parser.set_defaults(handler=common.reports_errors(_run))
 
 
@@ -72,5 +80,6 @@ def _run(args: argparse.Namespace) -> int:
         loglevel=args.loglevel,
         snapshot_interval_s=args.snapshot_interval,
         batch_size=args.batch_size,
+        session_timeout_s=args.session_timeout,
     )
     return run_worker(common.settings_from_args(args), options)

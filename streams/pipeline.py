@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+
 from rankwatch.schemas import Alert, EventDecodeError, FieldProblem, LogEvent, StepEvent, decode
 from rankwatch.streams.detectors.base import JobState
 from rankwatch.streams.engine import Engine

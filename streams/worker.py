@@ -62,6 +62,9 @@ class WorkerOptions:
     batch_size: int = 2000
     batch_within_s: float = 0.2
     snapshot_interval_s: float = 5.0
+    #: How long the group waits for a silent (crashed) worker before giving its partitions
+    #: to the others: the pause a kill -9 causes. The broker's minimum is 6 s.
+    session_timeout_s: float = 30.0
     stats_interval_s: float = 30.0
     #: Unacked events held between snapshots before one is forced (bounds memory).
     max_unacked: int = 200_000
@@ -185,8 +188,13 @@ class Runtime:
         self.stream = stream
         handle = self.pipeline.handle
         async with self.lock:
+            # Events of partitions revoked while they sat in Faust's buffers belong to the new
+            # owner now: processing them here would rebuild their jobs from nothing.
+            assigned = self.app.consumer.assignment()
             for event in events:
                 message = event.message
+                if message.tp not in assigned:
+                    continue
                 result = handle(
                     event.value,
                     topic=message.topic,
@@ -249,8 +257,12 @@ class Runtime:
                 (time.perf_counter() - started) * 1000,
             )
 
-    def on_revoked(self, partitions: set[int]) -> None:
+    async def on_revoked(self, partitions: set[int]) -> None:
         """Forget the jobs of partitions now owned by another worker."""
+        async with self.lock:  # not in the middle of a batch or a snapshot
+            self._drop(partitions)
+
+    def _drop(self, partitions: set[int]) -> None:
         gone = [j for j, p in self.pipeline.partition_of.items() if p in partitions]
         for job_id in gone:
             self.engine.jobs.pop(job_id, None)
@@ -299,6 +311,12 @@ def build_app(settings: Any, options: WorkerOptions, layout: TopicLayout) -> tup
         topic_replication_factor=layout.replication,
         table_standby_replicas=0,
         producer_acks=-1,
+        # Faust's default waits, at shutdown and at each rebalance, until every event taken is
+        # acked; ours are acked by snapshots, which have stopped by then: it would wait forever.
+        # Without it, only acked (= persisted) offsets are committed, which is what we want.
+        stream_wait_empty=False,
+        broker_session_timeout=options.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, options.session_timeout_s / 3),
     )
 
     def raw_topic(*names: str) -> Any:
@@ -313,10 +331,9 @@ def build_app(settings: Any, options: WorkerOptions, layout: TopicLayout) -> tup
     table = app.Table(
         TABLE_NAME,
         partitions=layout.partitions,
+        # bytes both ways makes Faust use its raw codec: values are state_codec's bytes.
         key_type=bytes,
         value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
     )
     runtime = Runtime(app, table, alerts, dead, layout, options)
 
@@ -335,7 +352,7 @@ def build_app(settings: Any, options: WorkerOptions, layout: TopicLayout) -> tup
 
     async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
         inputs = {layout.steps, layout.logs}
-        runtime.on_revoked({tp.partition for tp in revoked if tp.topic in inputs})
+        await runtime.on_revoked({tp.partition for tp in revoked if tp.topic in inputs})
 
     app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
 
@@ -361,6 +378,11 @@ def run_worker(settings: Any, options: WorkerOptions) -> int:
     app, _ = build_app(settings, options, layout)
     from faust import Worker
 
+    if options.loglevel != "debug":
+        # Faust narrates every rebalance and recovery step in tables at INFO: keep the
+        # worker's own lines readable; its warnings and errors still show.
+        for name in ("faust", "mode", "aiokafka"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     worker = Worker(app, loglevel=options.loglevel, quiet=True)
     try:
         worker.execute_from_commandline()

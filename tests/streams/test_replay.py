@@ -9,6 +9,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+
 from rankwatch.cli.main import main
 from rankwatch.schemas import LogEvent, StepEvent, decode, encode
 from rankwatch.streams.replay import Record, file_records, replay

@@ -6,6 +6,7 @@ import math
 from array import array
 
 import pytest
+
 from rankwatch.schemas import LogEvent, StepEvent
 from rankwatch.streams import Engine, JobState, RankState
 from rankwatch.streams.snapshots import DictKeyValue, SnapshotStore, chunk_key, head_key
