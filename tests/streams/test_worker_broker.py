@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -210,7 +211,7 @@ def wait_drained(s: Setup, worker: WorkerProcess, timeout_s: float = 45.0) -> No
     Offsets are committed only after a snapshot covers the events, so this also means the
     state of everything produced so far is persisted.
     """
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
 
     consumer = Consumer(
         {"bootstrap.servers": s.bootstrap, "group.id": s.app_id, "enable.auto.commit": False}
@@ -218,10 +219,17 @@ def wait_drained(s: Setup, worker: WorkerProcess, timeout_s: float = 45.0) -> No
     try:
         tps = [TopicPartition(t, p) for t in (s.steps, s.logs) for p in range(PARTITIONS)]
         ends = {(tp.topic, tp.partition): consumer.get_watermark_offsets(tp, 10)[1] for tp in tps}
+        committed: list[Any] = []
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             assert worker.proc.poll() is None, worker.text()[-3000:]
-            committed = consumer.committed(tps, timeout=10)
+            try:
+                committed = consumer.committed(tps, timeout=10)
+            except KafkaException as exc:
+                # A fresh broker loads __consumer_offsets lazily: NOT_COORDINATOR for a while.
+                committed = [exc]
+                time.sleep(0.5)
+                continue
             if all(
                 c.offset >= ends[(c.topic, c.partition)] or ends[(c.topic, c.partition)] == 0
                 for c in committed
