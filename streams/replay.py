@@ -24,9 +24,15 @@ from typing import IO, Any
 
 from rankwatch.schemas import encode
 from rankwatch.streams.engine import Engine
+from rankwatch.streams.exceptions import StreamsError
 from rankwatch.streams.pipeline import DeadLetter, Pipeline, Stats
 
 log = logging.getLogger(__name__)
+
+
+class ReplayError(StreamsError):
+    """A topic that cannot be read to its end (missing, unreachable, or stalled)."""
+
 
 _PAUSE_AT = 20_000  # buffered messages per partition before it is paused (bounds memory)
 
@@ -103,8 +109,8 @@ def topic_records(
     """Every message of ``topics`` from the beginning up to the end offsets seen at start.
 
     ``consumer_config`` is the librdkafka connection config (bootstrap, security); the group,
-    offset and commit settings are added here. Raises TimeoutError if the broker stops
-    delivering for ``timeout_s`` before the end is reached.
+    offset and commit settings are added here. Fails if a topic is missing or the broker stops
+    delivering for ``timeout_s`` before the end is reached; raises :class:`ReplayError`.
     """
     from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
@@ -124,7 +130,7 @@ def topic_records(
             meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
             if meta is None or meta.error is not None or not meta.partitions:
                 reason = meta.error if meta is not None and meta.error else "no partitions"
-                raise KafkaException(f"topic {topic!r}: {reason}")
+                raise ReplayError(f"topic {topic!r}: {reason}")
             for p in sorted(meta.partitions):
                 low, high = consumer.get_watermark_offsets(
                     TopicPartition(topic, p), timeout=timeout_s
@@ -147,7 +153,7 @@ def topic_records(
                 msg = consumer.poll(0.5)
                 if msg is None:
                     if time.monotonic() - last_progress > timeout_s:
-                        raise TimeoutError(f"no messages for {timeout_s} s before the end")
+                        raise ReplayError(f"no messages for {timeout_s} s before the end")
                     continue
                 last_progress = time.monotonic()
                 tp = (msg.topic(), msg.partition())
@@ -156,7 +162,7 @@ def topic_records(
                     if error.code() == KafkaError._PARTITION_EOF:
                         live.discard(tp)
                         continue
-                    raise KafkaException(error)
+                    raise ReplayError(f"reading {tp[0]}[{tp[1]}]: {error.str()}")
                 offset: int = msg.offset() or 0
                 if tp not in live or offset >= ends[tp]:
                     live.discard(tp)
@@ -187,6 +193,8 @@ def topic_records(
                 msg.offset(),
                 msg.key(),
             )
+    except KafkaException as exc:
+        raise ReplayError(f"reading {', '.join(topics)}: {exc.args[0]}") from None
     finally:
         consumer.close()
 

@@ -89,11 +89,15 @@ def inspect_topics(settings: Any, timeout_s: float = 15.0) -> TopicLayout:
     Faust would auto-create a missing input topic with one partition and then fail against
     its table's changelog, so a missing topic is an error here, with the command that fixes it.
     """
+    from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
     topics = settings.topics
     admin = AdminClient(settings.confluent_config())
-    meta = admin.list_topics(timeout=timeout_s)
+    try:
+        meta = admin.list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        raise StreamsError(f"cannot reach Kafka at {settings.bootstrap}: {exc.args[0]}") from None
     counts: dict[str, int] = {}
     for role, topic in topics.by_role().items():
         found = meta.topics.get(topic.name)
