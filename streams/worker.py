@@ -195,10 +195,12 @@ class Runtime:
             # Events of partitions revoked while they sat in Faust's buffers belong to the new
             # owner now: processing them here would rebuild their jobs from nothing.
             assigned = self.app.consumer.assignment()
+            kept: list[Any] = []
             for event in events:
                 message = event.message
                 if message.tp not in assigned:
                     continue
+                kept.append(event)
                 result = handle(
                     event.value,
                     topic=message.topic,
@@ -228,7 +230,7 @@ class Runtime:
                     )
                     await self.alerts.send(key=alert.job_id.encode(), value=encode(alert))
                     self.sent_alerts += 1
-            self.pending.extend(events)
+            self.pending.extend(kept)
         if len(self.pending) >= self.options.max_unacked:
             await self.snapshot()
 
