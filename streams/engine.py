@@ -15,7 +15,7 @@ suppression, and the ticks that run cross-rank rules. It never reads the wall cl
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from rankwatch.schemas import Alert, LogEvent, StepEvent
@@ -33,6 +33,9 @@ Detector = StepDetector | LogDetector | JobDetector
 
 _RECENT_LOGS = 16  # digests kept per rank to drop duplicated log records
 
+#: Picks the detectors of one job (per-job rules); asked once per job, not per event.
+Resolve = Callable[[str], Sequence["Detector"]]
+
 
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
@@ -41,28 +44,67 @@ class EngineConfig:
     incidents: IncidentPolicy = field(default_factory=IncidentPolicy)
 
 
-class Engine:
-    """Runs detectors over events of many jobs and returns the alerts they raise."""
+class _Kinds:
+    """One set of detectors sorted by kind once, so the per-event loops do no isinstance."""
 
-    def __init__(self, detectors: Sequence[Detector], config: EngineConfig | None = None) -> None:
-        self.config = config or EngineConfig()
-        self.jobs: dict[str, JobState] = {}
-        self.book = IncidentBook(self.config.incidents)
-        # Sorted by kind once, so the per-event loops do no isinstance checks.
-        self._step: list[StepDetector] = []
-        self._log: list[LogDetector] = []
-        self._job: list[JobDetector] = []
+    __slots__ = ("job", "log", "source", "step")
+
+    def __init__(self, detectors: Sequence[Detector]) -> None:
+        self.source = detectors  # kept alive: the engine caches these by id(detectors)
+        self.step: list[StepDetector] = []
+        self.log: list[LogDetector] = []
+        self.job: list[JobDetector] = []
         for d in detectors:
             if isinstance(d, JobDetector):
-                self._job.append(d)
+                self.job.append(d)
             elif isinstance(d, StepDetector):
-                self._step.append(d)
+                self.step.append(d)
             # A JobDetector may read logs too (cuda_oom joins a rank's OOM record with the
             # memory readings it kept from steps): it then gets on_log as well, same job slot.
             if isinstance(d, LogDetector):
-                self._log.append(d)
+                self.log.append(d)
             elif not isinstance(d, JobDetector | StepDetector):
                 raise TypeError(f"{d!r} is not a StepDetector, LogDetector or JobDetector")
+
+
+class Engine:
+    """Runs detectors over events of many jobs and returns the alerts they raise.
+
+    ``resolve`` (optional) gives the detectors of one job (per-job rules, see
+    :mod:`rankwatch.streams.rules`); it is asked once, when the engine first meets the job,
+    so the per-event path does no pattern matching. Without it every job gets ``detectors``.
+    """
+
+    def __init__(
+        self,
+        detectors: Sequence[Detector],
+        config: EngineConfig | None = None,
+        *,
+        resolve: Resolve | None = None,
+    ) -> None:
+        self.config = config or EngineConfig()
+        self.jobs: dict[str, JobState] = {}
+        self.book = IncidentBook(self.config.incidents)
+        self._use(detectors, resolve)
+
+    def _use(self, detectors: Sequence[Detector], resolve: Resolve | None) -> None:
+        kinds = _Kinds(detectors)
+        self._default = kinds
+        self._step, self._log, self._job = kinds.step, kinds.log, kinds.job
+        self._resolve = resolve
+        self._cache: dict[int, _Kinds] = {id(detectors): kinds}
+        self._bound: dict[str, _Kinds] = {}  # job id -> its detectors, fitted to its state
+
+    def replace_detectors(
+        self, detectors: Sequence[Detector], *, resolve: Resolve | None = None
+    ) -> None:
+        """Swap the rules of a running engine (a reloaded rules file).
+
+        Each job is fitted to its new detectors at its next event: slots of detectors that
+        stay (same ``name``) keep their state, new ones start empty, removed ones are dropped.
+        Open incidents stay in the book.
+        """
+        self._use(detectors, resolve)
 
     @classmethod
     def with_builtin_detectors(cls, config: EngineConfig | None = None) -> Engine:
@@ -72,34 +114,84 @@ class Engine:
 
     @property
     def detectors(self) -> list[Detector]:
-        both = {id(d) for d in self._job}
-        return [*self._step, *(d for d in self._log if id(d) not in both), *self._job]
+        """The default detectors (those of every job when there is no ``resolve``)."""
+        return self._listed(self._default)
+
+    def detectors_for(self, job_id: str) -> list[Detector]:
+        """The detectors that run for ``job_id``."""
+        return self._listed(self._bound.get(job_id) or self._kinds_for(job_id))
+
+    @staticmethod
+    def _listed(kinds: _Kinds) -> list[Detector]:
+        both = {id(d) for d in kinds.job}
+        return [*kinds.step, *(d for d in kinds.log if id(d) not in both), *kinds.job]
 
     # -- state ----------------------------------------------------------------------------
     def job_state(self, job_id: str) -> JobState:
         job = self.jobs.get(job_id)
-        if job is None:
-            job = self.jobs[job_id] = JobState(job_id)
-            for d in self._log:
-                job.slots[d.name] = d.new_job_state()
-            for jd in self._job:
-                if jd.name not in job.slots:  # a Log+Job detector has one slot, made once
-                    job.slots[jd.name] = jd.new_job_state()
+        if job is None or job_id not in self._bound:
+            job, _ = self._enter(job_id)
         return job
 
-    def _rank_state(self, job: JobState, rank: int, host: str | None) -> RankState:
+    def _kinds_for(self, job_id: str) -> _Kinds:
+        if self._resolve is None:
+            return self._default
+        detectors = self._resolve(job_id)
+        kinds = self._cache.get(id(detectors))
+        if kinds is None:
+            kinds = self._cache[id(detectors)] = _Kinds(detectors)
+        return kinds
+
+    def _enter(self, job_id: str) -> tuple[JobState, _Kinds]:
+        """Bind a job to its detectors, creating its state or fitting the state it has."""
+        kinds = self._kinds_for(job_id)
+        job = self.jobs.get(job_id)
+        if job is None:
+            job = self.jobs[job_id] = JobState(job_id)
+        self._bound[job_id] = kinds
+        names: set[str] = set()
+        for d in kinds.log:
+            names.add(d.name)
+            if d.name not in job.slots:
+                job.slots[d.name] = d.new_job_state()
+        for jd in kinds.job:
+            names.add(jd.name)
+            if jd.name not in job.slots:  # a Log+Job detector has one slot, made once
+                job.slots[jd.name] = jd.new_job_state()
+        for key in [k for k in job.slots if k not in names]:
+            del job.slots[key]
+        if job.ranks:  # restored state, or new rules: same fitting per rank
+            step_names = {d.name for d in kinds.step}
+            for rank in job.ranks.values():
+                if rank.slots.keys() != step_names:
+                    self._fit_rank(rank, kinds, step_names)
+        return job, kinds
+
+    @staticmethod
+    def _fit_rank(rank: RankState, kinds: _Kinds, names: set[str]) -> None:
+        for key in [k for k in rank.slots if k not in names]:
+            del rank.slots[key]
+        for d in kinds.step:
+            if d.name not in rank.slots:
+                rank.slots[d.name] = d.new_rank_state()
+
+    @staticmethod
+    def _rank_state(job: JobState, kinds: _Kinds, rank: int, host: str | None) -> RankState:
         state = job.ranks.get(rank)
         if state is None:
             state = job.ranks[rank] = RankState(rank, host)
-            for d in self._step:
+            for d in kinds.step:
                 state.slots[d.name] = d.new_rank_state()
         return state
 
     # -- events ---------------------------------------------------------------------------
     def process(self, event: StepEvent | LogEvent) -> list[Alert]:
         """Apply one event; return the alerts (firing or resolved) it causes, often none."""
-        job = self.job_state(event.job_id)
-        rank = self._rank_state(job, event.rank, event.host)
+        job = self.jobs.get(event.job_id)
+        kinds = self._bound.get(event.job_id)
+        if job is None or kinds is None:
+            job, kinds = self._enter(event.job_id)
+        rank = self._rank_state(job, kinds, event.rank, event.host)
         now = event.epoch
         out: list[Alert] = []
         if isinstance(event, StepEvent):
@@ -117,9 +209,9 @@ class Engine:
                 job.max_step = event.step
             self._advance(job, rank, now)
             slots = rank.slots
-            for d in self._step:
+            for d in kinds.step:
                 self._apply(job, d.on_step(job, rank, slots[d.name], event), out)
-            for jd in self._job:
+            for jd in kinds.job:
                 jd.on_step(job, rank, job.slots[jd.name], event)
         else:
             digest = zlib.crc32(event.message.encode(), int(now * 1000) & 0xFFFFFFFF)
@@ -131,10 +223,10 @@ class Engine:
                 del recent[0]
             rank.last_log_time = now
             self._advance(job, rank, now)
-            for ld in self._log:
+            for ld in kinds.log:
                 self._apply(job, ld.on_log(job, rank, job.slots[ld.name], event), out)
         if job.watermark - job.last_tick >= self.config.tick_interval_s:
-            self._tick(job, out)
+            self._tick(job, kinds, out)
         return out
 
     def process_many(self, events: Iterable[StepEvent | LogEvent]) -> list[Alert]:
@@ -146,14 +238,17 @@ class Engine:
     def flush(self) -> list[Alert]:
         """At the end of a replay: run a last tick and decide pending groups of every job."""
         out: list[Alert] = []
-        for job in self.jobs.values():
-            for jd in self._job:
+        for job in list(self.jobs.values()):
+            kinds = self._bound.get(job.job_id)
+            if kinds is None:
+                job, kinds = self._enter(job.job_id)
+            for jd in kinds.job:
                 # Optional hook: a detector that holds findings back in event time (NCCL
                 # records gathered across ranks) decides them now, as the book does its groups.
                 on_flush = getattr(jd, "on_flush", None)
                 if on_flush is not None:
                     self._apply(job, on_flush(job, job.slots[jd.name]), out)
-            self._tick(job, out)
+            self._tick(job, kinds, out)
             self.book.flush(job, out)
         return out
 
@@ -165,10 +260,10 @@ class Engine:
         if now > job.watermark:
             job.watermark = now
 
-    def _tick(self, job: JobState, out: list[Alert]) -> None:
+    def _tick(self, job: JobState, kinds: _Kinds, out: list[Alert]) -> None:
         now = job.watermark
         job.last_tick = now
-        for jd in self._job:
+        for jd in kinds.job:
             self._apply(job, jd.on_tick(job, job.slots[jd.name], now), out)
         self.book.on_time(job, now, out)
 

@@ -109,7 +109,7 @@ class SnapshotStore:
     def _fit(self, job: JobState) -> None:
         """Add slots for detectors added since the state was saved; drop removed ones."""
         names: set[str] = set()
-        for d in self.engine.detectors:
+        for d in self.engine.detectors_for(job.job_id):  # per-job rules: its own set
             names.add(d.name)
             # The engine's own classification order: JobDetector, then StepDetector, then log.
             if isinstance(d, StepDetector) and not isinstance(d, JobDetector):
