@@ -140,11 +140,10 @@ class LogRulesDetector:
         if match is None:
             return ()
         now = event.epoch
-        step = (
-            event.step
-            if event.step is not None
-            else (rank.last_step if rank.last_step >= 0 else None)
-        )
+        # Only the record's own step: the rank's last step would depend on how the steps and
+        # logs topics interleave, and the alert id (built from the step) must not, or live and
+        # replayed alerts of the same record would get different ids.
+        step = event.step
         if match.rule == CUDA_OOM and self.config.oom is not None:
             return (self._oom(rank, state, event, match, now, step, self.config.oom),)
         if match.rule == FATAL_ERROR and self.config.fatal is not None:

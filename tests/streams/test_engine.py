@@ -78,3 +78,22 @@ def test_an_oom_on_two_ranks_of_64_is_two_rank_alerts() -> None:
         alerts += engine.process(step(rank, 2, 110.0))
     firing = sorted((a.scope, a.ranks) for a in alerts if a.status == "firing")
     assert firing == [("rank", [5]), ("rank", [9])]
+
+
+def test_alert_id_of_a_log_record_does_not_depend_on_topic_interleaving() -> None:
+    # Live, the steps and logs topics interleave as the fetches happen to come back; replayed,
+    # they are merged by time. The OOM record's alert must get the same id either way.
+    from rankwatch.schemas import LogEvent
+
+    oom = LogEvent(job_id="j", rank=0, timestamp=105.5, level="ERROR",
+                   message="torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 1 GiB")
+    steps = [step(0, n, 100.0 + n) for n in range(10)]
+
+    def alert_ids(order: list[StepEvent | LogEvent]) -> list[str]:
+        engine = Engine.with_builtin_detectors()
+        return [a.alert_id for e in order for a in engine.process(e) if a.rule == "cuda_oom"]
+
+    logs_first = [oom, *steps]
+    steps_first = [*steps, oom]
+    assert alert_ids(logs_first) == alert_ids(steps_first)
+    assert len(alert_ids(logs_first)) == 1
