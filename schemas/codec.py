@@ -115,7 +115,22 @@ def decode(data: bytes | str, *, defaults: Mapping[str, Any] | None = None) -> E
         raise EventDecodeError.whole(
             f"message is {len(data)} bytes, over the {MAX_MESSAGE_BYTES}-byte limit"
         )
+    if not defaults and isinstance(data, bytes) and _STEP_KIND in data:
+        # The hot path (16k step events a second for one big job): pydantic parses and
+        # validates the bytes in one call, without building a dict first (~1 us of ~7).
+        # Anything it does not take (bare NaN tokens, bad fields, a "kind" that was only
+        # nested) falls through to the general path, whose errors name the field.
+        try:
+            event = StepEvent.model_validate_json(data)
+        except ValidationError:
+            pass
+        else:
+            if "kind" in event.model_fields_set:  # the top-level kind, not a nested one
+                return event
     return decode_object(_loads(data), defaults=defaults)
+
+
+_STEP_KIND = b'"kind":"step"'  # as our writers (orjson) emit it; other spellings go the long way
 
 
 def to_wire_dict(event: BaseModel) -> dict[str, Any]:

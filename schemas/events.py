@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from collections.abc import Mapping
+from functools import cached_property
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from rankwatch.schemas._types import JobId, Measure, NonFiniteFloat, Percent, Rank, Step, Timestamp
@@ -34,10 +36,20 @@ class EventBase(BaseModel):
         """Fields this version of the contract does not know, as they arrived."""
         return self.model_extra or {}
 
-    @property
+    @cached_property
     def epoch(self) -> float:
-        """Event time as epoch seconds: what detectors compute with."""
+        """Event time as epoch seconds: what detectors compute with.
+
+        Computed once per event (``datetime.timestamp()`` costs about a microsecond, and the
+        engine and five detectors each read it for every step event). Pydantic leaves
+        ``cached_property`` out of fields, dumps and equality.
+        """
         return self.timestamp.timestamp()
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        copy = super().model_copy(update=update, deep=deep)
+        copy.__dict__.pop("epoch", None)  # the copy's timestamp may differ: recompute it
+        return copy
 
 
 class StepEvent(EventBase):
