@@ -40,6 +40,12 @@ def register(subparsers: Any) -> None:
         help="1 node (default) or 3 nodes with replication factor 3",
     )
     start.add_argument(
+        "--secure",
+        action="store_true",
+        help="TLS with a CA made for this cluster and SASL/SCRAM-SHA-512 users on every port; "
+        "prints the client config file to use",
+    )
+    start.add_argument(
         "--timeout",
         type=float,
         default=90.0,
@@ -70,11 +76,21 @@ def _start(args: argparse.Namespace) -> int:
     if args.port is not None and not 0 <= args.port < 65536:
         return error(f"--port must be 0-65535, got {args.port}")
     cluster, reused = LocalCluster.start_or_reuse(
-        nodes_count=args.nodes, port=args.port, timeout_s=args.timeout
+        nodes_count=args.nodes,
+        port=args.port,
+        # Without --secure, reuse whatever is there (a secure cluster stays secure).
+        secure=True if args.secure else None,
+        timeout_s=args.timeout,
     )
     verb = "already running" if reused else "started"
-    print(f"Kafka {verb}: {len(cluster.specs)} node(s), bootstrap {cluster.bootstrap}")
+    mode = " (SASL_SSL)" if cluster.security is not None else ""
+    print(f"Kafka {verb}{mode}: {len(cluster.specs)} node(s), bootstrap {cluster.bootstrap}")
     print(f"state and logs: {cluster.directory}")
+    if cluster.security is not None:
+        # The path, never the password: this output ends up in terminals and CI logs.
+        print(f"client config: {cluster.security.client_config_file} (user rankwatch)")
+        print("  use it with --config FILE or RANKWATCH_CONFIG=FILE")
+        print(f"CA certificate: {cluster.security.ca_file}")
     return 0
 
 
@@ -102,7 +118,8 @@ def _status(args: argparse.Namespace) -> int:
         return EXIT_NOT_RUNNING
     states = cluster.status()
     running = sum(s.running for s in states)
-    print(f"{running}/{len(states)} node(s) running, bootstrap {cluster.bootstrap}")
+    mode = " (SASL_SSL)" if cluster.security is not None else ""
+    print(f"{running}/{len(states)} node(s) running{mode}, bootstrap {cluster.bootstrap}")
     for s in states:
         state = f"running (pid {s.pid})" if s.running else "stopped"
         print(f"  node {s.node_id}: port {s.port}, controller {s.controller_port}: {state}")

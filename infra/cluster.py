@@ -8,6 +8,10 @@ cluster, and a stopped cluster restarts with its topics. The run dir is ``$RANKW
 
 Ports: broker ports are ``port, port+1, ...``, controller ports follow them (so the single node's
 default is 9092 and 9093, as in Kafka's quickstart). ``port=0`` picks free ports.
+
+Secure mode (``secure=True``): TLS and SASL/SCRAM on every port, files in ``<dir>/security``;
+see :mod:`rankwatch.infra.security`. :meth:`LocalCluster.client_config` gives a client the
+settings it needs either way.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from rankwatch.infra.admin import wait_until_ready
 from rankwatch.infra.exceptions import BrokerError, BrokerTimeout
 from rankwatch.infra.jars import KAFKA_VERSION, ensure_kafka_jars
 from rankwatch.infra.node import NodeSpec
+from rankwatch.infra.security import CLIENT_USER, BrokerSecurity
 
 HOME_ENV = "RANKWATCH_HOME"
 DEFAULT_PORT = 9092
@@ -76,10 +81,19 @@ class LocalCluster:
     want :meth:`start_or_reuse`.
     """
 
-    def __init__(self, directory: Path, cluster_id: str, specs: list[NodeSpec]) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        cluster_id: str,
+        specs: list[NodeSpec],
+        *,
+        secure: bool = False,
+    ) -> None:
         self.directory = directory
         self.cluster_id = cluster_id
         self.specs = specs
+        #: TLS + SASL/SCRAM files when the cluster is secure, else None.
+        self.security = BrokerSecurity(directory / "security") if secure else None
         self.pids: dict[int, int | None] = {spec.node_id: None for spec in specs}
 
     # ----- construction -------------------------------------------------------------------------
@@ -101,7 +115,10 @@ class LocalCluster:
                 f"{directory / 'state.json'} is unreadable ({exc}): remove it"
             ) from None
         cluster = cls(
-            directory, state["cluster_id"], [NodeSpec.from_json(n) for n in state["nodes"]]
+            directory,
+            state["cluster_id"],
+            [NodeSpec.from_json(n) for n in state["nodes"]],
+            secure=bool(state.get("secure", False)),
         )
         cluster.pids = {int(k): v for k, v in state["pids"].items()}
         return cluster
@@ -115,8 +132,13 @@ class LocalCluster:
         port: int = DEFAULT_PORT,
         controller_port: int | None = None,
         heap_mb: int | None = None,
+        secure: bool = False,
     ) -> LocalCluster:
-        """A new, not yet formatted layout (nothing written until :meth:`start`)."""
+        """A new, not yet formatted layout (nothing written until :meth:`start`).
+
+        ``secure``: TLS with a CA made for this cluster and SASL/SCRAM users on every port
+        (:mod:`rankwatch.infra.security`), instead of plaintext without authentication.
+        """
         if nodes_count not in (1, 3):
             raise BrokerError(f"nodes must be 1 or 3, got {nodes_count}")
         if port == 0:
@@ -132,7 +154,7 @@ class LocalCluster:
             NodeSpec(i + 1, broker_ports[i], controller_ports[i], directory / f"node-{i + 1}", heap)
             for i in range(nodes_count)
         ]
-        return cls(directory, "", specs)
+        return cls(directory, "", specs, secure=secure)
 
     @classmethod
     def start_or_reuse(
@@ -141,17 +163,25 @@ class LocalCluster:
         *,
         nodes_count: int | None = None,
         port: int | None = None,
+        secure: bool | None = None,
         timeout_s: float = 90.0,
     ) -> tuple[LocalCluster, bool]:
         """Start the cluster under ``home``; return it and whether it was already running.
 
         An existing cluster is reused (restarted if stopped) when it matches the requested node
-        count and port; a mismatch is an error rather than silently discarding its data.
+        count, port and security (``None``: as it is); a mismatch is an error rather than
+        silently discarding its data.
         """
         cluster = cls.open(home)
         if cluster is not None:
             wanted_port = cluster.specs[0].port if port in (None, 0) else port
             wanted_nodes = nodes_count or len(cluster.specs)
+            if secure is not None and secure != cluster.secure:
+                have, want = ("a secure", "a plain") if cluster.secure else ("a plain", "a secure")
+                raise BrokerError(
+                    f"{cluster.directory} holds {have} cluster; stop it with "
+                    f"`rankwatch broker stop --purge` to replace it with {want} one"
+                )
             if wanted_nodes != len(cluster.specs) or wanted_port != cluster.specs[0].port:
                 raise BrokerError(
                     f"{cluster.directory} holds a {len(cluster.specs)}-node cluster on port "
@@ -162,7 +192,10 @@ class LocalCluster:
                 return cluster, True
         else:
             cluster = cls.create(
-                home, nodes_count=nodes_count or 1, port=DEFAULT_PORT if port is None else port
+                home,
+                nodes_count=nodes_count or 1,
+                port=DEFAULT_PORT if port is None else port,
+                secure=bool(secure),
             )
         cluster.start(timeout_s=timeout_s)
         return cluster, False
@@ -173,6 +206,19 @@ class LocalCluster:
     def bootstrap(self) -> str:
         """``127.0.0.1:P1,127.0.0.1:P2,...``"""
         return ",".join(spec.bootstrap for spec in self.specs)
+
+    @property
+    def secure(self) -> bool:
+        return self.security is not None
+
+    def client_config(self, user: str = CLIENT_USER) -> dict[str, str]:
+        """librdkafka properties to reach this cluster: bootstrap, plus TLS and SASL if secure.
+
+        In secure mode it holds ``user``'s password (``admin`` or ``rankwatch``): never log it.
+        """
+        if self.security is None:
+            return {"bootstrap.servers": self.bootstrap}
+        return self.security.client_config(self.bootstrap, user)
 
     def spec(self, node_id: int) -> NodeSpec:
         for spec in self.specs:
@@ -257,8 +303,25 @@ class LocalCluster:
                     raise BrokerError(f"port {port} on {nodes.HOST} is already in use")
         self.cluster_id = self.cluster_id or nodes.random_cluster_id()
         self.directory.mkdir(parents=True, exist_ok=True)
+        security = self.security
+        if security is not None:
+            security.ensure()
+            security.write_client_config(self.bootstrap)
+
+        def begin(spec: NodeSpec) -> Any:
+            if security is None:
+                return nodes.start_format(lib, spec, self.specs, self.cluster_id)
+            return nodes.start_format(
+                lib,
+                spec,
+                self.specs,
+                self.cluster_id,
+                overrides=security.broker_properties(spec.port, spec.controller_port, nodes.HOST),
+                extra_args=security.format_args(),
+            )
+
         # Formatting is a JVM start per node: run them side by side.
-        running = [(s, nodes.start_format(lib, s, self.specs, self.cluster_id)) for s in todo]
+        running = [(s, begin(s)) for s in todo]
         for spec, process in running:
             nodes.finish_format(spec, process)
 
@@ -273,7 +336,9 @@ class LocalCluster:
             return all(s.running for s in self.status() if s.pid is not None)
 
         try:
-            wait_until_ready(self.bootstrap, timeout_s=timeout_s, brokers=brokers, alive=alive)
+            wait_until_ready(
+                self.client_config(), timeout_s=timeout_s, brokers=brokers, alive=alive
+            )
         except BrokerTimeout as exc:
             logs = "\n".join(
                 f"--- {s.log_file} ---\n{nodes.log_tail(self.spec(s.node_id))}"
@@ -286,6 +351,7 @@ class LocalCluster:
         state = {
             "kafka_version": KAFKA_VERSION,
             "cluster_id": self.cluster_id,
+            "secure": self.secure,
             "nodes": [spec.to_json() for spec in self.specs],
             "pids": {str(k): v for k, v in self.pids.items()},
         }

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -70,8 +71,13 @@ class NodeSpec:
         return cls(**{**data, "directory": Path(data["directory"])})
 
 
-def render_properties(node: NodeSpec, voters: list[NodeSpec]) -> str:
-    """``server.properties`` for a node of a cluster made of ``voters`` (itself included)."""
+def render_properties(
+    node: NodeSpec, voters: list[NodeSpec], overrides: Mapping[str, str] | None = None
+) -> str:
+    """``server.properties`` for a node of a cluster made of ``voters`` (itself included).
+
+    ``overrides`` replace or add lines (the secure mode's listeners and TLS, see ``security``).
+    """
     replication = min(len(voters), 3)
     lines = {
         "process.roles": "broker,controller",
@@ -106,6 +112,7 @@ def render_properties(node: NodeSpec, voters: list[NodeSpec]) -> str:
         lines["controller.quorum.voters"] = ",".join(
             f"{v.node_id}@{HOST}:{v.controller_port}" for v in voters
         )
+    lines.update(overrides or {})
     return "".join(f"{key}={value}\n" for key, value in lines.items())
 
 
@@ -140,12 +147,24 @@ def random_cluster_id() -> str:
 
 
 def start_format(
-    lib: Path, node: NodeSpec, voters: list[NodeSpec], cluster_id: str
+    lib: Path,
+    node: NodeSpec,
+    voters: list[NodeSpec],
+    cluster_id: str,
+    *,
+    overrides: Mapping[str, str] | None = None,
+    extra_args: Sequence[str] = (),
 ) -> subprocess.Popen[str]:
-    """Write ``server.properties`` and begin formatting the storage (callers may run several)."""
+    """Write ``server.properties`` and begin formatting the storage (callers may run several).
+
+    ``overrides`` go into the properties, ``extra_args`` to ``kafka-storage format`` (SCRAM
+    users). The file is readable by its owner only: in secure mode it holds a private key.
+    """
     node.directory.mkdir(parents=True, exist_ok=True)
-    node.properties_file.write_text(render_properties(node, voters))
-    args = ["format", "-t", cluster_id, "-c", str(node.properties_file)]
+    fd = os.open(node.properties_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(render_properties(node, voters, overrides))
+    args = ["format", "-t", cluster_id, "-c", str(node.properties_file), *extra_args]
     if len(voters) == 1:
         args.append("--standalone")
     return subprocess.Popen(
