@@ -105,12 +105,16 @@ def topic_records(
     topics: list[str],
     *,
     timeout_s: float = 30.0,
+    start_ms: int | None = None,
+    end_ms: int | None = None,
 ) -> Iterator[Record]:
     """Every message of ``topics`` from the beginning up to the end offsets seen at start.
 
     ``consumer_config`` is the librdkafka connection config (bootstrap, security); the group,
     offset and commit settings are added here. Fails if a topic is missing or the broker stops
     delivering for ``timeout_s`` before the end is reached; raises :class:`ReplayError`.
+    ``start_ms``/``end_ms`` (epoch milliseconds of the messages' Kafka timestamps) narrow it to
+    ``[start, end)``, found per partition with the broker's time index (no scan).
     """
     from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
@@ -135,6 +139,7 @@ def topic_records(
                 low, high = consumer.get_watermark_offsets(
                     TopicPartition(topic, p), timeout=timeout_s
                 )
+                low, high = _time_bounds(consumer, topic, p, low, high, start_ms, end_ms, timeout_s)
                 if high > low:
                     ends[(topic, p)] = high
                     assignment.append(TopicPartition(topic, p, low))
@@ -197,6 +202,32 @@ def topic_records(
         raise ReplayError(f"reading {', '.join(topics)}: {exc.args[0]}") from None
     finally:
         consumer.close()
+
+
+def _time_bounds(
+    consumer: Any,
+    topic: str,
+    partition: int,
+    low: int,
+    high: int,
+    start_ms: int | None,
+    end_ms: int | None,
+    timeout_s: float,
+) -> tuple[int, int]:
+    """Offsets ``[low, high)`` narrowed to messages timestamped in ``[start_ms, end_ms)``."""
+    from confluent_kafka import TopicPartition
+
+    def first_at(ms: int) -> int:
+        # The first offset whose timestamp is >= ms; -1 (none) means the partition's end.
+        found = consumer.offsets_for_times([TopicPartition(topic, partition, ms)], timeout_s)
+        offset: int = found[0].offset
+        return high if offset < 0 else offset
+
+    if start_ms is not None and high > low:
+        low = max(low, first_at(start_ms))
+    if end_ms is not None and high > low:
+        high = min(high, first_at(end_ms))
+    return low, high
 
 
 def _ts(msg: Any) -> int:
