@@ -1,12 +1,16 @@
 """``rankwatch worker``: the live stream processor (a Faust worker).
 
     rankwatch worker [--bootstrap HOST:PORT] [--config FILE] [--app-id ID]
-                     [--loglevel info] [--data-dir DIR]
+                     [--loglevel info] [--data-dir DIR] [--rules RULES.toml]
 
 Consumes the steps and logs topics, runs every detector, writes alerts to the alerts topic
 and undecodable messages to the dead-letter topic. Its state is kept in a changelog topic, so
 a restarted worker resumes where it was. Stop it with SIGTERM or Ctrl-C. The topics must exist
 (``rankwatch topics create``).
+
+``--rules`` runs a rules file (see ``rankwatch rules check``): the worker refuses to start on an
+invalid one, and picks up changes to it while running (a change that does not validate is
+logged and ignored; the rules in use stay).
 """
 
 from __future__ import annotations
@@ -66,6 +70,11 @@ def register(sub: Any) -> None:
         help="how long the group waits for a crashed worker before reassigning its partitions "
         "(default: %(default)s; the broker's minimum is 6)",
     )
+    parser.add_argument(
+        "--rules",
+        metavar="FILE",
+        help="rules file: tune built-in rules, add your own; reloaded when it changes",
+    )
     parser.set_defaults(handler=common.reports_errors(_run))
 
 
@@ -81,5 +90,6 @@ def _run(args: argparse.Namespace) -> int:
         snapshot_interval_s=args.snapshot_interval,
         batch_size=args.batch_size,
         session_timeout_s=args.session_timeout,
+        rules_file=args.rules,
     )
     return run_worker(common.settings_from_args(args), options)

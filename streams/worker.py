@@ -69,6 +69,10 @@ class WorkerOptions:
     #: Unacked events held between snapshots before one is forced (bounds memory).
     max_unacked: int = 200_000
     ranks_per_chunk: int = DEFAULT_RANKS_PER_CHUNK
+    #: A rules file (``rankwatch.streams.rules``); None runs the built-in rules as shipped.
+    rules_file: str | None = None
+    #: How often the rules file's modification time is checked for a live reload.
+    rules_poll_s: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,13 +160,17 @@ class Runtime:
         dead: Any,
         layout: TopicLayout,
         options: WorkerOptions,
+        rules: Any = None,
     ) -> None:
         self.app = app
         self.alerts = alerts
         self.dead = dead
         self.layout = layout
         self.options = options
-        self.engine = Engine.with_builtin_detectors()
+        # rules: a RuleSet (rankwatch.streams.rules), loaded and checked before start-up.
+        self.rules = rules
+        self.rules_stamp = _stamp(options.rules_file)
+        self.engine = rules.engine() if rules is not None else Engine.with_builtin_detectors()
         self.store = SnapshotStore(_TableKV(table), self.engine, options.ranks_per_chunk)
         self.pipeline = Pipeline(
             self.engine, restore=self._restore, ranks_per_chunk=options.ranks_per_chunk
@@ -279,6 +287,27 @@ class Runtime:
         if gone:
             log.info("partitions %s revoked: dropped %d jobs", sorted(partitions), len(gone))
 
+    async def reload_rules(self) -> None:
+        """Use the rules file anew if it changed; a file that does not validate is refused
+        (the rules in use stay) and the log says why."""
+        from rankwatch.streams.rules import RulesError, changes, load_rules
+
+        path = self.options.rules_file
+        stamp = _stamp(path)
+        if path is None or stamp == self.rules_stamp:
+            return
+        self.rules_stamp = stamp
+        try:
+            new = load_rules(path)
+        except RulesError as exc:
+            log.error("rules file changed but is invalid; keeping the rules in use. %s", exc)
+            return
+        changed = changes(self.rules, new) if self.rules is not None else ["all"]
+        async with self.lock:  # between batches: no event sees half the rules
+            new.install(self.engine)
+            self.rules = new
+        log.info("rules reloaded from %s: %s", path, "; ".join(changed) or "no rule changed")
+
     def log_stats(self) -> None:
         then, before = self._last_stats
         now, events = time.monotonic(), self.pipeline.stats.events
@@ -296,11 +325,26 @@ class Runtime:
         )
 
 
+def _stamp(path: str | None) -> tuple[float, int] | None:
+    """When a file last changed (mtime, size), or None if it is missing."""
+    import os
+
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime, st.st_size)
+
+
 def _ranks(ranks: list[int]) -> str:
     return str(ranks) if len(ranks) <= 8 else f"[{ranks[0]}..{ranks[-1]}] ({len(ranks)})"
 
 
-def build_app(settings: Any, options: WorkerOptions, layout: TopicLayout) -> tuple[Any, Runtime]:
+def build_app(
+    settings: Any, options: WorkerOptions, layout: TopicLayout, rules: Any = None
+) -> tuple[Any, Runtime]:
     """The Faust app with its agent, timers and rebalance hooks; faust is imported here only."""
     import faust
 
@@ -341,7 +385,7 @@ def build_app(settings: Any, options: WorkerOptions, layout: TopicLayout) -> tup
         key_type=bytes,
         value_type=bytes,
     )
-    runtime = Runtime(app, table, alerts, dead, layout, options)
+    runtime = Runtime(app, table, alerts, dead, layout, options, rules)
 
     @app.agent(source, name="detect")
     async def detect(stream: Any) -> None:
@@ -351,6 +395,12 @@ def build_app(settings: Any, options: WorkerOptions, layout: TopicLayout) -> tup
     @app.timer(options.snapshot_interval_s, name="snapshot")  # type: ignore[untyped-decorator]
     async def snapshot() -> None:
         await runtime.snapshot()
+
+    if options.rules_file is not None:
+
+        @app.timer(options.rules_poll_s, name="rules")  # type: ignore[untyped-decorator]
+        async def rules_timer() -> None:
+            await runtime.reload_rules()
 
     @app.timer(options.stats_interval_s, name="stats")  # type: ignore[untyped-decorator]
     async def stats() -> None:
@@ -380,8 +430,13 @@ def build_app(settings: Any, options: WorkerOptions, layout: TopicLayout) -> tup
 
 def run_worker(settings: Any, options: WorkerOptions) -> int:
     """Run until SIGTERM/SIGINT; return the exit status."""
+    rules = None
+    if options.rules_file is not None:
+        from rankwatch.streams.rules import load_rules
+
+        rules = load_rules(options.rules_file)  # an invalid file: refuse to start, say why
     layout = inspect_topics(settings)
-    app, _ = build_app(settings, options, layout)
+    app, _ = build_app(settings, options, layout, rules)
     from faust import Worker
 
     if options.loglevel != "debug":
