@@ -444,6 +444,10 @@ def run_worker(settings: Any, options: WorkerOptions) -> int:
         # worker's own lines readable; its warnings and errors still show.
         for name in ("faust", "mode", "aiokafka"):
             logging.getLogger(name).setLevel(logging.WARNING)
+    else:
+        # Even at debug: aiokafka.conn dumps every request it sends, and the request of a
+        # SASL PLAIN handshake carries the password in clear.
+        logging.getLogger("aiokafka.conn").setLevel(logging.INFO)
     worker = Worker(app, loglevel=options.loglevel, quiet=True)
     try:
         worker.execute_from_commandline()
