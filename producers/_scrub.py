@@ -15,6 +15,11 @@ REDACTED = "[REDACTED]"
 
 # (pattern, replacement). Replacements keep group 1 (the label) where there is one.
 _BUILTIN: tuple[tuple[str, str], ...] = (
+    # PEM private keys (a key file dumped into a log), the whole block.
+    (
+        r"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----[\s\S]*?-----END [A-Z0-9 ]*PRIVATE KEY-----",
+        r"-----BEGIN \1PRIVATE KEY-----" + REDACTED + r"-----END \1PRIVATE KEY-----",
+    ),
     # Authorization headers first: their token may itself look like one of the others.
     (
         r"(?i)(\bauthorization\s*[:=]\s*[\"']?(?:bearer|basic|token)\s+)[A-Za-z0-9._~+/=-]+",
@@ -25,8 +30,16 @@ _BUILTIN: tuple[tuple[str, str], ...] = (
     (r"\bhf_[A-Za-z0-9]{30,}\b", REDACTED),
     # OpenAI-style keys: sk-..., sk-proj-..., sk-ant-... (Anthropic).
     (r"\bsk-[A-Za-z0-9_-]{16,}", REDACTED),
-    # GitHub tokens.
+    # GitHub tokens, classic and fine-grained.
     (r"\bgh[pousr]_[A-Za-z0-9]{30,}\b", REDACTED),
+    (r"\bgithub_pat_[A-Za-z0-9_]{22,}", REDACTED),
+    # Slack tokens, and Slack incoming-webhook URLs (the path is the secret).
+    (r"\bxox[abposre]-[A-Za-z0-9-]{10,}", REDACTED),
+    (r"(https://hooks\.slack\.com/services/)[A-Za-z0-9/_-]+", r"\1" + REDACTED),
+    # Google API keys.
+    (r"\bAIza[0-9A-Za-z_-]{35}", REDACTED),
+    # Bare JWTs (header.payload.signature), e.g. a token printed without "Bearer".
+    (r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]+", REDACTED),
     # AWS access key ids (long-term AKIA, temporary ASIA).
     (r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b", REDACTED),
     # AWS secret keys where they are named (config files, env dumps, boto errors).
