@@ -125,7 +125,7 @@ def format_report(results: list[ScenarioResult]) -> str:
     expected = detected = fps = 0
     for r in results:
         fp_text = ", ".join(f"{a.rule}({a.scope}:{a.ranks[:4]})" for a in r.false_positives)
-        rows = r.detections or [None]
+        rows: list[Detection | None] = list(r.detections) or [None]
         for i, d in enumerate(rows):
             head = f"{r.scenario:<20} {r.ranks:>5} {r.events:>8}" if i == 0 else " " * 35
             if d is None:
