@@ -41,6 +41,21 @@ def session_broker(home: Path, *, timeout_s: float = 90.0) -> Iterator[str]:
         cluster.stop(grace_s=10.0, purge=True)
 
 
+@contextmanager
+def secure_cluster(home: Path, *, timeout_s: float = 90.0) -> Iterator[LocalCluster]:
+    """Yield a started single-node SASL_SSL cluster on free ports, stopped on exit.
+
+    Its clients need ``cluster.client_config()`` (librdkafka) or the rankwatch config file
+    ``cluster.security.client_config_file``; see :mod:`rankwatch.infra.security`.
+    """
+    cluster = LocalCluster.create(home, nodes_count=1, port=0, secure=True)
+    try:
+        cluster.start(timeout_s=timeout_s)
+        yield cluster
+    finally:
+        cluster.stop(grace_s=10.0, purge=True)
+
+
 def create_unique_topic(
     bootstrap: str,
     partitions: int = 1,
