@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from rankwatch.config import Settings, load_settings
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "rankwatch.example.toml"
@@ -123,3 +124,22 @@ def test_settings_are_immutable() -> None:
     settings = Settings()
     with pytest.raises(ValueError):
         settings.kafka.client_id = "x"  # type: ignore[misc]
+
+
+def test_example_file_sinks_section_loads_with_its_commented_examples(tmp_path: Path) -> None:
+    # Uncommenting the documented destination and route must give a valid file.
+    import re
+
+    from rankwatch.sinks.config import load_sinks_config
+
+    text = EXAMPLE.read_text()
+    keys = (
+        "type|url|timeout|group_wait|max_group|rate_limit|burst|max_attempts|backoff|"
+        "max_backoff|jobs|rules|min_severity|statuses|to|continue"
+    )
+    text = re.sub(rf"^# (\[|(?:{keys}) )", r"\1", text, flags=re.MULTILINE)
+    path = tmp_path / "rankwatch.toml"
+    path.write_text(text)
+    config = load_sinks_config(path)
+    assert list(config.notify.destinations) == ["oncall"]
+    assert len(config.notify.routes) == 1
