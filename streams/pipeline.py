@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 #: Looks a job up in persistent state the first time the engine meets it (or None).
 Restore = Callable[[str], JobState | None]
 
+#: Bytes of a bad message's payload kept in its dead letter (base64 may grow it by a third).
+MAX_DEAD_PAYLOAD = 256 * 1024
+
 
 @dataclass(slots=True)
 class DeadLetter:
@@ -49,12 +52,21 @@ class DeadLetter:
     key: bytes | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """The value written to the dead-letter topic (a JSON object)."""
+        """The value written to the dead-letter topic (a JSON object).
+
+        A payload over :data:`MAX_DEAD_PAYLOAD` bytes is cut there (``payload_truncated``,
+        ``payload_bytes`` says how big it was): the dead letter of a 10 MB message must still
+        fit the producer's 1 MB request limit, or sending it would stop the worker.
+        """
+        raw = self.payload[:MAX_DEAD_PAYLOAD]
         try:
-            payload, encoding = self.payload.decode("utf-8"), "utf-8"
+            payload, encoding = raw.decode("utf-8"), "utf-8"
         except UnicodeDecodeError:
-            payload, encoding = base64.b64encode(self.payload).decode("ascii"), "base64"
+            payload, encoding = base64.b64encode(raw).decode("ascii"), "base64"
         key = None if self.key is None else self.key.decode("utf-8", "backslashreplace")
+        extra: dict[str, Any] = {}
+        if len(self.payload) > MAX_DEAD_PAYLOAD:
+            extra = {"payload_truncated": True, "payload_bytes": len(self.payload)}
         return {
             "error": self.error,
             "problems": [{"field": p.field, "problem": p.problem} for p in self.problems],
@@ -64,6 +76,7 @@ class DeadLetter:
             "key": key,
             "payload": payload,
             "payload_encoding": encoding,
+            **extra,
         }
 
     def to_bytes(self) -> bytes:
