@@ -116,7 +116,7 @@ def _run(args: argparse.Namespace) -> int:
         where = "stdout" if str(args.output) == "-" else str(args.output)
     else:
         settings = common.settings_from_args(args)
-        destination = RankProducers(settings)
+        destination = RankProducers(settings, spec.ranks)
         where = f"Kafka at {settings.bootstrap} (one producer per rank)"
     faults = ", ".join(f"{s.name}@{s.at_step}:{s.rank}" for s in plan) or "none"
     print(

@@ -84,14 +84,18 @@ class FileDestination:
 
 
 class RankProducers:
-    """One real producer per simulated rank, created at the rank's first event.
+    """One real producer per simulated rank (of a job of ``world_size`` ranks), created at the
+    rank's first event.
 
     ``max_buffered`` bounds what each producer holds: far above one step's events, so
     between :meth:`sync` calls nothing is ever dropped.
     """
 
-    def __init__(self, settings: Settings, *, max_buffered: int = 100_000) -> None:
+    def __init__(
+        self, settings: Settings, world_size: int | None = None, *, max_buffered: int = 100_000
+    ) -> None:
         self._settings = settings
+        self._world_size = world_size
         self._producers: dict[int, RankwatchProducer] = {}
         self._max_buffered = max_buffered
 
@@ -105,8 +109,8 @@ class RankProducers:
                     f"more than {MAX_PRODUCERS} ranks through Kafka: the simulator runs one "
                     "real producer per rank; write larger jobs to a file (--output)"
                 )
-            world = event.world_size if isinstance(event, StepEvent) else None
-            identity = Identity(event.job_id, event.rank, world, event.host)
+            # A rank's first event may be a log record, which has no world size: it is the job's.
+            identity = Identity(event.job_id, event.rank, self._world_size, event.host)
             # No enrichers: the simulated memory figures are the event's own, not this GPU's.
             producer = RankwatchProducer(
                 identity, settings=self._settings, enrichers=[], max_buffered=self._max_buffered
