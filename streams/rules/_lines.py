@@ -55,7 +55,9 @@ class KeyLines:
                 m = _DOTTED.match(line)
                 if m is None or not line[m.end() :].startswith("="):
                     continue
-                self.lines.setdefault((*current, *_parts(m.group(1))), number)
+                keys = _parts(m.group(1))
+                for i in range(1, len(keys) + 1):  # a.b.c = 1 also defines a and a.b
+                    self.lines.setdefault((*current, *keys[:i]), number)
                 rest = line[m.end() + 1 :]
                 for quote in ('"""', "'''"):
                     if rest.count(quote) % 2 == 1:

@@ -27,6 +27,7 @@ rankwatch.streams.rules.exceptions.RulesFileError: r.toml: 1 problem in the rule
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import tomllib
 from collections.abc import Sequence
@@ -39,6 +40,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from rankwatch.streams.engine import Detector, Engine, EngineConfig
 from rankwatch.streams.exceptions import DetectorConfigError
+from rankwatch.streams.incidents import IncidentPolicy
 from rankwatch.streams.rules import builtin, plugins, user_rules
 from rankwatch.streams.rules._lines import KeyLines, Loc
 from rankwatch.streams.rules.exceptions import PluginError, Problem, RulesFileError
@@ -78,6 +80,8 @@ class RuleSet:
 
     def engine(self, config: EngineConfig | None = None) -> Engine:
         """A fresh engine running these rules."""
+        config = config or EngineConfig()
+        config = dataclasses.replace(config, incidents=self.policy(config.incidents))
         resolve = self.detectors_for if self.overrides else None
         return Engine(self.default.detectors, config, resolve=resolve)
 
@@ -85,6 +89,18 @@ class RuleSet:
         """Make a running engine use these rules (live reload)."""
         resolve = self.detectors_for if self.overrides else None
         engine.replace_detectors(self.default.detectors, resolve=resolve)
+        engine.book.policy = self.policy(engine.book.policy)
+
+    def policy(self, base: IncidentPolicy) -> IncidentPolicy:
+        """``base`` with the single-record pattern rules alerting at once, like ``cuda_oom``:
+        a rank's own record is news now, not after the wait that gathers ranks."""
+        names = {
+            d.rule
+            for p in (self.default, *self.overrides)
+            for d in p.detectors
+            if isinstance(d, user_rules.LogPatternDetector) and d.config.min_ranks == 1
+        }
+        return dataclasses.replace(base, immediate_rules=base.immediate_rules | names)
 
     def describe(self) -> dict[str, Any]:
         """Every rule's effective settings, keyed ``rule`` and ``jobs[GLOBS].rule``."""

@@ -293,8 +293,9 @@ class ThresholdJobDetector(_Threshold):
     """``threshold`` with ``scope = "job"``: a JobDetector; judged at the job's ticks."""
 
     def new_job_state(self) -> dict[str, Any]:
-        # run: rank -> [consecutive bad steps, first step, last value]; active; reported
-        return {"run": {}, "active": False, "reported": -math.inf}
+        # run: rank -> [consecutive bad steps, first step, last value]; active; when and how
+        # many ranks were last reported (more ranks join the open incident at once)
+        return {"run": {}, "active": False, "reported": -math.inf, "n": 0}
 
     def on_step(
         self, job: JobState, rank: RankState, state: dict[str, Any], event: StepEvent
@@ -318,12 +319,14 @@ class ThresholdJobDetector(_Threshold):
         over = {r: e for r, e in state["run"].items() if e[0] >= cfg.for_steps}
         if not over:
             if state["active"]:
-                state["active"] = False
+                state["active"], state["n"] = False, 0
                 return (Resolution(self.rule, None, now, "", f"{cfg.field} back in range"),)
             return _NOTHING
-        if len(over) < cfg.min_ranks or (state["active"] and now - state["reported"] < _REFRESH_S):
+        if len(over) < cfg.min_ranks:
             return _NOTHING
-        state["active"], state["reported"] = True, now
+        if state["active"] and now - state["reported"] < _REFRESH_S and len(over) <= state["n"]:
+            return _NOTHING
+        state["active"], state["reported"], state["n"] = True, now, len(over)
         ranks = sorted(over)
         step = min(e[1] for e in over.values())
         worst = over[ranks[0]][2]
