@@ -214,6 +214,15 @@ class NotifySink:
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise SinkError(f"cannot create the retry topic {topic}: {exc}") from None
+        # Wait until the cluster serves it: a consumer subscribing before that sees "unknown
+        # topic" and, until its next metadata refresh (5 min), never reads the parked alerts.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            found = admin.list_topics(topic, timeout=10).topics.get(topic)
+            ready = found is not None and found.error is None and found.partitions
+            if ready and all(p.leader >= 0 for p in found.partitions.values()):
+                return
+            time.sleep(0.2)
 
 
 def _header(message: Message, name: str) -> str:
