@@ -1,0 +1,157 @@
+"""Replay throughput: ``rankwatch replay --input FILE`` beside plain orjson decoding of the file.
+
+The file is a healthy simulated job (``rankwatch.simulate``: step events and the log chatter of
+a data-parallel job, default 4,096 ranks x 50 steps, about 210k events). Each round, in the same
+run: (1) the reference, ``orjson.loads`` of every line (file read included); (2) the real
+command in a child process, whose own summary line gives events/s (start-up excluded, file
+reading included); (3) with ``--baseline REV``, the same command running the code of commit
+REV (before/after an optimisation in one run). Then a per-event breakdown (orjson, ``decode``,
+``Engine.process``, ``Pipeline.handle``) of each tree, which is where the time goes.
+
+    .venv/bin/python benchmarks/replay_throughput.py [--ranks 4096] [--steps 50]
+        [--rounds 3] [--baseline REV]
+
+Writes ``benchmarks/results/replay_throughput.json``. Figures: ``RESULTS.md``, "Replay".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import _bench
+import orjson
+
+_SUMMARY = re.compile(r"replay: (\d+) events.*; ([\d.]+) s, ([\d,]+) events/s")
+
+
+def reference(path: Path) -> tuple[int, float]:
+    """Plain orjson decoding of every line: the limit of any Python replay of this file."""
+    started = time.perf_counter()
+    loads = orjson.loads
+    n = 0
+    with path.open("rb") as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                loads(line)
+                n += 1
+    return n, time.perf_counter() - started
+
+
+def replay_once(path: Path, tree: Path | None) -> dict[str, float]:
+    argv = _bench.rankwatch_argv(tree, ["replay", "--input", str(path), "--output", "/dev/null"])
+    started = time.perf_counter()
+    done = subprocess.run(argv, capture_output=True, text=True, check=True)
+    wall = time.perf_counter() - started
+    match = _SUMMARY.search(done.stderr)
+    if match is None:
+        raise SystemExit(f"no summary line from rankwatch replay:\n{done.stderr[-2000:]}")
+    events, seconds = int(match.group(1)), float(match.group(2))
+    return {"events": events, "seconds": seconds, "rate": events / seconds, "wall_s": wall}
+
+
+def breakdown(path: Path) -> dict[str, float]:
+    """Per-event microseconds of each stage, in this process (run as a child per tree)."""
+    from rankwatch.schemas import decode
+    from rankwatch.streams import Engine
+    from rankwatch.streams.pipeline import Pipeline
+
+    lines = _bench.read_lines(path)
+    n = len(lines)
+    out: dict[str, float] = {"events": n}
+
+    def per_event(fn: Any) -> float:
+        started = time.perf_counter()
+        fn()
+        return (time.perf_counter() - started) / n * 1e6
+
+    out["orjson_us"] = per_event(lambda: [orjson.loads(line) for line in lines])
+    events: list[Any] = []
+    out["decode_us"] = per_event(lambda: events.extend(decode(line) for line in lines))
+    engine = Engine.with_builtin_detectors()
+    process = engine.process
+
+    def run_engine() -> None:
+        for event in events:
+            process(event)
+
+    out["engine_us"] = per_event(run_engine)
+    handle = Pipeline(Engine.with_builtin_detectors()).handle
+
+    def run_pipeline() -> None:
+        for line in lines:
+            handle(line)
+
+    out["pipeline_us"] = per_event(run_pipeline)
+    return out
+
+
+def child_breakdown(path: Path, tree: Path | None) -> dict[str, float]:
+    argv = _bench.python_argv(tree, [__file__, "--breakdown-of", str(path)])
+    done = subprocess.run(argv, capture_output=True, text=True, check=True)
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ranks", type=int, default=4096)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--baseline", metavar="REV", help="also run the code of this commit")
+    parser.add_argument("--breakdown-of", metavar="FILE", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.breakdown_of:  # child mode: one tree's per-stage figures, as JSON
+        print(json.dumps(breakdown(Path(args.breakdown_of))))
+        return
+
+    path = _bench.simulated_file(args.ranks, args.steps)
+    trees: dict[str, Path | None] = {"current": None}
+    if args.baseline:
+        trees[f"baseline {args.baseline}"] = _bench.baseline_tree(args.baseline)
+    refs: list[float] = []
+    rates: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
+    with _bench.LoadSampler() as load:
+        for i in range(args.rounds):
+            n, seconds = reference(path)
+            refs.append(n / seconds)
+            line = f"round {i + 1}: orjson {n / seconds:,.0f}/s"
+            for name, tree in trees.items():
+                r = replay_once(path, tree)
+                rates[name].append(r)
+                line += f", replay[{name}] {r['rate']:,.0f}/s"
+            print(line, flush=True)
+        stages = {name: child_breakdown(path, tree) for name, tree in trees.items()}
+    ref = statistics.median(refs)
+    results: dict[str, Any] = {
+        "machine": _bench.machine(),
+        "load_1min": load.summary(),
+        "file": {"path": str(path), "ranks": args.ranks, "steps": args.steps, "events": n},
+        "reference_orjson_per_s": ref,
+        "replay": {},
+        "breakdown_us_per_event": stages,
+    }
+    print(f"\n{n:,} events; load average (1 min) during the run: {load.summary()}")
+    print("| | events/s (median) | ratio to orjson | wall incl. start-up (s) |")
+    print("|---|---|---|---|")
+    print(f"| orjson.loads of every line (reference) | {ref:,.0f} | 1.00 | |")
+    for name, runs in rates.items():
+        rate = statistics.median(r["rate"] for r in runs)
+        wall = statistics.median(r["wall_s"] for r in runs)
+        results["replay"][name] = {"rate": rate, "ratio": rate / ref, "wall_s": wall, "runs": runs}
+        print(f"| rankwatch replay [{name}] | {rate:,.0f} | {rate / ref:.3f} | {wall:.1f} |")
+    print("\nper event (us) | " + " | ".join(stages))
+    for key in ("orjson_us", "decode_us", "engine_us", "pipeline_us"):
+        print(f"{key} | " + " | ".join(f"{s[key]:.2f}" for s in stages.values()))
+    _bench.write_results("replay_throughput", results)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

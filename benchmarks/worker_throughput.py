@@ -1,0 +1,242 @@
+"""Worker throughput: step events/s through every detector in one ``rankwatch worker`` process,
+beside the raw consume-and-decode rate of the same topic (the limit).
+
+A local broker (started here, on free ports) gets the four topics; the steps topic is
+pre-filled with ``--ranks`` x ``--steps`` healthy step events of one large job (default
+16,384 x 64 = 1,048,576 events, all on the job's partition, key = job_id). Then, in one run:
+
+1. the reference: a confluent-kafka consumer reads the topic from the start and ``decode``s
+   every message (``--rounds`` times; also the consume-only rate);
+2. the real ``rankwatch worker`` (Faust, a fresh consumer group) in a child process; its
+   group's committed offsets are polled; the rate is the events committed between the first
+   and the last commit over the time between them (start-up and the commit lag at both ends
+   cancel), and the worker's own snapshot and commit cadence is included as it runs live;
+3. with ``--baseline REV``: the worker of commit REV on the same topic (before/after).
+
+    .venv/bin/python benchmarks/worker_throughput.py [--ranks 16384] [--steps 64]
+        [--baseline REV]
+
+Writes ``benchmarks/results/worker_throughput.json``. Figures: ``RESULTS.md``, "Worker".
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import _bench
+
+
+def consume_reference(bootstrap: str, topic: str, total: int, stage: str) -> float:
+    """Events/s of a plain confluent-kafka consumer over the whole topic, doing ``stage`` to
+    each message: nothing ("consume"), ``decode`` ("decode"), or the worker's own
+    ``Pipeline.handle`` with every detector but without Faust ("pipeline")."""
+    from confluent_kafka import Consumer
+
+    from rankwatch.schemas import decode
+    from rankwatch.streams import Engine
+    from rankwatch.streams.pipeline import Pipeline
+
+    handle = Pipeline(Engine.with_builtin_detectors()).handle
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-ref-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "fetch.max.bytes": 52_428_800,
+            "max.partition.fetch.bytes": 10_485_760,
+        }
+    )
+    consumer.subscribe([topic])
+    n = 0
+    started = None
+    try:
+        while n < total:
+            messages = consumer.consume(num_messages=10_000, timeout=1.0)
+            if not messages:
+                continue
+            if started is None:
+                started = time.perf_counter()
+            for msg in messages:
+                if msg.error() is None:
+                    if stage == "decode":
+                        decode(msg.value())
+                    elif stage == "pipeline":
+                        handle(msg.value(), partition=msg.partition(), offset=msg.offset())
+                    n += 1
+        assert started is not None
+        return n / (time.perf_counter() - started)
+    finally:
+        consumer.close()
+
+
+def run_worker(
+    bootstrap: str,
+    tree: Path | None,
+    topic: str,
+    total: int,
+    tmp: Path,
+    timeout_s: float,
+    profile: Path | None = None,
+) -> dict[str, Any]:
+    from confluent_kafka.admin import AdminClient
+
+    app_id = f"bench-worker-{uuid.uuid4().hex[:8]}"
+    argv = _bench.rankwatch_argv(
+        tree,
+        [
+            "worker",
+            "--bootstrap",
+            bootstrap,
+            "--app-id",
+            app_id,
+            "--data-dir",
+            str(tmp / app_id),
+            "--loglevel",
+            "warn",
+        ],
+    )
+    if profile is not None:  # pyinstrument around the whole worker: where its time goes
+        argv[1:1] = ["-m", "pyinstrument", "-r", "text", "--show-all", "-o", str(profile)]
+    log_path = tmp / f"{app_id}.log"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    partitions = sorted(_bench.end_offsets(bootstrap, topic))
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    points: list[tuple[float, int]] = []
+    launched = time.perf_counter()
+    try:
+        while time.perf_counter() - launched < timeout_s:
+            if proc.poll() is not None:
+                tail = log_path.read_text()[-3000:]
+                raise SystemExit(f"worker exited {proc.returncode}:\n{tail}")
+            done = _bench.committed_total(admin, app_id, topic, partitions)
+            now = time.perf_counter()
+            if done and (not points or done != points[-1][1]):
+                points.append((now, done))
+                print(f"  {now - launched:6.1f} s: {done:>9,} committed", flush=True)
+            if done >= total:
+                break
+            time.sleep(0.2)
+        else:
+            raise SystemExit(f"worker did not finish in {timeout_s} s: {points[-1:]}")
+    finally:
+        stop(proc)
+    (t0, n0), (t1, n1) = points[0], points[-1]
+    rate = (n1 - n0) / (t1 - t0) if t1 > t0 else float("nan")
+    return {
+        "rate": rate,
+        "events_timed": n1 - n0,
+        "seconds_timed": t1 - t0,
+        "first_commit_after_s": t0 - launched,
+        "all_done_after_s": t1 - launched,
+        "commits": len(points),
+    }
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the child's process group (ours alone: start_new_session), then SIGKILL."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ranks", type=int, default=16_384)
+    parser.add_argument("--steps", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3, help="reference rounds")
+    parser.add_argument("--baseline", metavar="REV", help="also run the worker of this commit")
+    parser.add_argument("--timeout", type=float, default=600.0, help="per worker run, seconds")
+    parser.add_argument("--profile", metavar="FILE", help="pyinstrument the worker: text report")
+    args = parser.parse_args()
+
+    from rankwatch.config import Settings
+    from rankwatch.infra.admin import create_topics
+
+    trees: dict[str, Path | None] = {"current": None}
+    if args.baseline:
+        trees[f"baseline {args.baseline}"] = _bench.baseline_tree(args.baseline)
+    total = args.ranks * args.steps
+    job = "bench-big-job"
+    with tempfile.TemporaryDirectory(prefix="rw-bench-") as tmp_name, _bench.LoadSampler() as load:
+        tmp = Path(tmp_name)
+        cluster = _bench.start_cluster(tmp / "kafka")
+        try:
+            bootstrap = cluster.bootstrap
+            settings = Settings().with_bootstrap(bootstrap)
+            create_topics(settings)
+            topic = settings.topics.steps.name
+            started = time.perf_counter()
+            produced = 0
+            for step in range(args.steps):
+                batch = _bench.step_batch(job, args.ranks, step, _bench.START + step)
+                _bench.produce_all(bootstrap, topic, job.encode(), batch)
+                produced += len(batch)
+            print(f"{produced:,} events produced in {time.perf_counter() - started:.1f} s")
+            refs, consume_only, pipelines = [], [], []
+            workers: dict[str, dict[str, Any]] = {}
+            for i in range(args.rounds):
+                consume_only.append(consume_reference(bootstrap, topic, total, "consume"))
+                refs.append(consume_reference(bootstrap, topic, total, "decode"))
+                pipelines.append(consume_reference(bootstrap, topic, total, "pipeline"))
+                print(
+                    f"reference {i + 1}: consume {consume_only[-1]:,.0f}/s, "
+                    f"consume+decode {refs[-1]:,.0f}/s, consume+pipeline {pipelines[-1]:,.0f}/s",
+                    flush=True,
+                )
+                if i == 0:  # the workers between reference rounds, so the load is alike
+                    for name, tree in trees.items():
+                        print(f"worker [{name}]:", flush=True)
+                        profile = Path(args.profile) if args.profile and tree is None else None
+                        workers[name] = run_worker(
+                            bootstrap, tree, topic, total, tmp, args.timeout, profile
+                        )
+                        print(f"  -> {workers[name]['rate']:,.0f} events/s", flush=True)
+        finally:
+            cluster.stop(purge=True)
+    ref = statistics.median(refs)
+    results: dict[str, Any] = {
+        "machine": _bench.machine(),
+        "load_1min": load.summary(),
+        "events": total,
+        "ranks": args.ranks,
+        "steps": args.steps,
+        "reference_consume_decode_per_s": ref,
+        "reference_runs": refs,
+        "consume_only_per_s": statistics.median(consume_only),
+        "consume_pipeline_per_s": statistics.median(pipelines),
+        "workers": {n: {**w, "ratio": w["rate"] / ref} for n, w in workers.items()},
+    }
+    print(f"\n{total:,} step events of one {args.ranks}-rank job; load (1 min): {load.summary()}")
+    print("| | events/s | ratio to consume+decode |\n|---|---|---|")
+    print(f"| confluent-kafka consume only | {results['consume_only_per_s']:,.0f} | |")
+    print(f"| confluent-kafka consume + decode (reference) | {ref:,.0f} | 1.00 |")
+    pipe = results["consume_pipeline_per_s"]
+    print(
+        f"| confluent-kafka consume + Pipeline (all detectors, no Faust) | {pipe:,.0f} "
+        f"| {pipe / ref:.3f} |"
+    )
+    for name, w in workers.items():
+        print(f"| rankwatch worker [{name}] | {w['rate']:,.0f} | {w['rate'] / ref:.3f} |")
+    _bench.write_results("worker_throughput", results)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
