@@ -210,7 +210,10 @@ class Engine:
             self._advance(job, rank, now)
             slots = rank.slots
             for d in kinds.step:
-                self._apply(job, d.on_step(job, rank, slots[d.name], event), out)
+                # Nearly every call returns an empty tuple: skip _apply's call and loop then.
+                outcomes = d.on_step(job, rank, slots[d.name], event)
+                if outcomes:
+                    self._apply(job, outcomes, out)
             for jd in kinds.job:
                 jd.on_step(job, rank, job.slots[jd.name], event)
         else:
