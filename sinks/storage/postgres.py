@@ -70,6 +70,7 @@ class PostgresStore(SqlStore):
         import psycopg
 
         self.url = url
+        self._connect_timeout_s = connect_timeout_s
         try:
             self._conn: psycopg.Connection[tuple[Any, ...]] = psycopg.connect(
                 url, autocommit=True, connect_timeout=connect_timeout_s
@@ -82,6 +83,12 @@ class PostgresStore(SqlStore):
         import psycopg
 
         try:
+            if self._conn.closed or self._conn.broken:
+                # The server restarted: a broken connection never heals, so a writer that
+                # retries (the storage sink) would fail forever without a new one.
+                self._conn = psycopg.connect(
+                    self.url, autocommit=True, connect_timeout=self._connect_timeout_s
+                )
             with self._conn.transaction():
                 yield
         except psycopg.Error as exc:
