@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+
 from rankwatch.config.exceptions import ConfigError
 from rankwatch.config.settings import KafkaSettings, Settings, TopicSettings, TopicsSettings
 

@@ -15,6 +15,7 @@ from rankwatch.infra.exceptions import BrokerTimeout, TopicError
 
 if TYPE_CHECKING:
     from confluent_kafka.admin import AdminClient
+
     from rankwatch.config import Settings
 
 

@@ -6,6 +6,7 @@ import hashlib
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
 from rankwatch.schemas._types import JobId, Timestamp
 
 Severity = Literal["info", "warning", "critical"]

@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 from pydantic import BaseModel, ValidationError
+
 from rankwatch.schemas._types import float_to_wire, wire_safe
 from rankwatch.schemas.alert import Alert
 from rankwatch.schemas.events import LogEvent, StepEvent

@@ -7,6 +7,7 @@ from functools import cached_property
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
 from rankwatch.schemas._types import JobId, Measure, NonFiniteFloat, Percent, Rank, Step, Timestamp
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]

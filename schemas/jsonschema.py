@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
 from rankwatch.schemas.alert import Alert
 from rankwatch.schemas.events import LogEvent, StepEvent
 

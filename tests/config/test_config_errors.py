@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from rankwatch.config import ConfigError, load_settings
 
 # (TOML text, expected message; {file} stands for the config file's path)

@@ -6,6 +6,7 @@ import ssl
 from pathlib import Path
 
 import pytest
+
 from rankwatch.config import Settings, load_settings
 
 SYSTEM_CA = Path("/etc/ssl/certs/ca-certificates.crt")

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from rankwatch.infra import LocalCluster, list_topics
 
 RANKWATCH = Path(sys.executable).with_name("rankwatch")

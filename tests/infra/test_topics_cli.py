@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+
 from rankwatch.infra import delete_topics, free_ports, list_topics
 
 RANKWATCH = Path(sys.executable).with_name("rankwatch")

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import orjson
 import pytest
+
 from rankwatch.schemas import (
     MAX_MESSAGE_BYTES,
     Alert,
