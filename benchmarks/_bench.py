@@ -85,6 +85,24 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[k]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a live process, all its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_cpu(argv: Sequence[str]) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Run a child to its end; also return the CPU seconds it used (user + system), which a
+    busy machine does not inflate the way it does wall time."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = subprocess.run(argv, capture_output=True, text=True, check=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return done, cpu
+
+
 def write_results(name: str, results: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"

@@ -36,7 +36,7 @@ from typing import Any
 import _bench
 
 
-def consume_reference(bootstrap: str, topic: str, total: int, stage: str) -> float:
+def consume_reference(bootstrap: str, topic: str, total: int, stage: str) -> tuple[float, float]:
     """Events/s of a plain confluent-kafka consumer over the whole topic, doing ``stage`` to
     each message: nothing ("consume"), ``decode`` ("decode"), or the worker's own
     ``Pipeline.handle`` with every detector but without Faust ("pipeline")."""
@@ -67,7 +67,7 @@ def consume_reference(bootstrap: str, topic: str, total: int, stage: str) -> flo
             if not messages:
                 continue
             if started is None:
-                started = time.perf_counter()
+                started, cpu = time.perf_counter(), time.process_time()
             for msg in messages:
                 if msg.error() is None:
                     if stage == "decode":
@@ -76,7 +76,7 @@ def consume_reference(bootstrap: str, topic: str, total: int, stage: str) -> flo
                         handle(msg.value(), partition=msg.partition(), offset=msg.offset())
                     n += 1
         assert started is not None
-        return n / (time.perf_counter() - started)
+        return n / (time.perf_counter() - started), n / (time.process_time() - cpu)
     finally:
         consumer.close()
 
@@ -115,6 +115,7 @@ def run_worker(
     with log_path.open("wb") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     points: list[tuple[float, int]] = []
+    cpu: list[float] = []  # the worker's CPU seconds at each point: immune to a busy machine
     launched = time.perf_counter()
     try:
         while time.perf_counter() - launched < timeout_s:
@@ -125,6 +126,7 @@ def run_worker(
             now = time.perf_counter()
             if done and (not points or done != points[-1][1]):
                 points.append((now, done))
+                cpu.append(_bench.cpu_seconds(proc.pid))
                 print(f"  {now - launched:6.1f} s: {done:>9,} committed", flush=True)
             if done >= total:
                 break
@@ -135,8 +137,11 @@ def run_worker(
         stop(proc)
     (t0, n0), (t1, n1) = points[0], points[-1]
     rate = (n1 - n0) / (t1 - t0) if t1 > t0 else float("nan")
+    cpu_s = cpu[-1] - cpu[0]
     return {
         "rate": rate,
+        "cpu_rate": (n1 - n0) / cpu_s if cpu_s > 0 else float("nan"),
+        "cpu_seconds_timed": cpu_s,
         "events_timed": n1 - n0,
         "seconds_timed": t1 - t0,
         "first_commit_after_s": t0 - launched,
@@ -190,51 +195,64 @@ def main() -> None:
                 _bench.produce_all(bootstrap, topic, job.encode(), batch)
                 produced += len(batch)
             print(f"{produced:,} events produced in {time.perf_counter() - started:.1f} s")
-            refs, consume_only, pipelines = [], [], []
+            # stage -> [(wall rate, CPU rate)] over the rounds
+            refs: dict[str, list[tuple[float, float]]] = {}
             workers: dict[str, dict[str, Any]] = {}
             for i in range(args.rounds):
-                consume_only.append(consume_reference(bootstrap, topic, total, "consume"))
-                refs.append(consume_reference(bootstrap, topic, total, "decode"))
-                pipelines.append(consume_reference(bootstrap, topic, total, "pipeline"))
-                print(
-                    f"reference {i + 1}: consume {consume_only[-1]:,.0f}/s, "
-                    f"consume+decode {refs[-1]:,.0f}/s, consume+pipeline {pipelines[-1]:,.0f}/s",
-                    flush=True,
-                )
+                line = f"reference {i + 1}:"
+                for stage in ("consume", "decode", "pipeline"):
+                    rate = consume_reference(bootstrap, topic, total, stage)
+                    refs.setdefault(stage, []).append(rate)
+                    line += f" {stage} {rate[0]:,.0f}/s ({rate[1]:,.0f}/cpu-s)"
+                print(line, flush=True)
                 if i == 0:  # the workers between reference rounds, so the load is alike
                     for name, tree in trees.items():
                         print(f"worker [{name}]:", flush=True)
                         profile = Path(args.profile) if args.profile and tree is None else None
-                        workers[name] = run_worker(
-                            bootstrap, tree, topic, total, tmp, args.timeout, profile
+                        w = run_worker(bootstrap, tree, topic, total, tmp, args.timeout, profile)
+                        workers[name] = w
+                        print(
+                            f"  -> {w['rate']:,.0f} events/s ({w['cpu_rate']:,.0f}/cpu-s)",
+                            flush=True,
                         )
-                        print(f"  -> {workers[name]['rate']:,.0f} events/s", flush=True)
         finally:
             cluster.stop(purge=True)
-    ref = statistics.median(refs)
+    med = {
+        stage: (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs))
+        for stage, runs in refs.items()
+    }
+    ref, refc = med["decode"]
     results: dict[str, Any] = {
         "machine": _bench.machine(),
         "load_1min": load.summary(),
         "events": total,
         "ranks": args.ranks,
         "steps": args.steps,
-        "reference_consume_decode_per_s": ref,
+        "reference": {stage: {"rate": m[0], "cpu_rate": m[1]} for stage, m in med.items()},
         "reference_runs": refs,
-        "consume_only_per_s": statistics.median(consume_only),
-        "consume_pipeline_per_s": statistics.median(pipelines),
-        "workers": {n: {**w, "ratio": w["rate"] / ref} for n, w in workers.items()},
+        "workers": {
+            n: {**w, "ratio": w["rate"] / ref, "cpu_ratio": w["cpu_rate"] / refc}
+            for n, w in workers.items()
+        },
     }
     print(f"\n{total:,} step events of one {args.ranks}-rank job; load (1 min): {load.summary()}")
-    print("| | events/s | ratio to consume+decode |\n|---|---|---|")
-    print(f"| confluent-kafka consume only | {results['consume_only_per_s']:,.0f} | |")
-    print(f"| confluent-kafka consume + decode (reference) | {ref:,.0f} | 1.00 |")
-    pipe = results["consume_pipeline_per_s"]
-    print(
-        f"| confluent-kafka consume + Pipeline (all detectors, no Faust) | {pipe:,.0f} "
-        f"| {pipe / ref:.3f} |"
-    )
+    print("| | events/s (wall) | ratio | events per CPU-second | ratio |")
+    print("|---|---|---|---|---|")
+    labels = {
+        "consume": "confluent-kafka consume only",
+        "decode": "confluent-kafka consume + decode (reference)",
+        "pipeline": "confluent-kafka consume + Pipeline (all detectors, no Faust)",
+    }
+    for stage, (rate, crate) in med.items():
+        print(
+            f"| {labels[stage]} | {rate:,.0f} | {rate / ref:.3f} | {crate:,.0f} "
+            f"| {crate / refc:.3f} |"
+        )
     for name, w in workers.items():
-        print(f"| rankwatch worker [{name}] | {w['rate']:,.0f} | {w['rate'] / ref:.3f} |")
+        print(
+            f"| rankwatch worker [{name}] | {w['rate']:,.0f} | {w['rate'] / ref:.3f} "
+            f"| {w['cpu_rate']:,.0f} | {w['cpu_rate'] / refc:.3f} |"
+        )
     _bench.write_results("worker_throughput", results)
 
 
