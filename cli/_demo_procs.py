@@ -99,9 +99,6 @@ def stop_children(children: Iterable[Child], grace_s: float = 20.0) -> None:
         except subprocess.TimeoutExpired:
             child.signal(signal.SIGKILL)
             child.process.wait(10)
-        # The process group too: anything the child started and left behind.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(child.process.pid, signal.SIGKILL)
         child.close_log()
 
 

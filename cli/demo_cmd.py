@@ -215,6 +215,9 @@ class Demo:
             f"job over after {clock(time.monotonic() - t0)}: {sent.steps:,} step events and "
             f"{sent.logs:,} log records sent, {sent.undelivered} undelivered"
         )
+        for child in self.children:
+            if not child.alive():
+                raise DemoError(f"{child.name} died; the end of {child.log}:\n{child.tail()}")
         return spec, plan, sent
 
     def wait_for_alerts(self, spec: Any, plan: list[Any], timeout_s: float = 30.0) -> list[Any]:
@@ -396,6 +399,11 @@ def _run(args: argparse.Namespace) -> int:
     except (DemoError, ConfigError, InfraError) as exc:
         console.end_progress()
         console.say(f"error: {exc}")
+        if isinstance(exc, InfraError) and "in use" in str(exc):
+            console.say(
+                "(another Kafka there? run the demo on it with --bootstrap HOST:PORT, "
+                "or pick a free port with --port)"
+            )
         return 1
     finally:
         try:
