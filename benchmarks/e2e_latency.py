@@ -38,6 +38,8 @@ from typing import Any
 import _bench
 import orjson
 
+LOAD_JOB = "bench-load-job"
+
 
 # -- the background load (a child process) -------------------------------------------------------
 def load_child(bootstrap: str, topic: str, ranks: int, duration_s: float, job: str) -> None:
@@ -107,11 +109,11 @@ def load_child(bootstrap: str, topic: str, ranks: int, duration_s: float, job: s
 
 # -- probes and their alerts --------------------------------------------------------------------
 class AlertWatch(threading.Thread):
-    """Consumes the alerts topic from its current end; records when each probe's alert came."""
+    """Consumes the alerts topic; records when each probe's alert came."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
         super().__init__(daemon=True)
-        from confluent_kafka import Consumer, TopicPartition
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
         self.consumer = Consumer(
             {
@@ -121,12 +123,9 @@ class AlertWatch(threading.Thread):
                 "fetch.wait.max.ms": 5,
             }
         )
+        # The topic was created by this run: everything on it is ours, from the beginning.
         meta = self.consumer.list_topics(topic, timeout=10).topics[topic]
-        assignment = []
-        for p in meta.partitions:
-            _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            assignment.append(TopicPartition(topic, p, high))
-        self.consumer.assign(assignment)
+        self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions])
         self.received: dict[str, float] = {}
         self.other_alerts = 0
         self.stop = threading.Event()
@@ -138,10 +137,13 @@ class AlertWatch(threading.Thread):
                 continue
             now = time.perf_counter()
             alert = orjson.loads(msg.value())
-            if alert.get("rule") == "cuda_oom" and alert["job_id"].startswith("probe-"):
-                self.received.setdefault(alert["job_id"], now)
-            else:
+            if alert.get("rule") != "cuda_oom":
                 self.other_alerts += 1
+            elif alert["job_id"].startswith("probe-"):
+                self.received.setdefault(alert["job_id"], now)
+            elif alert["job_id"] == LOAD_JOB:  # in-band probes: one rank each
+                for rank in alert["ranks"]:
+                    self.received.setdefault(f"{LOAD_JOB}/{rank}", now)
         self.consumer.close()
 
 
@@ -163,7 +165,7 @@ def oom_record(job: str, rank: int) -> bytes:
 
 def send_probe(producer: Any, topic: str, job: str, rank: int, sent: dict[str, float]) -> None:
     value = oom_record(job, rank)
-    sent[job] = time.perf_counter()
+    sent[job if job != LOAD_JOB else f"{LOAD_JOB}/{rank}"] = time.perf_counter()
     producer.produce(topic, value, job.encode())
     producer.poll(0)
 
@@ -230,13 +232,20 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         time.sleep(args.warmup)
         print(f"load running; {args.probes} probes at {args.probe_rate}/s", flush=True)
         first = time.perf_counter()
+        # Out-of-band probes (a job of their own, so another partition than the load's) and,
+        # with --in-band, as many OOMs of the load job itself (distinct ranks): these queue
+        # behind the load's own backlog when the worker does not keep up with it.
+        wanted = {f"probe-{i:04d}" for i in range(args.probes)}
+        in_band = {f"{LOAD_JOB}/{100 + i}" for i in range(args.probes)} if args.in_band else set()
         for i in range(args.probes):
             due = first + i / args.probe_rate
             time.sleep(max(0.0, due - time.perf_counter()))
             send_probe(probes, topics.logs.name, f"probe-{i:04d}", i % 64, sent)
+            if in_band:
+                send_probe(probes, topics.logs.name, LOAD_JOB, 100 + i, sent)
         probes.flush(10)
         deadline = time.perf_counter() + args.timeout
-        wanted = {f"probe-{i:04d}" for i in range(args.probes)}
+        wanted |= in_band
         while time.perf_counter() < deadline and not wanted <= watch.received.keys():
             time.sleep(0.1)
         if procs[1].wait(duration + 60) != 0:
@@ -248,9 +257,10 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         for proc in procs:
             stop(proc)
         cluster.stop(purge=True)
-    latencies = [
-        (watch.received[j] - sent[j]) * 1000 for j in sorted(wanted) if j in watch.received
-    ]
+    got = watch.received
+    out_of_band = sorted(j for j in wanted if j.startswith("probe-"))
+    latencies = [(got[j] - sent[j]) * 1000 for j in out_of_band if j in got]
+    band = [(got[j] - sent[j]) * 1000 for j in sorted(in_band, key=_rank_of) if j in got]
     half = len(latencies) // 2
     return {
         "ranks": args.ranks,
@@ -258,6 +268,14 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "probes": args.probes,
         "received": len(latencies),
         "lost": args.probes - len(latencies),
+        "in_band": {
+            "probes": len(in_band),
+            "received": len(band),
+            "p50_ms": _bench.percentile(band, 50),
+            "p99_ms": _bench.percentile(band, 99),
+            "first_ms": band[0] if band else None,
+            "last_ms": band[-1] if band else None,
+        },
         "latency_ms": {
             "p50": _bench.percentile(latencies, 50),
             "p90": _bench.percentile(latencies, 90),
@@ -271,6 +289,10 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     }
 
 
+def _rank_of(key: str) -> int:
+    return int(key.rsplit("/", 1)[1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ranks", type=int, default=16_384, help="background job: events/s")
@@ -278,6 +300,9 @@ def main() -> None:
     parser.add_argument("--probe-rate", type=float, default=4.0, help="probes per second")
     parser.add_argument("--warmup", type=float, default=15.0, help="seconds of load first")
     parser.add_argument("--timeout", type=float, default=60.0, help="wait for late alerts")
+    parser.add_argument(
+        "--in-band", action="store_true", help="also OOMs of the load job itself (its backlog)"
+    )
     parser.add_argument("--load-child", metavar="BOOTSTRAP", help=argparse.SUPPRESS)
     parser.add_argument("--duration", type=float, default=60.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -285,7 +310,7 @@ def main() -> None:
         from rankwatch.config import Settings
 
         steps = Settings().topics.steps.name
-        load_child(args.load_child, steps, args.ranks, args.duration, "bench-load-job")
+        load_child(args.load_child, steps, args.ranks, args.duration, LOAD_JOB)
         return
     with tempfile.TemporaryDirectory(prefix="rw-latency-") as tmp, _bench.LoadSampler() as load:
         result = measure(args, Path(tmp))
@@ -302,6 +327,13 @@ def main() -> None:
         f"max {lat['max']:.0f} ms (p50 first half {lat['first_half_p50']:.0f} ms, "
         f"second half {lat['second_half_p50']:.0f} ms)"
     )
+    band = result["in_band"]
+    if band["probes"]:
+        print(
+            f"in-band (OOMs of the load job itself, behind its backlog): {band['received']}/"
+            f"{band['probes']} alerted within the wait; p50 {band['p50_ms']:.0f} ms, "
+            f"p99 {band['p99_ms']:.0f} ms, first {band['first_ms']} ms, last {band['last_ms']} ms"
+        )
     _bench.write_results(f"e2e_latency-{args.ranks}", result)
 
 
