@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from functools import cached_property
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
-
 from rankwatch.schemas._types import JobId, Measure, NonFiniteFloat, Percent, Rank, Step, Timestamp
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
@@ -37,20 +34,10 @@ class EventBase(BaseModel):
         """Fields this version of the contract does not know, as they arrived."""
         return self.model_extra or {}
 
-    @cached_property
+    @property
     def epoch(self) -> float:
-        """Event time as epoch seconds: what detectors compute with.
-
-        Computed once per event (``datetime.timestamp()`` costs about a microsecond, and the
-        engine and five detectors each read it for every step event). Pydantic leaves
-        ``cached_property`` out of fields, dumps and equality.
-        """
+        """Event time as epoch seconds: what detectors compute with."""
         return self.timestamp.timestamp()
-
-    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
-        copy = super().model_copy(update=update, deep=deep)
-        copy.__dict__.pop("epoch", None)  # the copy's timestamp may differ: recompute it
-        return copy
 
 
 class StepEvent(EventBase):
