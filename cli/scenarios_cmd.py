@@ -35,8 +35,9 @@ def _run(args: argparse.Namespace) -> int:
     names = [x.strip() for x in args.only.split(",") if x.strip()] or list(SCENARIOS)
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
-        print(f"rankwatch scenarios: unknown scenario {unknown[0]!r}; "
-              f"known: {', '.join(SCENARIOS)}")
+        print(
+            f"rankwatch scenarios: unknown scenario {unknown[0]!r}; known: {', '.join(SCENARIOS)}"
+        )
         return 2
     started = time.perf_counter()
     results = run_suite(sizes, names, steps=args.steps, seed=args.seed)

@@ -23,10 +23,16 @@ def register(sub: Any) -> None:
         description="Prints LINE: error for each bad line and a summary; exit 0 only when "
         "every line is a valid event.",
     )
-    validate.add_argument("--input", "-i", required=True, metavar="FILE.jsonl",
-                          help="file of events, one JSON object per line ('-' for stdin)")
-    validate.add_argument("--job", metavar="JOB_ID",
-                          help="job_id for lines that carry none (structured trainer logs)")
+    validate.add_argument(
+        "--input",
+        "-i",
+        required=True,
+        metavar="FILE.jsonl",
+        help="file of events, one JSON object per line ('-' for stdin)",
+    )
+    validate.add_argument(
+        "--job", metavar="JOB_ID", help="job_id for lines that carry none (structured trainer logs)"
+    )
     validate.add_argument("--quiet", "-q", action="store_true", help="print only the summary")
     validate.set_defaults(handler=_validate)
 
@@ -70,8 +76,9 @@ def _validate(args: argparse.Namespace) -> int:
             with open(args.input, "rb") as handle:
                 counts = validate_lines(handle, args.job, report)
         except OSError as error:
-            print(f"rankwatch validate: cannot read {args.input}: {error.strerror}",
-                  file=sys.stderr)
+            print(
+                f"rankwatch validate: cannot read {args.input}: {error.strerror}", file=sys.stderr
+            )
             return 2
     valid = counts["step"] + counts["log"] + counts["alert"]
     print(
