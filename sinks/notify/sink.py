@@ -219,8 +219,12 @@ class NotifySink:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             found = admin.list_topics(topic, timeout=10).topics.get(topic)
-            ready = found is not None and found.error is None and found.partitions
-            if ready and all(p.leader >= 0 for p in found.partitions.values()):
+            if (
+                found is not None
+                and found.error is None
+                and found.partitions
+                and all(p.leader >= 0 for p in found.partitions.values())
+            ):
                 return
             time.sleep(0.2)
 
