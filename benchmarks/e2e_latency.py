@@ -251,6 +251,15 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         if procs[1].wait(duration + 60) != 0:
             raise SystemExit("the load process failed")
         load = json.loads(load_out.read_text().strip().splitlines()[-1])
+        # How far the worker is behind the load when it ends: its group's committed offsets
+        # (a snapshot interval behind at most, when it keeps up) against the topic's end.
+        from confluent_kafka.admin import AdminClient
+
+        steps_end = _bench.end_offsets(bootstrap, topics.steps.name)
+        committed = _bench.committed_total(
+            AdminClient({"bootstrap.servers": bootstrap}), app_id, topics.steps.name, [*steps_end]
+        )
+        load["backlog_at_end"] = sum(steps_end.values()) - committed
     finally:
         if watch is not None:
             watch.stop.set()
@@ -287,6 +296,10 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "other_alerts": watch.other_alerts,
         "all_ms": [round(x, 1) for x in latencies],
     }
+
+
+def load_backlog(result: dict[str, Any]) -> int:
+    return int(result["load"].get("backlog_at_end", -1))
 
 
 def _rank_of(key: str) -> int:
@@ -327,6 +340,7 @@ def main() -> None:
         f"max {lat['max']:.0f} ms (p50 first half {lat['first_half_p50']:.0f} ms, "
         f"second half {lat['second_half_p50']:.0f} ms)"
     )
+    print(f"worker backlog on the steps topic when the load ended: {load_backlog(result):,} events")
     band = result["in_band"]
     if band["probes"]:
         print(
