@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
+RESULTS = Path(os.environ.get("RANKWATCH_BENCH_RESULTS", ROOT / "benchmarks" / "results"))
 DATA = Path(os.environ.get("RANKWATCH_BENCH_DATA", "/tmp/rankwatch-bench"))
 
 
@@ -107,7 +107,7 @@ def write_results(name: str, results: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    print(f"results written to {path.relative_to(ROOT)}")
+    print(f"results written to {path}")
     return path
 
 
