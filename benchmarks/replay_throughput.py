@@ -62,7 +62,7 @@ def replay_once(path: Path, tree: Path | None, startup_cpu: float) -> dict[str, 
     return {
         "events": events,
         "seconds": seconds,
-        "rate": events / seconds,
+        "rate": events / seconds if seconds > 0 else float("nan"),  # printed to 0.01 s
         "wall_s": wall,
         "cpu_s": cpu,
         # CPU seconds of the child less those of its start-up (the same command on an empty
