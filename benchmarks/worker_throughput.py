@@ -89,24 +89,26 @@ def run_worker(
     tmp: Path,
     timeout_s: float,
     profile: Path | None = None,
+    direct: bool = False,
 ) -> dict[str, Any]:
     from confluent_kafka.admin import AdminClient
 
     app_id = f"bench-worker-{uuid.uuid4().hex[:8]}"
-    argv = _bench.rankwatch_argv(
-        tree,
-        [
-            "worker",
-            "--bootstrap",
-            bootstrap,
-            "--app-id",
-            app_id,
-            "--data-dir",
-            str(tmp / app_id),
-            "--loglevel",
-            "warn",
-        ],
-    )
+    args = [
+        "worker",
+        "--bootstrap",
+        bootstrap,
+        "--app-id",
+        app_id,
+        "--data-dir",
+        str(tmp / app_id),
+        "--loglevel",
+        "warn",
+    ]
+    if direct:  # the experiment: Faust's fetcher without wait_first per message
+        argv = _bench.python_argv(tree, [str(Path(__file__).with_name("_faust_direct.py")), *args])
+    else:
+        argv = _bench.rankwatch_argv(tree, args)
     if profile is not None:  # pyinstrument around the whole worker: where its time goes
         argv[1:1] = ["-m", "pyinstrument", "-r", "text", "--show-all", "-o", str(profile)]
     log_path = tmp / f"{app_id}.log"
@@ -150,6 +152,9 @@ def run_worker(
     }
 
 
+FAUST_DIRECT = "experiment: Faust fetcher without wait_first"
+
+
 def stop(proc: subprocess.Popen[bytes]) -> None:
     """SIGTERM the child's process group (ours alone: start_new_session), then SIGKILL."""
     if proc.poll() is not None:
@@ -169,6 +174,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="reference rounds")
     parser.add_argument("--baseline", metavar="REV", help="also run the worker of this commit")
     parser.add_argument("--timeout", type=float, default=600.0, help="per worker run, seconds")
+    parser.add_argument(
+        "--faust-direct",
+        action="store_true",
+        help="also the experiment benchmarks/_faust_direct.py (Faust without wait_first)",
+    )
     parser.add_argument("--profile", metavar="FILE", help="pyinstrument the worker: text report")
     args = parser.parse_args()
 
@@ -178,6 +188,8 @@ def main() -> None:
     trees: dict[str, Path | None] = {"current": None}
     if args.baseline:
         trees[f"baseline {args.baseline}"] = _bench.baseline_tree(args.baseline)
+    if args.faust_direct:
+        trees[FAUST_DIRECT] = None
     total = args.ranks * args.steps
     job = "bench-big-job"
     with tempfile.TemporaryDirectory(prefix="rw-bench-") as tmp_name, _bench.LoadSampler() as load:
@@ -209,7 +221,16 @@ def main() -> None:
                     for name, tree in trees.items():
                         print(f"worker [{name}]:", flush=True)
                         profile = Path(args.profile) if args.profile and tree is None else None
-                        w = run_worker(bootstrap, tree, topic, total, tmp, args.timeout, profile)
+                        w = run_worker(
+                            bootstrap,
+                            tree,
+                            topic,
+                            total,
+                            tmp,
+                            args.timeout,
+                            profile if name == "current" else None,
+                            direct=name == FAUST_DIRECT,
+                        )
                         workers[name] = w
                         print(
                             f"  -> {w['rate']:,.0f} events/s ({w['cpu_rate']:,.0f}/cpu-s)",
