@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import pytest
+
 from rankwatch.infra.testing import create_unique_topic, delete_test_topics, session_broker
 
 

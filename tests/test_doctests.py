@@ -38,7 +38,8 @@ def test_module_docstring_examples(name: str) -> None:
 
 
 def test_readme_examples() -> None:
-    result = doctest.testfile(str(ROOT / "README.md"), module_relative=False,
-                              optionflags=doctest.ELLIPSIS)
+    result = doctest.testfile(
+        str(ROOT / "README.md"), module_relative=False, optionflags=doctest.ELLIPSIS
+    )
     assert result.failed == 0
     assert result.attempted > 0

@@ -7,12 +7,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from synth import T0, Fault, RunShape, healthy_run
+
 from rankwatch.schemas import Alert, LogEvent, StepEvent
 from rankwatch.streams import DetectorConfigError, Engine
 from rankwatch.streams.detectors import crossrank, logs
 from rankwatch.streams.detectors.liveness import ProgressHangConfig, RankSilentConfig
 from rankwatch.streams.detectors.straggler import StragglerConfig
-from synth import T0, Fault, RunShape, healthy_run
 
 
 def engine() -> Engine:

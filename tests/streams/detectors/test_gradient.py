@@ -8,6 +8,7 @@ import pickle
 
 import pytest
 import synth
+
 from rankwatch.streams import DetectorConfigError, Finding, Resolution
 from rankwatch.streams.detectors.gradient import (
     GradientExplosion,

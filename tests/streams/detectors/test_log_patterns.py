@@ -5,6 +5,7 @@ from __future__ import annotations
 import timeit
 
 import pytest
+
 from rankwatch.streams.detectors.log_patterns import (
     classify,
     fatal_figures,

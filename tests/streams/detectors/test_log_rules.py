@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from synth import T0, healthy_run
+
 from rankwatch.schemas import Alert, LogEvent, StepEvent
 from rankwatch.streams import DetectorConfigError, Engine
 from rankwatch.streams.detectors import logs
 from rankwatch.streams.detectors.log_episodes import EpisodeConfig
-from synth import T0, healthy_run
 
 
 def log(rank: int, t: float, message: str, level: str = "ERROR", **kw: object) -> LogEvent:

@@ -7,6 +7,7 @@ import pickle
 
 import pytest
 import synth
+
 from rankwatch.streams import DetectorConfigError, Finding, Resolution
 from rankwatch.streams.detectors.loss import LossExplosion, LossExplosionConfig, LossState
 

@@ -9,6 +9,7 @@ import random
 
 import pytest
 import synth
+
 from rankwatch.streams import DetectorConfigError, Finding
 from rankwatch.streams.detectors.memory import MemoryGrowth, MemoryGrowthConfig, MemoryState
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import synth
+
 from rankwatch.schemas import Alert, StepEvent
 from rankwatch.streams import Engine
 from rankwatch.streams.detectors import metrics

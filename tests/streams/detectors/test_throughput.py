@@ -7,6 +7,7 @@ import pickle
 
 import pytest
 import synth
+
 from rankwatch.streams import DetectorConfigError, Finding
 from rankwatch.streams.detectors.throughput import (
     ThroughputDrop,
