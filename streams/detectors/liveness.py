@@ -8,6 +8,7 @@ how fast the job's highest step advances (:class:`StepPeriod`).
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -74,6 +75,13 @@ class RankSilentConfig:
     #: Peers must have made this share of the steps their pace allows in the silence window:
     #: "keep stepping", not one step as a stalled job resumes.
     peer_progress: float = 0.5
+    #: A rank is called silent only once it has been seen behind at ticks spanning this share
+    #: of the threshold, and this share of its peers reported in that span. After a broker
+    #: outage each rank's producer drains its buffer in a burst, one after another: the job's
+    #: clock runs ahead on the first rank's backlog while the others' are still on their way.
+    #: Then one rank is "stepping", not its peers, and nobody is called silent.
+    confirm_fraction: float = 0.5
+    confirm_peers: float = 0.5
     severity: Severity = "critical"
     action: Action = "notify"
 
@@ -83,6 +91,9 @@ class RankSilentConfig:
             raise DetectorConfigError(f"min_peer_steps must be >= 1, got {self.min_peer_steps}")
         if not 0 <= self.peer_progress <= 1:
             raise DetectorConfigError(f"peer_progress must be in [0, 1], got {self.peer_progress}")
+        for key in ("confirm_fraction", "confirm_peers"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise DetectorConfigError(f"{key} must be in [0, 1], got {getattr(self, key)}")
 
 
 class RankSilentDetector:
@@ -99,8 +110,9 @@ class RankSilentDetector:
         self.config = config or RankSilentConfig()
 
     def new_job_state(self) -> dict[str, Any]:
-        # silent: rank -> [incident_key, last_seen when flagged]
-        return {**StepPeriod.new(), "silent": {}}
+        # silent: rank -> [incident_key, last_seen when flagged];
+        # suspect: rank -> the tick time it was first seen behind (not yet flagged)
+        return {**StepPeriod.new(), "silent": {}, "suspect": {}}
 
     def on_step(
         self, job: JobState, rank: RankState, state: dict[str, Any], event: StepEvent
@@ -123,9 +135,26 @@ class RankSilentDetector:
         if period > 0:
             min_behind = max(min_behind, int(cfg.peer_progress * threshold / period))
         behind_at = job.max_step - min_behind  # a rank at or below this step is behind
+        suspect: dict[int, float] = state.setdefault("suspect", {})  # older snapshots lack it
+        behind = [
+            rs
+            for rs in job.ranks.values()
+            if rs.last_seen < cutoff and 0 <= rs.last_step <= behind_at and rs.rank not in silent
+        ]
+        if len(suspect) > len(behind) or any(r not in suspect for r in (b.rank for b in behind)):
+            ids = {rs.rank for rs in behind}
+            for r in [r for r in suspect if r not in ids]:
+                del suspect[r]  # reported again, or its peers paused: no longer a suspect
+        if not behind:
+            return out
+        confirm = cfg.confirm_fraction * threshold
+        # Peers heard from since a suspicion began: one sort per tick, a bisect per suspect.
+        seen = sorted(rs.last_seen for rs in job.ranks.values())
+        need = cfg.confirm_peers * (len(seen) - 1)
         newly: list[RankState] = []
-        for rs in job.ranks.values():
-            if rs.last_seen < cutoff and 0 <= rs.last_step <= behind_at and rs.rank not in silent:
+        for rs in behind:
+            start = suspect.setdefault(rs.rank, now)
+            if now - start >= confirm and len(seen) - bisect_left(seen, start) >= need:
                 newly.append(rs)
         if not newly:
             return out
@@ -142,6 +171,8 @@ class RankSilentDetector:
             ):
                 newly.append(rs)
         newly.sort(key=lambda rs: rs.rank)
+        for rs in newly:
+            suspect.pop(rs.rank, None)
         if len(newly) == 1:
             rs = newly[0]
             silent[rs.rank] = ["", rs.last_seen]
