@@ -42,15 +42,32 @@ def scenario(name: str, bootstrap: str, calls: int, rows: list[tuple[str, float,
     settings = Settings().with_bootstrap(bootstrap)
     producer = RankwatchProducer(Identity("bench", 0, 8, "bench-host"), settings=settings)
     time.sleep(0.5)  # let the idempotent producer connect (or give up) first
-    rows.append((f"log_step, broker {name}", *timed(
-        lambda i: producer.log_step(i, loss=2.5, learning_rate=1e-4, gradient_norm=0.7,
-                                    step_time_s=0.31, throughput_tokens_per_sec=9000.0), calls)))
+    rows.append(
+        (
+            f"log_step, broker {name}",
+            *timed(
+                lambda i: producer.log_step(
+                    i,
+                    loss=2.5,
+                    learning_rate=1e-4,
+                    gradient_norm=0.7,
+                    step_time_s=0.31,
+                    throughput_tokens_per_sec=9000.0,
+                ),
+                calls,
+            ),
+        )
+    )
     log = logging.getLogger(f"bench.{name}")
     log.setLevel(logging.INFO)
     log.propagate = False
     log.addHandler(RankwatchLogHandler(producer))
-    rows.append((f"log record via handler, broker {name}", *timed(
-        lambda i: log.info("step %d done, loss %.3f", i, 2.5), calls)))
+    rows.append(
+        (
+            f"log record via handler, broker {name}",
+            *timed(lambda i: log.info("step %d done, loss %.3f", i, 2.5), calls),
+        )
+    )
     producer.flush(30)
     print(f"  broker {name}: {producer.stats()}")
     producer.close(2)
@@ -58,8 +75,12 @@ def scenario(name: str, bootstrap: str, calls: int, rows: list[tuple[str, float,
 
 def memory_when_broker_away(calls: int, bound: int) -> list[tuple[int, float]]:
     (port,) = free_ports(1)
-    producer = RankwatchProducer(Identity("bench", 0), settings=Settings().with_bootstrap(
-        f"127.0.0.1:{port}"), max_buffered=bound, enrichers=[])
+    producer = RankwatchProducer(
+        Identity("bench", 0),
+        settings=Settings().with_bootstrap(f"127.0.0.1:{port}"),
+        max_buffered=bound,
+        enrichers=[],
+    )
     gc.collect()
     tracemalloc.start()
     points = []
@@ -85,8 +106,12 @@ def main() -> None:
         file_log.setLevel(logging.INFO)
         file_log.propagate = False
         file_log.addHandler(logging.FileHandler(Path(tmp) / "bench.log"))
-        rows.append(("stdlib logging to a file", *timed(
-            lambda i: file_log.info("step %d done, loss %.3f", i, 2.5), args.calls)))
+        rows.append(
+            (
+                "stdlib logging to a file",
+                *timed(lambda i: file_log.info("step %d done, loss %.3f", i, 2.5), args.calls),
+            )
+        )
         cluster = None
         bootstrap = args.bootstrap
         try:

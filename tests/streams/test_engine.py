@@ -85,8 +85,13 @@ def test_alert_id_of_a_log_record_does_not_depend_on_topic_interleaving() -> Non
     # they are merged by time. The OOM record's alert must get the same id either way.
     from rankwatch.schemas import LogEvent
 
-    oom = LogEvent(job_id="j", rank=0, timestamp=105.5, level="ERROR",
-                   message="torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 1 GiB")
+    oom = LogEvent(
+        job_id="j",
+        rank=0,
+        timestamp=105.5,
+        level="ERROR",
+        message="torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 1 GiB",
+    )
     steps = [step(0, n, 100.0 + n) for n in range(10)]
 
     def alert_ids(order: list[StepEvent | LogEvent]) -> list[str]:
