@@ -28,6 +28,7 @@ from typing import ClassVar
 
 from rankwatch.schemas import Action, Severity, StepEvent
 from rankwatch.streams.detectors import _metric_config as check
+from rankwatch.streams.detectors._calm import settled
 from rankwatch.streams.detectors.base import JobState, RankState
 from rankwatch.streams.findings import Finding, Outcome, Resolution
 
@@ -175,12 +176,8 @@ class GradientExplosion:
         if g > s.level * c.recover_ratio:
             s.calm = 0
             return _NOTHING
-        s.calm += 1
-        if s.calm < c.recover_steps:
+        if not settled(s, c.recover_steps):
             return _NOTHING
-        s.active = False
-        s.calm = 0
-        s.reported_at = -math.inf
         return (
             Resolution(
                 rule=self.name,

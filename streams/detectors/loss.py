@@ -27,6 +27,7 @@ from typing import ClassVar
 
 from rankwatch.schemas import Action, Severity, StepEvent
 from rankwatch.streams.detectors import _metric_config as check
+from rankwatch.streams.detectors._calm import settled
 from rankwatch.streams.detectors.base import JobState, RankState
 from rankwatch.streams.findings import Finding, Outcome, Resolution
 
@@ -191,12 +192,8 @@ class LossExplosion:
         if loss > near:
             s.calm = 0
             return _NOTHING
-        s.calm += 1
-        if s.calm < c.recover_steps:
+        if not settled(s, c.recover_steps):
             return _NOTHING
-        s.active = False
-        s.calm = 0
-        s.reported_at = -math.inf
         return (
             Resolution(
                 rule=self.name,

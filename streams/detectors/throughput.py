@@ -22,6 +22,7 @@ from typing import ClassVar
 
 from rankwatch.schemas import Action, Severity, StepEvent
 from rankwatch.streams.detectors import _metric_config as check
+from rankwatch.streams.detectors._calm import settled
 from rankwatch.streams.detectors.base import JobState, RankState
 from rankwatch.streams.findings import Finding, Outcome, Resolution
 
@@ -148,12 +149,8 @@ class ThroughputDrop:
     def _recovering(
         self, rank: RankState, s: ThroughputState, x: float, event: StepEvent
     ) -> Iterable[Outcome]:
-        s.calm += 1
-        if s.calm < self.config.recover_steps:
+        if not settled(s, self.config.recover_steps):
             return _NOTHING
-        s.active = False
-        s.calm = 0
-        s.reported_at = -math.inf
         return (
             Resolution(
                 rule=self.name,
