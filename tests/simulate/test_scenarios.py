@@ -28,8 +28,10 @@ def test_scenario_at_256_ranks(name: str) -> None:
 def test_job_wide_nan_on_256_ranks_is_one_alert() -> None:
     result = run_scenario("nan_loss", 256, steps=200, at_step=120)
     firing = [d.alert for d in result.detections if d.alert is not None]
-    assert result.firing == len(firing) + 0 or result.passed
+    assert result.passed, "\n" + format_report([result])
     assert len(firing) == 1
+    # The NaN reaches the gradient norm too: at most one alert for that rule as well.
+    assert result.firing <= 2
     alert = firing[0]
     assert alert.scope == "job" and alert.rule == "loss_explosion"
     assert alert.ranks == [] or len(alert.ranks) >= 128
