@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -78,7 +79,34 @@ def create_unique_topic(
         future.result(timeout=timeout_s)
     except KafkaException as exc:
         raise TopicError(f"creating test topic {name!r} failed: {exc.args[0].str()}") from None
+    _wait_until_every_broker_knows(bootstrap, name, partitions, timeout_s)
     return name
+
+
+def _wait_until_every_broker_knows(
+    bootstrap: str, name: str, partitions: int, timeout_s: float
+) -> None:
+    # A created topic reaches each broker's metadata cache a little later (KRaft propagates it
+    # asynchronously); on a 3-node cluster a metadata request right after creation can miss it.
+    deadline = time.monotonic() + timeout_s
+    for address in bootstrap.split(","):
+        client = admin_client({"bootstrap.servers": address})
+        while True:
+            try:
+                # All topics, not ``list_topics(name)``: naming one may auto-create it.
+                found = client.list_topics(timeout=1.0).topics.get(name)
+            except KafkaException:
+                found = None
+            if (
+                found is not None
+                and found.error is None
+                and len(found.partitions) == partitions
+                and all(p.leader >= 0 for p in found.partitions.values())
+            ):
+                break
+            if time.monotonic() > deadline:
+                raise TopicError(f"test topic {name!r} not visible on {address} after {timeout_s}s")
+            time.sleep(0.05)
 
 
 def delete_test_topics(bootstrap: str, names: list[str]) -> None:
