@@ -1,12 +1,18 @@
-"""``rankwatch worker``: the live stream processor (a Faust worker).
+"""``rankwatch worker``: the live stream processor.
 
     rankwatch worker [--bootstrap HOST:PORT] [--config FILE] [--app-id ID]
-                     [--loglevel info] [--data-dir DIR] [--rules RULES.toml]
+                     [--runtime batch|faust] [--loglevel info] [--data-dir DIR]
+                     [--rules RULES.toml]
 
 Consumes the steps and logs topics, runs every detector, writes alerts to the alerts topic
 and undecodable messages to the dead-letter topic. Its state is kept in a changelog topic, so
 a restarted worker resumes where it was. Stop it with SIGTERM or Ctrl-C. The topics must exist
-(``rankwatch topics create``).
+(``rankwatch topics create``); while Kafka cannot be reached at start, the batch runtime
+retries.
+
+``--runtime batch`` (the default) feeds the detectors from a plain Kafka consumer in batches;
+``--runtime faust`` runs the same detectors inside a Faust app, several times slower per event.
+Both keep their state in the same changelog topic: switching keeps it.
 
 ``--rules`` runs a rules file (see ``rankwatch rules check``): the worker refuses to start on an
 invalid one, and picks up changes to it while running (a change that does not validate is
@@ -26,7 +32,7 @@ _LEVELS = ("crit", "error", "warn", "info", "debug")
 def register(sub: Any) -> None:
     parser = sub.add_parser(
         "worker",
-        help="run the live detector worker (Faust) on the Kafka topics",
+        help="run the live detector worker on the Kafka topics",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -34,8 +40,14 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "--app-id",
         default="rankwatch-worker",
-        help="Faust app id: the consumer group and the changelog topic's prefix "
-        "(default: %(default)s)",
+        help="the consumer group and the state changelog topic's prefix (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--runtime",
+        default="batch",
+        choices=("batch", "faust"),
+        help="batch: a Kafka consumer feeding the detectors in batches; faust: the same in a "
+        "Faust app, slower (default: %(default)s)",
     )
     parser.add_argument(
         "--loglevel",
@@ -46,7 +58,7 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "--data-dir",
         default=".rankwatch/worker",
-        help="Faust's local data directory (default: %(default)s)",
+        help="Faust's local data directory; unused by the batch runtime (default: %(default)s)",
     )
     parser.add_argument(
         "--snapshot-interval",
@@ -79,10 +91,12 @@ def register(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from rankwatch.streams.worker import WorkerOptions, run_worker
+    from rankwatch.streams.worker_common import WorkerOptions
 
     if args.snapshot_interval <= 0 or args.batch_size < 1:
         raise SystemExit("rankwatch worker: --snapshot-interval and --batch-size must be > 0")
+    if args.session_timeout < 1:
+        raise SystemExit("rankwatch worker: --session-timeout must be >= 1 second")
     options = WorkerOptions(
         app_id=args.app_id,
         data_dir=args.data_dir,
@@ -92,4 +106,11 @@ def _run(args: argparse.Namespace) -> int:
         session_timeout_s=args.session_timeout,
         rules_file=args.rules,
     )
-    return run_worker(common.settings_from_args(args), options)
+    settings = common.settings_from_args(args)
+    if args.runtime == "faust":
+        from rankwatch.streams.worker import run_worker
+
+        return run_worker(settings, options)
+    from rankwatch.streams.batch_worker import run_batch_worker
+
+    return run_batch_worker(settings, options)

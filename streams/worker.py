@@ -1,4 +1,6 @@
-"""The Faust worker: steps and logs from Kafka through the engine, alerts back to Kafka.
+"""The Faust worker runtime (`rankwatch worker --runtime faust`): steps and logs from Kafka
+through the engine, alerts back to Kafka. The default runtime is
+:mod:`rankwatch.streams.batch_worker` (same pipeline and state, without Faust).
 
 One Faust app, one agent over BOTH input topics (one engine must see a job's steps and its
 logs in one place; the producers key both by job_id, so a job's two streams share a partition
@@ -39,94 +41,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from rankwatch.schemas import encode
-from rankwatch.streams.engine import Engine
-from rankwatch.streams.exceptions import StreamsError
 from rankwatch.streams.pipeline import DeadLetter, Pipeline
 from rankwatch.streams.snapshots import SnapshotStore
-from rankwatch.streams.state_codec import DEFAULT_RANKS_PER_CHUNK
+from rankwatch.streams.worker_common import (
+    TABLE_NAME,
+    Counters,
+    RulesWatcher,
+    StatsLine,
+    TopicLayout,
+    WorkerOptions,
+    inspect_topics,
+    load_rules_file,
+    log_alert,
+    new_engine,
+)
+
+__all__ = ["Runtime", "TopicLayout", "WorkerOptions", "build_app", "inspect_topics", "run_worker"]
 
 log = logging.getLogger("rankwatch.worker")
-
-TABLE_NAME = "engine-state"
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerOptions:
-    app_id: str = "rankwatch-worker"
-    data_dir: str = ".rankwatch/worker"
-    loglevel: str = "info"
-    batch_size: int = 2000
-    batch_within_s: float = 0.2
-    snapshot_interval_s: float = 5.0
-    #: How long the group waits for a silent (crashed) worker before giving its partitions
-    #: to the others: the pause a kill -9 causes. The broker's minimum is 6 s.
-    session_timeout_s: float = 30.0
-    stats_interval_s: float = 30.0
-    #: Unacked events held between snapshots before one is forced (bounds memory).
-    max_unacked: int = 200_000
-    ranks_per_chunk: int = DEFAULT_RANKS_PER_CHUNK
-    #: A rules file (``rankwatch.streams.rules``); None runs the built-in rules as shipped.
-    rules_file: str | None = None
-    #: How often the rules file's modification time is checked for a live reload.
-    rules_poll_s: float = 2.0
-
-
-@dataclass(frozen=True, slots=True)
-class TopicLayout:
-    """The topics as found on the cluster."""
-
-    steps: str
-    logs: str
-    alerts: str
-    deadletter: str
-    partitions: int
-    replication: int
-
-
-def inspect_topics(settings: Any, timeout_s: float = 15.0) -> TopicLayout:
-    """Check the four topics exist and the inputs are co-partitioned.
-
-    Faust would auto-create a missing input topic with one partition and then fail against
-    its table's changelog, so a missing topic is an error here, with the command that fixes it.
-    """
-    from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient
-
-    topics = settings.topics
-    admin = AdminClient(settings.confluent_config())
-    try:
-        meta = admin.list_topics(timeout=timeout_s)
-    except KafkaException as exc:
-        raise StreamsError(f"cannot reach Kafka at {settings.bootstrap}: {exc.args[0]}") from None
-    counts: dict[str, int] = {}
-    for role, topic in topics.by_role().items():
-        found = meta.topics.get(topic.name)
-        if found is None or found.error is not None or not found.partitions:
-            raise StreamsError(
-                f"topic {topic.name!r} ({role}) does not exist on {settings.bootstrap}: "
-                "create the topics first (rankwatch topics create)"
-            )
-        counts[role] = len(found.partitions)
-    if counts["steps"] != counts["logs"]:
-        raise StreamsError(
-            f"{topics.steps.name} has {counts['steps']} partitions and {topics.logs.name} "
-            f"{counts['logs']}: they must be equal so a job's steps and logs meet in one worker"
-        )
-    rf = topics.steps.replication_factor
-    if rf < 1:  # the broker's default: follow the cluster size, as Kafka's own default does
-        rf = min(3, max(1, len(meta.brokers)))
-    return TopicLayout(
-        topics.steps.name,
-        topics.logs.name,
-        topics.alerts.name,
-        topics.deadletter.name,
-        counts["steps"],
-        rf,
-    )
 
 
 class _TableKV:
@@ -168,9 +103,8 @@ class Runtime:
         self.layout = layout
         self.options = options
         # rules: a RuleSet (rankwatch.streams.rules), loaded and checked before start-up.
-        self.rules = rules
-        self.rules_stamp = _stamp(options.rules_file)
-        self.engine = rules.engine() if rules is not None else Engine.with_builtin_detectors()
+        self.rules = RulesWatcher(options.rules_file, rules)
+        self.engine = new_engine(rules)
         self.store = SnapshotStore(_TableKV(table), self.engine, options.ranks_per_chunk)
         self.pipeline = Pipeline(
             self.engine, restore=self._restore, ranks_per_chunk=options.ranks_per_chunk
@@ -178,11 +112,8 @@ class Runtime:
         self.stream: Any = None
         self.pending: list[Any] = []  # events processed but not acked: no snapshot covers them
         self.lock = asyncio.Lock()
-        self.sent_alerts = 0
-        self.sent_dead = 0
-        self.snapshots = 0
-        self.snapshot_bytes = 0
-        self._last_stats = (time.monotonic(), 0)
+        self.counters = Counters()
+        self.stats = StatsLine()
 
     def _restore(self, job_id: str) -> Any:
         job = self.store.load(job_id)
@@ -225,19 +156,12 @@ class Runtime:
                         result.error,
                     )
                     await self.dead.send(key=message.key, value=result.to_bytes())
-                    self.sent_dead += 1
+                    self.counters.dead += 1
                     continue
                 for alert in result:
-                    log.info(
-                        "alert %s %s %s job=%s ranks=%s",
-                        alert.alert_id,
-                        alert.rule,
-                        alert.status,
-                        alert.job_id,
-                        _ranks(alert.ranks),
-                    )
+                    log_alert(alert)
                     await self.alerts.send(key=alert.job_id.encode(), value=encode(alert))
-                    self.sent_alerts += 1
+                    self.counters.alerts += 1
             self.pending.extend(kept)
         if len(self.pending) >= self.options.max_unacked:
             await self.snapshot()
@@ -261,8 +185,8 @@ class Runtime:
             stream = self.stream
             for event in pending:
                 await stream.ack(event)
-            self.snapshots += 1
-            self.snapshot_bytes += written
+            self.counters.snapshots += 1
+            self.counters.snapshot_bytes += written
             log.debug(
                 "snapshot: %d jobs, %d bytes, %d events acked, %.1f ms",
                 len(dirty),
@@ -288,58 +212,14 @@ class Runtime:
             log.info("partitions %s revoked: dropped %d jobs", sorted(partitions), len(gone))
 
     async def reload_rules(self) -> None:
-        """Use the rules file anew if it changed; a file that does not validate is refused
-        (the rules in use stay) and the log says why."""
-        from rankwatch.streams.rules import RulesError, changes, load_rules
-
-        path = self.options.rules_file
-        stamp = _stamp(path)
-        if path is None or stamp == self.rules_stamp:
-            return
-        self.rules_stamp = stamp
-        try:
-            new = load_rules(path)
-        except RulesError as exc:
-            log.error("rules file changed but is invalid; keeping the rules in use. %s", exc)
-            return
-        changed = changes(self.rules, new) if self.rules is not None else ["all"]
-        async with self.lock:  # between batches: no event sees half the rules
-            new.install(self.engine)
-            self.rules = new
-        log.info("rules reloaded from %s: %s", path, "; ".join(changed) or "no rule changed")
+        """Use the rules file anew if it changed (and validates)."""
+        new = self.rules.changed()
+        if new is not None:
+            async with self.lock:  # between batches: no event sees half the rules
+                new.install(self.engine)
 
     def log_stats(self) -> None:
-        then, before = self._last_stats
-        now, events = time.monotonic(), self.pipeline.stats.events
-        self._last_stats = (now, events)
-        rate = (events - before) / (now - then) if now > then else 0.0
-        log.info(
-            "%d events (%.0f/s), %d alerts, %d dead letters, %d jobs, %d snapshots (%d bytes)",
-            events,
-            rate,
-            self.sent_alerts,
-            self.sent_dead,
-            len(self.engine.jobs),
-            self.snapshots,
-            self.snapshot_bytes,
-        )
-
-
-def _stamp(path: str | None) -> tuple[float, int] | None:
-    """When a file last changed (mtime, size), or None if it is missing."""
-    import os
-
-    if path is None:
-        return None
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_mtime, st.st_size)
-
-
-def _ranks(ranks: list[int]) -> str:
-    return str(ranks) if len(ranks) <= 8 else f"[{ranks[0]}..{ranks[-1]}] ({len(ranks)})"
+        self.stats.log(self.pipeline.stats.events, len(self.engine.jobs), self.counters)
 
 
 def build_app(
@@ -429,12 +309,8 @@ def build_app(
 
 
 def run_worker(settings: Any, options: WorkerOptions) -> int:
-    """Run until SIGTERM/SIGINT; return the exit status."""
-    rules = None
-    if options.rules_file is not None:
-        from rankwatch.streams.rules import load_rules
-
-        rules = load_rules(options.rules_file)  # an invalid file: refuse to start, say why
+    """Run the Faust runtime until SIGTERM/SIGINT; return the exit status."""
+    rules = load_rules_file(options.rules_file)  # an invalid file: refuse to start, say why
     layout = inspect_topics(settings)
     app, _ = build_app(settings, options, layout, rules)
     from faust import Worker

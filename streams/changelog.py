@@ -1,0 +1,203 @@
+"""Engine state in a compacted Kafka topic, for the batch worker runtime.
+
+The topic is the one Faust keeps its ``engine-state`` table in
+(``<app-id>-engine-state-changelog``), with the same raw bytes as key and value, so a worker
+switched between ``--runtime faust`` and ``--runtime batch`` keeps its state. Partition N of
+the changelog holds the jobs whose events arrive on partition N of the inputs: a worker
+assigned input partition N reads changelog partition N, and nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from confluent_kafka import Consumer, TopicPartition
+
+from rankwatch.streams.exceptions import StreamsError
+from rankwatch.streams.worker_common import TopicLayout
+
+log = logging.getLogger("rankwatch.worker")
+
+
+def ensure_changelog(config: dict[str, str], name: str, layout: TopicLayout) -> None:
+    """Create the compacted changelog topic if missing; refuse one of another partition count."""
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka import NewTopic
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({**config, "log_level": 0})
+    found = admin.list_topics(name, timeout=15).topics.get(name)
+    if found is not None and found.error is None and found.partitions:
+        if len(found.partitions) != layout.partitions:
+            raise StreamsError(
+                f"changelog topic {name!r} has {len(found.partitions)} partitions but the "
+                f"inputs have {layout.partitions}: state would land on the wrong worker; "
+                "delete it (its state is lost) or use another --app-id"
+            )
+        return
+    topic = NewTopic(
+        name,
+        num_partitions=layout.partitions,
+        replication_factor=layout.replication,
+        config={"cleanup.policy": "compact"},
+    )
+    try:
+        admin.create_topics([topic], operation_timeout=30)[name].result(30)
+    except KafkaException as exc:
+        if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:  # another worker was first
+            raise StreamsError(f"cannot create changelog topic {name!r}: {exc.args[0]}") from None
+    log.info("created changelog topic %s (%d partitions)", name, layout.partitions)
+
+
+class ChangelogKV:
+    """:class:`~rankwatch.streams.snapshots.KeyValue` over the changelog topic.
+
+    Reads come from memory, filled by :meth:`restore` for the assigned partitions; writes go
+    to the producer (to the given partition) and to memory. The caller flushes the producer
+    before it commits the offsets the writes cover.
+    """
+
+    def __init__(self, config: dict[str, str], topic: str, producer: Any) -> None:
+        self.config = config
+        self.topic = topic
+        self.producer = producer
+        self.data: dict[bytes, bytes] = {}
+        self.keys_of: dict[int, set[bytes]] = {}  # partition -> its keys, to drop them
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.data.get(key)
+
+    def put(self, key: bytes, value: bytes, partition: int | None) -> None:
+        if partition is None or partition < 0:
+            raise StreamsError(f"state key {key!r} has no partition to be written to")
+        self.producer.produce(self.topic, value, key, partition=partition)
+        self.data[key] = value
+        self.keys_of.setdefault(partition, set()).add(key)
+
+    def drop(self, partitions: Iterable[int]) -> None:
+        """Forget the keys of partitions now owned by another worker."""
+        for p in partitions:
+            for key in self.keys_of.pop(p, ()):
+                self.data.pop(key, None)
+
+    def restore(self, partitions: Iterable[int], timeout_s: float = 60.0) -> dict[int, int]:
+        """Read the changelog partitions from the beginning to their high watermark.
+
+        A consumer of its own, assigned (no group, nothing committed): the changelog is read
+        whole each time, as Faust's in-memory table store does. Returns, per partition that
+        holds state, the timestamp (epoch ms) of its last record: when it was last snapshotted.
+        """
+        wanted = sorted(set(partitions))
+        latest: dict[int, int] = {}
+        if not wanted:
+            return latest
+        started = time.monotonic()
+        consumer = _reader(self.config)
+        read = 0
+        try:
+            ends: dict[int, int] = {}
+            assign = []
+            for p in wanted:
+                tp = TopicPartition(self.topic, p)
+                low, high = consumer.get_watermark_offsets(tp, timeout=timeout_s)
+                if high > low:
+                    ends[p] = high
+                    assign.append(TopicPartition(self.topic, p, low))
+            if assign:
+                consumer.assign(assign)
+            deadline = time.monotonic() + timeout_s
+            while ends:
+                if time.monotonic() > deadline:
+                    raise StreamsError(
+                        f"changelog {self.topic}: partitions {sorted(ends)} not read to their "
+                        f"end within {timeout_s:.0f} s"
+                    )
+                for msg in consumer.consume(num_messages=10_000, timeout=0.5):
+                    if msg.error() is not None:
+                        raise StreamsError(f"changelog {self.topic}: {msg.error()}")
+                    p = msg.partition()
+                    key, value = msg.key(), msg.value()
+                    if key is not None:
+                        if value is None:  # a tombstone (never written here, but Kafka allows)
+                            self.data.pop(key, None)
+                        else:
+                            self.data[key] = value
+                            self.keys_of.setdefault(p, set()).add(key)
+                    read += 1
+                    latest[p] = max(latest.get(p, 0), msg.timestamp()[1])
+                    if msg.offset() + 1 >= ends.get(p, 0):
+                        ends.pop(p, None)
+        finally:
+            consumer.close()
+        log.info(
+            "state of partitions %s read from %s: %d records, %.1f s",
+            wanted,
+            self.topic,
+            read,
+            time.monotonic() - started,
+        )
+        return latest
+
+
+def published_alerts(
+    config: dict[str, str], topic: str, since_ms: int | None, timeout_s: float = 60.0
+) -> set[tuple[str, str]]:
+    """(alert_id, status) of every alert on ``topic`` since ``since_ms`` (None: all of it).
+
+    Alert ids are deterministic, so a pair already on the topic must not be published again:
+    events replayed after a crash re-fire the alerts sent since the last snapshot.
+    """
+    import orjson
+
+    consumer = _reader(config)
+    seen: set[tuple[str, str]] = set()
+    try:
+        meta = consumer.list_topics(topic, timeout=timeout_s).topics[topic]
+        start = -2 if since_ms is None else since_ms  # -2: OFFSET_BEGINNING
+        tps = [TopicPartition(topic, p, start) for p in sorted(meta.partitions)]
+        if since_ms is not None:
+            tps = consumer.offsets_for_times(tps, timeout=timeout_s)
+        ends: dict[int, int] = {}
+        assign = []
+        for tp in tps:
+            low, high = consumer.get_watermark_offsets(tp, timeout=timeout_s)
+            first = low if tp.offset < 0 and since_ms is None else tp.offset
+            if 0 <= first < high:  # offsets_for_times gives -1 when nothing is that recent
+                ends[tp.partition] = high
+                assign.append(TopicPartition(topic, tp.partition, max(first, low)))
+        if assign:
+            consumer.assign(assign)
+        deadline = time.monotonic() + timeout_s
+        while ends and time.monotonic() < deadline:
+            for msg in consumer.consume(num_messages=10_000, timeout=0.5):
+                if msg.error() is not None:
+                    continue
+                try:
+                    alert = orjson.loads(msg.value() or b"")
+                    seen.add((alert["alert_id"], alert["status"]))
+                except (orjson.JSONDecodeError, KeyError, TypeError):
+                    pass  # not ours to judge: the alerts topic is the sinks' input
+                if msg.offset() + 1 >= ends.get(msg.partition(), 0):
+                    ends.pop(msg.partition(), None)
+        if ends:
+            raise StreamsError(f"{topic}: partitions {sorted(ends)} not read to their end")
+    finally:
+        consumer.close()
+    return seen
+
+
+def _reader(config: dict[str, str]) -> Any:
+    """A consumer for assign() only: its random group never joins nor commits."""
+    return Consumer(
+        {
+            **config,
+            "group.id": f"rankwatch-restore-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "log_level": 0,
+        }
+    )
