@@ -1,14 +1,12 @@
-"""Integrations: the Hugging Face bridge (without transformers), the real callbacks when their
-library is installed, and the hand-written-loop helper."""
+"""Integrations: the Hugging Face bridge (without transformers) and the hand-written-loop helper.
+
+The callbacks inside real Trainer runs: ``test_trainer_callbacks.py``."""
 
 from __future__ import annotations
 
-import importlib.util
 from types import SimpleNamespace
 
-import pytest
-
-from rankwatch.producers.integrations import HFBridge, rankwatch_hf_callback, watch_step
+from rankwatch.producers.integrations import HFBridge, watch_step
 from rankwatch.producers.testing import capture_events
 from rankwatch.schemas import StepEvent
 
@@ -30,15 +28,6 @@ def test_hf_bridge_maps_trainer_logs_and_stops_on_pause() -> None:
     control = SimpleNamespace(should_save=False, should_training_stop=False)
     bridge.on_step_end(control)
     assert control.should_save and control.should_training_stop
-
-
-@pytest.mark.skipif(
-    importlib.util.find_spec("transformers") is None, reason="transformers is not installed"
-)
-def test_hf_callback_is_a_trainer_callback() -> None:
-    from transformers import TrainerCallback
-
-    assert isinstance(rankwatch_hf_callback(), TrainerCallback)
 
 
 def test_watch_step_times_a_hand_written_step() -> None:

@@ -1,0 +1,153 @@
+"""The Hugging Face and Lightning callbacks inside real training runs (CPU, a tiny model).
+
+Skipped only where the library is missing; ``make test`` installs both (``rankwatch[train]``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rankwatch.config import Settings
+from rankwatch.producers import Identity, RankwatchProducer
+from rankwatch.producers.integrations import rankwatch_hf_callback, rankwatch_lightning_callback
+from rankwatch.producers.testing import capture_events
+from rankwatch.schemas import StepEvent
+
+torch = pytest.importorskip("torch", reason="torch is a test extra (rankwatch[train])")
+
+
+class Regression(torch.nn.Module):  # type: ignore[misc]
+    """What the Trainer expects of a model: a dict with ``loss`` when labels are given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 1)
+
+    def forward(self, x: Any, labels: Any = None) -> dict[str, Any]:
+        out = self.linear(x)
+        loss = torch.nn.functional.mse_loss(out, labels) if labels is not None else None
+        return {"loss": loss, "logits": out}
+
+
+def _dataset(n: int) -> list[dict[str, Any]]:
+    generator = torch.Generator().manual_seed(0)
+    weights = torch.tensor([[1.0], [-2.0], [0.5], [3.0]])
+    rows = []
+    for _ in range(n):
+        x = torch.randn(4, generator=generator)
+        rows.append({"x": x, "labels": x @ weights})
+    return rows
+
+
+def _hf_trainer(tmp_path: Path, max_steps: int, callback: Any) -> Any:
+    from transformers import Trainer, TrainingArguments
+
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        max_steps=max_steps,
+        per_device_train_batch_size=8,
+        learning_rate=0.05,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    return Trainer(model=Regression(), args=args, train_dataset=_dataset(256), callbacks=[callback])
+
+
+def test_hf_trainer_streams_its_logged_steps(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    trainer = _hf_trainer(tmp_path, 6, rankwatch_hf_callback())
+    with capture_events(job_id="hf") as events:
+        trainer.train()
+    steps = [e for e in events if isinstance(e, StepEvent)]
+    assert [e.step for e in steps] == [1, 2, 3, 4, 5, 6]
+    assert all(e.loss is not None and e.gradient_norm is not None for e in steps)
+    assert all(e.learning_rate is not None for e in steps)
+    logged = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert [e.loss for e in steps] == pytest.approx(logged)
+
+
+@pytest.mark.broker
+@pytest.mark.timeout(120)
+def test_hf_trainer_saves_and_stops_on_a_pause_job_alert(
+    tmp_path: Path, topic_settings: Settings
+) -> None:
+    pytest.importorskip("transformers")
+    from confluent_kafka import Producer
+
+    from rankwatch.schemas import Alert, encode
+
+    producer = RankwatchProducer(Identity("hf-pause", 0), settings=topic_settings, enrichers=[])
+    callback = rankwatch_hf_callback(producer, stop_on_pause_job=True)
+    trainer = _hf_trainer(tmp_path, 1_000_000, callback)
+
+    def pause_when_training() -> None:
+        # Once the run has taken a few steps (its subscription is up by then), an alert asks
+        # this job to pause, as the worker would publish it.
+        while trainer.state.global_step < 20:
+            time.sleep(0.05)
+        alert = Alert(
+            alert_id="pause-1",
+            job_id="hf-pause",
+            rule="loss_explosion",
+            severity="critical",
+            scope="job",
+            first_seen=0,
+            last_seen=1,
+            summary="loss is NaN",
+            action="pause_job",
+        )
+        kafka = Producer({"bootstrap.servers": topic_settings.bootstrap})
+        kafka.produce(topic_settings.topics.alerts.name, encode(alert), b"hf-pause")
+        kafka.flush(10)
+
+    sender = threading.Thread(target=pause_when_training, daemon=True)
+    sender.start()
+    try:
+        trainer.train()
+    finally:
+        producer.close(5)
+    stopped_at = trainer.state.global_step
+    assert 20 <= stopped_at < 1_000_000
+    # Saved before stopping, so the run can resume from where it paused.
+    assert (tmp_path / "out" / f"checkpoint-{stopped_at}").is_dir()
+
+
+def test_lightning_trainer_streams_every_batch() -> None:
+    lightning = pytest.importorskip("lightning")
+
+    class Module(lightning.LightningModule):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = Regression()
+
+        def training_step(self, batch: Any, _index: int) -> Any:
+            return self.model(batch["x"], batch["labels"])["loss"]
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=0.05)
+
+    loader = torch.utils.data.DataLoader(_dataset(64), batch_size=8)
+    trainer = lightning.Trainer(
+        max_steps=5,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[rankwatch_lightning_callback()],
+    )
+    with capture_events(job_id="pl") as events:
+        trainer.fit(Module(), loader)
+    steps = [e for e in events if isinstance(e, StepEvent)]
+    assert [e.step for e in steps] == [1, 2, 3, 4, 5]
+    assert all(e.loss is not None and e.learning_rate == 0.05 for e in steps)
+    assert all(e.step_time_s is not None and e.step_time_s > 0 for e in steps)
