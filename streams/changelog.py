@@ -26,8 +26,8 @@ log = logging.getLogger("rankwatch.worker")
 def ensure_changelog(config: dict[str, str], name: str, layout: TopicLayout) -> None:
     """Create the compacted changelog topic if missing; refuse one of another partition count."""
     from confluent_kafka import KafkaError, KafkaException
-    from confluent_kafka import NewTopic
     from confluent_kafka.admin import AdminClient
+    from confluent_kafka.cimpl import NewTopic
 
     admin = AdminClient({**config, "log_level": 0})
     found = admin.list_topics(name, timeout=15).topics.get(name)

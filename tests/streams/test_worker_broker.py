@@ -1,4 +1,4 @@
-"""The Faust worker against a real broker: alerts, dead letters, live == replay, restarts.
+"""The worker against a real broker: alerts, dead letters, live == replay, restarts.
 
 Each test gets its own four topics, its own app id (consumer group and changelog topic) and
 its own worker subprocess, stopped in teardown (SIGTERM, then SIGKILL).
@@ -91,7 +91,7 @@ def setup(kafka_bootstrap: str, make_topics: Callable[[int], str], tmp_path: Pat
 class WorkerProcess:
     """``rankwatch worker`` as a subprocess; its stderr goes to a file for the assertions."""
 
-    def __init__(self, s: Setup, name: str) -> None:
+    def __init__(self, s: Setup, name: str, *extra: str, runtime: str = "batch") -> None:
         self.log = s.tmp / f"{name}.log"
         self._handle = self.log.open("wb")
         self.proc = subprocess.Popen(
@@ -108,6 +108,9 @@ class WorkerProcess:
                 "0.5",
                 "--session-timeout",
                 "6",
+                "--runtime",
+                runtime,
+                *extra,
             ],
             stdout=self._handle,
             stderr=subprocess.STDOUT,
@@ -251,15 +254,16 @@ def firing(alerts: list[Alert]) -> dict[str, tuple[str, tuple[int, ...]]]:
     return {a.alert_id: (a.rule, tuple(a.ranks)) for a in alerts if a.status == "firing"}
 
 
+@pytest.mark.parametrize("runtime", ["batch", "faust"])
 def test_worker_alerts_deadletters_and_matches_replay(
-    setup: Setup, workers: list[WorkerProcess]
+    setup: Setup, workers: list[WorkerProcess], runtime: str
 ) -> None:
     s = setup
     job = f"job-{uuid.uuid4().hex[:6]}"
     items = events(job, 0, 60)
     produce(s, items, GARBAGE)  # before the worker starts: it reads from the beginning
     started = time.monotonic()
-    worker = WorkerProcess(s, "worker")
+    worker = WorkerProcess(s, "worker", runtime=runtime)
     workers.append(worker)
     wait_drained(s, worker)
     elapsed = time.monotonic() - started
