@@ -17,6 +17,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from heapq import heappop, heappush
 
 from rankwatch.schemas import Alert, LogEvent, StepEvent
 from rankwatch.streams.detectors.base import (
@@ -28,9 +29,11 @@ from rankwatch.streams.detectors.base import (
 )
 from rankwatch.streams.findings import Finding, Outcome
 from rankwatch.streams.incidents import IncidentBook, IncidentPolicy
+from rankwatch.streams.ordering import StepOrder
 
 Detector = StepDetector | LogDetector | JobDetector
 
+_INF = float("inf")
 _RECENT_LOGS = 16  # digests kept per rank to drop duplicated log records
 
 #: Picks the detectors of one job (per-job rules); asked once per job, not per event.
@@ -39,9 +42,26 @@ Resolve = Callable[[str], Sequence["Detector"]]
 
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
-    #: Cross-rank rules run when a job's event time has advanced this much since the last run.
+    #: Cross-rank rules run each time a job's event time enters a new interval of this length.
     tick_interval_s: float = 1.0
+    #: Steps wait for every rank to catch up to their event time (see
+    #: :mod:`~rankwatch.streams.ordering`) unless that rank is this far behind the median
+    #: rank: rank_silent's own floor, so waiting does not delay the alert for a dead rank ...
+    peer_lateness_s: float = 30.0
+    #: ... or this far behind the job's newest event: the most a step waits (when more than
+    #: half the job went quiet, which looks like a backlog drained rank after rank). A job
+    #: whose records run ``peer_lateness_s`` past its newest step waits for nobody.
+    max_lateness_s: float = 300.0
     incidents: IncidentPolicy = field(default_factory=IncidentPolicy)
+
+    def __post_init__(self) -> None:
+        if not self.tick_interval_s > 0:
+            raise ValueError(f"tick_interval_s must be > 0, got {self.tick_interval_s}")
+        if not 0 <= self.peer_lateness_s <= self.max_lateness_s:
+            raise ValueError(
+                f"need 0 <= peer_lateness_s <= max_lateness_s, got {self.peer_lateness_s} "
+                f"and {self.max_lateness_s}"
+            )
 
 
 class _Kinds:
@@ -85,6 +105,10 @@ class Engine:
         self.config = config or EngineConfig()
         self.jobs: dict[str, JobState] = {}
         self.book = IncidentBook(self.config.incidents)
+        self._orders: dict[str, StepOrder] = {}
+        #: When a list (the pipeline sets one), the (job, rank) of each held step applied is
+        #: added to it: that rank's state changed, for the worker's snapshots.
+        self.released: list[tuple[str, int]] | None = None
         self._use(detectors, resolve)
 
     def _use(self, detectors: Sequence[Detector], resolve: Resolve | None) -> None:
@@ -148,6 +172,7 @@ class Engine:
         job = self.jobs.get(job_id)
         if job is None:
             job = self.jobs[job_id] = JobState(job_id)
+            self._orders.pop(job_id, None)
         self._bound[job_id] = kinds
         names: set[str] = set()
         for d in kinds.log:
@@ -186,51 +211,115 @@ class Engine:
 
     # -- events ---------------------------------------------------------------------------
     def process(self, event: StepEvent | LogEvent) -> list[Alert]:
-        """Apply one event; return the alerts (firing or resolved) it causes, often none."""
-        job = self.jobs.get(event.job_id)
-        kinds = self._bound.get(event.job_id)
+        """Apply one event; return the alerts (firing or resolved) it causes, often none.
+
+        A step event may be held until the job's other ranks catch up with it
+        (:mod:`~rankwatch.streams.ordering`); the alerts returned are those of whatever was
+        applied now, which may be other ranks' steps held before.
+        """
+        job_id = event.job_id
+        job = self.jobs.get(job_id)
+        kinds = self._bound.get(job_id)
         if job is None or kinds is None:
-            job, kinds = self._enter(event.job_id)
+            job, kinds = self._enter(job_id)
         rank = self._rank_state(job, kinds, event.rank, event.host)
+        order = self._orders.get(job_id)
+        if order is None or order.job is not job:
+            order = self._orders[job_id] = StepOrder(job)
         now = event.epoch
         out: list[Alert] = []
         if isinstance(event, StepEvent):
-            if event.step <= rank.last_step and (
-                event.step == rank.last_step or now <= rank.last_step_time
-            ):
-                # A duplicate or a late reordering: already applied. A lower step with a
-                # newer event time is different: the job restarted from an earlier checkpoint.
-                return out
-            rank.last_step = event.step
-            rank.last_step_time = now
-            if event.world_size is not None:
-                job.world_size = event.world_size
-            if event.step > job.max_step:
-                job.max_step = event.step
-            self._advance(job, rank, now)
-            slots = rank.slots
-            for d in kinds.step:
-                # Nearly every call returns an empty tuple: skip _apply's call and loop then.
-                outcomes = d.on_step(job, rank, slots[d.name], event)
-                if outcomes:
-                    self._apply(job, outcomes, out)
-            for jd in kinds.job:
-                jd.on_step(job, rank, job.slots[jd.name], event)
-        else:
-            digest = zlib.crc32(event.message.encode(), int(now * 1000) & 0xFFFFFFFF)
-            recent = rank.recent_log_digests
-            if digest in recent:
-                return out
-            recent.append(digest)
-            if len(recent) > _RECENT_LOGS:
-                del recent[0]
-            rank.last_log_time = now
-            self._advance(job, rank, now)
-            for ld in kinds.log:
-                self._apply(job, ld.on_log(job, rank, job.slots[ld.name], event), out)
-        if job.watermark - job.last_tick >= self.config.tick_interval_s:
-            self._tick(job, kinds, out)
+            entry = (now, event.rank, event.step, order.seq, event)
+            order.seq += 1
+            rank.held.append(entry)
+            heappush(order.held, entry)
+            order.arrive(now, event.rank)
+            self._release(job, kinds, order, self._low(order), out)
+            return out
+        digest = zlib.crc32(event.message.encode(), int(now * 1000) & 0xFFFFFFFF)
+        recent = rank.recent_log_digests
+        if digest in recent:
+            return out
+        recent.append(digest)
+        if len(recent) > _RECENT_LOGS:
+            del recent[0]
+        rank.last_log_time = now
+        self._advance(job, rank, now)
+        for ld in kinds.log:
+            self._apply(job, ld.on_log(job, rank, job.slots[ld.name], event), out)
+        if now > order.high:
+            order.high = now
+        if order.held or order.arrivals:
+            # Steps keep the clock: release those this record's time made ready (ranks too
+            # far behind drop out); the ticks run between them.
+            self._release(job, kinds, order, self._low(order), out)
+        if not order.arrivals and job.watermark - job.last_tick >= self.config.tick_interval_s:
+            # No rank is stepping (a hung job that still logs, a job without step metrics):
+            # its records keep the clock.
+            self._tick(job, kinds, out, job.watermark)
         return out
+
+    def _low(self, order: StepOrder) -> float:
+        cfg = self.config
+        return order.low(cfg.peer_lateness_s, cfg.max_lateness_s, cfg.tick_interval_s)
+
+    def _release(
+        self, job: JobState, kinds: _Kinds, order: StepOrder, low: float, out: list[Alert]
+    ) -> None:
+        """Apply the held steps at or before ``low`` in event-time order, ticking between:
+        the cross-rank rules run after the first step of each new interval of event time."""
+        held = order.held
+        if not held or held[0][0] > low:
+            return
+        interval = self.config.tick_interval_s
+        released = self.released
+        job_id = job.job_id
+        ranks = job.ranks
+        while held and held[0][0] <= low:
+            entry = heappop(held)
+            now, r, _, _, event = entry
+            rank = ranks[r]
+            mine = rank.held
+            if mine[0] is entry:
+                del mine[0]
+            else:  # this rank's own steps arrived out of their time order
+                mine.remove(entry)
+            if released is not None:
+                released.append((job_id, r))
+            self._apply_step(job, kinds, rank, event, now, out)
+            if now - job.last_tick >= interval:
+                self._tick(job, kinds, out, now)
+
+    def _apply_step(
+        self,
+        job: JobState,
+        kinds: _Kinds,
+        rank: RankState,
+        event: StepEvent,
+        now: float,
+        out: list[Alert],
+    ) -> None:
+        if event.step <= rank.last_step and (
+            event.step == rank.last_step or now <= rank.last_step_time
+        ):
+            # A duplicate or a late reordering: already applied. A lower step with a
+            # newer event time is different: the job restarted from an earlier checkpoint.
+            return
+        rank.last_step = event.step
+        rank.last_step_time = now
+        if event.world_size is not None:
+            job.world_size = event.world_size
+        if event.step > job.max_step:
+            job.max_step = event.step
+        self._advance(job, rank, now)
+        slots = rank.slots
+        for d in kinds.step:
+            # Nearly every call returns an empty tuple: skip _apply's call and loop then.
+            outcomes = d.on_step(job, rank, slots[d.name], event)
+            if outcomes:
+                self._apply(job, outcomes, out)
+        for jd in kinds.job:
+            jd.on_step(job, rank, job.slots[jd.name], event)
 
     def process_many(self, events: Iterable[StepEvent | LogEvent]) -> list[Alert]:
         out: list[Alert] = []
@@ -239,19 +328,24 @@ class Engine:
         return out
 
     def flush(self) -> list[Alert]:
-        """At the end of a replay: run a last tick and decide pending groups of every job."""
+        """At the end of a replay: apply every held step, run a last tick and decide pending
+        groups of every job."""
         out: list[Alert] = []
         for job in list(self.jobs.values()):
             kinds = self._bound.get(job.job_id)
             if kinds is None:
                 job, kinds = self._enter(job.job_id)
+            order = self._orders.get(job.job_id)
+            if order is None or order.job is not job:
+                order = self._orders[job.job_id] = StepOrder(job)
+            self._release(job, kinds, order, _INF, out)
             for jd in kinds.job:
                 # Optional hook: a detector that holds findings back in event time (NCCL
                 # records gathered across ranks) decides them now, as the book does its groups.
                 on_flush = getattr(jd, "on_flush", None)
                 if on_flush is not None:
                     self._apply(job, on_flush(job, job.slots[jd.name]), out)
-            self._tick(job, kinds, out)
+            self._tick(job, kinds, out, job.watermark)
             self.book.flush(job, out)
         return out
 
@@ -263,9 +357,10 @@ class Engine:
         if now > job.watermark:
             job.watermark = now
 
-    def _tick(self, job: JobState, kinds: _Kinds, out: list[Alert]) -> None:
-        now = job.watermark
-        job.last_tick = now
+    def _tick(self, job: JobState, kinds: _Kinds, out: list[Alert], now: float) -> None:
+        # The next tick comes when event time enters the next interval: a grid of event time,
+        # so where ticks fall does not depend on which event happened to come first.
+        job.last_tick = now - now % self.config.tick_interval_s
         for jd in kinds.job:
             self._apply(job, jd.on_tick(job, job.slots[jd.name], now), out)
         self.book.on_time(job, now, out)

@@ -116,6 +116,8 @@ class Pipeline:
         self.restore = restore
         self.ranks_per_chunk = ranks_per_chunk
         self.dirty: dict[str, set[int]] = {}
+        # The engine applies held steps of other ranks than the event's: it lists them here.
+        engine.released = []
         self.partition_of: dict[str, int] = {}
         self.stats = Stats()
 
@@ -159,14 +161,32 @@ class Pipeline:
             log.exception("engine failed on %s offset %s (job %s)", topic, offset, job_id)
             problem = FieldProblem("", f"internal error in the detector engine: {exc!r}")
             self.stats.events -= 1
+            if engine.released:
+                self._mark(engine.released)
             return self._dead(str(problem), [problem], raw, topic, partition, offset, key)
+        released = engine.released
+        if released:
+            # Steps held back and applied now changed their ranks' state: snapshot those too.
+            self._mark(released)
         if alerts:
             self.stats.count(alerts)
         return alerts
 
+    def _mark(self, released: list[tuple[str, int]]) -> None:
+        dirty = self.dirty
+        per = self.ranks_per_chunk
+        for job_id, rank in released:
+            chunks = dirty.get(job_id)
+            if chunks is None:
+                chunks = dirty[job_id] = set()
+            chunks.add(rank // per)
+        released.clear()
+
     def flush(self) -> list[Alert]:
         """End of input: the engine's last tick and pending decisions (replay only)."""
         alerts = self.engine.flush()
+        if self.engine.released:
+            self._mark(self.engine.released)
         self.stats.count(alerts)
         return alerts
 

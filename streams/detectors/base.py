@@ -33,6 +33,9 @@ class RankState:
     last_log_time: float = float("-inf")
     recent_log_digests: list[int] = field(default_factory=list)
     slots: dict[str, Any] = field(default_factory=dict)
+    # Steps received, not yet applied: the engine applies a job's steps in event-time order
+    # across ranks (rankwatch.streams.ordering); kept here so a snapshot keeps them.
+    held: list[Any] = field(default_factory=list)
 
 
 @dataclass(slots=True)
