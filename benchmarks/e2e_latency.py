@@ -1,23 +1,25 @@
 """End-to-end alert latency: an OOM record produced -> its alert on the alerts topic, p50 and
 p99, while one ``rankwatch worker`` carries a large job stepping once a second.
 
-A local broker (started here) gets the four topics and a real ``rankwatch worker`` (Faust) in
-a child process. A second child process produces the background load: every second, one step
-of every rank of a ``--ranks`` job (16,384 by default: 16k step events/s), as a burst, the
-way synchronous ranks report after their all-reduce. Once the load has run ``--warmup``
-seconds, this process sends ``--probes`` CUDA OOM log records, ``--probe-rate`` a second,
-each on a job of its own (so incident suppression cannot swallow one), and a consumer of the
-alerts topic in this process timestamps each probe's ``cuda_oom`` alert. Latency is receive
-time minus send time on the same clock (one machine). A probe that has no alert within
-``--timeout`` seconds of the last send is reported as lost.
+A local broker (started here) gets the four topics and a real ``rankwatch worker`` (the
+default batch runtime; ``--runtime faust`` for the Faust one) in a child process. A second
+child process produces the background load: every second, one step of every rank of a
+``--ranks`` job (16,384 by default: 16k step events/s), as a burst, the way synchronous ranks
+report after their all-reduce. Once the load has run ``--warmup`` seconds, this process sends
+``--probes`` CUDA OOM log records, ``--probe-rate`` a second, each on a job of its own (so
+incident suppression cannot swallow one), and a consumer of the alerts topic in this process
+timestamps each probe's ``cuda_oom`` alert. Latency is receive time minus send time on the
+same clock (one machine). A probe that has no alert within ``--timeout`` seconds of the last
+send is reported as lost.
 
 The load process reports the rate it actually sustained; when it (or the worker) cannot keep
 up, the figure says so rather than pretending.
 
     .venv/bin/python benchmarks/e2e_latency.py [--ranks 16384] [--probes 200]
-        [--probe-rate 4] [--warmup 15]
+        [--probe-rate 4] [--warmup 15] [--runtime batch|faust]
 
-Writes ``benchmarks/results/e2e_latency-<ranks>.json``. Figures: ``RESULTS.md``, "Latency".
+Writes ``benchmarks/results/e2e_latency-<ranks>.json`` (``-<ranks>-faust.json`` for Faust).
+Figures: ``RESULTS.md``, "Latency".
 """
 
 from __future__ import annotations
@@ -203,7 +205,8 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             argv = _bench.rankwatch_argv(
                 None,
                 ["worker", "--bootstrap", bootstrap, "--app-id", app_id,
-                 "--data-dir", str(tmp / "worker"), "--loglevel", "warn"],
+                 "--data-dir", str(tmp / "worker"), "--loglevel", "warn",
+                 "--runtime", args.runtime],
             )  # fmt: skip
             procs.append(
                 subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -316,6 +319,9 @@ def main() -> None:
     parser.add_argument(
         "--in-band", action="store_true", help="also OOMs of the load job itself (its backlog)"
     )
+    parser.add_argument(
+        "--runtime", choices=("batch", "faust"), default="batch", help="the worker's runtime"
+    )
     parser.add_argument("--load-child", metavar="BOOTSTRAP", help=argparse.SUPPRESS)
     parser.add_argument("--duration", type=float, default=60.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -327,7 +333,12 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory(prefix="rw-latency-") as tmp, _bench.LoadSampler() as load:
         result = measure(args, Path(tmp))
-    result = {"machine": _bench.machine(), "load_1min": load.summary(), **result}
+    result = {
+        "machine": _bench.machine(),
+        "load_1min": load.summary(),
+        "runtime": args.runtime,
+        **result,
+    }
     lat = result["latency_ms"]
     print(
         f"\nbackground: {result['load']['rate']:,.0f} step events/s sustained by the producer "
@@ -348,7 +359,8 @@ def main() -> None:
             f"{band['probes']} alerted within the wait; p50 {band['p50_ms']:.0f} ms, "
             f"p99 {band['p99_ms']:.0f} ms, first {band['first_ms']} ms, last {band['last_ms']} ms"
         )
-    _bench.write_results(f"e2e_latency-{args.ranks}", result)
+    suffix = "" if args.runtime == "batch" else f"-{args.runtime}"
+    _bench.write_results(f"e2e_latency-{args.ranks}{suffix}", result)
 
 
 if __name__ == "__main__":

@@ -7,14 +7,16 @@ pre-filled with ``--ranks`` x ``--steps`` healthy step events of one large job (
 
 1. the reference: a confluent-kafka consumer reads the topic from the start and ``decode``s
    every message (``--rounds`` times; also the consume-only rate);
-2. the real ``rankwatch worker`` (Faust, a fresh consumer group) in a child process; its
-   group's committed offsets are polled; the rate is the events committed between the first
-   and the last commit over the time between them (start-up and the commit lag at both ends
-   cancel), and the worker's own snapshot and commit cadence is included as it runs live;
+2. the real ``rankwatch worker`` in a child process, once per runtime (``--runtime batch``,
+   the default, and ``--runtime faust``), each in a fresh consumer group; its group's
+   committed offsets are polled; the rate is the events committed between the first commit
+   and the last one made while a backlog remained, over the time between them (start-up and
+   the commit lag at both ends cancel), and the worker's own snapshot and commit cadence is
+   included as it runs live;
 3. with ``--baseline REV``: the worker of commit REV on the same topic (before/after).
 
     .venv/bin/python benchmarks/worker_throughput.py [--ranks 16384] [--steps 64]
-        [--baseline REV]
+        [--runtimes batch,faust] [--baseline REV] [--profile FILE]
 
 Writes ``benchmarks/results/worker_throughput.json``. Figures: ``RESULTS.md``, "Worker".
 """
@@ -90,6 +92,7 @@ def run_worker(
     timeout_s: float,
     profile: Path | None = None,
     direct: bool = False,
+    runtime: str | None = None,
 ) -> dict[str, Any]:
     from confluent_kafka.admin import AdminClient
 
@@ -105,6 +108,8 @@ def run_worker(
         "--loglevel",
         "warn",
     ]
+    if runtime is not None:  # None: the tree's default (a baseline may predate --runtime)
+        args += ["--runtime", runtime]
     if direct:  # the experiment: Faust's fetcher without wait_first per message
         argv = _bench.python_argv(tree, [str(Path(__file__).with_name("_faust_direct.py")), *args])
     else:
@@ -137,9 +142,15 @@ def run_worker(
             raise SystemExit(f"worker did not finish in {timeout_s} s: {points[-1:]}")
     finally:
         stop(proc)
-    (t0, n0), (t1, n1) = points[0], points[-1]
+    # Timed from the first commit to the last one made while a backlog remained: the final
+    # commit waits for the next snapshot after the worker ran dry, idle time that is not
+    # throughput (it is up to a snapshot interval, as long as a fast worker's whole run).
+    last = max((i for i, (_, n) in enumerate(points) if n < total), default=len(points) - 1)
+    if last < 1:
+        last = len(points) - 1
+    (t0, n0), (t1, n1) = points[0], points[last]
     rate = (n1 - n0) / (t1 - t0) if t1 > t0 else float("nan")
-    cpu_s = cpu[-1] - cpu[0]
+    cpu_s = cpu[last] - cpu[0]
     return {
         "rate": rate,
         "cpu_rate": (n1 - n0) / cpu_s if cpu_s > 0 else float("nan"),
@@ -149,6 +160,7 @@ def run_worker(
         "first_commit_after_s": t0 - launched,
         "all_done_after_s": t1 - launched,
         "commits": len(points),
+        "commits_timed": last + 1,
     }
 
 
@@ -172,6 +184,18 @@ def main() -> None:
     parser.add_argument("--ranks", type=int, default=16_384)
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3, help="reference rounds")
+    parser.add_argument(
+        "--runtimes",
+        default="batch,faust",
+        help="worker runtimes of this tree to run, comma-separated (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--faust-events",
+        type=int,
+        default=196_608,
+        help="the Faust runtime is timed over the first this many events only: at its rate "
+        "the whole topic would take many minutes (default: %(default)s)",
+    )
     parser.add_argument("--baseline", metavar="REV", help="also run the worker of this commit")
     parser.add_argument("--timeout", type=float, default=600.0, help="per worker run, seconds")
     parser.add_argument(
@@ -185,11 +209,18 @@ def main() -> None:
     from rankwatch.config import Settings
     from rankwatch.infra.admin import create_topics
 
-    trees: dict[str, Path | None] = {"current": None}
+    runtimes = [r for r in args.runtimes.split(",") if r]
+    if not runtimes or any(r not in ("batch", "faust") for r in runtimes):
+        parser.error(f"--runtimes: batch and/or faust, comma-separated (got {args.runtimes!r})")
+    # name -> (source tree, runtime); the first is the one --profile looks at
+    trees: dict[str, tuple[Path | None, str | None]] = {
+        f"{r} runtime, this tree": (None, r) for r in runtimes
+    }
     if args.baseline:
-        trees[f"baseline {args.baseline}"] = _bench.baseline_tree(args.baseline)
+        trees[f"baseline {args.baseline}"] = (_bench.baseline_tree(args.baseline), None)
     if args.faust_direct:
-        trees[FAUST_DIRECT] = None
+        trees[FAUST_DIRECT] = (None, None)
+    profiled = next(iter(trees))
     total = args.ranks * args.steps
     job = "bench-big-job"
     with tempfile.TemporaryDirectory(prefix="rw-bench-") as tmp_name, _bench.LoadSampler() as load:
@@ -218,18 +249,19 @@ def main() -> None:
                     line += f" {stage} {rate[0]:,.0f}/s ({rate[1]:,.0f}/cpu-s)"
                 print(line, flush=True)
                 if i == 0:  # the workers between reference rounds, so the load is alike
-                    for name, tree in trees.items():
+                    for name, (tree, runtime) in trees.items():
                         print(f"worker [{name}]:", flush=True)
-                        profile = Path(args.profile) if args.profile and tree is None else None
+                        profile = Path(args.profile) if args.profile and name == profiled else None
                         w = run_worker(
                             bootstrap,
                             tree,
                             topic,
-                            total,
+                            total if runtime != "faust" else min(total, args.faust_events),
                             tmp,
                             args.timeout,
-                            profile if name == "current" else None,
+                            profile,
                             direct=name == FAUST_DIRECT,
+                            runtime=runtime,
                         )
                         workers[name] = w
                         print(

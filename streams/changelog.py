@@ -103,7 +103,7 @@ class ChangelogKV:
             assign = []
             for p in wanted:
                 tp = TopicPartition(self.topic, p)
-                low, high = consumer.get_watermark_offsets(tp, timeout=timeout_s)
+                low, high = _watermarks(consumer, tp, timeout_s)
                 if high > low:
                     ends[p] = high
                     assign.append(TopicPartition(self.topic, p, low))
@@ -164,7 +164,7 @@ def published_alerts(
         ends: dict[int, int] = {}
         assign = []
         for tp in tps:
-            low, high = consumer.get_watermark_offsets(tp, timeout=timeout_s)
+            low, high = _watermarks(consumer, tp, timeout_s)
             first = low if tp.offset < 0 and since_ms is None else tp.offset
             if 0 <= first < high:  # offsets_for_times gives -1 when nothing is that recent
                 ends[tp.partition] = high
@@ -188,6 +188,28 @@ def published_alerts(
     finally:
         consumer.close()
     return seen
+
+
+def _watermarks(consumer: Any, tp: TopicPartition, timeout_s: float) -> tuple[int, int]:
+    """Low and high watermark, waiting out a topic created a moment ago (no leader yet)."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    transient = {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._TRANSPORT,
+        KafkaError._TIMED_OUT,
+    }
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(tp, timeout=min(5.0, timeout_s))
+            return int(low), int(high)
+        except KafkaException as exc:
+            if exc.args[0].code() not in transient or time.monotonic() > deadline:
+                raise StreamsError(f"{tp.topic}[{tp.partition}]: {exc.args[0]}") from None
+            time.sleep(0.2)
 
 
 def _reader(config: dict[str, str]) -> Any:
