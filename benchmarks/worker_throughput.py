@@ -24,6 +24,7 @@ Writes ``benchmarks/results/worker_throughput.json``. Figures: ``RESULTS.md``, "
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import signal
 import statistics
@@ -41,7 +42,8 @@ import _bench
 def consume_reference(bootstrap: str, topic: str, total: int, stage: str) -> tuple[float, float]:
     """Events/s of a plain confluent-kafka consumer over the whole topic, doing ``stage`` to
     each message: nothing ("consume"), ``decode`` ("decode"), or the worker's own
-    ``Pipeline.handle`` with every detector but without Faust ("pipeline")."""
+    ``Pipeline.handle`` with every detector but without Faust ("pipeline"; "pipeline-gc" with
+    the batch worker's garbage-collector settings, :func:`tune_gc`)."""
     from confluent_kafka import Consumer
 
     from rankwatch.schemas import decode
@@ -49,6 +51,11 @@ def consume_reference(bootstrap: str, topic: str, total: int, stage: str) -> tup
     from rankwatch.streams.pipeline import Pipeline
 
     handle = Pipeline(Engine.with_builtin_detectors()).handle
+    thresholds = gc.get_threshold()
+    if stage == "pipeline-gc":  # the batch worker's GC settings, in this process for the run
+        from rankwatch.streams.batch_worker import tune_gc
+
+        tune_gc()
 
     consumer = Consumer(
         {
@@ -74,13 +81,15 @@ def consume_reference(bootstrap: str, topic: str, total: int, stage: str) -> tup
                 if msg.error() is None:
                     if stage == "decode":
                         decode(msg.value())
-                    elif stage == "pipeline":
+                    elif stage in ("pipeline", "pipeline-gc"):
                         handle(msg.value(), partition=msg.partition(), offset=msg.offset())
                     n += 1
         assert started is not None
         return n / (time.perf_counter() - started), n / (time.process_time() - cpu)
     finally:
         consumer.close()
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
 
 
 def run_worker(
@@ -243,7 +252,7 @@ def main() -> None:
             workers: dict[str, dict[str, Any]] = {}
             for i in range(args.rounds):
                 line = f"reference {i + 1}:"
-                for stage in ("consume", "decode", "pipeline"):
+                for stage in ("consume", "decode", "pipeline", "pipeline-gc"):
                     rate = consume_reference(bootstrap, topic, total, stage)
                     refs.setdefault(stage, []).append(rate)
                     line += f" {stage} {rate[0]:,.0f}/s ({rate[1]:,.0f}/cpu-s)"
@@ -295,6 +304,7 @@ def main() -> None:
         "consume": "confluent-kafka consume only",
         "decode": "confluent-kafka consume + decode (reference)",
         "pipeline": "confluent-kafka consume + Pipeline (all detectors, no Faust)",
+        "pipeline-gc": "the same with the batch worker's GC thresholds (tune_gc)",
     }
     for stage, (rate, crate) in med.items():
         print(

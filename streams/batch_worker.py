@@ -31,331 +31,28 @@ committing: their new owner may already be ahead.
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
-import time
 from typing import Any
 
-from rankwatch.schemas import encode
-from rankwatch.streams.changelog import ChangelogKV, ensure_changelog, published_alerts
-from rankwatch.streams.exceptions import StreamsError
-from rankwatch.streams.pipeline import DeadLetter, Pipeline
-from rankwatch.streams.snapshots import SnapshotStore
+from rankwatch.streams.batch_runtime import BatchRuntime, Stop
+from rankwatch.streams.changelog import ensure_changelog
 from rankwatch.streams.worker_common import (
-    Counters,
     KafkaUnreachable,
-    RulesWatcher,
-    StatsLine,
     TopicLayout,
     WorkerOptions,
-    changelog_topic,
     inspect_topics,
     load_rules_file,
-    log_alert,
-    new_engine,
 )
+
+__all__ = ["BatchRuntime", "Stop", "run_batch_worker", "tune_gc", "wait_for_kafka"]
 
 log = logging.getLogger("rankwatch.worker")
 
 _LEVELS = {"crit": "CRITICAL", "error": "ERROR", "warn": "WARNING", "info": "INFO"}
 #: Seconds between attempts to reach Kafka at start: doubles up to the last value.
 _BACKOFF = (1.0, 30.0)
-#: How far before a partition's last snapshot the alerts topic is read back at assignment:
-#: the previous owner's clock may differ from the broker's.
-_ALERTS_MARGIN_MS = 60_000
-
-
-class Stop:
-    """Set by SIGTERM/SIGINT; the loop checks it between batches."""
-
-    def __init__(self) -> None:
-        self.requested = False
-
-    def __call__(self, signum: int, _frame: Any) -> None:
-        if not self.requested:
-            log.info("%s: stopping", signal.Signals(signum).name)
-        self.requested = True
-
-    def sleep(self, seconds: float) -> None:
-        end = time.monotonic() + seconds
-        while not self.requested and (left := end - time.monotonic()) > 0:
-            time.sleep(min(0.2, left))
-
-
-class BatchRuntime:
-    """Consumer, producer, engine and the snapshot-then-commit cycle; see the module doc."""
-
-    def __init__(
-        self, settings: Any, options: WorkerOptions, layout: TopicLayout, rules: Any = None
-    ) -> None:
-        from confluent_kafka import Consumer, Producer
-
-        self.options = options
-        self.layout = layout
-        config = settings.confluent_config()
-        kafka_log = logging.getLogger("rankwatch.worker.kafka")
-        self.failed: str | None = None  # the first delivery that failed since the last check
-        self.producer = Producer(
-            {
-                **config,
-                "enable.idempotence": True,
-                "acks": "all",
-                # Alerts are few and their latency counts; state writes are flushed anyway.
-                "linger.ms": 5,
-                "on_delivery": self._delivered,
-                "logger": kafka_log,
-            }
-        )
-        session_ms = int(options.session_timeout_s * 1000)
-        self.consumer = Consumer(
-            {
-                **config,
-                "group.id": options.app_id,
-                # range: partition N of steps and of logs go to the same member.
-                "partition.assignment.strategy": "range",
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "session.timeout.ms": session_ms,
-                "heartbeat.interval.ms": min(3000, session_ms // 3),
-                "max.partition.fetch.bytes": 10_485_760,
-                "logger": kafka_log,
-            }
-        )
-        self.kv = ChangelogKV(config, changelog_topic(options.app_id), self.producer)
-        self.rules = RulesWatcher(options.rules_file, rules)
-        self.engine = new_engine(rules)
-        self.store = SnapshotStore(self.kv, self.engine, options.ranks_per_chunk)
-        self.pipeline = Pipeline(
-            self.engine, restore=self._restore, ranks_per_chunk=options.ranks_per_chunk
-        )
-        self.inputs = (layout.steps, layout.logs)
-        self.owned: set[int] = set()  # input partitions whose state is loaded here
-        #: (alert_id, status) already on the alerts topic, sent after the snapshot that the
-        #: state of newly assigned partitions comes from: their replay must not resend them.
-        self.published: set[tuple[str, str]] = set()
-        self.rebalanced = False
-        self.unacked = 0  # events processed since the last commit
-        self.counters = Counters()
-        self.stats = StatsLine()
-
-    # -- the loop ---------------------------------------------------------------------------
-
-    def run(self, stop: Stop) -> None:
-        """Consume until ``stop``; then persist, commit and leave the group."""
-        options = self.options
-        self.consumer.subscribe(
-            list(self.inputs),
-            on_assign=self._assigned,
-            on_revoke=self._revoked,
-            on_lost=self._lost,
-        )
-        log.info(
-            "worker %s (batch runtime): %s + %s (%d partitions) -> %s, dead letters -> %s",
-            options.app_id,
-            self.layout.steps,
-            self.layout.logs,
-            self.layout.partitions,
-            self.layout.alerts,
-            self.layout.deadletter,
-        )
-        now = time.monotonic()
-        next_snapshot = now + options.snapshot_interval_s
-        next_rules = now + options.rules_poll_s
-        next_stats = now + options.stats_interval_s
-        consume, size, within = self.consumer.consume, options.batch_size, options.batch_within_s
-        try:
-            while not stop.requested:
-                messages = consume(size, within)
-                if messages:
-                    self.process(messages)
-                self.producer.poll(0)  # delivery reports
-                now = time.monotonic()
-                if now >= next_snapshot or self.unacked >= options.max_unacked:
-                    self.snapshot()
-                    next_snapshot = now + options.snapshot_interval_s
-                if options.rules_file is not None and now >= next_rules:
-                    new = self.rules.changed()
-                    if new is not None:  # between batches: no event sees half the rules
-                        new.install(self.engine)
-                    next_rules = now + options.rules_poll_s
-                if now >= next_stats:
-                    self.log_stats()
-                    next_stats = now + options.stats_interval_s
-            self.snapshot()
-        finally:
-            # Leaves the group (the revocation callback persists what is left, if anything),
-            # so the others get the partitions now rather than after the session timeout.
-            self.consumer.close()
-            self.producer.flush(30)
-        self.log_stats()
-
-    def process(self, messages: list[Any]) -> None:
-        """Every message through the pipeline; alerts and dead letters sent, not yet flushed."""
-        if self.rebalanced:
-            # Fetched for partitions that may have moved on: keep only those still ours.
-            self.rebalanced = False
-            owned = self.owned
-            messages = [m for m in messages if m.partition() in owned]
-        handle = self.pipeline.handle
-        produce = self._send
-        alerts_topic = self.layout.alerts
-        for msg in messages:
-            if msg.error() is not None:
-                self._consumer_error(msg)
-                continue
-            value = msg.value()
-            result = handle(b"" if value is None else value, partition=msg.partition())
-            if not result:  # the common case: an event, no alert
-                continue
-            if type(result) is DeadLetter:
-                result.topic, result.offset, result.key = msg.topic(), msg.offset(), msg.key()
-                log.warning(
-                    "dead letter %s[%d]@%d: %s",
-                    result.topic,
-                    result.partition,
-                    result.offset,
-                    result.error,
-                )
-                produce(self.layout.deadletter, result.to_bytes(), result.key)
-                self.counters.dead += 1
-                continue
-            for alert in result:  # type: ignore[union-attr]
-                if self.published and (alert.alert_id, alert.status) in self.published:
-                    log.info("alert %s %s already published", alert.alert_id, alert.status)
-                    continue
-                log_alert(alert)
-                produce(alerts_topic, encode(alert), alert.job_id.encode())
-                self.counters.alerts += 1
-        self.unacked += len(messages)
-
-    def snapshot(self) -> None:
-        """Flush alerts, persist the touched jobs, flush, then commit what was processed."""
-        if not self.unacked:
-            return
-        started = time.perf_counter()
-        dirty = self.pipeline.take_dirty()
-        self._flush()  # alerts and dead letters before the state that records them as sent
-        written = 0
-        for job_id, chunks in dirty.items():
-            job = self.engine.jobs.get(job_id)
-            if job is not None:
-                written += self.store.save(job, chunks, self.pipeline.partition_of.get(job_id))
-        self._flush()
-        committed = self._commit()
-        self.counters.snapshots += 1
-        self.counters.snapshot_bytes += written
-        log.debug(
-            "snapshot: %d jobs, %d bytes, %d events %s, %.1f ms",
-            len(dirty),
-            written,
-            self.unacked,
-            "committed" if committed else "NOT committed",
-            (time.perf_counter() - started) * 1000,
-        )
-        if committed:
-            self.unacked = 0
-
-    def log_stats(self) -> None:
-        self.stats.log(self.pipeline.stats.events, len(self.engine.jobs), self.counters)
-
-    # -- rebalances --------------------------------------------------------------------------
-
-    def _assigned(self, _consumer: Any, partitions: list[Any]) -> None:
-        new = {tp.partition for tp in partitions if tp.topic in self.inputs}
-        self._drop(self.owned - new)
-        added = new - self.owned
-        if added:  # before any of their events is processed
-            snapshotted = self.kv.restore(added)
-            # Alerts sent after a partition's last snapshot are not in its state: its replay
-            # re-fires them. With no snapshot at all, every alert on the topic may be such.
-            since = None
-            if len(snapshotted) == len(added):
-                since = min(snapshotted.values()) - _ALERTS_MARGIN_MS
-            self.published |= published_alerts(self.kv.config, self.layout.alerts, since)
-        self.owned = new
-        self.rebalanced = True
-        log.info("partitions assigned: %s (state read for %s)", sorted(new), sorted(added))
-
-    def _revoked(self, _consumer: Any, partitions: list[Any]) -> None:
-        # Persist and commit while the partitions are still ours: the next owner starts from
-        # this state and re-fires nothing. Their jobs stay until the next assignment shows
-        # which partitions really left (the range assignor often gives them back).
-        self.snapshot()
-        self.rebalanced = True
-
-    def _lost(self, _consumer: Any, partitions: list[Any]) -> None:
-        lost = {tp.partition for tp in partitions if tp.topic in self.inputs}
-        log.warning("partitions %s lost (evicted from the group): dropped uncommitted", lost)
-        self._drop(lost)
-        self.owned -= lost
-        self.rebalanced = True
-
-    def _drop(self, partitions: set[int]) -> None:
-        if not partitions:
-            return
-        pipeline = self.pipeline
-        gone = [j for j, p in pipeline.partition_of.items() if p in partitions]
-        for job_id in gone:
-            self.engine.jobs.pop(job_id, None)
-            pipeline.dirty.pop(job_id, None)
-            del pipeline.partition_of[job_id]
-        self.kv.drop(partitions)
-        log.info("partitions %s gone: dropped %d jobs", sorted(partitions), len(gone))
-
-    # -- Kafka plumbing ----------------------------------------------------------------------
-
-    def _restore(self, job_id: str) -> Any:
-        job = self.store.load(job_id)
-        if job is not None:
-            log.info(
-                "job %s: state restored (%d ranks, %d open incidents)",
-                job_id,
-                len(job.ranks),
-                len(job.incidents),
-            )
-        return job
-
-    def _send(self, topic: str, value: bytes, key: bytes | None) -> None:
-        while True:
-            try:
-                self.producer.produce(topic, value, key)
-                return
-            except BufferError:  # the local queue is full: let deliveries drain it
-                self.producer.poll(0.1)
-
-    def _delivered(self, error: Any, msg: Any) -> None:
-        if error is not None and self.failed is None:
-            self.failed = f"{msg.topic()}[{msg.partition()}]: {error}"
-
-    def _flush(self) -> None:
-        left = self.producer.flush(120)
-        if left or self.failed:
-            # Committing now could skip an alert that never reached the brokers: stop, and
-            # let the restart replay from the last commit.
-            raise StreamsError(
-                f"producer could not deliver ({left} messages left): {self.failed or 'timeout'}"
-            )
-
-    def _commit(self) -> bool:
-        from confluent_kafka import KafkaException
-
-        positions = self.consumer.position(self.consumer.assignment())
-        offsets = [tp for tp in positions if tp.offset >= 0]
-        if not offsets:
-            return True
-        try:
-            self.consumer.commit(offsets=offsets, asynchronous=False)
-        except KafkaException as exc:
-            # A rebalance under way: the revocation that follows commits these positions.
-            log.warning("commit failed, retried at the next snapshot: %s", exc.args[0])
-            return False
-        return True
-
-    def _consumer_error(self, msg: Any) -> None:
-        error = msg.error()
-        if error.fatal():
-            raise StreamsError(f"Kafka consumer: {error}")
-        log.warning("Kafka consumer: %s", error)
 
 
 def wait_for_kafka(settings: Any, stop: Stop) -> TopicLayout | None:
@@ -372,6 +69,19 @@ def wait_for_kafka(settings: Any, stop: Stop) -> TopicLayout | None:
             stop.sleep(delay)
             delay = min(delay * 2, most)
     return None
+
+
+def tune_gc() -> None:
+    """Collect cyclic garbage far less often than CPython's default.
+
+    A big job's state is millions of long-lived objects, and the engine allocates several
+    objects per event: with the default thresholds (700, 10, 10) the older generations,
+    hence that whole state, are traversed again and again, which took about a third of the
+    worker's CPU (benchmarks/RESULTS.md, "Worker throughput"). Nearly all garbage here is freed
+    by reference counting; cycles wait for 100,000 allocations instead of 700.
+    """
+    gc.freeze()  # what start-up imported lives as long as the process: never scan it again
+    gc.set_threshold(100_000, 50, 100)
 
 
 def setup_logging(level: str) -> None:
@@ -392,6 +102,7 @@ def run_batch_worker(settings: Any, options: WorkerOptions) -> int:
         if layout is None:
             return 0
         runtime = BatchRuntime(settings, options, layout, rules)
+        tune_gc()
         ensure_changelog(settings.confluent_config(), runtime.kv.topic, layout)
         runtime.run(stop)
     finally:
