@@ -17,7 +17,6 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from heapq import heappop, heappush
 
 from rankwatch.schemas import Alert, LogEvent, StepEvent
 from rankwatch.streams.detectors.base import (
@@ -34,6 +33,7 @@ from rankwatch.streams.ordering import StepOrder
 Detector = StepDetector | LogDetector | JobDetector
 
 _INF = float("inf")
+_NEG_INF = float("-inf")
 _RECENT_LOGS = 16  # digests kept per rank to drop duplicated log records
 
 #: Picks the detectors of one job (per-job rules); asked once per job, not per event.
@@ -106,9 +106,9 @@ class Engine:
         self.jobs: dict[str, JobState] = {}
         self.book = IncidentBook(self.config.incidents)
         self._orders: dict[str, StepOrder] = {}
-        #: When a list (the pipeline sets one), the (job, rank) of each held step applied is
-        #: added to it: that rank's state changed, for the worker's snapshots.
-        self.released: list[tuple[str, int]] | None = None
+        #: When a list (the pipeline sets one), each batch of held steps applied adds
+        #: (job, their ranks) to it: those ranks' state changed, for the worker's snapshots.
+        self.released: list[tuple[str, list[int]]] | None = None
         self._use(detectors, resolve)
 
     def _use(self, detectors: Sequence[Detector], resolve: Resolve | None) -> None:
@@ -229,12 +229,42 @@ class Engine:
         now = event.epoch
         out: list[Alert] = []
         if isinstance(event, StepEvent):
-            entry = (now, event.rank, event.step, order.seq, event)
+            step = event.step
+            if step <= rank.got_step and (step == rank.got_step or now <= rank.got_step_time):
+                # A duplicate or a late reordering: already received. A lower step with a
+                # newer event time is different: the job restarted from an earlier checkpoint.
+                return out
+            rank.got_step = step
+            rank.got_step_time = now
+            # The per-rank rules see only their rank's steps, in the rank's order (Kafka keeps
+            # it): they run now, while the event is fresh in the cache; what they find waits
+            # with the step for the incident book, which is cross-rank.
+            found: tuple[Outcome, ...] = ()
+            slots = rank.slots
+            for d in kinds.step:
+                # Nearly every call returns an empty tuple.
+                outcomes = d.on_step(job, rank, slots[d.name], event)
+                if outcomes:
+                    found = (*found, *outcomes)
+            entry = (now, event.rank, step, order.seq, event, found)
             order.seq += 1
             rank.held.append(entry)
-            heappush(order.held, entry)
-            order.arrive(now, event.rank)
-            self._release(job, kinds, order, self._low(order), out)
+            order.held.append(entry)
+            latest = order.latest
+            if now > latest.get(event.rank, _NEG_INF):
+                if event.rank not in latest:  # a rank's first step: the job's size and start
+                    if event.world_size is not None and event.world_size > order.world:
+                        order.world = event.world_size
+                    if now < order.start:
+                        order.start = now
+                latest[event.rank] = now
+                if now > order.step_high:
+                    order.step_high = now
+                    if now > order.high:
+                        order.high = now
+            order.due -= 1
+            if order.due <= 0:
+                self._release(job, kinds, order, out)
             return out
         digest = zlib.crc32(event.message.encode(), int(now * 1000) & 0xFFFFFFFF)
         recent = rank.recent_log_digests
@@ -249,77 +279,63 @@ class Engine:
             self._apply(job, ld.on_log(job, rank, job.slots[ld.name], event), out)
         if now > order.high:
             order.high = now
-        if order.held or order.arrivals:
-            # Steps keep the clock: release those this record's time made ready (ranks too
-            # far behind drop out); the ticks run between them.
-            self._release(job, kinds, order, self._low(order), out)
-        if not order.arrivals and job.watermark - job.last_tick >= self.config.tick_interval_s:
+            if order.active and now - order.step_high > self.config.peer_lateness_s:
+                self._release(job, kinds, order, out)  # the ranks stopped stepping
+        if not order.active and job.watermark - job.last_tick >= self.config.tick_interval_s:
             # No rank is stepping (a hung job that still logs, a job without step metrics):
             # its records keep the clock.
             self._tick(job, kinds, out, job.watermark)
         return out
 
-    def _low(self, order: StepOrder) -> float:
-        cfg = self.config
-        return order.low(cfg.peer_lateness_s, cfg.max_lateness_s, cfg.tick_interval_s)
-
     def _release(
-        self, job: JobState, kinds: _Kinds, order: StepOrder, low: float, out: list[Alert]
+        self,
+        job: JobState,
+        kinds: _Kinds,
+        order: StepOrder,
+        out: list[Alert],
+        low: float | None = None,
     ) -> None:
-        """Apply the held steps at or before ``low`` in event-time order, ticking between:
-        the cross-rank rules run after the first step of each new interval of event time."""
-        held = order.held
-        if not held or held[0][0] > low:
+        """Apply the held steps every active rank has caught up with, in event-time order,
+        ticking between: the cross-rank rules run after the first step of each new interval
+        of event time."""
+        cfg = self.config
+        if low is None:
+            low = order.low(cfg.peer_lateness_s, cfg.max_lateness_s)
+        order.due = len(order.latest)
+        ready = order.take_ready(low)
+        if not ready:
             return
-        interval = self.config.tick_interval_s
+        interval = cfg.tick_interval_s
         released = self.released
-        job_id = job.job_id
         ranks = job.ranks
-        while held and held[0][0] <= low:
-            entry = heappop(held)
-            now, r, _, _, event = entry
+        jobs = [(jd, job.slots[jd.name]) for jd in kinds.job]
+        for entry in ready:
+            now, r, step, _, event, found = entry
             rank = ranks[r]
             mine = rank.held
             if mine[0] is entry:
                 del mine[0]
             else:  # this rank's own steps arrived out of their time order
                 mine.remove(entry)
-            if released is not None:
-                released.append((job_id, r))
-            self._apply_step(job, kinds, rank, event, now, out)
+            rank.last_step = step
+            rank.last_step_time = now
+            if now > rank.last_seen:
+                rank.last_seen = now
+            if now > job.watermark:
+                job.watermark = now
+            if step > job.max_step:
+                job.max_step = step
+            world = event.world_size
+            if world is not None:
+                job.world_size = world
+            if found:
+                self._apply(job, found, out)
+            for jd, slot in jobs:
+                jd.on_step(job, rank, slot, event)
             if now - job.last_tick >= interval:
                 self._tick(job, kinds, out, now)
-
-    def _apply_step(
-        self,
-        job: JobState,
-        kinds: _Kinds,
-        rank: RankState,
-        event: StepEvent,
-        now: float,
-        out: list[Alert],
-    ) -> None:
-        if event.step <= rank.last_step and (
-            event.step == rank.last_step or now <= rank.last_step_time
-        ):
-            # A duplicate or a late reordering: already applied. A lower step with a
-            # newer event time is different: the job restarted from an earlier checkpoint.
-            return
-        rank.last_step = event.step
-        rank.last_step_time = now
-        if event.world_size is not None:
-            job.world_size = event.world_size
-        if event.step > job.max_step:
-            job.max_step = event.step
-        self._advance(job, rank, now)
-        slots = rank.slots
-        for d in kinds.step:
-            # Nearly every call returns an empty tuple: skip _apply's call and loop then.
-            outcomes = d.on_step(job, rank, slots[d.name], event)
-            if outcomes:
-                self._apply(job, outcomes, out)
-        for jd in kinds.job:
-            jd.on_step(job, rank, job.slots[jd.name], event)
+        if released is not None:
+            released.append((job.job_id, [e[1] for e in ready]))
 
     def process_many(self, events: Iterable[StepEvent | LogEvent]) -> list[Alert]:
         out: list[Alert] = []
@@ -338,7 +354,7 @@ class Engine:
             order = self._orders.get(job.job_id)
             if order is None or order.job is not job:
                 order = self._orders[job.job_id] = StepOrder(job)
-            self._release(job, kinds, order, _INF, out)
+            self._release(job, kinds, order, out, _INF)
             for jd in kinds.job:
                 # Optional hook: a detector that holds findings back in event time (NCCL
                 # records gathered across ranks) decides them now, as the book does its groups.

@@ -7,30 +7,43 @@ interleaving (another straggler step, another alert id, ranks that look silent).
 
 So step events are held per job and applied in the order ``(timestamp, rank, step)`` once
 every *active* rank has reported a step at or past their timestamp: the job's low watermark,
-the minimum over ranks of their latest step time. A rank whose latest step is more than
-``max_lateness_s`` behind the newest event of the job is not active (it is dead, or a backlog
-too late to wait for; ``rank_silent`` speaks for the dead one): it holds nobody back, and its
-steps, when they come, are applied as they arrive. Within that bound the engine applies the
-same sequence, ticks included, for any interleaving of the ranks; alerts and their ids are a
-function of the events.
+the minimum over ranks of their latest step time. Within the lateness bounds below the engine
+applies the same sequence, ticks included, for any interleaving of the ranks: alerts and their
+ids are a function of the events.
 
+A rank drops out of the minimum when it is ``peer_lateness_s`` behind the median rank (it died:
+``rank_silent``'s business), or ``max_lateness_s`` behind the newest event. Measured against
+the median, not the newest: after an outage the ranks drain one after another, the first far
+ahead of most, and none of those behind is dropped; a dead rank is one behind nearly all. All
+drop out when the job's log records run ``peer_lateness_s`` past its newest step: the job
+stopped stepping (a hang), there is nobody to wait for. A dropped rank's steps, when they come,
+are applied as they arrive.
+
+What is held is the cross-rank part of a step. The per-rank rules (loss, gradient, memory,
+throughput) see only their rank's steps, in the rank's own order, which Kafka keeps: they run
+when the step arrives, and what they find is held with it for the incident book (which groups
+ranks). The job-level rules' ``on_step``, the rank's and the job's clocks and the ticks wait.
 Log records are not held: the rank rules on them (an OOM, a fatal error) must fire even when
-the job dies with them and no step ever follows. Held steps live in their rank's state
-(``RankState.held``) so a worker snapshot keeps them; this index over them is rebuilt from
-there.
+the job dies with them and no step ever follows.
+
+Cost: a step is appended to a list; once per round (as many step arrivals as the job has
+ranks) the ready ones are sorted and applied, and the minimum is taken over the ranks: O(1)
+per event, amortised. Held steps live in their rank's state (``RankState.held``) so a worker
+snapshot keeps them; this index over them is rebuilt from there.
 """
 
 from __future__ import annotations
 
-from heapq import heappop, heappush
-
 from rankwatch.schemas import StepEvent
 from rankwatch.streams.detectors.base import JobState
+from rankwatch.streams.findings import Outcome
 
-#: A held step: (event time, rank, step, arrival number, event); the first four decide order.
-Held = tuple[float, int, int, int, StepEvent]
+#: A held step: (event time, rank, step, arrival number, event, what the per-rank rules found
+#: in it); the first four decide the order.
+Held = tuple[float, int, int, int, StepEvent, tuple[Outcome, ...]]
 
 _NEG_INF = float("-inf")
+_INF = float("inf")
 
 
 class StepOrder:
@@ -41,7 +54,8 @@ class StepOrder:
     """
 
     __slots__ = (
-        "arrivals",
+        "active",
+        "due",
         "held",
         "high",
         "job",
@@ -49,82 +63,86 @@ class StepOrder:
         "median",
         "median_at",
         "seq",
+        "start",
         "step_high",
+        "world",
     )
 
     def __init__(self, job: JobState) -> None:
         self.job = job
-        self.held: list[Held] = []  # heap
-        self.arrivals: list[tuple[float, int]] = []  # heap, lazy: stale entries skipped
+        self.held: list[Held] = []  # in arrival order
         self.latest: dict[int, float] = {}
         self.high = job.watermark  # newest event time, records included
         self.step_high = _NEG_INF  # newest step time
         self.seq = 0
-        self.median = _NEG_INF  # of the ranks' latest times, computed when high was median_at
+        self.due = 0  # step arrivals until the next release
+        self.active = False  # some rank steps and is waited for
+        self.median = _NEG_INF  # of the ranks' latest times, taken when high was median_at
         self.median_at = _NEG_INF
+        self.world = job.world_size or 0  # the largest world_size steps announced
+        self.start = _INF  # the earliest step time
         for rs in job.ranks.values():
             held: list[Held] | None = getattr(rs, "held", None)
             if held is None:  # a snapshot from before steps were held
                 rs.held = held = []
+                rs.got_step, rs.got_step_time = rs.last_step, rs.last_step_time
             latest = rs.last_step_time
             for entry in held:
-                heappush(self.held, entry)
+                self.held.append(entry)
                 latest = max(latest, entry[0])
                 self.seq = max(self.seq, entry[3] + 1)
             if latest > _NEG_INF:
                 self.latest[rs.rank] = latest
-                heappush(self.arrivals, (latest, rs.rank))
                 self.high = max(self.high, latest)
                 self.step_high = max(self.step_high, latest)
+                self.start = min(self.start, latest)
+                self.active = True
 
-    def arrive(self, ts: float, rank: int) -> None:
-        """Note a step of ``rank`` at ``ts`` (the caller holds the event)."""
-        if ts > self.latest.get(rank, _NEG_INF):
-            self.latest[rank] = ts
-            heappush(self.arrivals, (ts, rank))
-        if ts > self.step_high:
-            self.step_high = ts
-            if ts > self.high:
-                self.high = ts
-
-    def low(self, peer_lateness_s: float, max_lateness_s: float, refresh_s: float) -> float:
+    def low(self, peer_lateness_s: float, max_lateness_s: float) -> float:
         """Event time up to which every active rank has reported: held steps at or before
-        it can be applied.
-
-        A rank drops out when it is ``peer_lateness_s`` behind the median rank (it died, or
-        its backlog is lost: ``rank_silent``'s business), or ``max_lateness_s`` behind the
-        newest event. Measured against the median, not the newest: after a broker outage the
-        ranks drain one after another, the first far ahead of most, and none of those behind
-        is dropped; a dead rank is one behind nearly all. All drop out when the job's log
-        records run ``peer_lateness_s`` past its newest step: the job stopped stepping.
-        """
-        arrivals = self.arrivals
+        it can be applied. O(ranks): called once per round."""
         high = self.high
-        if high - self.step_high > peer_lateness_s:
-            # No rank steps any more (a hung job that still logs): nobody to wait for.
-            arrivals.clear()
+        times = self.latest.values()
+        if not times or high - self.step_high > peer_lateness_s:
+            self.active = False
             return high
-        latest = self.latest
-        near = high - peer_lateness_s
-        while arrivals:
-            ts, rank = arrivals[0]
-            if ts == latest[rank]:
-                if ts >= near:
-                    return ts
-                if ts >= high - max_lateness_s:
-                    if high - self.median_at >= refresh_s:
-                        # O(ranks), once per refresh_s of event time at most: a stale (lower)
-                        # median only keeps a rank a little longer.
-                        times = sorted(latest.values())
-                        self.median = times[len(times) // 2]
-                        self.median_at = high
-                    if ts >= self.median - peer_lateness_s:
-                        return ts
-            heappop(arrivals)  # superseded by a later event, or the rank dropped out
+        self.active = True
+        # Ranks of the job not heard from yet (their first steps still on the way) count as
+        # ranks at the job's first step: waited for like the others.
+        missing = self.world - len(times)
+        if missing <= 0:
+            lowest = min(times)
+            if lowest >= high - peer_lateness_s:
+                return lowest
+            ordered = sorted(times)
+        else:  # taken to be where the job's first step was
+            if self.start >= high - peer_lateness_s:
+                return self.start
+            ordered = [self.start] * missing + sorted(times)
+        if high - self.median_at >= peer_lateness_s / 2:
+            # The median as of when the job's newest time last moved on (by half the bound):
+            # ranks that catch up after it (backlogs drained one after another) do not move
+            # it, so the last ranks of a drain are not taken for dead; ranks that step on past
+            # a dead one do. A dead rank drops out 30-45 s after its last step, by when
+            # rank_silent (30 s, confirmed over 15 more) is due anyway.
+            self.median = ordered[len(ordered) // 2]
+            self.median_at = high
+        floor = max(high - max_lateness_s, self.median - peer_lateness_s)
+        for ts in ordered:
+            if ts >= floor:
+                return ts
         return high
 
-    def pop_ready(self, low: float) -> Held | None:
+    def take_ready(self, low: float) -> list[Held]:
+        """The held steps at or before ``low``, in event-time order; the rest stay held."""
         held = self.held
-        if held and held[0][0] <= low:
-            return heappop(held)
-        return None
+        if not held:
+            return held
+        if held[-1][0] <= low and len(held) == 1:
+            self.held = []
+            return held
+        ready = [e for e in held if e[0] <= low]
+        if ready:
+            self.held = [e for e in held if e[0] > low] if len(ready) < len(held) else []
+            ready.sort()
+        return ready

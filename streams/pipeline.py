@@ -172,14 +172,14 @@ class Pipeline:
             self.stats.count(alerts)
         return alerts
 
-    def _mark(self, released: list[tuple[str, int]]) -> None:
+    def _mark(self, released: list[tuple[str, list[int]]]) -> None:
         dirty = self.dirty
         per = self.ranks_per_chunk
-        for job_id, rank in released:
+        for job_id, ranks in released:
             chunks = dirty.get(job_id)
             if chunks is None:
                 chunks = dirty[job_id] = set()
-            chunks.add(rank // per)
+            chunks.update({rank // per for rank in ranks})
         released.clear()
 
     def flush(self) -> list[Alert]:

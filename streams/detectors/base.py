@@ -27,7 +27,7 @@ class RankState:
 
     rank: int
     host: str | None = None
-    last_step: int = -1  # highest step applied: a step at or below it is a duplicate
+    last_step: int = -1  # step applied last (in event-time order across the job's ranks)
     last_step_time: float = float("-inf")  # event time of that step
     last_seen: float = float("-inf")  # event time of the rank's latest event of any kind
     last_log_time: float = float("-inf")
@@ -36,6 +36,8 @@ class RankState:
     # Steps received, not yet applied: the engine applies a job's steps in event-time order
     # across ranks (rankwatch.streams.ordering); kept here so a snapshot keeps them.
     held: list[Any] = field(default_factory=list)
+    got_step: int = -1  # highest step received: a step at or below it is a duplicate
+    got_step_time: float = float("-inf")  # event time of that step
 
 
 @dataclass(slots=True)

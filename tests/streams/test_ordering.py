@@ -55,24 +55,31 @@ def delayed(events: Sequence[Event], max_delay_s: float, seed: int) -> list[Even
     return sorted(events, key=lambda e: e.epoch + delay[e.rank])
 
 
-FAULTS = ["straggler", "memory_leak", "rank_silent", "nan_loss", "throughput_drop", "healthy"]
-
-
-@pytest.mark.parametrize("scenario", FAULTS)
-def test_drained_rank_by_rank_gives_the_alerts_of_the_produced_order(scenario: str) -> None:
-    events = job(scenario)
+@pytest.mark.parametrize("logs", [False, True], ids=["steps", "steps+logs"])
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_drained_rank_by_rank_gives_the_alerts_of_the_produced_order(
+    scenario: str, logs: bool
+) -> None:
+    events = job(scenario, logs=logs)
     expected = alerts(events)
-    assert expected or scenario == "healthy"
+    assert expected or scenario == "healthy" or not logs  # log faults need their logs
     for start, end in [(10, 40), (20, 70), (30, 80), (5, 150)]:
         assert alerts(drained(events, start, end)) == expected, (start, end)
 
 
-@pytest.mark.parametrize("scenario", FAULTS)
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 def test_ranks_delayed_differently_give_the_same_alerts(scenario: str) -> None:
-    events = job(scenario)
+    events = job(scenario, logs=True)
     expected = alerts(events)
     for seed in range(3):
         assert alerts(delayed(events, 25.0, seed)) == expected, seed
+
+
+def test_a_bigger_job_drained_after_a_long_outage_gives_the_same_alerts() -> None:
+    events = job("straggler", ranks=64, steps=90, logs=True)
+    expected = alerts(events)
+    assert [(a[1], a[2], a[5]) for a in expected] == [("firing", "straggler", (31,))]
+    assert alerts(drained(events, 5, 80)) == expected
 
 
 def test_the_test_orders_do_differ_from_the_produced_one() -> None:
