@@ -85,7 +85,13 @@ class BatchRuntime:
                 "auto.offset.reset": "earliest",
                 "session.timeout.ms": session_ms,
                 "heartbeat.interval.ms": min(3000, session_ms // 3),
-                "max.partition.fetch.bytes": 10_485_760,
+                # A short local queue: librdkafka's default prefetch (64 MB) puts seconds of a
+                # big job's backlog ahead of another job's OOM record fetched a moment later;
+                # 4 MB is a fraction of a second of work. Refilled at once when it runs low
+                # (the default waits a second once the queue was full: the loop starves).
+                "queued.max.messages.kbytes": 4096,
+                "queued.min.messages": 20_000,
+                "fetch.queue.backoff.ms": 5,
                 "logger": kafka_log,
             }
         )
