@@ -67,7 +67,7 @@ class EngineConfig:
 class _Kinds:
     """One set of detectors sorted by kind once, so the per-event loops do no isinstance."""
 
-    __slots__ = ("job", "log", "source", "step")
+    __slots__ = ("job", "log", "on_step", "source", "step")
 
     def __init__(self, detectors: Sequence[Detector]) -> None:
         self.source = detectors  # kept alive: the engine caches these by id(detectors)
@@ -85,6 +85,8 @@ class _Kinds:
                 self.log.append(d)
             elif not isinstance(d, JobDetector | StepDetector):
                 raise TypeError(f"{d!r} is not a StepDetector, LogDetector or JobDetector")
+        # (slot name, bound on_step) of the per-rank rules: looked up once, not per event.
+        self.on_step = [(d.name, d.on_step) for d in self.step]
 
 
 class Engine:
@@ -222,7 +224,9 @@ class Engine:
         kinds = self._bound.get(job_id)
         if job is None or kinds is None:
             job, kinds = self._enter(job_id)
-        rank = self._rank_state(job, kinds, event.rank, event.host)
+        rank = job.ranks.get(event.rank)
+        if rank is None:
+            rank = self._rank_state(job, kinds, event.rank, event.host)
         order = self._orders.get(job_id)
         if order is None or order.job is not job:
             order = self._orders[job_id] = StepOrder(job)
@@ -241,9 +245,9 @@ class Engine:
             # with the step for the incident book, which is cross-rank.
             found: tuple[Outcome, ...] = ()
             slots = rank.slots
-            for d in kinds.step:
+            for name, on_step in kinds.on_step:
                 # Nearly every call returns an empty tuple.
-                outcomes = d.on_step(job, rank, slots[d.name], event)
+                outcomes = on_step(job, rank, slots[name], event)
                 if outcomes:
                     found = (*found, *outcomes)
             entry = (now, event.rank, step, order.seq, event, found)

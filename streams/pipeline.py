@@ -32,6 +32,8 @@ from rankwatch.streams.state_codec import DEFAULT_RANKS_PER_CHUNK
 
 log = logging.getLogger(__name__)
 
+_INPUT = (StepEvent, LogEvent)  # a tuple: isinstance is quicker with it than with a union
+
 #: Looks a job up in persistent state the first time the engine meets it (or None).
 Restore = Callable[[str], JobState | None]
 
@@ -137,7 +139,7 @@ class Pipeline:
             event = decode(raw, defaults=defaults)
         except EventDecodeError as exc:
             return self._dead(str(exc), exc.problems, raw, topic, partition, offset, key)
-        if not isinstance(event, StepEvent | LogEvent):
+        if not isinstance(event, _INPUT):
             problem = FieldProblem("kind", f"{event.kind!r} is not an input event (step or log)")
             return self._dead(str(problem), [problem], raw, topic, partition, offset, key)
         self.stats.events += 1
