@@ -240,6 +240,11 @@ class Engine:
                 return out
             rank.got_step = step
             rank.got_step_time = now
+            world = event.world_size
+            if world is not None and world != job.world_size:
+                # Read here, while the event is fresh in the cache; it changes only when a
+                # job is restarted at another size, and then all its ranks say so.
+                job.world_size = world
             # The per-rank rules see only their rank's steps, in the rank's order (Kafka keeps
             # it): they run now, while the event is fresh in the cache; what they find waits
             # with the step for the incident book, which is cross-rank.
@@ -312,7 +317,7 @@ class Engine:
         interval = cfg.tick_interval_s
         released = self.released
         ranks = job.ranks
-        jobs = [(jd, job.slots[jd.name]) for jd in kinds.job]
+        jobs = [(jd.on_step, job.slots[jd.name]) for jd in kinds.job]
         for entry in ready:
             now, r, step, _, event, found = entry
             rank = ranks[r]
@@ -329,13 +334,10 @@ class Engine:
                 job.watermark = now
             if step > job.max_step:
                 job.max_step = step
-            world = event.world_size
-            if world is not None:
-                job.world_size = world
             if found:
                 self._apply(job, found, out)
-            for jd, slot in jobs:
-                jd.on_step(job, rank, slot, event)
+            for on_step, slot in jobs:
+                on_step(job, rank, slot, event)
             if now - job.last_tick >= interval:
                 self._tick(job, kinds, out, now)
         if released is not None:
