@@ -112,6 +112,7 @@ class BatchRuntime:
         self.counters = Counters()
         self.stats = StatsLine()
         self.stop = Stop()  # run() gets the one the signal handlers set
+        self.broken = False  # an error stopped the loop: persist and commit nothing more
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -158,6 +159,11 @@ class BatchRuntime:
                     self.log_stats()
                     next_stats = now + options.stats_interval_s
             self.snapshot()
+        except BaseException:
+            # The positions may cover messages of a batch cut short: committing them on the
+            # way out (the revocation in close()) would skip those events for good.
+            self.broken = True
+            raise
         finally:
             # Leaves the group (the revocation callback persists what is left, if anything),
             # so the others get the partitions now rather than after the session timeout.
@@ -259,7 +265,8 @@ class BatchRuntime:
         # Persist and commit while the partitions are still ours: the next owner starts from
         # this state and re-fires nothing. Their jobs stay until the next assignment shows
         # which partitions really left (the range assignor often gives them back).
-        self.snapshot()
+        if not self.broken:
+            self.snapshot()
         self.rebalanced = True
 
     def _lost(self, _consumer: Any, partitions: list[Any]) -> None:
