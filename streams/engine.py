@@ -229,7 +229,7 @@ class Engine:
             rank = self._rank_state(job, kinds, event.rank, event.host)
         order = self._orders.get(job_id)
         if order is None or order.job is not job:
-            order = self._orders[job_id] = StepOrder(job)
+            order = self._order_for(job)
         now = event.epoch
         out: list[Alert] = []
         if isinstance(event, StepEvent):
@@ -359,7 +359,7 @@ class Engine:
                 job, kinds = self._enter(job.job_id)
             order = self._orders.get(job.job_id)
             if order is None or order.job is not job:
-                order = self._orders[job.job_id] = StepOrder(job)
+                order = self._order_for(job)
             self._release(job, kinds, order, out, _INF)
             for jd in kinds.job:
                 # Optional hook: a detector that holds findings back in event time (NCCL
@@ -372,6 +372,16 @@ class Engine:
         return out
 
     # -- internals ------------------------------------------------------------------------
+    def _order_for(self, job: JobState) -> StepOrder:
+        """A new (or restored) job's step order; drops those of jobs the engine let go of
+        (a worker hands a partition's jobs over by removing them from ``jobs``)."""
+        orders = self._orders
+        jobs = self.jobs
+        for job_id in [j for j, o in orders.items() if jobs.get(j) is not o.job]:
+            del orders[job_id]
+        order = orders[job.job_id] = StepOrder(job)
+        return order
+
     @staticmethod
     def _advance(job: JobState, rank: RankState, now: float) -> None:
         if now > rank.last_seen:

@@ -85,7 +85,11 @@ class StepOrder:
             held: list[Held] | None = getattr(rs, "held", None)
             if held is None:  # a snapshot from before steps were held
                 rs.held = held = []
+            if not hasattr(rs, "got_step"):
                 rs.got_step, rs.got_step_time = rs.last_step, rs.last_step_time
+                for entry in held:
+                    if entry[2] > rs.got_step:
+                        rs.got_step, rs.got_step_time = entry[2], entry[0]
             latest = rs.last_step_time
             for entry in held:
                 self.held.append(entry)
