@@ -2,7 +2,9 @@
 
 This is the pure core that the Faust worker, ``rankwatch replay`` and the tests all drive.
 It owns per-job and per-rank state, the job's event-time clock (its watermark), duplicate
-suppression, and the ticks that run cross-rank rules. It never reads the wall clock.
+suppression, and the ticks that run cross-rank rules. It never reads the wall clock. A job's
+steps are applied in event-time order across its ranks, whatever order they arrive in
+(:mod:`~rankwatch.streams.ordering`), so the alerts are a function of the events.
 
 >>> from rankwatch.schemas import LogEvent
 >>> engine = Engine.with_builtin_detectors()
