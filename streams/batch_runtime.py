@@ -127,7 +127,8 @@ class BatchRuntime:
             on_lost=self._lost,
         )
         log.info(
-            "worker %s (batch runtime): %s + %s (%d partitions) -> %s, dead letters -> %s",
+            # The demo waits for "worker <app-id>:" (the Faust runtime's line too).
+            "worker %s: %s + %s (%d partitions) -> %s, dead letters -> %s (batch runtime)",
             options.app_id,
             self.layout.steps,
             self.layout.logs,
