@@ -253,14 +253,33 @@ class BatchRuntime:
         if added:  # before any of their events is processed
             snapshotted = self.kv.restore(added)
             # Alerts sent after a partition's last snapshot are not in its state: its replay
-            # re-fires them. With no snapshot at all, every alert on the topic may be such.
-            since = None
-            if len(snapshotted) == len(added):
+            # re-fires them. A partition with events but no snapshot at all (a crash before
+            # the first one) may re-fire any alert on the topic; one with nothing to replay
+            # re-fires none.
+            stateless = added - snapshotted.keys()
+            if stateless and self._replays(stateless):
+                self.published |= published_alerts(self.kv.config, self.layout.alerts, None)
+            elif snapshotted:
                 since = min(snapshotted.values()) - _ALERTS_MARGIN_MS
-            self.published |= published_alerts(self.kv.config, self.layout.alerts, since)
+                self.published |= published_alerts(self.kv.config, self.layout.alerts, since)
         self.owned = new
         self.rebalanced = True
         log.info("partitions assigned: %s (state read for %s)", sorted(new), sorted(added))
+
+    def _replays(self, partitions: set[int]) -> bool:
+        """Whether any of these input partitions has events past the group's commit."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        tps = [TopicPartition(t, p) for t in self.inputs for p in sorted(partitions)]
+        try:
+            for tp in self.consumer.committed(tps, timeout=30):
+                low, high = self.consumer.get_watermark_offsets(tp, timeout=30)
+                if max(tp.offset, low) < high:  # no commit (offset < 0): from the start
+                    return True
+        except KafkaException as exc:
+            log.warning("partitions %s: %s; reading back every alert", sorted(partitions), exc)
+            return True
+        return False
 
     def _revoked(self, _consumer: Any, partitions: list[Any]) -> None:
         # Persist and commit while the partitions are still ours: the next owner starts from
