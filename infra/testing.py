@@ -88,6 +88,8 @@ def _wait_until_every_broker_knows(
 ) -> None:
     # A created topic reaches each broker's metadata cache a little later (KRaft propagates it
     # asynchronously); on a 3-node cluster a metadata request right after creation can miss it.
+    from confluent_kafka import KafkaException
+
     deadline = time.monotonic() + timeout_s
     for address in bootstrap.split(","):
         client = admin_client({"bootstrap.servers": address})

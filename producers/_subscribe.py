@@ -3,12 +3,16 @@
 :func:`subscribe` reads the alerts topic on a background thread with its own confluent-kafka
 consumer. It uses ``assign()`` at the partitions' ends rather than a group subscription: every
 rank must see every alert of its job (a shared group would split them), and there is no
-rebalance to wait for, so alerts published after :meth:`AlertSubscription.wait_ready` are seen.
+rebalance to wait for. Each partition is positioned at the first alert published at or after
+the moment :func:`subscribe` was called (by the messages' timestamps), so an alert raised while
+the consumer was still connecting is not skipped, and one from before (say, the ``pause_job``
+that paused the previous run of this job) is not replayed.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -38,6 +42,7 @@ class AlertSubscription:
         self._on_alert = on_alert
         self._settings = settings
         self._from_beginning = from_beginning
+        self._since_ms = int(time.time() * 1000)
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._once = LogOnce()
@@ -47,7 +52,8 @@ class AlertSubscription:
         self._thread.start()
 
     def wait_ready(self, timeout: float = 30.0) -> bool:
-        """Wait until the consumer is positioned; alerts published after this are delivered."""
+        """Wait until the consumer is positioned (alerts published since :func:`subscribe` are
+        delivered either way; this says the broker has been reached)."""
         return self._ready.wait(timeout)
 
     def close(self, timeout: float = 10.0) -> None:
@@ -96,16 +102,23 @@ class AlertSubscription:
                 "alerts-missing", "rankwatch: alerts topic %s not found yet; retrying", topic
             )
             return False
-        assignment = []
-        for partition in info.partitions:
-            if self._from_beginning:
-                offset = OFFSET_BEGINNING
-            else:
-                # The current end, resolved now: an alert produced a moment later is not skipped.
-                _, offset = consumer.get_watermark_offsets(
-                    TopicPartition(topic, partition), timeout=5.0
-                )
-            assignment.append(TopicPartition(topic, partition, offset))
+        if self._from_beginning:
+            consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in info.partitions])
+            return True
+        try:
+            found = consumer.offsets_for_times(
+                [TopicPartition(topic, p, self._since_ms) for p in info.partitions], timeout=5.0
+            )
+            assignment = []
+            for tp in found:
+                if tp.offset < 0:  # nothing published since: start at the end, resolved now
+                    _, tp.offset = consumer.get_watermark_offsets(tp, timeout=5.0)
+                assignment.append(tp)
+        except KafkaException as error:
+            self._once.warning(
+                "alerts-offsets", "rankwatch: alerts topic %s offsets (%s); retrying", topic, error
+            )
+            return False
         consumer.assign(assignment)
         return True
 

@@ -10,6 +10,7 @@ installed. Every hook never raises into training (the producer counts problems).
 
 from __future__ import annotations
 
+import importlib
 import threading
 import time
 from collections.abc import Iterator
@@ -86,11 +87,12 @@ def rankwatch_hf_callback(
 ) -> Any:
     """A ``transformers.TrainerCallback`` streaming the Trainer's logs as step events; with
     ``stop_on_pause_job``, an alert with action ``pause_job`` for this job saves and stops."""
-    from transformers import TrainerCallback  # type: ignore[import-not-found]
+    # Through importlib: typed Any whether or not transformers is installed where mypy runs.
+    trainer_callback: Any = importlib.import_module("transformers").TrainerCallback
 
     bridge = HFBridge(producer, stop_on_pause_job)
 
-    class RankwatchCallback(TrainerCallback):  # type: ignore[misc]
+    class RankwatchCallback(trainer_callback):  # type: ignore[misc]
         def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             bridge.on_train_begin()
 
@@ -109,12 +111,13 @@ def rankwatch_hf_callback(
 def rankwatch_lightning_callback(producer: RankwatchProducer | None = None) -> Any:
     """A PyTorch Lightning ``Callback``: one step event per training batch (loss, learning
     rate of the first optimizer, step time)."""
+    callback: Any
     try:
-        from lightning.pytorch import Callback  # type: ignore[import-not-found]
+        callback = importlib.import_module("lightning.pytorch").Callback
     except ImportError:
-        from pytorch_lightning import Callback  # type: ignore[import-not-found]
+        callback = importlib.import_module("pytorch_lightning").Callback
 
-    class RankwatchLightningCallback(Callback):  # type: ignore[misc]
+    class RankwatchLightningCallback(callback):  # type: ignore[misc]
         def __init__(self) -> None:
             self._started = 0.0
 

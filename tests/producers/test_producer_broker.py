@@ -155,3 +155,45 @@ def test_subscribe_delivers_this_jobs_alerts(topic_settings: Settings) -> None:
         time.sleep(0.3)
     assert [a.alert_id for a in received] == ["a-job-x"] and received[0].action == "pause_job"
     assert subscription.errors == 1
+
+
+@pytest.mark.broker
+def test_subscribe_sees_alerts_raised_while_it_connects_but_not_older_ones(
+    topic_settings: Settings,
+) -> None:
+    from confluent_kafka import Producer
+
+    from rankwatch.producers import subscribe
+    from rankwatch.schemas import Alert, encode
+
+    def alert(alert_id: str) -> bytes:
+        return encode(
+            Alert(
+                alert_id=alert_id,
+                job_id="job-y",
+                rule="loss_explosion",
+                severity="critical",
+                scope="job",
+                first_seen=0,
+                last_seen=1,
+                summary="loss is NaN",
+                action="pause_job",
+            )
+        )
+
+    producer = Producer({"bootstrap.servers": topic_settings.bootstrap})
+    topic = topic_settings.topics.alerts.name
+    producer.produce(topic, alert("before"), b"job-y")  # e.g. what paused the previous run
+    assert producer.flush(10) == 0
+    time.sleep(0.05)
+    received: list[Alert] = []
+    with subscribe("job-y", received.append, settings=topic_settings) as subscription:
+        # Published at once, before the subscription has even reached the broker.
+        producer.produce(topic, alert("during"), b"job-y")
+        assert producer.flush(10) == 0
+        assert subscription.wait_ready(20)
+        deadline = time.monotonic() + 15
+        while not received and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+    assert [a.alert_id for a in received] == ["during"]
