@@ -24,6 +24,7 @@ from rankwatch.streams.worker_common import (
     changelog_topic,
     log_alert,
     new_engine,
+    restore_job,
 )
 
 log = logging.getLogger("rankwatch.worker")
@@ -299,27 +300,14 @@ class BatchRuntime:
     def _drop(self, partitions: set[int]) -> None:
         if not partitions:
             return
-        pipeline = self.pipeline
-        gone = [j for j, p in pipeline.partition_of.items() if p in partitions]
-        for job_id in gone:
-            self.engine.jobs.pop(job_id, None)
-            pipeline.dirty.pop(job_id, None)
-            del pipeline.partition_of[job_id]
+        gone = self.pipeline.forget_partitions(partitions)
         self.kv.drop(partitions)
         log.info("partitions %s gone: dropped %d jobs", sorted(partitions), len(gone))
 
     # -- Kafka plumbing ----------------------------------------------------------------------
 
     def _restore(self, job_id: str) -> Any:
-        job = self.store.load(job_id)
-        if job is not None:
-            log.info(
-                "job %s: state restored (%d ranks, %d open incidents)",
-                job_id,
-                len(job.ranks),
-                len(job.incidents),
-            )
-        return job
+        return restore_job(self.store, job_id)
 
     def _send(self, topic: str, value: bytes, key: bytes | None) -> None:
         while True:

@@ -192,6 +192,15 @@ class Pipeline:
         self.stats.count(alerts)
         return alerts
 
+    def forget_partitions(self, partitions: set[int]) -> list[str]:
+        """Drop the jobs of ``partitions`` (now owned by another worker); return their ids."""
+        gone = [j for j, p in self.partition_of.items() if p in partitions]
+        for job_id in gone:
+            self.engine.jobs.pop(job_id, None)
+            self.dirty.pop(job_id, None)
+            del self.partition_of[job_id]
+        return gone
+
     def take_dirty(self) -> dict[str, set[int]]:
         """The jobs (and their rank chunks) touched since the last call; resets the record."""
         dirty, self.dirty = self.dirty, {}

@@ -57,6 +57,7 @@ from rankwatch.streams.worker_common import (
     load_rules_file,
     log_alert,
     new_engine,
+    restore_job,
 )
 
 __all__ = ["Runtime", "TopicLayout", "WorkerOptions", "build_app", "inspect_topics", "run_worker"]
@@ -116,15 +117,7 @@ class Runtime:
         self.stats = StatsLine()
 
     def _restore(self, job_id: str) -> Any:
-        job = self.store.load(job_id)
-        if job is not None:
-            log.info(
-                "job %s: state restored (%d ranks, %d open incidents)",
-                job_id,
-                len(job.ranks),
-                len(job.incidents),
-            )
-        return job
+        return restore_job(self.store, job_id)
 
     async def on_batch(self, stream: Any, events: list[Any]) -> None:
         """Process one batch; alerts and dead letters are sent, events wait for a snapshot."""
@@ -201,11 +194,7 @@ class Runtime:
             self._drop(partitions)
 
     def _drop(self, partitions: set[int]) -> None:
-        gone = [j for j, p in self.pipeline.partition_of.items() if p in partitions]
-        for job_id in gone:
-            self.engine.jobs.pop(job_id, None)
-            self.pipeline.dirty.pop(job_id, None)
-            del self.pipeline.partition_of[job_id]
+        gone = self.pipeline.forget_partitions(partitions)
         # Not acked, so not committed: the new owner processes them again.
         self.pending = [e for e in self.pending if e.message.partition not in partitions]
         if gone:

@@ -188,6 +188,19 @@ class StatsLine:
         )
 
 
+def restore_job(store: Any, job_id: str) -> Any:
+    """A job's state from the changelog (a :class:`SnapshotStore`), or None; logged once."""
+    job = store.load(job_id)
+    if job is not None:
+        log.info(
+            "job %s: state restored (%d ranks, %d open incidents)",
+            job_id,
+            len(job.ranks),
+            len(job.incidents),
+        )
+    return job
+
+
 def log_alert(alert: Any) -> None:
     log.info(
         "alert %s %s %s job=%s ranks=%s",
