@@ -67,3 +67,25 @@ def read_topic_fixture() -> ReadTopic:
 def settings_for_fixture() -> SettingsFor:
     """``settings_for(bootstrap, steps, logs, alerts=None)``: see :func:`settings_for`."""
     return settings_for
+
+
+@pytest.fixture
+def pause_alert() -> Callable[[str, str], bytes]:
+    """The wire bytes of a firing ``pause_job`` alert: ``pause_alert(alert_id, job_id)``."""
+    from rankwatch.schemas import Alert, encode
+
+    def make(alert_id: str, job_id: str) -> bytes:
+        alert = Alert(
+            alert_id=alert_id,
+            job_id=job_id,
+            rule="loss_explosion",
+            severity="critical",
+            scope="job",
+            first_seen=0,
+            last_seen=1,
+            summary="loss is NaN",
+            action="pause_job",
+        )
+        return encode(alert)
+
+    return make

@@ -124,29 +124,22 @@ def test_events_buffered_while_the_broker_is_away_drain_when_it_returns(
 
 
 @pytest.mark.broker
-def test_subscribe_delivers_this_jobs_alerts(topic_settings: Settings) -> None:
+def test_subscribe_delivers_this_jobs_alerts(
+    topic_settings: Settings, pause_alert: Callable[[str, str], bytes]
+) -> None:
     from confluent_kafka import Producer
 
     from rankwatch.producers import subscribe
-    from rankwatch.schemas import Alert, encode
+    from rankwatch.schemas import Alert
 
     received: list[Alert] = []
     with subscribe("job-x", received.append, settings=topic_settings) as subscription:
         assert subscription.wait_ready(20)
         producer = Producer({"bootstrap.servers": topic_settings.bootstrap})
         for job in ("job-other", "job-x"):
-            alert = Alert(
-                alert_id=f"a-{job}",
-                job_id=job,
-                rule="loss_explosion",
-                severity="critical",
-                scope="job",
-                first_seen=0,
-                last_seen=1,
-                summary="loss is NaN",
-                action="pause_job",
+            producer.produce(
+                topic_settings.topics.alerts.name, pause_alert(f"a-{job}", job), job.encode()
             )
-            producer.produce(topic_settings.topics.alerts.name, encode(alert), job.encode())
         producer.produce(topic_settings.topics.alerts.name, b"not json", b"job-x")
         assert producer.flush(10) == 0
         deadline = time.monotonic() + 15
@@ -159,27 +152,15 @@ def test_subscribe_delivers_this_jobs_alerts(topic_settings: Settings) -> None:
 
 @pytest.mark.broker
 def test_subscribe_sees_alerts_raised_while_it_connects_but_not_older_ones(
-    topic_settings: Settings,
+    topic_settings: Settings, pause_alert: Callable[[str, str], bytes]
 ) -> None:
     from confluent_kafka import Producer
 
     from rankwatch.producers import subscribe
-    from rankwatch.schemas import Alert, encode
+    from rankwatch.schemas import Alert
 
     def alert(alert_id: str) -> bytes:
-        return encode(
-            Alert(
-                alert_id=alert_id,
-                job_id="job-y",
-                rule="loss_explosion",
-                severity="critical",
-                scope="job",
-                first_seen=0,
-                last_seen=1,
-                summary="loss is NaN",
-                action="pause_job",
-            )
-        )
+        return pause_alert(alert_id, "job-y")
 
     producer = Producer({"bootstrap.servers": topic_settings.bootstrap})
     topic = topic_settings.topics.alerts.name

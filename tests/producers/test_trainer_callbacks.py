@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -77,12 +78,10 @@ def test_hf_trainer_streams_its_logged_steps(tmp_path: Path) -> None:
 @pytest.mark.broker
 @pytest.mark.timeout(120)
 def test_hf_trainer_saves_and_stops_on_a_pause_job_alert(
-    tmp_path: Path, topic_settings: Settings
+    tmp_path: Path, topic_settings: Settings, pause_alert: Callable[[str, str], bytes]
 ) -> None:
     pytest.importorskip("transformers")
     from confluent_kafka import Producer
-
-    from rankwatch.schemas import Alert, encode
 
     producer = RankwatchProducer(Identity("hf-pause", 0), settings=topic_settings, enrichers=[])
     callback = rankwatch_hf_callback(producer, stop_on_pause_job=True)
@@ -93,19 +92,10 @@ def test_hf_trainer_saves_and_stops_on_a_pause_job_alert(
         # this job to pause, as the worker would publish it.
         while trainer.state.global_step < 20:
             time.sleep(0.05)
-        alert = Alert(
-            alert_id="pause-1",
-            job_id="hf-pause",
-            rule="loss_explosion",
-            severity="critical",
-            scope="job",
-            first_seen=0,
-            last_seen=1,
-            summary="loss is NaN",
-            action="pause_job",
-        )
         kafka = Producer({"bootstrap.servers": topic_settings.bootstrap})
-        kafka.produce(topic_settings.topics.alerts.name, encode(alert), b"hf-pause")
+        kafka.produce(
+            topic_settings.topics.alerts.name, pause_alert("pause-1", "hf-pause"), b"hf-pause"
+        )
         kafka.flush(10)
 
     sender = threading.Thread(target=pause_when_training, daemon=True)
