@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from rankwatch.schemas import encode
+from rankwatch.streams.alignment import InputAligner
 from rankwatch.streams.changelog import ChangelogKV, published_alerts
 from rankwatch.streams.exceptions import StreamsError
 from rankwatch.streams.pipeline import DeadLetter, Pipeline
@@ -32,6 +33,8 @@ log = logging.getLogger("rankwatch.worker")
 #: How far before a partition's last snapshot the alerts topic is read back at assignment:
 #: the previous owner's clock may differ from the broker's.
 _ALERTS_MARGIN_MS = 60_000
+#: librdkafka's code for "reached the end of a partition" (KafkaError._PARTITION_EOF).
+_PARTITION_EOF = -191
 
 
 class Stop:
@@ -93,6 +96,8 @@ class BatchRuntime:
                 "queued.max.messages.kbytes": 4096,
                 "queued.min.messages": 20_000,
                 "fetch.queue.backoff.ms": 5,
+                # Ends of partitions, for merging the steps and logs by timestamp (alignment).
+                "enable.partition.eof": True,
                 "logger": kafka_log,
             }
         )
@@ -104,6 +109,9 @@ class BatchRuntime:
             self.engine, restore=self._restore, ranks_per_chunk=options.ranks_per_chunk
         )
         self.inputs = (layout.steps, layout.logs)
+        self._input_index = {topic: i for i, topic in enumerate(self.inputs)}
+        #: A job's steps and logs, merged by timestamp as they were produced (see alignment).
+        self.aligner = InputAligner(len(self.inputs))
         self.owned: set[int] = set()  # input partitions whose state is loaded here
         #: (alert_id, status) already on the alerts topic, sent after the snapshot that the
         #: state of newly assigned partitions comes from: their replay must not resend them.
@@ -142,11 +150,12 @@ class BatchRuntime:
         next_rules = now + options.rules_poll_s
         next_stats = now + options.stats_interval_s
         consume, size, within = self.consumer.consume, options.batch_size, options.batch_within_s
+        held = 0
         try:
             while not stop.requested:
                 messages = consume(size, within)
-                if messages:
-                    self.process(messages)
+                if messages or held:
+                    held = self.process(messages)
                 self.producer.poll(0)  # delivery reports
                 now = time.monotonic()
                 if now >= next_snapshot or self.unacked >= options.max_unacked:
@@ -173,20 +182,30 @@ class BatchRuntime:
             self.producer.flush(30)
         self.log_stats()
 
-    def process(self, messages: list[Any]) -> None:
-        """Every message through the pipeline; alerts and dead letters sent, not yet flushed."""
+    def process(self, messages: list[Any]) -> int:
+        """Every message through the pipeline, in timestamp order across the input topics;
+        alerts and dead letters sent, not yet flushed. Returns how many are held back."""
         if self.rebalanced:
             # Fetched for partitions that may have moved on: keep only those still ours.
             self.rebalanced = False
             owned = self.owned
             messages = [m for m in messages if m.partition() in owned]
+        aligner, index = self.aligner, self._input_index
+        for msg in messages:
+            error = msg.error()
+            if error is None:
+                aligner.add(
+                    index[msg.topic()], msg.partition(), msg.timestamp()[1], msg.offset(), msg
+                )
+            elif error.code() == _PARTITION_EOF:
+                aligner.mark_end(index[msg.topic()], msg.partition())
+            else:
+                self._consumer_error(msg)
+        ready = aligner.ready(time.monotonic(), self._caught_up)
         handle = self.pipeline.handle
         produce = self._send
         alerts_topic = self.layout.alerts
-        for msg in messages:
-            if msg.error() is not None:
-                self._consumer_error(msg)
-                continue
+        for msg in ready:
             value = msg.value()
             result = handle(b"" if value is None else value, partition=msg.partition())
             if not result:  # the common case: an event, no alert
@@ -210,7 +229,21 @@ class BatchRuntime:
                 log_alert(alert)
                 produce(alerts_topic, encode(alert), alert.job_id.encode())
                 self.counters.alerts += 1
-        self.unacked += len(messages)
+        self.unacked += len(ready)
+        return aligner.held()
+
+    def _caught_up(self, topic: int, partition: int) -> bool:
+        """Whether this input partition's position is at the end offset the last fetch
+        reported (no broker request): nothing known to be on its way."""
+        from confluent_kafka import TopicPartition
+
+        tp = TopicPartition(self.inputs[topic], partition)
+        try:
+            _, high = self.consumer.get_watermark_offsets(tp, cached=True)
+            (position,) = self.consumer.position([tp])
+        except Exception:  # not fetched yet, or no longer assigned: wait for its end event
+            return False
+        return bool(high >= 0 and position.offset >= high)
 
     def snapshot(self) -> None:
         """Flush alerts, persist the touched jobs, flush, then commit what was processed."""
@@ -288,12 +321,16 @@ class BatchRuntime:
         # which partitions really left (the range assignor often gives them back).
         if not self.broken:
             self.snapshot()
+        # What is held here is read again from the commit (at or before it) by whoever owns
+        # the partitions next, this worker included: the range assignor revokes them all.
+        self.aligner.drop({tp.partition for tp in partitions if tp.topic in self.inputs})
         self.rebalanced = True
 
     def _lost(self, _consumer: Any, partitions: list[Any]) -> None:
         lost = {tp.partition for tp in partitions if tp.topic in self.inputs}
         log.warning("partitions %s lost (evicted from the group): dropped uncommitted", lost)
         self._drop(lost)
+        self.aligner.drop(lost)
         self.owned -= lost
         self.rebalanced = True
 
@@ -340,6 +377,13 @@ class BatchRuntime:
         from confluent_kafka import KafkaException
 
         positions = self.consumer.position(self.consumer.assignment())
+        held = self.aligner.first_held()
+        if held:  # consumed but not processed yet: a restart must read them again
+            index = self._input_index
+            for tp in positions:
+                first = held.get((index.get(tp.topic, -1), tp.partition))
+                if first is not None and (tp.offset < 0 or first < tp.offset):
+                    tp.offset = first
         offsets = [tp for tp in positions if tp.offset >= 0]
         if not offsets:
             return True

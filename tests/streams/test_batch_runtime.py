@@ -9,7 +9,7 @@ from typing import Any
 from confluent_kafka import TopicPartition
 
 from rankwatch.config import Settings
-from rankwatch.schemas import Alert, LogEvent, decode, encode
+from rankwatch.schemas import Alert, LogEvent, StepEvent, decode, encode
 from rankwatch.streams.batch_runtime import BatchRuntime
 from rankwatch.streams.worker_common import TopicLayout, WorkerOptions
 
@@ -48,12 +48,20 @@ class FakeConsumer:
     def __init__(self, journal: Journal) -> None:
         self.journal = journal
         self.positions: dict[tuple[str, int], int] = {}
+        #: End offsets the last fetch reported; by default each partition's position.
+        self.ends: dict[tuple[str, int], int] = {}
+
+    def get_watermark_offsets(self, tp: TopicPartition, cached: bool) -> tuple[int, int]:
+        assert cached is True  # never a broker request on the hot path
+        key = (tp.topic, tp.partition)
+        return 0, self.ends.get(key, self.positions.get(key, 0))
 
     def assignment(self) -> list[TopicPartition]:
         return [TopicPartition(t, p) for t, p in self.positions]
 
     def position(self, tps: list[TopicPartition]) -> list[TopicPartition]:
-        return [TopicPartition(tp.topic, tp.partition, self.positions[tp.topic, tp.partition])
+        # A partition never handed out is empty here (at offset 0, its end).
+        return [TopicPartition(tp.topic, tp.partition, self.positions.get((tp.topic, tp.partition), 0))
                 for tp in tps]  # fmt: skip
 
     def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> None:
@@ -68,9 +76,13 @@ class Message:
     offset_: int
     value_: bytes
     key_: bytes = b"j"
+    timestamp_: int = 0
 
     def error(self) -> None:
         return None
+
+    def timestamp(self) -> tuple[int, int]:
+        return 1, self.timestamp_
 
     def topic(self) -> str:
         return self.topic_
@@ -165,3 +177,38 @@ def test_after_an_error_a_revocation_persists_and_commits_nothing() -> None:
     runtime.broken = False
     runtime._revoked(consumer, consumer.assignment())  # the normal case: persisted, committed
     assert journal.kinds()[-1] == "commit"
+
+
+def _step(offset: int, timestamp_ms: int, partition: int = 1) -> Message:
+    event = StepEvent(job_id="j", rank=0, step=offset, timestamp=timestamp_ms / 1000, loss=2.0)
+    return Message("steps", partition, offset, encode(event), timestamp_=timestamp_ms)
+
+
+def test_a_message_ahead_of_a_lagging_topic_is_held_and_not_committed() -> None:
+    runtime, journal, _, consumer = _runtime()
+    # The last fetch said steps[1] has 10 messages; none consumed yet: the OOM record at
+    # t=0.1 s waits for the steps before it.
+    consumer.ends["steps", 1] = 10
+    consumer.positions["steps", 1] = 0
+    oom = _oom(0)
+    oom.timestamp_ = 100
+    assert runtime.process(_batch(consumer, oom)) == 1
+    runtime.process(_batch(consumer, _step(0, 50)))  # unacked now: the step went through
+    runtime.snapshot()
+    assert "produce:alerts" not in journal.kinds()  # the OOM record is still held
+    assert journal.calls[-1] == ("commit", [("steps", 1, 1), ("logs", 1, 0)])
+    # The steps topic read to its end: the record goes through, and the commit moves past it.
+    consumer.ends["steps", 1] = 1
+    assert runtime.process([]) == 0
+    runtime.snapshot()
+    assert journal.kinds().count("produce:alerts") == 1
+    assert journal.calls[-1] == ("commit", [("steps", 1, 1), ("logs", 1, 1)])
+
+
+def test_revoked_partitions_forget_what_they_held() -> None:
+    runtime, _, _, consumer = _runtime()
+    consumer.ends["steps", 1] = 10
+    consumer.positions["steps", 1] = 0
+    assert runtime.process(_batch(consumer, _oom(0))) == 1
+    runtime._revoked(consumer, [TopicPartition("logs", 1), TopicPartition("steps", 1)])
+    assert runtime.aligner.held() == 0  # read again from the commit by the next owner

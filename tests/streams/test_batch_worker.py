@@ -171,3 +171,32 @@ def test_missing_topics_are_an_error_naming_the_fix(kafka_bootstrap: str, tmp_pa
     )
     assert done.returncode == 2, done.stderr
     assert "does not exist" in done.stderr and "rankwatch topics create" in done.stderr
+
+
+@pytest.mark.broker
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_drained_backlog_gives_the_alerts_of_the_live_order(
+    setup: Setup, workers: list[WorkerProcess]
+) -> None:
+    """Steps and logs wait on two topics; a worker that starts behind reads the small logs
+    topic in its first fetch and the steps over many. Merged by timestamp, the engine still
+    meets them in the order they were produced: the straggler is alerted at the step live
+    processing (and replay) alerts it at, under the same id, not where the logs ran ahead."""
+    from rankwatch.simulate import JobSpec, simulate
+    from rankwatch.simulate.scenarios import SCENARIOS
+
+    s = setup
+    # 64 ranks x 120 steps: 3.3 MB of steps on one partition, several fetches' worth.
+    spec = JobSpec(job_id=f"job-{uuid.uuid4().hex[:6]}", ranks=64, steps=120, checkpoint_every=0)
+    items = list(simulate(spec, [SCENARIOS["straggler"](at_step=40, rank=31)]))
+    logs = [e for e in items if isinstance(e, LogEvent)]
+    assert logs and items[-1].epoch - logs[0].epoch > 60  # the logs reach far past the fault
+    produce(s, items)  # in event-time order, as the ranks produced them live
+
+    worker = WorkerProcess(s, "behind")
+    workers.append(worker)
+    wait_drained(s, worker)
+    expected = firing(replayed(items))
+    assert [rule for rule, _ in expected.values()] == ["straggler"]
+    assert firing(all_alerts(s)) == expected
