@@ -160,15 +160,10 @@ class WorkerProcess:
 
 
 def job_events(
-    job_id: str, scenario: str, *, ranks: int = 8, steps: int = 120, logs: bool = False
+    job_id: str, scenario: str, *, ranks: int = 8, steps: int = 120, logs: bool = True
 ) -> list[Event]:
-    """A simulated job with one fault from ``rankwatch.simulate`` starting at step 40.
-
-    Without ``logs`` only its step events: steps and logs travel on two topics, and a worker
-    draining a backlog may read the logs topic far ahead of the steps, which moves the job's
-    event-time clock and, for the tick-driven rules, the step an incident is detected at and
-    so its id (see RELIABILITY.md, "known issues"). The faults here test crashes, not that.
-    """
+    """A simulated job with one fault from ``rankwatch.simulate`` starting at step 40: its
+    steps and its log records (NCCL chatter, overflow skips), or only the steps."""
     from rankwatch.simulate import JobSpec, simulate
     from rankwatch.simulate.scenarios import SCENARIOS
 
@@ -179,7 +174,9 @@ def job_events(
 
 
 def expected_alerts(events: Iterable[Event]) -> Counter[Key]:
-    """What the worker must publish for these events: the pure pipeline, job by job."""
+    """What the worker must publish for these events: the pure pipeline, job by job, in the
+    order they are produced (the worker merges a job's steps and logs topics back into it by
+    timestamp, however far one topic's backlog runs ahead: ``streams/alignment.py``)."""
     from rankwatch.streams import Engine
     from rankwatch.streams.pipeline import Pipeline
 
@@ -189,12 +186,7 @@ def expected_alerts(events: Iterable[Event]) -> Counter[Key]:
     out: Counter[Key] = Counter()
     for job_events_ in by_job.values():
         pipeline = Pipeline(Engine.with_builtin_detectors())
-        # Steps and logs travel on two topics: the worker may meet them in either order, so the
-        # expectation is built from the steps first, as a worker draining a backlog would.
-        ordered = [e for e in job_events_ if isinstance(e, StepEvent)] + [
-            e for e in job_events_ if isinstance(e, LogEvent)
-        ]
-        for event in ordered:
+        for event in job_events_:
             result = pipeline.handle(encode(event))
             assert isinstance(result, list), result
             out.update((a.alert_id, a.status) for a in result)

@@ -124,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
             lines = text.splitlines(keepends=True)
             stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
             mode = "--quick" if q else "full run"
+            if only != set(FAULTS):  # say which rows are new; the others keep their runs
+                mode += f" of {', '.join(f for f in FAULTS if f in only)} (other rows earlier)"
             doc.write_text(
                 f"{head}{START}\n_last written by a {mode}, {stamp}, seed {args.seed}_\n\n"
                 f"{''.join(lines[:2] + kept + lines[2:])}{END}{tail}"
