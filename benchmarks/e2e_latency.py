@@ -18,7 +18,8 @@ up, the figure says so rather than pretending.
     .venv/bin/python benchmarks/e2e_latency.py [--ranks 16384] [--probes 200]
         [--probe-rate 4] [--warmup 15] [--runtime batch|faust]
 
-Writes ``benchmarks/results/e2e_latency-<ranks>.json`` (``-<ranks>-faust.json`` for Faust).
+Writes ``benchmarks/results/e2e_latency-<ranks>.json`` (``-<ranks>-faust.json`` for Faust;
+``--baseline REV`` runs the worker of commit REV instead, ``-<ranks>-baseline-REV.json``).
 Figures: ``RESULTS.md``, "Latency".
 """
 
@@ -202,8 +203,9 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         app_id = f"bench-latency-{uuid.uuid4().hex[:8]}"
         worker_log = tmp / "worker.log"
         with worker_log.open("wb") as log:
+            tree = _bench.baseline_tree(args.baseline) if args.baseline else None
             argv = _bench.rankwatch_argv(
-                None,
+                tree,
                 ["worker", "--bootstrap", bootstrap, "--app-id", app_id,
                  "--data-dir", str(tmp / "worker"), "--loglevel", "warn",
                  "--runtime", args.runtime],
@@ -322,6 +324,9 @@ def main() -> None:
     parser.add_argument(
         "--runtime", choices=("batch", "faust"), default="batch", help="the worker's runtime"
     )
+    parser.add_argument(
+        "--baseline", metavar="REV", help="run the worker of this commit instead of this tree's"
+    )
     parser.add_argument("--load-child", metavar="BOOTSTRAP", help=argparse.SUPPRESS)
     parser.add_argument("--duration", type=float, default=60.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -360,6 +365,8 @@ def main() -> None:
             f"p99 {band['p99_ms']:.0f} ms, first {band['first_ms']} ms, last {band['last_ms']} ms"
         )
     suffix = "" if args.runtime == "batch" else f"-{args.runtime}"
+    if args.baseline:
+        suffix += f"-baseline-{args.baseline}"
     _bench.write_results(f"e2e_latency-{args.ranks}{suffix}", result)
 
 

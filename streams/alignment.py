@@ -4,24 +4,33 @@ A job's steps and its log records travel on two topics (partition N of each, by 
 Kafka orders each partition, never the two between themselves: a worker that starts behind
 (a restart after a long stop, the replay after a crash) reads the small logs partition in its
 first fetch and the steps over many, and the engine would meet a job's log records minutes of
-event time ahead of its steps. The log records move the job's clock, the cross-rank rules then
-run fewer ticks over those steps, and an incident is detected at another step, under another
+event time ahead of its steps. Records more than ``peer_lateness_s`` (30 s) past a job's
+newest step tell the engine the job stopped stepping; its cross-rank rules then run fewer ticks
+over the steps that follow, and an incident is detected at another step, under another
 ``alert_id``, than live processing or ``rankwatch replay`` gave it.
 
 So, as Kafka Streams does for the partitions of one task, the messages of one partition number
 are handed on in timestamp order across the topics: the head with the smallest timestamp
-first (ties: the topics' order, steps before logs). A message waits only while another topic's
-partition of the same number has nothing buffered *and is known to have more* on the broker:
-not at its end (``mark_end``, from the consumer's end-of-partition events) and not caught up
-with the end offset the last fetch reported (``caught_up``). Live, every partition is caught
-up between fetches and nothing waits; only a backlog is merged. A partition that waited
-``max_wait_s`` (its leader away, say), or holds ``max_held`` messages, is handed on as it is:
-the worker never stalls on it and its memory stays bounded.
+first (ties: the topics' order, steps before logs). A head waits only while another topic's
+partition of the same number has nothing buffered, its newest message is more than
+``slack_ms`` older than the head, and it may still have more:
+
+- not at its end (``mark_end``, from the consumer's end-of-partition events), and
+- ``caught_up(topic, partition)`` says False (the consumer is behind the end offset the last
+  fetch reported: the earlier messages are on their way) or None (not known yet).
+
+The slack lets a live worker run as before: the engine orders what is within its lateness
+bounds by itself (measured: every scenario of ``rankwatch.simulate`` gives the same alerts with
+its log records up to 30 s ahead of its steps), so only a real backlog is merged. A partition
+waits as long as the other topic is known to be behind (its messages will come: Kafka Streams
+waits the same), up to ``max_wait_s`` for one whose position is not known, and is handed on
+as it is once it holds ``max_held`` messages: the worker never stalls on a partition whose
+leader is away, and its memory stays bounded.
 
 Held messages are not processed: the worker commits, per topic partition, no further than the
 first message still held here (:meth:`InputAligner.first_held`), so a crash loses none.
 
->>> aligner = InputAligner(topics=2)
+>>> aligner = InputAligner(topics=2, slack_ms=0)
 >>> aligner.add(1, 0, 20, 0, "log@20")          # logs[0] first, at t=20
 >>> aligner.add(0, 0, 10, 0, "step@10")         # steps[0], at t=10
 >>> aligner.add(0, 0, 30, 1, "step@30")
@@ -40,8 +49,14 @@ from typing import Any
 
 #: A held message: (timestamp, topic index, offset, the message); the first three order it.
 _Held = tuple[int, int, int, Any]
-#: (topic index, partition) -> whether the consumer has read everything the broker had.
-CaughtUp = Callable[[int, int], bool]
+#: (topic index, partition) -> True: the consumer has read all the broker had; False: it is
+#: behind (more is on its way); None: not known (nothing fetched or consumed there yet).
+CaughtUp = Callable[[int, int], "bool | None"]
+
+_NEVER = -(2**63)  # the newest timestamp of a topic partition nothing came from yet
+
+# What _blocked found about a partition's empty topics.
+_GO, _BEHIND, _UNKNOWN = 0, 1, 2
 
 
 class InputAligner:
@@ -51,18 +66,37 @@ class InputAligner:
     reports the end of a topic partition, then take what is ``ready``.
     """
 
-    __slots__ = ("_at_end", "_queues", "_since", "max_held", "max_wait_s", "topics")
+    __slots__ = (
+        "_at_end",
+        "_newest",
+        "_queues",
+        "_since",
+        "max_held",
+        "max_wait_s",
+        "slack_ms",
+        "topics",
+    )
 
-    def __init__(self, topics: int, *, max_wait_s: float = 5.0, max_held: int = 200_000) -> None:
+    def __init__(
+        self,
+        topics: int,
+        *,
+        slack_ms: int = 10_000,
+        max_wait_s: float = 5.0,
+        max_held: int = 200_000,
+    ) -> None:
         if topics < 1:
             raise ValueError(f"topics must be >= 1, got {topics}")
         self.topics = topics
+        self.slack_ms = slack_ms
         self.max_wait_s = max_wait_s
         self.max_held = max_held
         self._queues: dict[int, list[deque[_Held]]] = {}
         #: (topic index, partition) whose end the consumer reached, with nothing after it yet.
         self._at_end: set[tuple[int, int]] = set()
-        #: partition -> when (monotonic seconds) it began waiting for another topic.
+        #: (topic index, partition) -> timestamp of the newest message added from it.
+        self._newest: dict[tuple[int, int], int] = {}
+        #: partition -> when (monotonic seconds) it began waiting on a topic not known.
         self._since: dict[int, float] = {}
 
     def add(self, topic: int, partition: int, timestamp: int, offset: int, message: Any) -> None:
@@ -70,7 +104,9 @@ class InputAligner:
         if queues is None:
             queues = self._queues[partition] = [deque() for _ in range(self.topics)]
         queues[topic].append((timestamp, topic, offset, message))
-        self._at_end.discard((topic, partition))
+        key = (topic, partition)
+        self._newest[key] = timestamp
+        self._at_end.discard(key)
 
     def mark_end(self, topic: int, partition: int) -> None:
         """The consumer reached the end of this topic partition: nothing more to wait for."""
@@ -79,41 +115,50 @@ class InputAligner:
     def ready(self, now: float, caught_up: CaughtUp | None = None) -> list[Any]:
         """The messages that can be processed now, in order; the rest stay held.
 
-        ``caught_up(topic, partition)``, asked only about an empty topic partition whose end
-        was not reported, says whether the consumer has read all the broker had for it.
+        ``caught_up`` is asked only about an empty topic partition that is not at its end and
+        whose newest message is more than the slack behind the head that would go next.
         """
         out: list[Any] = []
         for partition, queues in self._queues.items():
             held = [q for q in queues if q]
             if not held:
                 continue
-            if len(held) == 1 and self._quiet(queues, partition, caught_up):
-                # The common case, live: one topic flowing, the others read to their ends.
-                out.extend(m[3] for m in held[0])
-                held[0].clear()
-                self._since.pop(partition, None)
-                continue
-            force = False
+            if len(held) == 1:
+                # The common case, live: one topic flowing, the others quiet. Its newest
+                # message decides for the whole batch.
+                if self._blocked(queues, partition, held[0][-1][0], caught_up) == _GO:
+                    out.extend(m[3] for m in held[0])
+                    held[0].clear()
+                    self._since.pop(partition, None)
+                    continue
+            force = sum(map(len, held)) >= self.max_held
             since = self._since.get(partition)
-            if since is not None:
-                force = now - since >= self.max_wait_s or sum(map(len, held)) >= self.max_held
-            if self._merge(queues, partition, force, caught_up, out):
+            if since is not None and now - since >= self.max_wait_s:
+                force = True
+            found = self._merge(queues, partition, force, caught_up, out)
+            if found == _UNKNOWN:
                 self._since.setdefault(partition, now)
             else:
                 self._since.pop(partition, None)
         return out
 
-    def _quiet(
-        self, queues: list[deque[_Held]], partition: int, caught_up: CaughtUp | None
-    ) -> bool:
-        """Whether every empty topic partition of this number has nothing more to give."""
-        at_end = self._at_end
+    def _blocked(
+        self, queues: list[deque[_Held]], partition: int, head: int, caught_up: CaughtUp | None
+    ) -> int:
+        """Whether a message at ``head`` must wait for this partition's empty topics."""
+        at_end, newest, limit = self._at_end, self._newest, head - self.slack_ms
+        result = _GO
         for t, q in enumerate(queues):
-            if not q and (t, partition) not in at_end:
-                if caught_up is None or not caught_up(t, partition):
-                    return False
+            if q or (t, partition) in at_end or newest.get((t, partition), _NEVER) >= limit:
+                continue
+            state = None if caught_up is None else caught_up(t, partition)
+            if state:
                 at_end.add((t, partition))
-        return True
+            elif state is None:
+                result = _UNKNOWN
+            else:
+                return _BEHIND
+        return result
 
     def _merge(
         self,
@@ -122,21 +167,19 @@ class InputAligner:
         force: bool,
         caught_up: CaughtUp | None,
         out: list[Any],
-    ) -> bool:
-        """Hand on heads in timestamp order; True if it stopped to wait for a topic."""
-        at_end = self._at_end
+    ) -> int:
+        """Hand on heads in timestamp order until one must wait; say why it stopped."""
         while True:
             head: _Held | None = None
-            for t, q in enumerate(queues):
-                if q:
-                    if head is None or q[0] < head:
-                        head = q[0]
-                elif not force and (t, partition) not in at_end:
-                    if caught_up is None or not caught_up(t, partition):
-                        return True  # an earlier message may still come on topic t
-                    at_end.add((t, partition))
+            for q in queues:
+                if q and (head is None or q[0] < head):
+                    head = q[0]
             if head is None:
-                return False
+                return _GO
+            if not force:
+                found = self._blocked(queues, partition, head[0], caught_up)
+                if found != _GO:
+                    return found
             out.append(queues[head[1]].popleft()[3])
 
     def first_held(self) -> dict[tuple[int, int], int]:
@@ -158,3 +201,4 @@ class InputAligner:
             self._queues.pop(partition, None)
             self._since.pop(partition, None)
         self._at_end = {k for k in self._at_end if k[1] not in partitions}
+        self._newest = {k: v for k, v in self._newest.items() if k[1] not in partitions}

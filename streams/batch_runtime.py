@@ -232,18 +232,20 @@ class BatchRuntime:
         self.unacked += len(ready)
         return aligner.held()
 
-    def _caught_up(self, topic: int, partition: int) -> bool:
+    def _caught_up(self, topic: int, partition: int) -> bool | None:
         """Whether this input partition's position is at the end offset the last fetch
-        reported (no broker request): nothing known to be on its way."""
+        reported (no broker request); None while either is not known yet."""
         from confluent_kafka import TopicPartition
 
         tp = TopicPartition(self.inputs[topic], partition)
         try:
             _, high = self.consumer.get_watermark_offsets(tp, cached=True)
             (position,) = self.consumer.position([tp])
-        except Exception:  # not fetched yet, or no longer assigned: wait for its end event
-            return False
-        return bool(high >= 0 and position.offset >= high)
+        except Exception:  # not fetched yet, or no longer assigned
+            return None
+        if high < 0 or position.offset < 0:
+            return None
+        return bool(position.offset >= high)
 
     def snapshot(self) -> None:
         """Flush alerts, persist the touched jobs, flush, then commit what was processed."""

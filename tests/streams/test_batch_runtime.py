@@ -187,13 +187,13 @@ def _step(offset: int, timestamp_ms: int, partition: int = 1) -> Message:
 def test_a_message_ahead_of_a_lagging_topic_is_held_and_not_committed() -> None:
     runtime, journal, _, consumer = _runtime()
     # The last fetch said steps[1] has 10 messages; none consumed yet: the OOM record at
-    # t=0.1 s waits for the steps before it.
+    # t=100 s waits for the steps before it (more than the 10 s slack before it).
     consumer.ends["steps", 1] = 10
     consumer.positions["steps", 1] = 0
     oom = _oom(0)
-    oom.timestamp_ = 100
+    oom.timestamp_ = 100_000
     assert runtime.process(_batch(consumer, oom)) == 1
-    runtime.process(_batch(consumer, _step(0, 50)))  # unacked now: the step went through
+    runtime.process(_batch(consumer, _step(0, 50_000)))  # unacked now: the step went through
     runtime.snapshot()
     assert "produce:alerts" not in journal.kinds()  # the OOM record is still held
     assert journal.calls[-1] == ("commit", [("steps", 1, 1), ("logs", 1, 0)])
