@@ -123,14 +123,16 @@ class InputAligner:
             held = [q for q in queues if q]
             if not held:
                 continue
-            if len(held) == 1:
-                # The common case, live: one topic flowing, the others quiet. Its newest
-                # message decides for the whole batch.
-                if self._blocked(queues, partition, held[0][-1][0], caught_up) == _GO:
-                    out.extend(m[3] for m in held[0])
-                    held[0].clear()
-                    self._since.pop(partition, None)
-                    continue
+            # The common case, live: one topic flowing, the others quiet. Its newest message
+            # decides for the whole batch.
+            if (
+                len(held) == 1
+                and self._blocked(queues, partition, held[0][-1][0], caught_up) == _GO
+            ):
+                out.extend(m[3] for m in held[0])
+                held[0].clear()
+                self._since.pop(partition, None)
+                continue
             force = sum(map(len, held)) >= self.max_held
             since = self._since.get(partition)
             if since is not None and now - since >= self.max_wait_s:
