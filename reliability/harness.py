@@ -210,9 +210,15 @@ def producer(bootstrap: str, **extra: Any) -> Any:
 
 
 def produce(stack: Stack, events: Sequence[Event], *, seconds: float = 0.0) -> int:
-    """Produce ``events`` (spread evenly over ``seconds``); return how many were acknowledged."""
+    """Produce ``events`` (spread evenly over ``seconds``); return how many were acknowledged.
+
+    Each message's Kafka timestamp is its event time moved to now (the first event at the
+    moment this starts), as a job producing live would have stamped it: the worker merges a
+    job's steps and logs topics by those timestamps.
+    """
     p = producer(stack.bootstrap)
     acked = 0
+    base_ms = time.time() * 1000 - (events[0].epoch * 1000 if events else 0)
 
     def delivered(error: Any, message: Any) -> None:
         nonlocal acked
@@ -223,7 +229,13 @@ def produce(stack: Stack, events: Sequence[Event], *, seconds: float = 0.0) -> i
     chunk = max(1, len(events) // max(1, int(seconds * 20)))
     for i, event in enumerate(events):
         topic = stack.steps if isinstance(event, StepEvent) else stack.logs
-        p.produce(topic, encode(event), key=event.job_id.encode(), on_delivery=delivered)
+        p.produce(
+            topic,
+            encode(event),
+            key=event.job_id.encode(),
+            on_delivery=delivered,
+            timestamp=int(base_ms + event.epoch * 1000),
+        )
         if seconds and i % chunk == chunk - 1:
             p.poll(0)
             due = started + seconds * (i + 1) / len(events)

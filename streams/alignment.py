@@ -19,11 +19,14 @@ partition of the same number has nothing buffered, its newest message is more th
 - ``caught_up(topic, partition)`` says False (the consumer is behind the end offset the last
   fetch reported: the earlier messages are on their way) or None (not known yet).
 
-The slack lets a live worker run as before: the engine orders what is within its lateness
-bounds by itself (measured: every scenario of ``rankwatch.simulate`` gives the same alerts with
-its log records up to 30 s ahead of its steps), so only a real backlog is merged. A partition
+The slack (20 s) lets a live worker run as before: the engine orders what is within its
+lateness bounds by itself (measured: every scenario of ``rankwatch.simulate`` gives the same
+alerts with its log records up to 30 s ahead of its steps, not at 40 s), so only a real
+backlog is merged. The price: while a worker is more than the slack behind on a partition's
+steps, the log records of the jobs on that partition wait with them (an OOM's alert is as late
+as the steps around it), as every record of a partition waits for the ones before it. A partition
 waits as long as the other topic is known to be behind (its messages will come: Kafka Streams
-waits the same), up to ``max_wait_s`` for one whose position is not known, and is handed on
+waits the same), up to ``max_wait_s`` (15 s) for one not fetched yet, and is handed on
 as it is once it holds ``max_held`` messages: the worker never stalls on a partition whose
 leader is away, and its memory stays bounded.
 
@@ -81,8 +84,8 @@ class InputAligner:
         self,
         topics: int,
         *,
-        slack_ms: int = 10_000,
-        max_wait_s: float = 5.0,
+        slack_ms: int = 20_000,
+        max_wait_s: float = 15.0,
         max_held: int = 200_000,
     ) -> None:
         if topics < 1:

@@ -234,7 +234,7 @@ class BatchRuntime:
 
     def _caught_up(self, topic: int, partition: int) -> bool | None:
         """Whether this input partition's position is at the end offset the last fetch
-        reported (no broker request); None while either is not known yet."""
+        reported (no broker request); None while that end is not known yet."""
         from confluent_kafka import TopicPartition
 
         tp = TopicPartition(self.inputs[topic], partition)
@@ -243,8 +243,11 @@ class BatchRuntime:
             (position,) = self.consumer.position([tp])
         except Exception:  # not fetched yet, or no longer assigned
             return None
-        if high < 0 or position.offset < 0:
+        if high < 0:
             return None
+        if position.offset < 0:
+            # Fetched, nothing consumed yet: its messages, or its end, are on their way.
+            return False
         return bool(position.offset >= high)
 
     def snapshot(self) -> None:

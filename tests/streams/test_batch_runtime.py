@@ -239,7 +239,7 @@ def test_a_record_ahead_of_its_steps_is_held_and_not_committed(rig: Callable[[],
     r.put("steps", 1, _step(0, 50.0), 50_000)
     r.put("steps", 1, _step(1, 101.0), 101_000)
     # The logs first, steps[1] not read yet: nothing is known of it, so the OOM record (more
-    # than the 10 s slack ahead of any step seen) waits for the steps before it.
+    # than the 20 s slack ahead of any step seen) waits for the steps before it.
     r.read(["logs"], [0, 1])
     assert r.runtime.process(r.take(1)) == 1
     r.runtime.snapshot()  # nothing processed: nothing committed

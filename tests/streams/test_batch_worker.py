@@ -187,16 +187,27 @@ def test_a_drained_backlog_gives_the_alerts_of_the_live_order(
     from rankwatch.simulate.scenarios import SCENARIOS
 
     s = setup
-    # 64 ranks x 120 steps: 3.3 MB of steps on one partition, several fetches' worth.
-    spec = JobSpec(job_id=f"job-{uuid.uuid4().hex[:6]}", ranks=64, steps=120, checkpoint_every=0)
+    # 64 ranks x 120 steps of 1 s, the last two minutes: 3.3 MB of steps on one partition,
+    # several fetches' worth.
+    spec = JobSpec(
+        job_id=f"job-{uuid.uuid4().hex[:6]}",
+        ranks=64,
+        steps=120,
+        checkpoint_every=0,
+        start_time=time.time() - 130,
+    )
     items = list(simulate(spec, [SCENARIOS["straggler"](at_step=40, rank=31)]))
     logs = [e for e in items if isinstance(e, LogEvent)]
     assert logs and items[-1].epoch - logs[0].epoch > 60  # the logs reach far past the fault
-    produce(s, items)  # in event-time order, as the ranks produced them live
+    # In event-time order and timestamped as the ranks produced them live.
+    produce(s, items, event_timestamps=True)
 
     worker = WorkerProcess(s, "behind")
     workers.append(worker)
     wait_drained(s, worker)
-    expected = firing(replayed(items))
+    want = replayed(items)
+    expected = firing(want)
     assert [rule for rule, _ in expected.values()] == ["straggler"]
-    assert firing(all_alerts(s)) == expected
+    got = all_alerts(s)
+    steps = [(a.rule, a.step) for a in got], [(a.rule, a.step) for a in want]
+    assert firing(got) == expected, steps
