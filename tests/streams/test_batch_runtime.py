@@ -27,6 +27,7 @@ pytestmark = [pytest.mark.broker, pytest.mark.timeout(90)]
 
 OOM = "torch.OutOfMemoryError: CUDA out of memory."
 PARTITIONS = 2
+START_MS = int(time.time() * 1000) - 3_600_000  # the tests' Kafka timestamps count from here
 
 
 @dataclass
@@ -91,8 +92,11 @@ class Rig:
     send: Producer
 
     def put(self, role: str, partition: int, value: bytes, timestamp_ms: int) -> None:
+        """Produce ``value``, its Kafka timestamp ``timestamp_ms`` after the run's start (a
+        timestamp from 1970 would be the broker's to delete under its retention)."""
         topic = self.layout.steps if role == "steps" else self.layout.logs
-        self.send.produce(topic, value, b"j", partition=partition, timestamp=timestamp_ms)
+        stamp = START_MS + timestamp_ms
+        self.send.produce(topic, value, b"j", partition=partition, timestamp=stamp)
         assert self.send.flush(10) == 0
 
     def read(self, roles: list[str], partitions: list[int]) -> None:

@@ -307,8 +307,8 @@ def test_worker_alerts_deadletters_and_matches_replay(
 def test_restart_after_kill9_resumes_state(
     setup: Setup, workers: list[WorkerProcess], runtime: str
 ) -> None:
-    """Alerts flushed before the state that records them, state before the offsets: a kill -9
-    between any two loses nothing and re-fires nothing under a new id."""
+    """A kill -9 after events were processed but before their state was persisted: the
+    restart restores state, loses no alert and re-fires none under a new id."""
     s = setup
     job = f"job-{uuid.uuid4().hex[:6]}"
     first, crash_window, second = events(job, 0, 35), events(job, 35, 40), events(job, 40, 60)
