@@ -15,7 +15,7 @@ from rankwatch.schemas.codec import (
     encode,
     to_wire_dict,
 )
-from rankwatch.schemas.events import EventBase, LogEvent, LogLevel, StepEvent
+from rankwatch.schemas.events import EventBase, LogEvent, LogLevel, Phase, StepEvent
 from rankwatch.schemas.exceptions import EventDecodeError, FieldProblem, SchemaError
 from rankwatch.schemas.topics import ALERTS_TOPIC, DEADLETTER_TOPIC, LOGS_TOPIC, STEPS_TOPIC
 
@@ -35,6 +35,7 @@ __all__ = [
     "FieldProblem",
     "LogEvent",
     "LogLevel",
+    "Phase",
     "SchemaError",
     "Scope",
     "Severity",

@@ -9,6 +9,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 from rankwatch.schemas._types import JobId, Measure, NonFiniteFloat, Percent, Rank, Step, Timestamp
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+#: What a job is doing, where the trainer says it: detectors judge training steps only, and a
+#: long evaluation pass or checkpoint save is not a hang.
+Phase = Literal["train", "eval", "checkpoint"]
 _LEVEL_ALIASES = {"WARN": "WARNING", "FATAL": "CRITICAL"}
 
 
@@ -29,6 +32,11 @@ class EventBase(BaseModel):
     rank: Rank
     host: str | None = None
     timestamp: Timestamp
+    #: The job's attempt: a restart from a checkpoint is a new attempt of the same job
+    #: (torchrun's ``TORCHELASTIC_RESTART_COUNT``). Detector state starts fresh with each one.
+    attempt: Annotated[int, Field(strict=True, ge=0)] | None = None
+    #: The phase the rank is in when it produced the event (``train`` where not said).
+    phase: Phase | None = None
 
     @property
     def extra(self) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from rankwatch.streams.detectors.base import (
 from rankwatch.streams.findings import Finding, Outcome
 from rankwatch.streams.incidents import IncidentBook, IncidentPolicy
 from rankwatch.streams.ordering import StepOrder
+from rankwatch.streams.phases import phase_of
 
 Detector = StepDetector | LogDetector | JobDetector
 
@@ -226,6 +227,13 @@ class Engine:
         kinds = self._bound.get(job_id)
         if job is None or kinds is None:
             job, kinds = self._enter(job_id)
+        out: list[Alert] = []
+        attempt = event.attempt
+        if attempt is not None and attempt != job.reported_attempt:
+            # torchrun counts its restarts: a higher count is a new attempt of the job.
+            if job.reported_attempt >= 0 and attempt > job.reported_attempt:
+                job, kinds = self._new_attempt(job, kinds, event, out)
+            job.reported_attempt = max(job.reported_attempt, attempt)
         rank = job.ranks.get(event.rank)
         if rank is None:
             rank = self._rank_state(job, kinds, event.rank, event.host)
@@ -233,13 +241,24 @@ class Engine:
         if order is None or order.job is not job:
             order = self._order_for(job)
         now = event.epoch
-        out: list[Alert] = []
         if isinstance(event, StepEvent):
-            step = event.step
-            if step <= rank.got_step and (step == rank.got_step or now <= rank.got_step_time):
-                # A duplicate or a late reordering: already received. A lower step with a
-                # newer event time is different: the job restarted from an earlier checkpoint.
+            if now <= job.attempt_floor:
+                return out  # a late step of an attempt that is over
+            phase = event.phase
+            if phase is not None and phase != "train":
+                # An evaluation or checkpoint step: the job is alive and busy, not training.
+                self._set_phase(job, phase, now)
+                self._advance(job, rank, now)
                 return out
+            step = event.step
+            if step <= rank.got_step:
+                if step == rank.got_step or now <= rank.got_step_time:
+                    return out  # a duplicate or a late reordering: already received
+                # A lower step with a newer event time: the job restarted from an earlier
+                # checkpoint (launchers that do not count attempts, a manual relaunch).
+                job, kinds = self._new_attempt(job, kinds, event, out)
+                rank = self._rank_state(job, kinds, event.rank, event.host)
+                order = self._order_for(job)
             rank.got_step = step
             rank.got_step_time = now
             world = event.world_size
@@ -286,6 +305,9 @@ class Engine:
             del recent[0]
         rank.last_log_time = now
         self._advance(job, rank, now)
+        phase = event.phase or phase_of(event.message)
+        if phase is not None:
+            self._set_phase(job, phase, now)
         for ld in kinds.log:
             self._apply(job, ld.on_log(job, rank, job.slots[ld.name], event), out)
         if now > order.high:
@@ -330,6 +352,9 @@ class Engine:
                 mine.remove(entry)
             rank.last_step = step
             rank.last_step_time = now
+            if job.phase != "train" and now > job.phase_since:
+                job.phase = "train"  # a training step after an evaluation or a checkpoint
+                job.phase_since = now
             if now > rank.last_seen:
                 rank.last_seen = now
             if now > job.watermark:
@@ -383,6 +408,56 @@ class Engine:
             del orders[job_id]
         order = orders[job.job_id] = StepOrder(job)
         return order
+
+    def _new_attempt(
+        self, job: JobState, kinds: _Kinds, event: StepEvent | LogEvent, out: list[Alert]
+    ) -> tuple[JobState, _Kinds]:
+        """The job restarted: finish its previous attempt and start the next with fresh state.
+
+        What the previous attempt left is applied and decided first (held steps, pending
+        groups); its open incidents resolve, since the state that would resolve them is gone.
+        A step event at or before the previous attempt's newest event time is a late one of it.
+        """
+        job_id = job.job_id
+        order = self._orders.get(job_id)
+        if order is None or order.job is not job:
+            order = self._order_for(job)
+        self._release(job, kinds, order, out, _INF)
+        for jd in kinds.job:
+            on_flush = getattr(jd, "on_flush", None)
+            if on_flush is not None:
+                self._apply(job, on_flush(job, job.slots[jd.name]), out)
+        self.book.flush(job, out)
+        now = event.epoch
+        ended = max(job.watermark, order.high)
+        last_step = max([job.max_step, *(rs.got_step for rs in job.ranks.values())])
+        self.book.close_all(job, now, f"the job restarted (attempt {job.attempt + 1})", out)
+        fresh = JobState(
+            job_id,
+            attempt=job.attempt + 1,
+            reported_attempt=job.reported_attempt,
+            attempt_floor=ended,
+            restart={
+                "last_step": last_step,
+                "ended": ended,
+                "world_size": job.world_size,
+                "ranks": len(job.ranks),
+                "reported_attempt": event.attempt,
+            },
+        )
+        self.jobs[job_id] = fresh
+        if self.released is not None and job.ranks:
+            # Every stored rank chunk of the job is rewritten: none of its state is current.
+            self.released.append((job_id, sorted(job.ranks)))
+        fresh, kinds = self._enter(job_id)
+        self._order_for(fresh)
+        return fresh, kinds
+
+    @staticmethod
+    def _set_phase(job: JobState, phase: str, now: float) -> None:
+        if phase != job.phase and now >= job.phase_since:
+            job.phase = phase
+            job.phase_since = now
 
     @staticmethod
     def _advance(job: JobState, rank: RankState, now: float) -> None:

@@ -113,8 +113,12 @@ class IncidentBook:
             return
         scope_id = JOB if scope == "job" else sorted(ranks)[0]
         first = f.step if f.step is not None else round(f.event_time, 3)
+        attempt_part = (f"attempt{job.attempt}",) if job.attempt else ()
         inc = {
-            "alert_id": alert_id_for(job.job_id, f.rule, scope_id, f.incident_key, first),
+            # A later attempt may fail at the same step again: a new incident, a new id.
+            "alert_id": alert_id_for(
+                job.job_id, f.rule, scope_id, f.incident_key, first, *attempt_part
+            ),
             "rule": f.rule,
             "severity": f.severity,
             "scope": scope,
@@ -201,6 +205,11 @@ class IncidentBook:
             inc["firing"].discard(r.rank)
             if not inc["firing"]:
                 self._close(job, job_key, r.event_time, r.summary, out)
+
+    def close_all(self, job: JobState, when: float, summary: str, out: list[Alert]) -> None:
+        """Resolve every open incident of the job (its attempt is over)."""
+        for key in list(job.incidents):
+            self._close(job, key, when, summary, out)
 
     def _close(self, job: JobState, key: str, when: float, summary: str, out: list[Alert]) -> None:
         inc = job.incidents.pop(key, None)

@@ -54,6 +54,23 @@ def _load(data: bytes) -> object:
         raise StateCodecError(f"cannot decode engine state: {exc!r}") from None
 
 
+def _upgrade(job: JobState) -> JobState:
+    """Fields added to :class:`JobState` since the state was written take their defaults
+    (unpickling a slotted dataclass leaves a slot it did not know unset)."""
+    for f in _JOB_FIELDS:
+        try:
+            getattr(job, f.name)
+        except AttributeError:
+            value = (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            )
+            setattr(job, f.name, value)
+    return job
+
+
+_JOB_FIELDS = dataclasses.fields(JobState)
+
+
 def encode_job(job: JobState) -> bytes:
     """The whole state of one job as one value (fine for small jobs and for tests)."""
     return _dump(job)
@@ -63,7 +80,7 @@ def decode_job(data: bytes) -> JobState:
     job = _load(data)
     if not isinstance(job, JobState):
         raise StateCodecError(f"expected a JobState, got {type(job).__name__}")
-    return job
+    return _upgrade(job)
 
 
 def chunk_of(rank: int, ranks_per_chunk: int = DEFAULT_RANKS_PER_CHUNK) -> int:
@@ -83,7 +100,7 @@ def decode_head(data: bytes) -> tuple[JobState, list[int], int]:
     if not (isinstance(value, tuple) and len(value) == 3 and isinstance(value[0], JobState)):
         raise StateCodecError("expected a job head (JobState, chunks, ranks_per_chunk)")
     job, chunks, per_chunk = value
-    return job, list(chunks), int(per_chunk)
+    return _upgrade(job), list(chunks), int(per_chunk)
 
 
 def encode_chunk(

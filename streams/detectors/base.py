@@ -54,6 +54,17 @@ class JobState:
     # Owned by the engine's incident book-keeping (rankwatch.streams.incidents).
     incidents: dict[str, Any] = field(default_factory=dict)
     pending: dict[str, Any] = field(default_factory=dict)
+    # A job's life (the engine keeps these): each attempt (a restart from a checkpoint) starts
+    # with fresh state; ``phase`` is what the job said it is doing since ``phase_since``.
+    attempt: int = 0
+    #: The highest attempt number the events reported (-1: none yet).
+    reported_attempt: int = -1
+    #: Step events at or before this event time belong to an attempt already over.
+    attempt_floor: float = float("-inf")
+    #: What the previous attempt left (for the ``job_restarted`` alert at the first step).
+    restart: dict[str, Any] | None = None
+    phase: str = "train"
+    phase_since: float = float("-inf")
 
 
 @runtime_checkable

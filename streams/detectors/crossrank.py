@@ -1,4 +1,4 @@
-"""Cross-rank rules: ``straggler``, ``rank_silent`` and ``hang`` (no progress).
+"""Cross-rank rules: ``straggler``, ``rank_silent``, ``hang`` (no progress), ``job_restarted``.
 
 They are :class:`~rankwatch.streams.detectors.base.JobDetector` s: ``on_step`` keeps a few
 numbers per rank or per job in O(1), ``on_tick`` judges the job in event time once per tick
@@ -6,13 +6,14 @@ numbers per rank or per job in O(1), ``on_tick`` judges the job in event time on
 :mod:`~rankwatch.streams.detectors.liveness`; this module wires their defaults.
 
 >>> [d.name for d in detectors()]
-['straggler', 'rank_silent', 'progress_hang']
+['straggler', 'rank_silent', 'progress_hang', 'job_restarted']
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from rankwatch.streams.detectors.lifecycle import JobRestarted, JobRestartedConfig
 from rankwatch.streams.detectors.liveness import (
     ProgressHangConfig,
     ProgressHangDetector,
@@ -23,6 +24,8 @@ from rankwatch.streams.detectors.liveness import (
 from rankwatch.streams.detectors.straggler import StragglerConfig, StragglerDetector
 
 __all__ = [
+    "JobRestarted",
+    "JobRestartedConfig",
     "ProgressHangConfig",
     "ProgressHangDetector",
     "RankSilentConfig",
@@ -36,4 +39,4 @@ __all__ = [
 
 def detectors() -> list[Any]:
     """The cross-rank rules with their default thresholds (wired in by ``registry.py``)."""
-    return [StragglerDetector(), RankSilentDetector(), ProgressHangDetector()]
+    return [StragglerDetector(), RankSilentDetector(), ProgressHangDetector(), JobRestarted()]

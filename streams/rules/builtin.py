@@ -33,6 +33,7 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError
 from rankwatch.schemas import Action, LogEvent, Severity, StepEvent
 from rankwatch.streams.detectors.base import JobState, RankState
 from rankwatch.streams.detectors.gradient import GradientExplosion, GradientExplosionConfig
+from rankwatch.streams.detectors.lifecycle import JobRestarted, JobRestartedConfig
 from rankwatch.streams.detectors.liveness import (
     ProgressHangConfig,
     ProgressHangDetector,
@@ -67,6 +68,7 @@ CONFIGS: dict[str, tuple[type[Any], ...]] = {
     "nccl_error": (),
     "cuda_oom": (OomConfig,),
     "fatal_error": (FatalErrorConfig,),
+    "job_restarted": (JobRestartedConfig,),
 }
 RULE_IDS = tuple(CONFIGS)
 _FIXED = {"burst_rule", "lone_rule"}  # which rule ids an episode gatherer emits: not settings
@@ -206,6 +208,8 @@ def build_detectors(settings: Mapping[str, Mapping[str, Any]]) -> list[Detector]
         out.append(RankSilentDetector(make("rank_silent", RankSilentConfig)))
     if on("hang"):
         out.append(ProgressHangDetector(make("hang", ProgressHangConfig)))
+    if on("job_restarted"):
+        out.append(JobRestarted(make("job_restarted", JobRestartedConfig)))
     return [d.inner if isinstance(d, Retagged) and d.idle else d for d in out]
 
 

@@ -31,7 +31,9 @@ def test_a_restart_from_an_earlier_checkpoint_is_followed() -> None:
     for n in range(400, 420):
         alerts += engine.process(step(0, n, 2000.0 + n, loss=float("nan") if n >= 410 else 2.0))
     assert engine.jobs["j"].ranks[0].last_step == 419
-    assert [a.rule for a in alerts if a.status == "firing"][:1] == ["loss_explosion"]
+    firing = [(a.rule, a.severity) for a in alerts if a.status == "firing"]
+    assert firing[:2] == [("job_restarted", "info"), ("loss_explosion", "critical")]
+    assert engine.jobs["j"].attempt == 1
 
 
 def test_an_oom_on_every_rank_is_two_alerts_not_one_per_rank() -> None:
