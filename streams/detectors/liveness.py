@@ -262,12 +262,19 @@ class ProgressHangConfig:
     min_stall_s: float = 120.0
     step_periods: float = 10.0
     watch_fraction: float = 0.5
+    #: While the job says (or its trainer's log lines say) it is evaluating or saving a
+    #: checkpoint, no step is expected: the stall must pass this bound instead (30 min).
+    phase_stall_s: float = 1800.0
     severity: Severity = "critical"
     action: Action = "notify"
     max_named: int = 4  # ranks that never reported the last step, named when this few
 
     def __post_init__(self) -> None:
-        _check_positive(min_stall_s=self.min_stall_s, step_periods=self.step_periods)
+        _check_positive(
+            min_stall_s=self.min_stall_s,
+            step_periods=self.step_periods,
+            phase_stall_s=self.phase_stall_s,
+        )
         if not 0 <= self.watch_fraction <= 1:
             raise DetectorConfigError(
                 f"watch_fraction must be in [0, 1], got {self.watch_fraction}"
@@ -284,8 +291,9 @@ class ProgressHangDetector:
         self.config = config or ProgressHangConfig()
 
     def new_job_state(self) -> dict[str, Any]:
-        # watch: first tick seen while stalled; firing: the step it stalled at, or -1.
-        return {**StepPeriod.new(), "watch": None, "firing": -1}
+        # watch: first tick seen while stalled; firing: the step it stalled at, or -1;
+        # tick: the time of the last tick.
+        return {**StepPeriod.new(), "watch": None, "firing": -1, "tick": None}
 
     def on_step(
         self, job: JobState, rank: RankState, state: dict[str, Any], event: StepEvent
@@ -305,9 +313,15 @@ class ProgressHangDetector:
             return ()
         if now <= state["mt"]:
             return ()
-        if state["watch"] is None:
-            state["watch"] = now
         threshold = max(cfg.min_stall_s, cfg.step_periods * state["period"])
+        last_tick = state.get("tick") or now  # older snapshots lack it
+        state["tick"] = now
+        if state["watch"] is None or now - last_tick > cfg.watch_fraction * threshold:
+            # Watch from here: the first tick of the stall, or the first after a silence of
+            # the whole job (it was down, or its stream was): events must keep arriving.
+            state["watch"] = now
+        if job.phase != "train":
+            threshold = max(threshold, cfg.phase_stall_s)
         stalled = now - state["mt"]
         if stalled <= threshold or now - state["watch"] < cfg.watch_fraction * threshold:
             return ()

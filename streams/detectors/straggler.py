@@ -1,15 +1,30 @@
-"""``straggler``: one rank holding the others back at the same steps.
+"""``straggler``: one rank holding the others back at the same steps, calibrated on the job.
 
 In synchronous data-parallel training every rank's ``step_time_s`` grows together: they all
 wait for the slowest at the all-reduce. Step time cannot tell who is slow; the rank's OWN
 work can: ``compute_time_s`` (forward, backward, optimizer, waits in collectives excluded)
-and ``data_time_s`` (waiting for the next batch). The straggler is the rank whose own time
-stands out from its peers' median, or whose reported throughput fell alone, for several
-consecutive steps. Compute points at the GPU (throttled, failing, a noisy neighbour), data at
-the host (dataloader workers, storage, CPU).
+and ``data_time_s`` (waiting for the next batch). Compute points at the GPU (throttled,
+failing, a noisy neighbour), data at the host (dataloader workers, storage, CPU).
+
+A rank is judged at each tick of event time on its latest sample, against its peers' samples
+of about the same step, with three guards, each a setting:
+
+- **Calibrated on the job's own noise.** The peers' spread is their robust standard deviation
+  (1.4826 x the median absolute deviation) and the bar is ``z + sqrt(2 ln n)`` of them: the
+  slowest of ``n`` ranks of pure noise lies about ``sqrt(2 ln n)`` deviations out (the expected
+  maximum of ``n`` normal draws), so a 1,024-rank job is not held to an 8-rank job's bar.
+- **Material.** The excess over the peers' median must cost the job ``materiality`` of its step
+  (5%): the whole job waits that long for this rank each step. A data wait 1.5x its peers' on a
+  wait that is 2% of the step is not worth anyone's time, however many deviations out it is.
+- **Persistent.** Flagged in ``min_flagged`` of the rank's last ``window`` evaluations (6 of 8):
+  a garbage-collection pause, a logging stall or a heavy-tailed data fetch is one step, and a
+  node a few per cent slower than its peers (hardware varies) stays under the bar.
+
+A rank's throughput (when it reports its own) is judged the same way, as a shortfall below its
+peers' median. Resolution: the last ``recover`` evaluations all clean.
 
 Per rank the state is one short list; on each tick (not each event) the medians over the ranks
-that reported since the last tick are computed once: O(ranks) per tick of event time.
+that reported since the last tick are computed once: O(ranks log ranks) per tick of event time.
 """
 
 from __future__ import annotations
@@ -21,14 +36,17 @@ from statistics import median
 from typing import Any, ClassVar
 
 from rankwatch.schemas import Action, Severity, StepEvent
+from rankwatch.streams.detectors import _metric_config as check
 from rankwatch.streams.detectors.base import JobState, RankState
 from rankwatch.streams.exceptions import DetectorConfigError
 from rankwatch.streams.findings import Finding, Outcome, Resolution
 
-# Per-rank entry: latest compute, data, throughput; samples seen; consecutive flagged and
-# clean evaluations; firing (0/1); step of the latest sample; step last evaluated.
-_C, _D, _TP, _N, _BAD, _GOOD, _FIRING, _STEP, _EVAL = range(9)
+# Per-rank entry: latest compute, data, throughput, step time; samples seen; bits of the last
+# evaluations (1 = flagged, newest lowest); firing (0/1); step of the latest sample; step last
+# evaluated; step of the oldest flag in the window (where an incident begins).
+_C, _D, _TP, _ST, _N, _BITS, _FIRING, _STEP, _EVAL, _FIRST = range(10)
 _NAN = math.nan
+_MAD_TO_SD = 1.4826  # a normal distribution's s.d. per median absolute deviation
 
 _HINTS = {
     "compute": "likely a slow or throttled GPU: check its clocks, temperature, power and Xid",
@@ -39,21 +57,21 @@ _HINTS = {
 
 @dataclass(frozen=True, slots=True)
 class StragglerConfig:
-    """Thresholds of ``straggler``.
+    """Thresholds of ``straggler`` (see the module docstring for how they combine).
 
-    ``ratio`` 1.25: normal rank-to-rank spread of compute time is a few percent (3 sigma is
-    well under 10%); a rank a quarter slower than its peers slows every step of the whole job
-    by about as much, which on a large job is worth a person's look (a throttled GPU).
-    ``min_excess_s`` 0.05: below that, data-time ratios on millisecond waits are noise.
-    ``consecutive`` 3 evaluated steps: one slow step (rank 0 writing a checkpoint, a GC
-    pause) is not a straggler.
-    ``warmup_samples`` 5: compile and warm-up steps vary across ranks.
+    ``materiality`` 0.05: the job loses 5% of its time to this one rank, every step: on a
+    1,024-GPU job that is 50 GPUs' worth. ``z`` 3.0 deviations on top of the expected maximum
+    of the job's own noise. ``window`` 8 evaluations of which ``min_flagged`` 6: a fault, not a
+    run of bad luck. ``warmup_samples`` 5: compile and warm-up steps vary across ranks.
+    ``min_excess_s`` 0.01: below that, sub-millisecond timer noise.
     """
 
-    ratio: float = 1.25
-    min_excess_s: float = 0.05
-    consecutive: int = 3
-    recover: int = 3
+    materiality: float = 0.05
+    z: float = 3.0
+    window: int = 8
+    min_flagged: int = 6
+    recover: int = 4
+    min_excess_s: float = 0.01
     warmup_samples: int = 5
     min_ranks: int = 3
     stale_s: float = 30.0  # a rank not heard from for this long is left out (rank_silent's job)
@@ -61,34 +79,48 @@ class StragglerConfig:
     action: Action = "notify"
 
     def __post_init__(self) -> None:
-        if not self.ratio > 1:
-            raise DetectorConfigError(f"ratio must be > 1, got {self.ratio}")
-        if self.min_excess_s < 0:
-            raise DetectorConfigError(f"min_excess_s must be >= 0, got {self.min_excess_s}")
-        for key in ("consecutive", "recover"):
-            if getattr(self, key) < 1:
-                raise DetectorConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
+        check.fraction(self, "materiality", self.materiality)
+        check.non_negative(self, "z", self.z)
+        check.count(self, "window", self.window)
+        if self.window > 62:
+            raise DetectorConfigError(f"window must be <= 62, got {self.window}")
+        check.count(self, "min_flagged", self.min_flagged)
+        if self.min_flagged > self.window:
+            raise DetectorConfigError(
+                f"min_flagged must be <= window ({self.window}), got {self.min_flagged}"
+            )
+        check.count(self, "recover", self.recover)
+        if self.recover > self.window:
+            raise DetectorConfigError(
+                f"recover must be <= window ({self.window}), got {self.recover}"
+            )
+        check.non_negative(self, "min_excess_s", self.min_excess_s)
+        check.count(self, "warmup_samples", self.warmup_samples, minimum=0)
         if self.min_ranks < 3:
             raise DetectorConfigError(f"min_ranks must be >= 3, got {self.min_ranks}")
-        if self.warmup_samples < 0:
-            raise DetectorConfigError(f"warmup_samples must be >= 0, got {self.warmup_samples}")
-        if not self.stale_s > 0:
-            raise DetectorConfigError(f"stale_s must be > 0, got {self.stale_s}")
+        check.positive(self, "stale_s", self.stale_s)
+        check.severity_action(self, self.severity, self.action)
 
 
-def _median_of(values: list[float]) -> float:
+def _center_spread(values: list[float]) -> tuple[float, float]:
+    """Median and robust standard deviation of the finite values (nan, nan if none)."""
     finite = [v for v in values if v == v]
-    return median(finite) if finite else _NAN
+    if not finite:
+        return _NAN, _NAN
+    m = median(finite)
+    return m, _MAD_TO_SD * median([abs(v - m) for v in finite])
 
 
 class StragglerDetector:
-    """One rank's own compute or data time far above its peers' median (rank scope)."""
+    """One rank's own compute or data time far above its peers' (rank scope)."""
 
     name: ClassVar[str] = "straggler"
     rule: ClassVar[str] = "straggler"
 
     def __init__(self, config: StragglerConfig | None = None) -> None:
         self.config = config or StragglerConfig()
+        self._mask = (1 << self.config.window) - 1
+        self._recover_mask = (1 << self.config.recover) - 1
 
     def new_job_state(self) -> dict[str, Any]:
         return {"r": {}}
@@ -100,11 +132,13 @@ class StragglerDetector:
         if c is None and d is None and tp is None:
             return
         entry = state["r"].get(rank.rank)
-        if entry is None:
-            entry = state["r"][rank.rank] = [_NAN, _NAN, _NAN, 0, 0, 0, 0, -1, -1]
+        if entry is None or len(entry) != 10:  # new, or from an older snapshot
+            entry = state["r"][rank.rank] = [_NAN, _NAN, _NAN, _NAN, 0, 0, 0, -1, -1, -1]
+        st = event.step_time_s
         entry[_C] = _NAN if c is None else c
         entry[_D] = _NAN if d is None else d
         entry[_TP] = _NAN if tp is None else tp
+        entry[_ST] = _NAN if st is None else st
         entry[_N] += 1
         entry[_STEP] = event.step
 
@@ -122,73 +156,119 @@ class StragglerDetector:
         ]
         if len(peers) < cfg.min_ranks or not any(e[_STEP] > e[_EVAL] for _, e in peers):
             return ()
-        med_c = _median_of([e[_C] for _, e in peers])
-        med_d = _median_of([e[_D] for _, e in peers])
-        med_tp = _median_of([e[_TP] for _, e in peers])
+        n = len(peers)
+        bar_z = cfg.z + math.sqrt(2.0 * math.log(n))
+        med_c, sd_c = _center_spread([e[_C] for _, e in peers])
+        med_d, sd_d = _center_spread([e[_D] for _, e in peers])
+        med_tp, sd_tp = _center_spread([e[_TP] for _, e in peers])
+        step_s = median([e[_ST] for _, e in peers if e[_ST] == e[_ST]] or [_NAN])
+        if step_s != step_s:  # no step time reported: the rank's own work is the step
+            step_s = (med_c if med_c == med_c else 0.0) + (med_d if med_d == med_d else 0.0)
+        # What an excess over the median must reach, per component (seconds) ...
+        material = max(cfg.materiality * step_s, cfg.min_excess_s)
+        bar_c = max(material, bar_z * sd_c) if med_c == med_c else _NAN
+        bar_d = max(material, bar_z * sd_d) if med_d == med_d else _NAN
+        # ... and a shortfall of throughput below its median (tokens/s).
+        bar_tp = max(cfg.materiality * med_tp, bar_z * sd_tp) if med_tp == med_tp else _NAN
+        mask, recover_mask = self._mask, self._recover_mask
         out: list[Outcome] = []
         for r, e in peers:
             if e[_STEP] <= e[_EVAL]:
                 continue  # nothing new from this rank since the last evaluation
             e[_EVAL] = e[_STEP]
-            verdict = self._judge(e, med_c, med_d, med_tp)
-            if verdict is None:
-                e[_BAD] = 0
-                e[_GOOD] += 1
-                if e[_FIRING] and e[_GOOD] >= cfg.recover:
+            flagged = (
+                e[_C] - med_c > bar_c or e[_D] - med_d > bar_d or med_tp - e[_TP] > bar_tp
+            )  # nan compares False: a component nobody reports never flags
+            before = e[_BITS]
+            bits = e[_BITS] = ((before << 1) | flagged) & mask
+            if flagged and not before:
+                e[_FIRST] = e[_STEP]
+            if e[_FIRING]:
+                if not bits & recover_mask:
                     e[_FIRING] = 0
                     out.append(
                         Resolution(self.rule, r, now, "", f"rank {r} keeps pace with its peers")
                     )
                 continue
-            e[_GOOD] = 0
-            e[_BAD] += 1
-            if e[_BAD] >= cfg.consecutive and not e[_FIRING]:
+            if flagged and bits.bit_count() >= cfg.min_flagged:
                 e[_FIRING] = 1
-                out.append(self._finding(ranks[r], e, verdict, len(peers), now))
+                verdict = self._worst(e, (med_c, bar_c), (med_d, bar_d), (med_tp, bar_tp))
+                out.append(self._finding(ranks[r], e, verdict, n, step_s, bar_z, now))
         return out
 
-    def _judge(
-        self, e: list[Any], med_c: float, med_d: float, med_tp: float
-    ) -> tuple[str, float, float] | None:
-        """The component that stands out most, with the rank's value and the peers' median."""
-        cfg = self.config
-        worst: tuple[str, float, float] | None = None
-        worst_excess = 0.0
-        for component, value, med in (("compute", e[_C], med_c), ("data", e[_D], med_d)):
-            if value == value and med == med:
-                excess = value - med
-                if value > cfg.ratio * med and excess > cfg.min_excess_s and excess > worst_excess:
-                    worst, worst_excess = (component, value, med), excess
-        tp = e[_TP]
-        if worst is None and tp == tp and med_tp == med_tp and tp * cfg.ratio < med_tp:
-            worst = ("throughput", tp, med_tp)
-        return worst
+    @staticmethod
+    def _worst(
+        e: list[Any],
+        compute: tuple[float, float],
+        data: tuple[float, float],
+        throughput: tuple[float, float],
+    ) -> tuple[str, float, float, float]:
+        """The component that stands out most: (name, value, peers' median, bar)."""
+        best: tuple[str, float, float, float] = ("compute", e[_C], compute[0], compute[1])
+        best_over = -math.inf
+        for name, value, (med, bar) in (
+            ("compute", e[_C], compute),
+            ("data", e[_D], data),
+        ):
+            over = (value - med) / bar if bar > 0 else _NAN
+            if over == over and over > best_over:
+                best, best_over = (name, value, med, bar), over
+        med, bar = throughput
+        over = (med - e[_TP]) / bar if bar > 0 else _NAN
+        if over == over and over > best_over:
+            best = ("throughput", e[_TP], med, bar)
+        return best
 
     def _finding(
-        self, rs: RankState, e: list[Any], verdict: tuple[str, float, float], n: int, now: float
+        self,
+        rs: RankState,
+        e: list[Any],
+        verdict: tuple[str, float, float, float],
+        n: int,
+        step_s: float,
+        bar_z: float,
+        now: float,
     ) -> Finding:
-        component, value, med = verdict
+        component, value, med, bar = verdict
         where = f"rank {rs.rank}" + (f" ({rs.host})" if rs.host else "")
+        flagged = int(e[_BITS]).bit_count()
+        window = self.config.window
         if component == "throughput":
             factor = med / value if value > 0 else math.inf
-            what = f"throughput {value:.0f} tok/s vs peers' median {med:.0f} ({factor:.1f}x lower)"
+            share = (med - value) / med if med > 0 else math.nan
+            what = (
+                f"throughput {value:.0f} tok/s vs peers' median {med:.0f} "
+                f"({factor:.1f}x lower, {share:.0%} short)"
+            )
         else:
             factor = value / med if med > 0 else math.inf
-            what = f"{component} time {value:.3f} s vs peers' median {med:.3f} s ({factor:.1f}x)"
-        steps = int(e[_BAD])
+            share = (value - med) / step_s if step_s > 0 else math.nan
+            what = (
+                f"{component} time {value:.3f} s vs peers' median {med:.3f} s "
+                f"({factor:.1f}x): +{value - med:.3f} s, {share:.0%} of the job's "
+                f"{step_s:.3f} s step"
+            )
         return Finding(
             rule=self.rule,
             rank=rs.rank,
             severity=self.config.severity,
             event_time=now,
-            step=int(e[_STEP]) - steps + 1 if steps else int(e[_STEP]),
-            summary=f"{where} is a straggler: {what} for {steps} steps: {_HINTS[component]}",
+            step=int(e[_FIRST]),
+            summary=(
+                f"{where} is a straggler: {what}, in {flagged} of its last {window} steps "
+                f"judged: {_HINTS[component]}"
+            ),
             evidence={
                 "component": component,
                 "value": round(value, 4),
                 "peers_median": round(med, 4),
                 "factor": round(factor, 3),
-                "consecutive_steps": steps,
+                "step_time_s": round(step_s, 4),
+                "share_of_step": round(share, 4),
+                "bar": round(bar, 4),
+                "bar_deviations": round(bar_z, 3),
+                "flagged": flagged,
+                "window": window,
                 "peers": n,
                 "host": rs.host,
             },

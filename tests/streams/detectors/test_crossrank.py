@@ -218,9 +218,14 @@ def test_a_clock_jump_alone_is_not_a_hang() -> None:
 # -- configuration and scale ----------------------------------------------------------------
 def test_configs_are_validated() -> None:
     for bad in (
-        lambda: StragglerConfig(ratio=1.0),
+        lambda: StragglerConfig(materiality=0.0),
+        lambda: StragglerConfig(materiality=1.0),
         lambda: StragglerConfig(min_ranks=2),
-        lambda: StragglerConfig(consecutive=0),
+        lambda: StragglerConfig(window=0),
+        lambda: StragglerConfig(window=63),
+        lambda: StragglerConfig(window=8, min_flagged=9),
+        lambda: StragglerConfig(z=-1.0),
+        lambda: ProgressHangConfig(phase_stall_s=0),
         lambda: RankSilentConfig(min_silence_s=0),
         lambda: RankSilentConfig(min_peer_steps=0),
         lambda: ProgressHangConfig(watch_fraction=2),
@@ -236,5 +241,5 @@ def test_per_rank_state_stays_small() -> None:
     job = e.jobs["job-1"]
     straggler_entry = job.slots["straggler"]["r"][3]
     memory = job.slots["log_rules"]["mem"][3]
-    assert len(straggler_entry) == 9
+    assert len(straggler_entry) == 10
     assert len(memory) == 5 * 4
