@@ -13,7 +13,7 @@ wait in a bounded buffer while the broker is away (oldest dropped past the bound
 """
 
 from rankwatch.producers._enrich import Enricher, GpuMemory, default_enrichers, static_fields
-from rankwatch.producers._global import configure, flush, log_step, shutdown, stats
+from rankwatch.producers._global import configure, flush, log_step, phase, shutdown, stats
 from rankwatch.producers._handler import RankwatchLogHandler
 from rankwatch.producers._identity import Identity, IdentityError, resolve_identity
 from rankwatch.producers._producer import ProducerStats, RankwatchProducer
@@ -34,6 +34,7 @@ __all__ = [
     "default_enrichers",
     "flush",
     "log_step",
+    "phase",
     "resolve_identity",
     "scrub",
     "shutdown",

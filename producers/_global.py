@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, get_args
 
 from rankwatch.producers._enrich import Enricher
 from rankwatch.producers._identity import resolve_identity
 from rankwatch.producers._once import logger
 from rankwatch.producers._producer import ProducerStats, RankwatchProducer
+from rankwatch.schemas import Phase
 
 if TYPE_CHECKING:
     from rankwatch.config import Settings
@@ -96,6 +98,21 @@ def log_step(step: int, **metrics: Any) -> None:
         _warn_unconfigured()
         return
     producer.log_step(step, **metrics)
+
+
+@contextlib.contextmanager
+def phase(name: str) -> Iterator[None]:
+    """:meth:`RankwatchProducer.phase` on the configured producer: ``with rw.phase("eval"):``
+    marks an evaluation pass (or ``"checkpoint"``), so the worker does not take it for a hang.
+    Before :func:`configure` it only checks the name."""
+    producer = _producer
+    if producer is None:
+        if name not in get_args(Phase):
+            raise ValueError(f"phase must be one of {', '.join(get_args(Phase))}, got {name!r}")
+        yield
+        return
+    with producer.phase(name):
+        yield
 
 
 def flush(timeout: float = 10.0) -> int:

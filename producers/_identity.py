@@ -21,6 +21,8 @@ RANK_VARS = ("RANKWATCH_RANK", "RANK", "SLURM_PROCID")
 WORLD_SIZE_VARS = ("RANKWATCH_WORLD_SIZE", "WORLD_SIZE", "SLURM_NTASKS")
 LOCAL_RANK_VARS = ("LOCAL_RANK", "SLURM_LOCALID")
 HOST_VARS = ("RANKWATCH_HOST",)
+#: torchrun counts the times it restarted the workers: each restart is a new attempt of the job.
+ATTEMPT_VARS = ("RANKWATCH_ATTEMPT", "TORCHELASTIC_RESTART_COUNT")
 
 _JOB_ID = re.compile(JOB_ID_PATTERN)
 # torchrun's default run id when the user gave none: it says nothing about the job.
@@ -44,12 +46,15 @@ class Identity:
     world_size: int | None = None
     host: str | None = None
     local_rank: int | None = None
+    attempt: int | None = None
 
     def as_fields(self) -> dict[str, object]:
         """Fields common to step and log events (``world_size`` belongs to steps only)."""
         fields: dict[str, object] = {"job_id": self.job_id, "rank": self.rank}
         if self.host is not None:
             fields["host"] = self.host
+        if self.attempt is not None:
+            fields["attempt"] = self.attempt
         return fields
 
 
@@ -89,7 +94,7 @@ def resolve_identity(
     3
     >>> resolve_identity(env={"SLURM_JOB_ID": "4242", "SLURM_PROCID": "5", "SLURM_NTASKS": "16",
     ...                       "RANKWATCH_HOST": "n1"})
-    Identity(job_id='4242', rank=5, world_size=16, host='n1', local_rank=None)
+    Identity(job_id='4242', rank=5, world_size=16, host='n1', local_rank=None, attempt=None)
     >>> resolve_identity(env={})
     Traceback (most recent call last):
     ...
@@ -122,4 +127,11 @@ def resolve_identity(
     if host is None:
         found = _first(env, HOST_VARS)
         host = found[1] if found else socket.gethostname()
-    return Identity(job_id, rank, world_size, host, _int_from_env(env, LOCAL_RANK_VARS, 0))
+    return Identity(
+        job_id,
+        rank,
+        world_size,
+        host,
+        _int_from_env(env, LOCAL_RANK_VARS, 0),
+        _int_from_env(env, ATTEMPT_VARS, 0),
+    )

@@ -12,9 +12,9 @@ import atexit
 import collections
 import contextlib
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 from pydantic import ValidationError
 
@@ -23,12 +23,13 @@ from rankwatch.producers._identity import Identity
 from rankwatch.producers._once import LogOnce
 from rankwatch.producers._scrub import Scrubber
 from rankwatch.producers._sender import Prepared, Sender
-from rankwatch.schemas import LogEvent, StepEvent, encode
+from rankwatch.schemas import LogEvent, Phase, StepEvent, encode
 
 if TYPE_CHECKING:
     from rankwatch.config import Settings
 
 _now = time.time
+_PHASES: tuple[str, ...] = get_args(Phase)
 _NUMERIC_FIELDS = (
     "step",
     "loss",
@@ -171,6 +172,8 @@ class RankwatchProducer:
         self._errors = 0
         self._closed = False
         self.last_step: int | None = None
+        #: The phase set by :meth:`phase` (None: training), stamped on every event meanwhile.
+        self.current_phase: str | None = None
         self._sender: Sender | None = None
         self._flush_on_exit_s = flush_on_exit_s
         if start:
@@ -230,6 +233,8 @@ class RankwatchProducer:
                 event["compute_time_s"] = compute_time_s
             if extra:
                 event.update(extra)
+            if self.current_phase is not None:
+                event["phase"] = self.current_phase
             if isinstance(step, int):
                 self.last_step = step
             for enrich in self._enrichers:
@@ -246,10 +251,12 @@ class RankwatchProducer:
         logger: str | None = None,
         step: int | None = None,
         timestamp: float | None = None,
+        phase: str | None = None,
     ) -> None:
         """Record one log message (a whole record: put a traceback inside it). Never raises.
 
-        ``step`` defaults to the last step given to :meth:`log_step`."""
+        ``step`` defaults to the last step given to :meth:`log_step`, ``phase`` to the one
+        :meth:`phase` set."""
         try:
             event: EventDict = {
                 "kind": "log",
@@ -262,11 +269,41 @@ class RankwatchProducer:
             step = self.last_step if step is None else step
             if step is not None:
                 event["step"] = step
+            phase = self.current_phase if phase is None else phase
+            if phase is not None:
+                event["phase"] = phase
             for enrich in self._enrichers:
                 event = self._enrich(enrich, event)
             self._put(event)
         except Exception as error:
             self._internal_error("log", error)
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Mark what the job does meanwhile: ``"eval"`` or ``"checkpoint"``.
+
+        The worker expects no training step then (a long evaluation pass is not a hang) and
+        judges no step metric reported meanwhile. A record says where the phase begins and
+        ends (one each), so the worker knows even when no step is reported during it::
+
+            with rw.phase("eval"):
+                metrics = evaluate(model, val_loader)
+        """
+        if name not in _PHASES:
+            raise ValueError(f"phase must be one of {', '.join(_PHASES)}, got {name!r}")
+        outer = self.current_phase
+        self.current_phase = name
+        self.log("INFO", f"rankwatch: phase {name} begins", logger="rankwatch")
+        try:
+            yield
+        finally:
+            self.current_phase = outer
+            self.log(
+                "INFO",
+                f"rankwatch: phase {name} ends",
+                logger="rankwatch",
+                phase=outer or "train",
+            )
 
     def _enrich(self, enrich: Enricher, event: EventDict) -> EventDict:
         try:

@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+import rankwatch.producers as rw
 from rankwatch.producers import (
     Identity,
     IdentityError,
@@ -117,3 +118,32 @@ def test_hot_path_never_raises_and_counts() -> None:
     stats = producer.stats()
     assert stats.buffered == 100 - 10 and stats.dropped == 1001 - 90
     assert stats.errors == 1001  # the enricher failed each time, logged once
+
+
+def test_the_attempt_comes_from_torchruns_restart_count() -> None:
+    env = {"RANKWATCH_JOB_ID": "j", "RANK": "1", "WORLD_SIZE": "2"}
+    assert resolve_identity(env=env).attempt is None
+    restarted = resolve_identity(env={**env, "TORCHELASTIC_RESTART_COUNT": "2"})
+    assert restarted.attempt == 2
+    assert restarted.as_fields()["attempt"] == 2
+    with pytest.raises(IdentityError, match=r"\$TORCHELASTIC_RESTART_COUNT='x' is not an integer"):
+        resolve_identity(env={**env, "TORCHELASTIC_RESTART_COUNT": "x"})
+
+
+def test_a_phase_marks_its_records_and_steps_and_ends() -> None:
+    with capture_events(job_id="j1", rank=0) as events:
+        rw.log_step(10, loss=2.0)
+        with rw.phase("eval"):
+            rw.log_step(10, loss=1.9)
+        rw.log_step(11, loss=2.0)
+    seen = [(e.kind, e.phase, getattr(e, "message", None)) for e in events]
+    assert seen == [
+        ("step", None, None),
+        ("log", "eval", "rankwatch: phase eval begins"),
+        ("step", "eval", None),
+        ("log", "train", "rankwatch: phase eval ends"),
+        ("step", None, None),
+    ]
+    bad = "phase must be one of train, eval, checkpoint, got 'evaluate'"
+    with pytest.raises(ValueError, match=bad), rw.phase("evaluate"):
+        pass
