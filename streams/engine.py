@@ -429,7 +429,9 @@ class Engine:
                 self._apply(job, on_flush(job, job.slots[jd.name]), out)
         self.book.flush(job, out)
         now = event.epoch
-        ended = max(job.watermark, order.high)
+        # The previous attempt's last step (its records may have run on: a relaunch's start-up
+        # logs before the first step that shows the restart).
+        ended = max([-_INF, *(rs.got_step_time for rs in job.ranks.values())])
         last_step = max([job.max_step, *(rs.got_step for rs in job.ranks.values())])
         self.book.close_all(job, now, f"the job restarted (attempt {job.attempt + 1})", out)
         fresh = JobState(

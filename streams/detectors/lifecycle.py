@@ -11,7 +11,7 @@ problem of its own. The engine starts each attempt with fresh state (see
 ...     restart={"last_step": 237, "ended": 1000.0, "world_size": 8, "ranks": 8,
 ...              "reported_attempt": 1})
 >>> [f.summary for f in JobRestarted().on_tick(job, {}, 1300.0)]  # doctest: +ELLIPSIS
-['job restarted (attempt 1): resumed at step 200 after 300 s down; ... 38 steps ...']
+['job restarted (attempt 1): resumed at step 200, 300 s after its last step; ... 38 steps ...']
 """
 
 from __future__ import annotations
@@ -70,8 +70,8 @@ class JobRestarted:
             else ""
         )
         summary = (
-            f"job restarted (attempt {job.attempt}): resumed at step {resumed} after {down:.0f} s "
-            f"down; the previous attempt reached step {last}, so {lost} steps are computed "
+            f"job restarted (attempt {job.attempt}): resumed at step {resumed}, {down:.0f} s "
+            f"after its last step; the previous attempt reached step {last}, so {lost} steps are computed "
             f"again{resized}. Check why it stopped (the alerts before this one)"
         )
         return (

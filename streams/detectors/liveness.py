@@ -20,6 +20,7 @@ from rankwatch.streams.findings import Finding, Outcome, Resolution
 
 _PERIOD_ALPHA = 0.1  # EWMA weight of one new step period
 _PERIOD_CLAMP = 4.0  # one sample may move the estimate by at most this factor (a checkpoint)
+_DOWN = "down"  # progress_hang's watch while the job was silent: disarmed until its next step
 
 
 class StepPeriod:
@@ -304,6 +305,8 @@ class ProgressHangDetector:
     def on_tick(self, job: JobState, state: dict[str, Any], now: float) -> Iterable[Outcome]:
         cfg = self.config
         last = state["ms"]
+        last_tick = state.get("tick")  # older snapshots lack it
+        state["tick"] = now
         if last < 0:
             return ()
         if state["firing"] >= 0:
@@ -314,16 +317,25 @@ class ProgressHangDetector:
         if now <= state["mt"]:
             return ()
         threshold = max(cfg.min_stall_s, cfg.step_periods * state["period"])
-        last_tick = state.get("tick") or now  # older snapshots lack it
-        state["tick"] = now
-        if state["watch"] is None or now - last_tick > cfg.watch_fraction * threshold:
-            # Watch from here: the first tick of the stall, or the first after a silence of
-            # the whole job (it was down, or its stream was): events must keep arriving.
-            state["watch"] = now
+        gap = now - last_tick if last_tick is not None else 0.0
+        if gap >= threshold:
+            # The whole job said nothing for as long as the bound: it was down (a relaunch
+            # loading its model logs, then steps) or its stream was; not hung while talking.
+            # Wait for its next step.
+            state["watch"] = _DOWN
+        watch = state["watch"]
+        if watch == _DOWN:
+            return ()
+        if watch is None or gap > cfg.watch_fraction * threshold:
+            # Watch from here, the first tick of the stall or the first after a long silence:
+            # events must keep arriving for a while.
+            state["watch"] = watch = now
         if job.phase != "train":
             threshold = max(threshold, cfg.phase_stall_s)
-        stalled = now - state["mt"]
-        if stalled <= threshold or now - state["watch"] < cfg.watch_fraction * threshold:
+        # A stall counts from the last step or the last change of phase, whichever is later:
+        # the first step after an evaluation is a step's time after its end.
+        stalled = now - max(state["mt"], job.phase_since)
+        if stalled <= threshold or now - watch < cfg.watch_fraction * threshold:
             return ()
         state["firing"] = last
         return (self._finding(job, state, now, stalled, threshold),)
