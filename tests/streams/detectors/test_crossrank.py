@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterator
 from typing import Any
@@ -111,6 +112,58 @@ def test_throughput_that_falls_alone_is_a_straggler() -> None:
 
     fired = firing(run(healthy_run(ranks=8, steps=40, seed=5, fault=fault)), "straggler")
     assert [(a.ranks, a.evidence["component"]) for a in fired] == [([2], "throughput")]
+
+
+def data_wait(slow_rank: int, *, factor: float = 1.0, plus_share: float = 0.0) -> Fault:
+    """A job whose data wait is ~7% of its ~0.86 s step, heavy-tailed; ``slow_rank`` waits
+    ``factor`` x as long plus ``plus_share`` of the step, from step 10."""
+
+    def fault(rank: int, step: int, m: dict[str, Any]) -> None:
+        rng = random.Random(step * 100_003 + rank)
+        m["compute_time_s"] = 0.8 * (1 + rng.gauss(0, 0.02))
+        m["data_time_s"] = 0.06 * rng.lognormvariate(0, 0.3)
+        m["step_time_s"] = 0.86
+        if rank == slow_rank and step >= 10:
+            m["data_time_s"] = m["data_time_s"] * factor + plus_share * 0.86
+
+    return fault
+
+
+def test_a_slow_data_loader_that_costs_the_job_little_is_not_a_straggler() -> None:
+    # 1.5x its peers' data wait: +0.03 s, 3.5% of the step, under the 5% materiality bound.
+    fault = data_wait(slow_rank=5, factor=1.5)
+    assert run(healthy_run(ranks=64, steps=200, seed=3, fault=fault)) == []
+
+
+def test_a_slow_data_loader_that_costs_the_job_a_fifth_is_a_straggler() -> None:
+    fault = data_wait(slow_rank=5, plus_share=0.2)
+    fired = firing(run(healthy_run(ranks=64, steps=200, seed=3, fault=fault)))
+    assert [(a.rule, a.ranks, a.evidence["component"]) for a in fired] == [
+        ("straggler", [5], "data")
+    ]
+    a = fired[0]
+    assert 0.18 < a.evidence["share_of_step"] < 0.3
+    assert 10 <= a.step <= 20  # type: ignore[operator]
+    assert "of the job's 0.860 s step" in a.summary
+
+
+def test_the_bar_rises_with_the_number_of_ranks_compared() -> None:
+    # A 20% straggler in a job whose compute jitters 5% (4 deviations): among 8 ranks it stands
+    # out; among 1,024 the slowest healthy ranks are about as far out, and the bar says so.
+    def noisy(slow_rank: int) -> Fault:
+        def fault(rank: int, step: int, m: dict[str, Any]) -> None:
+            rng = random.Random(step * 100_003 + rank)
+            m["compute_time_s"] = 0.8 * (1 + rng.gauss(0, 0.05)) * (1.2 if rank == slow_rank else 1)
+            m["data_time_s"] = 0.01
+            m["step_time_s"] = 0.9
+
+        return fault
+
+    small = firing(run(healthy_run(ranks=8, steps=80, seed=3, fault=noisy(2))))
+    big = run(healthy_run(ranks=1024, steps=30, seed=3, fault=noisy(-1)))
+    assert [a.ranks for a in small] == [[2]]
+    assert small[0].evidence["bar_deviations"] == pytest.approx(1 + math.sqrt(2 * math.log(8)), abs=1e-3)
+    assert big == []
 
 
 def test_a_single_slow_step_is_not_a_straggler() -> None:
