@@ -71,8 +71,8 @@ class JobRestarted:
         )
         summary = (
             f"job restarted (attempt {job.attempt}): resumed at step {resumed}, {down:.0f} s "
-            f"after its last step; the previous attempt reached step {last}, so {lost} steps are computed "
-            f"again{resized}. Check why it stopped (the alerts before this one)"
+            f"after its last step; the previous attempt reached step {last}, so {lost} steps "
+            f"are computed again{resized}. Check why it stopped (the alerts before this one)"
         )
         return (
             Finding(

@@ -1,4 +1,4 @@
-"""``memory_growth``: GPU memory growing monotonically over a window, through allocator noise.
+"""``memory_growth``: GPU memory growing steadily over many windows, through allocator noise.
 
 Raw memory readings are useless step to step: the caching allocator produces a sawtooth
 (activations pile up within a step or an accumulation cycle and are released), readings are
@@ -6,15 +6,17 @@ sampled at arbitrary points of it, and a rank that sits at 98% is simply full, n
 A leak shows in the *lows*: what is left after each release keeps rising.
 
 So the stream is cut into windows of ``window_steps`` reports and only each window's minimum is
-kept. The rule fires when the last ``windows`` minima each rose by more than a noise margin
-(``min_rise_mb``) and the rise since the streak began is meaningful: at least ``min_total_mb``,
-``min_total_fraction`` of the level, and ``noise_z`` standard deviations of the minima's own
-noise. That noise is estimated from the minima's *second* differences, which a steady leak does
-not move (a leak is a constant first difference), so a leak cannot hide itself by raising it.
-The streak can be longer than ``windows``: a slow leak fires once it has added up, a fast one
-(+50 MB/step) within ~4 windows (a few dozen steps). A sawtooth whose period fits in a window
-leaves the minima flat, so it never counts. (A leak much slower than the noise of the minima
-never shows a clean streak; it is out of reach of this rule by design.)
+kept, the last ``windows`` of them. Their trend is the Theil-Sen slope (the median of the
+slopes between every pair: one odd window cannot tilt it), and their noise the robust spread of
+what is left around that line (1.4826 x the median absolute residual), so each rank is judged
+against the noise its own memory shows. The trend is *significant* when the rise it fits over
+the windows is at least ``noise_z`` of those deviations; the rule fires when a significant
+trend has added up, since it began, to something that matters: ``min_total_mb`` and
+``min_total_fraction`` of the level. A fast leak (+50 MB/step) fires within ~5 windows, a slow
+one once it has added up; a sawtooth whose period fits in a window leaves the lows flat, a
+one-time step up (a new buffer) fits no line, and white noise or a slow wave of the allocator
+moves the lows by less than their own spread. (A leak much slower than the noise of the lows is
+out of reach by design.)
 
 The series is ``gpu_memory_allocated_mb`` if reported, else ``gpu_memory_reserved_mb``, else
 ``gpu_memory_usage`` (percent, with the ``*_pct`` margins). A switch of series starts over.
@@ -30,6 +32,7 @@ from typing import ClassVar
 from rankwatch.schemas import Action, Severity, StepEvent
 from rankwatch.streams.detectors import _metric_config as check
 from rankwatch.streams.detectors.base import JobState, RankState
+from rankwatch.streams.exceptions import DetectorConfigError
 from rankwatch.streams.findings import Finding, Outcome, Resolution
 
 _NOTHING: tuple[()] = ()
@@ -38,11 +41,17 @@ _INF = math.inf
 # The series, in order of preference: allocated is the truest view of live tensors; reserved
 # includes the allocator's cache; percent (nvidia-smi) is coarsest.
 _ALLOCATED, _RESERVED, _PERCENT = 1, 2, 3
-# For white noise of s.d. sigma in the minima, E|second difference| = sqrt(6) sigma sqrt(2/pi)
-# and a first difference has s.d. sqrt(2) sigma: the ratio of the two.
-_DIFF_SD_PER_MEAN_ABS_D2 = math.sqrt(2) / (math.sqrt(6) * math.sqrt(2 / math.pi))
-_NOISE_SEED = 4  # second differences averaged before the EWMA takes over
-_NOISE_ALPHA = 0.1
+_MAD_TO_SD = 1.4826  # a normal distribution's s.d. per median absolute deviation
+# The residual spread of a Theil-Sen fit to n points underestimates their s.d. (the line takes
+# some of it): this factor undoes that for n = 4..16 (measured: 40,000 fits of normal noise).
+_UNBIAS = {4: 1.847, 5: 1.727, 6: 1.553, 7: 1.359, 8: 1.314, 9: 1.25, 10: 1.221, 11: 1.183,
+           12: 1.17, 13: 1.149, 14: 1.142, 15: 1.124, 16: 1.117}  # fmt: skip
+# For white noise of s.d. sigma, E|second difference| = sqrt(6) sigma sqrt(2/pi).
+_ABS_D2_PER_SD = math.sqrt(6) * math.sqrt(2 / math.pi)
+_D2_SEED = 16  # second differences averaged plainly before the EWMA takes over
+_D2_ALPHA = 0.05
+_D2_EFFECTIVE = 40  # about as many samples as the EWMA averages over (2 / alpha)
+_D2_BEFORE_JUDGING = 10  # second differences seen before a trend may be called significant
 _SERIES = {
     _ALLOCATED: "gpu_memory_allocated_mb",
     _RESERVED: "gpu_memory_reserved_mb",
@@ -56,21 +65,26 @@ class MemoryGrowthConfig:
 
     #: Reports per window; a sawtooth with a period up to this long leaves the minima flat.
     window_steps: int = 10
-    #: Window minima that must each rise over the one before (``windows - 1`` rises).
-    windows: int = 4
+    #: Window minima the trend is fitted over.
+    windows: int = 8
     #: Reports ignored at the start: optimizer state and the allocator's pool grow then.
     warmup_steps: int = 20
-    #: A window minimum counts as a rise only above the previous one by more than this.
-    min_rise_mb: float = 8.0
-    #: Total rise over the streak must reach ``min_total_mb`` ...
+    #: A trend is significant when the rise it fits over ``windows`` is at least ``noise_z``
+    #: robust standard deviations of the minima around it ...
+    noise_z: float = 6.0
+    #: ... in this many consecutive windows (a one-time step up of the lows looks like a
+    #: trend in three fits, while the step is in the middle of the windows, and noise may add
+    #: one or two); or, for
+    #: a fast leak, each of the last three lows above the one before by more than the noise
+    #: and ``noise_z`` of it together, two windows running (a step up is one such rise, a
+    #: low from the top of its tail falls back; a fast leak makes each) ...
+    persist_windows: int = 6
+    #: ... and it fires once it has added up, since it began, to ``min_total_mb`` ...
     min_total_mb: float = 256.0
     #: ... and this fraction of the level (1% of an 80 GB card is 800 MB).
     min_total_fraction: float = 0.01
-    #: The same two margins for the percent series, in percentage points.
-    min_rise_pct: float = 0.05
+    #: The same for the percent series, in percentage points.
     min_total_pct: float = 1.0
-    #: ... and ``noise_z`` x the standard deviation of the difference of two window minima.
-    noise_z: float = 5.0
     #: Resolved after this many windows in a row whose low is no new high (beyond noise).
     recover_windows: int = 3
     #: While the incident lasts, re-report it this often (event time) so it does not expire.
@@ -80,14 +94,17 @@ class MemoryGrowthConfig:
 
     def __post_init__(self) -> None:
         check.count(self, "window_steps", self.window_steps, minimum=2)
-        check.count(self, "windows", self.windows, minimum=2)
+        check.count(self, "windows", self.windows, minimum=4)
+        if self.windows > 16:
+            raise DetectorConfigError(
+                f"MemoryGrowthConfig.windows must be <= 16, got {self.windows}"
+            )
         check.count(self, "warmup_steps", self.warmup_steps, minimum=0)
-        check.non_negative(self, "min_rise_mb", self.min_rise_mb)
+        check.non_negative(self, "noise_z", self.noise_z)
+        check.count(self, "persist_windows", self.persist_windows)
         check.positive(self, "min_total_mb", self.min_total_mb)
         check.non_negative(self, "min_total_fraction", self.min_total_fraction)
-        check.non_negative(self, "min_rise_pct", self.min_rise_pct)
         check.positive(self, "min_total_pct", self.min_total_pct)
-        check.non_negative(self, "noise_z", self.noise_z)
         check.count(self, "recover_windows", self.recover_windows)
         check.positive(self, "refresh_s", self.refresh_s)
         check.severity_action(self, self.severity, self.action)
@@ -102,15 +119,15 @@ class MemoryState:
     win_min: float = _INF  # minimum of the window being filled
     win_min_step: int = -1
     win_n: int = 0
-    prev_min: float = math.nan  # minimum of the last closed window
-    prev_step: int = -1
-    rises: int = 0  # consecutive closed windows whose minimum rose
-    start_min: float = 0.0  # minimum just before the streak of rises
-    start_step: int = -1
     minima: list[float] = field(default_factory=list)  # last `windows` closed-window minima
-    prev_delta: float = math.nan  # last difference of consecutive minima
-    noise: float = 0.0  # mean |second difference| of the minima (trend-free noise)
-    noise_n: int = 0
+    trend_from: float = math.nan  # fitted low where the significant trend began (nan: none)
+    trend_step: int = -1  # the step it began at
+    trend_fits: int = 0  # consecutive fits in which the trend was significant
+    steady_fits: int = 0  # consecutive windows each a clear rise over the three before
+    noise: float = 0.0  # robust s.d. of the minima around their trend, at the last window
+    prev_delta: float = math.nan  # last difference of consecutive lows
+    d2_mean: float = 0.0  # mean |second difference| of the lows: their long-run noise
+    d2_n: int = 0  # second differences averaged (capped at _D2_EFFECTIVE)
     active: bool = False
     peak: float = 0.0  # highest window minimum of the open incident
     calm: int = 0  # closed windows in a row without a new peak while active
@@ -163,47 +180,72 @@ class MemoryGrowth:
             setattr(s, name, getattr(fresh, name))
 
     def _close_window(self, rank: RankState, s: MemoryState, event: StepEvent) -> Iterable[Outcome]:
-        """Once per ``window_steps`` reports: compare this window's low with the last one's."""
+        """Once per ``window_steps`` reports: refit the trend of the last window minima."""
         c = self.config
         low, low_step = s.win_min, s.win_min_step
         s.win_min, s.win_n = _INF, 0
         minima = s.minima
+        if minima:
+            self._learn_noise(s, low - minima[-1])
         if len(minima) >= c.windows:
             del minima[0]
         minima.append(low)
-        prev, prev_step = s.prev_min, s.prev_step
-        s.prev_min, s.prev_step = low, low_step
-        if prev != prev:  # nan: the first window, nothing to compare with
+        if len(minima) < c.windows:
             return _NOTHING
-        delta = low - prev
-        self._learn_noise(s, delta)
-        percent = s.series == _PERCENT
-        margin = c.min_rise_pct if percent else c.min_rise_mb
-        rising = delta > margin
-        if rising:
-            if s.rises == 0:
-                s.start_min, s.start_step = prev, prev_step
-            s.rises += 1
-        else:
-            s.rises = 0
+        if not s.active and low <= minima[0] and s.trend_from != s.trend_from:
+            return _NOTHING  # no higher than the oldest low: no rising trend to fit (cheap)
+        slope, base, noise = _trend(minima)
+        # The noise is the rank's long-run noise, from every second difference of its lows so
+        # far: eight points alone give a noisy spread, and a run of them may line up by chance.
+        # Taken at an upper bound: a mean of n |second differences| is uncertain by about
+        # 0.76 / sqrt(n) of itself (half-normal), and a rank's first windows are few.
+        n = s.d2_n
+        if n < _D2_BEFORE_JUDGING:
+            return _NOTHING
+        long_run = s.d2_mean / _ABS_D2_PER_SD * (1.0 + 2.0 / math.sqrt(n))
+        # Where the line fits badly (the lows curve, or a leak began inside the windows) the
+        # residual spread is not noise but misfit: it counts at half weight.
+        noise = s.noise = max(0.5 * noise * _UNBIAS[len(minima)], long_run)
         if s.active:
             # Over when the lows stop making new highs (beyond noise), not when one window
             # happens to dip: noisy minima go up as often as down once the leak has stopped.
-            if low > s.peak + max(margin, 2.0 * _DIFF_SD_PER_MEAN_ABS_D2 * s.noise):
+            if low > s.peak + 2.0 * noise:
                 s.peak = low
                 s.calm = 0
             else:
                 s.calm += 1
                 if s.calm >= c.recover_windows:
                     return self._resolve(rank, s, low, event)
-        if not rising:
-            return _NOTHING
-        if s.rises < c.windows - 1:
-            return _NOTHING
-        total = low - s.start_min
+        percent = s.series == _PERCENT
         need = c.min_total_pct if percent else max(c.min_total_mb, c.min_total_fraction * low)
-        if total < need or total < c.noise_z * _DIFF_SD_PER_MEAN_ABS_D2 * s.noise:
+        rise = slope * (len(minima) - 1)
+        significant = slope > 0 and rise >= c.noise_z * noise
+        # A fast leak shows sooner than the fitted line (which needs the lows from before the
+        # leak to leave the windows): each of the last three lows clearly above the one before,
+        # and the three rises together beyond the noise. A step up of the lows is one rise.
+        climb = low - minima[-4]
+        steady = climb >= max(need, c.noise_z * long_run) and all(
+            minima[i] - minima[i - 1] > long_run for i in range(len(minima) - 3, len(minima))
+        )
+        if not (significant or steady):
+            s.trend_from = math.nan  # no trend (any more): a later one starts afresh
+            s.trend_fits = s.steady_fits = 0
             return _NOTHING
+        s.trend_fits = s.trend_fits + 1 if significant else 0
+        s.steady_fits = s.steady_fits + 1 if steady else 0
+        if s.trend_from != s.trend_from:
+            if significant:
+                s.trend_from = base
+                # It began a window before the first low clearly above the oldest one.
+                bar = minima[0] + 2.0 * noise
+                k = next((i for i, m in enumerate(minima) if m > bar), len(minima) - 1)
+                s.trend_step = low_step - (len(minima) - max(k, 1)) * c.window_steps
+            else:
+                s.trend_from = minima[-4]
+                s.trend_step = low_step - 3 * c.window_steps
+        total = max(base + rise, low) - s.trend_from
+        if total < need or not (s.steady_fits >= 2 or s.trend_fits >= c.persist_windows):
+            return _NOTHING  # (twice steady: one window low from the top of its tail is not)
         now = event.epoch
         if s.active:
             if now - s.reported_at < c.refresh_s:
@@ -213,25 +255,24 @@ class MemoryGrowth:
             s.peak = low
             s.calm = 0
         s.reported_at = now
-        return (self._finding(rank, s, low, low_step, event, now),)
+        return (self._finding(rank, s, low, low_step, slope, total, event, now),)
 
     @staticmethod
     def _learn_noise(s: MemoryState, delta: float) -> None:
-        """Track the mean absolute second difference of the minima (a mean, then an EWMA)."""
+        """Average |second difference| of the lows (a mean, then an EWMA): a steady leak does
+        not move it (a leak is a constant first difference); heavy tails do, as they should."""
         last = s.prev_delta
         s.prev_delta = delta
         if last != last:
             return
         d2 = abs(delta - last)
-        n = s.noise_n
-        if n < _NOISE_SEED:
-            s.noise += (d2 - s.noise) / (n + 1)
-            s.noise_n = n + 1
-            return
-        cap = 3.0 * s.noise  # one step change of the level gives two big d2: clip them
-        if s.noise > 0.0 and d2 > cap:
-            d2 = cap
-        s.noise += _NOISE_ALPHA * (d2 - s.noise)
+        n = s.d2_n
+        if n < _D2_SEED:
+            s.d2_mean += (d2 - s.d2_mean) / (n + 1)
+        else:
+            s.d2_mean += _D2_ALPHA * (d2 - s.d2_mean)
+        if n < _D2_EFFECTIVE:
+            s.d2_n = n + 1
 
     def _resolve(
         self, rank: RankState, s: MemoryState, low: float, event: StepEvent
@@ -258,21 +299,24 @@ class MemoryGrowth:
         s: MemoryState,
         low: float,
         low_step: int,
+        slope: float,
+        total: float,
         event: StepEvent,
         now: float,
     ) -> Finding:
         c = self.config
         r = rank.rank
-        total = low - s.start_min
-        steps = low_step - s.start_step
-        slope = total / steps if steps > 0 else math.nan
+        steps = low_step - s.trend_step
+        per_step = total / steps if steps > 0 else slope / c.window_steps
         series = _SERIES[s.series]
         unit = "%" if s.series == _PERCENT else " MB"
+        start = s.trend_from
         summary = (
-            f"rank {r}: GPU memory lows rose {s.rises} windows in a row since step "
-            f"{s.start_step}, {s.start_min:.0f}{unit} -> {low:.0f}{unit} "
-            f"(+{slope:.3g}{unit}/step, {series}); likely a leak: tensors kept across steps "
-            f"(a loss without .item(), a growing cache or list), it will run out of memory"
+            f"rank {r}: GPU memory lows rising steadily since step {s.trend_step}, "
+            f"{start:.0f}{unit} -> {low:.0f}{unit} (+{per_step:.3g}{unit}/step, {series}, "
+            f"{total / s.noise if s.noise > 0 else math.inf:.0f}x its noise); likely a leak: "
+            f"tensors kept across steps (a loss without .item(), a growing cache or list), it "
+            f"will run out of memory"
         )
         return Finding(
             rule=self.name,
@@ -280,18 +324,37 @@ class MemoryGrowth:
             severity=c.severity,
             event_time=now,
             summary=summary,
-            step=s.start_step,
+            step=s.trend_step,
             evidence={
                 "series": series,
                 "window_minima": list(s.minima),
                 "window_steps": c.window_steps,
-                "start_minimum": s.start_min,
+                "start_minimum": start,
                 "current_minimum": low,
                 "rise": total,
-                "rising_windows": s.rises,
-                "slope_per_step": slope,
-                "minima_diff_sd": _DIFF_SD_PER_MEAN_ABS_D2 * s.noise,
+                "slope_per_step": per_step,
+                "minima_noise_sd": s.noise,
                 "step": event.step,
             },
             action=c.action,
         )
+
+
+def _trend(minima: list[float]) -> tuple[float, float, float]:
+    """Theil-Sen fit of the minima against their index: (slope per window, the fitted value at
+    the first, the robust s.d. of the residuals, before the small-sample correction).
+
+    >>> _trend([10.0, 12.0, 14.0, 16.0, 99.0, 20.0, 22.0, 24.0])
+    (2.0, 10.0, 0.0)
+    """
+    n = len(minima)
+    slopes = sorted(
+        (minima[j] - minima[i]) / (j - i) for i in range(n - 1) for j in range(i + 1, n)
+    )
+    half = len(slopes) // 2
+    slope = slopes[half] if len(slopes) % 2 else 0.5 * (slopes[half - 1] + slopes[half])
+    residuals = sorted(m - slope * i for i, m in enumerate(minima))
+    base = residuals[n // 2] if n % 2 else 0.5 * (residuals[n // 2 - 1] + residuals[n // 2])
+    spread = sorted(abs(x - base) for x in residuals)
+    mad = spread[n // 2] if n % 2 else 0.5 * (spread[n // 2 - 1] + spread[n // 2])
+    return slope, base, _MAD_TO_SD * mad

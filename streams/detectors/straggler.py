@@ -61,10 +61,10 @@ class StragglerConfig:
 
     ``materiality`` 0.05: the job loses 5% of its time to this one rank, every step: on a
     1,024-GPU job that is 50 GPUs' worth. ``z`` 1.0 deviation on top of the expected maximum
-    of the job's own noise (8 ranks: 3.0 deviations; 1,024: 4.7), with persistence on top: a
-    rank of pure noise is flagged in 6 of 8 evaluations with odds of about 1e-12. ``window`` 8 evaluations of which ``min_flagged`` 6: a fault, not a
-    run of bad luck. ``warmup_samples`` 5: compile and warm-up steps vary across ranks.
-    ``min_excess_s`` 0.01: below that, sub-millisecond timer noise.
+    of the job's own noise (8 ranks: 3.0 deviations; 1,024: 4.7). ``window`` 8 evaluations of
+    which ``min_flagged`` 6: a rank of pure noise flagged at 2% of its evaluations gets there
+    with odds of about 1e-9 per evaluation. ``warmup_samples`` 5: compile and warm-up steps
+    vary across ranks. ``min_excess_s`` 0.01: below that, timer noise.
     """
 
     materiality: float = 0.05

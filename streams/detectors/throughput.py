@@ -1,16 +1,21 @@
-"""``throughput_drop``: throughput below 70% of its recent mean for 3 or more consecutive steps.
+"""``throughput_drop``: the rank's recent throughput below 70% of its longer-run mean.
 
-What normal training does that must not fire:
+A drop that matters is one the job keeps paying: the input pipeline stalls, the interconnect
+degrades, a GPU throttles. So two levels are kept per rank: the *recent* level (an EWMA over
+about ``1 / recent_alpha`` = 5 steps) and the *baseline* (a slow EWMA over ~50 steps). The rule
+fires when the recent level stays below ``drop_ratio`` x the baseline for ``drop_steps``
+consecutive steps and at least ``drop_s`` seconds of event time. What normal training does that
+must not fire:
 
 - the first steps are slow (CUDA/NCCL init, ``torch.compile``, autotuning, the data loader
-  filling its queue): the first ``warmup_steps`` reports are ignored, and the mean is then
+  filling its queue): the first ``warmup_steps`` reports are ignored, and the baseline is then
   seeded with the *median* of ``seed_steps`` reports, so one odd report there cannot skew it;
-- a checkpoint save slows one step of every rank: the 3-step rule ignores it, and a report
-  below the threshold is never folded into the mean, so the slow step cannot drag the
-  baseline down (which would hide a real drop that follows, or make the next normal step look
-  like a spike). Reports far *above* the mean are clipped for the same reason.
-
-The mean is an EWMA ("recent"), frozen while the rank is below the threshold.
+- a checkpoint save, a garbage-collection or logging pause on one rank (which every rank of a
+  synchronous job waits for): one slow step moves the recent level by at most ``recent_alpha``
+  x (1 - ``floor``), and a few in a row, each on another rank, are averaged with the steps
+  around them instead of counted as a streak. Pauses that come often are part of the baseline;
+- while the recent level is low the baseline is frozen, so a real drop does not become the new
+  normal; reports far above the baseline are clipped for the same reason.
 """
 
 from __future__ import annotations
@@ -33,19 +38,26 @@ _NOTHING: tuple[()] = ()
 class ThroughputDropConfig:
     """Thresholds of ``throughput_drop`` (seed rule: < 70% of the previous mean for 3 steps)."""
 
-    #: A report below ``drop_ratio`` x the recent mean is low.
+    #: The recent level below ``drop_ratio`` x the baseline is low.
     drop_ratio: float = 0.7
-    #: Consecutive low reports before firing; 1-2 are a checkpoint save or a GC pause.
+    #: Consecutive low steps before firing ...
     drop_steps: int = 3
+    #: ... spanning at least this much event time (a drop the job keeps paying for).
+    drop_s: float = 5.0
     #: Reports ignored at the start: init, compile and warm-up steps.
     warmup_steps: int = 10
-    #: Reports after the warm-up whose median seeds the mean.
+    #: Reports after the warm-up whose median seeds the baseline.
     seed_steps: int = 5
-    #: EWMA weight of the recent mean.
-    alpha: float = 0.1
-    #: Reports above ``clip`` x the mean are clipped there before the update.
+    #: EWMA weight of the baseline (~50 steps) ...
+    alpha: float = 0.02
+    #: ... and of the recent level (~5 steps).
+    recent_alpha: float = 0.2
+    #: A report enters the recent level at no less than ``floor`` x the baseline: one stalled
+    #: step (a checkpoint save) cannot drag it down alone.
+    floor: float = 0.3
+    #: Reports above ``clip`` x the baseline are clipped there before the update.
     clip: float = 1.5
-    #: Resolved after this many consecutive reports back at or above the threshold.
+    #: Resolved after this many consecutive steps with the recent level back above the bar.
     recover_steps: int = 3
     #: While the incident lasts, re-report it this often (event time) so it does not expire.
     refresh_s: float = 60.0
@@ -55,9 +67,12 @@ class ThroughputDropConfig:
     def __post_init__(self) -> None:
         check.fraction(self, "drop_ratio", self.drop_ratio)
         check.count(self, "drop_steps", self.drop_steps)
+        check.non_negative(self, "drop_s", self.drop_s)
         check.count(self, "warmup_steps", self.warmup_steps, minimum=0)
         check.count(self, "seed_steps", self.seed_steps)
         check.fraction(self, "alpha", self.alpha)
+        check.fraction(self, "recent_alpha", self.recent_alpha)
+        check.fraction(self, "floor", self.floor)
         check.above_one(self, "clip", self.clip)
         check.count(self, "recover_steps", self.recover_steps)
         check.positive(self, "refresh_s", self.refresh_s)
@@ -69,15 +84,17 @@ class ThroughputState:
     """Per-rank state: a few numbers and two lists of at most a handful of floats."""
 
     seen: int = 0  # reports seen, capped at warmup_steps
-    mean: float = 0.0  # recent mean; valid once ``seed`` is consumed (``ready``)
+    mean: float = 0.0  # the baseline; valid once ``seed`` is consumed (``ready``)
     ready: bool = False
-    seed: list[float] = field(default_factory=list)  # reports collected to seed the mean
-    low: int = 0  # consecutive low reports
+    seed: list[float] = field(default_factory=list)  # reports collected to seed the baseline
+    low: int = 0  # consecutive low steps
     low_start: int = -1
     recent_low: list[float] = field(default_factory=list)  # the last <= drop_steps low values
     active: bool = False
     calm: int = 0
     reported_at: float = -math.inf
+    recent: float = 0.0  # the recent level
+    low_since: float = math.inf  # event time of the first low step of the streak
 
 
 class ThroughputDrop:
@@ -103,9 +120,10 @@ class ThroughputDrop:
             self._warm_up(s, x)
             return _NOTHING
         mean = s.mean
-        threshold = mean * c.drop_ratio
-        if x >= threshold:
-            # The common path. Clip a burst so it cannot lift the mean past normal either.
+        recent = s.recent + c.recent_alpha * (max(x, mean * c.floor) - s.recent)
+        s.recent = recent
+        if recent >= mean * c.drop_ratio:
+            # The common path. Clip a burst so it cannot lift the baseline past normal either.
             cap = mean * c.clip
             s.mean = mean + c.alpha * ((x if x < cap else cap) - mean)
             if s.low:
@@ -114,18 +132,19 @@ class ThroughputDrop:
             if s.active:
                 return self._recovering(rank, s, x, event)
             return _NOTHING
-        # Low: counted, remembered for the evidence, and kept out of the mean.
+        # Low: counted, remembered for the evidence; the baseline stays where it was.
+        now = event.epoch
         if s.low == 0:
             s.low_start = event.step
+            s.low_since = now
         s.low += 1
         s.calm = 0
         lows = s.recent_low
         if len(lows) >= c.drop_steps:
             del lows[0]
         lows.append(x)
-        if s.low < c.drop_steps:
+        if s.low < c.drop_steps or now - s.low_since < c.drop_s:
             return _NOTHING
-        now = event.epoch
         if s.active:
             if now - s.reported_at < c.refresh_s:
                 return _NOTHING
@@ -142,7 +161,7 @@ class ThroughputDrop:
         s.seed.append(x)
         if len(s.seed) >= c.seed_steps:
             ordered = sorted(s.seed)
-            s.mean = ordered[len(ordered) // 2]
+            s.mean = s.recent = ordered[len(ordered) // 2]
             s.ready = True
             s.seed.clear()
 
@@ -157,7 +176,7 @@ class ThroughputDrop:
                 rank=rank.rank,
                 event_time=event.epoch,
                 summary=(
-                    f"rank {rank.rank}: throughput back to {x:.0f} tokens/s (mean "
+                    f"rank {rank.rank}: throughput back to {s.recent:.0f} tokens/s (mean "
                     f"{s.mean:.0f}) at step {event.step}"
                 ),
             ),
@@ -171,8 +190,9 @@ class ThroughputDrop:
         mean = s.mean
         where = f" on {rank.host}" if rank.host else ""
         summary = (
-            f"rank {r}: throughput {x:.0f} tokens/s is {x / mean:.0%} of its recent mean "
-            f"{mean:.0f} for {s.low} steps since step {s.low_start}; look for NCCL timeouts, "
+            f"rank {r}: throughput {s.recent:.0f} tokens/s over its recent steps is "
+            f"{s.recent / mean:.0%} of its mean {mean:.0f}, for {s.low} steps "
+            f"({now - s.low_since:.0f} s) since step {s.low_start}; look for NCCL timeouts, "
             f"a slow data loader or a throttled GPU{where}"
         )
         return Finding(
@@ -184,6 +204,7 @@ class ThroughputDrop:
             step=s.low_start,
             evidence={
                 "throughput_tokens_per_sec": x,
+                "recent_level": s.recent,
                 "recent_mean": mean,
                 "threshold": mean * c.drop_ratio,
                 "recent_values": list(s.recent_low),

@@ -24,7 +24,7 @@ Event = StepEvent | LogEvent
 Seen = tuple[str, str, str, str, int | None, tuple[int, ...]]
 
 
-def job(scenario: str, *, ranks: int = 8, steps: int = 120, logs: bool = False) -> list[Event]:
+def job(scenario: str, *, ranks: int = 8, steps: int = 160, logs: bool = False) -> list[Event]:
     spec = JobSpec(job_id=f"ord-{scenario}", ranks=ranks, steps=steps, checkpoint_every=0, seed=7)
     events = list(simulate(spec, [SCENARIOS[scenario](at_step=40, rank=ranks // 2 - 1)]))
     return events if logs else [e for e in events if isinstance(e, StepEvent)]

@@ -162,7 +162,9 @@ def test_the_bar_rises_with_the_number_of_ranks_compared() -> None:
     small = firing(run(healthy_run(ranks=8, steps=80, seed=3, fault=noisy(2))))
     big = run(healthy_run(ranks=1024, steps=30, seed=3, fault=noisy(-1)))
     assert [a.ranks for a in small] == [[2]]
-    assert small[0].evidence["bar_deviations"] == pytest.approx(1 + math.sqrt(2 * math.log(8)), abs=1e-3)
+    assert small[0].evidence["bar_deviations"] == pytest.approx(
+        1 + math.sqrt(2 * math.log(8)), abs=1e-3
+    )
     assert big == []
 
 

@@ -48,13 +48,14 @@ def test_a_50mb_per_step_leak_fires_within_a_few_dozen_steps() -> None:
     assert isinstance(f, Finding)
     # The leak goes on: the same incident is re-reported (refresh_s), never a new one.
     assert all(isinstance(o, Finding) and o.step == f.step for _, o in out)
-    assert 200 < step <= 250
-    assert f.rank == 7 and 190 <= (f.step or 0) <= 210
+    assert 200 < step <= 260
+    assert f.rank == 7 and 180 <= (f.step or 0) <= 210
     ev = f.evidence
-    assert ev["slope_per_step"] == pytest.approx(50, rel=0.25)
+    # Window lows are read at random points of the sawtooth: the estimate is rough.
+    assert ev["slope_per_step"] == pytest.approx(50, rel=0.35)
     minima = ev["window_minima"]
-    assert len(minima) == 4 and all(b > a for a, b in itertools.pairwise(minima))
-    assert "MB/step" in f.summary and f.summary.startswith("rank 7: GPU memory lows rose")
+    assert len(minima) == 8 and all(b > a for a, b in itertools.pairwise(minima[-4:]))
+    assert "MB/step" in f.summary and f.summary.startswith("rank 7: GPU memory lows rising")
 
 
 def test_a_slow_leak_fires_in_reasonable_time() -> None:
@@ -66,7 +67,7 @@ def test_a_slow_leak_fires_in_reasonable_time() -> None:
 def test_a_leak_under_heavy_noise_still_fires() -> None:
     values = _series(600, leak_from=200, leak_mb=50.0, noise_mb=150.0)
     fired = _fired(values)
-    assert fired and fired[0] <= 260
+    assert fired and fired[0] <= 280
 
 
 @pytest.mark.parametrize("period", [1, 2, 3, 4, 7, 10])
@@ -89,7 +90,8 @@ def test_flat_high_usage_is_not_growth() -> None:
 def test_usage_percent_climbing_fires() -> None:
     values = [{"gpu_memory_usage": 60.0 + 0.1 * i + (1.0 if i % 3 else 0.0)} for i in range(300)]
     fired = _fired(values)
-    assert fired and fired[0] < 120
+    # From the first step: warm-up (20 steps), then 10 windows of 10 to learn the noise first.
+    assert fired and fired[0] < 160
 
 
 def test_reserved_is_used_when_allocated_is_not_reported() -> None:
@@ -125,8 +127,8 @@ def test_resolves_when_growth_stops() -> None:
     ("kwargs", "field"),
     [
         ({"window_steps": 1}, "window_steps"),
-        ({"windows": 1}, "windows"),
-        ({"min_rise_mb": -1.0}, "min_rise_mb"),
+        ({"windows": 3}, "windows"),
+        ({"windows": 17}, "windows"),
         ({"min_total_mb": 0.0}, "min_total_mb"),
         ({"noise_z": math.inf}, "noise_z"),
         ({"severity": "CRITICAL"}, "severity"),

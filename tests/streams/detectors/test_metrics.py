@@ -93,7 +93,7 @@ def test_leak_on_one_rank_is_one_rank_alert() -> None:
     [alert] = alerts
     assert (alert.rule, alert.scope, alert.ranks) == ("memory_growth", "rank", [5])
     assert alert.step is not None and 90 <= alert.step <= 110
-    assert alert.first_seen.timestamp() - synth.T0 <= 150  # within a few dozen steps
+    assert alert.first_seen.timestamp() - synth.T0 <= 170  # within 70 steps of its start
 
 
 def test_throughput_drop_on_every_rank_is_one_job_alert_then_resolved() -> None:
@@ -104,11 +104,12 @@ def test_throughput_drop_on_every_rank_is_one_job_alert_then_resolved() -> None:
     events = synth.healthy_run(ranks=8, steps=260, fault=slow_network)
     alerts = synth.run_engine(_engine(), events)
     assert [(a.rule, a.scope, a.status, a.step) for a in alerts] == [
-        ("throughput_drop", "job", "firing", 200),
-        ("throughput_drop", "job", "resolved", 200),
+        # The recent level (~5 steps) is under 70% from step 203, for 6 steps (5 s) when it fires.
+        ("throughput_drop", "job", "firing", 203),
+        ("throughput_drop", "job", "resolved", 203),
     ]
     assert alerts[0].alert_id == alerts[1].alert_id
-    assert alerts[0].evidence["consecutive_steps"] == 3
+    assert alerts[0].evidence["consecutive_steps"] == 6
 
 
 def _resent(events: list[StepEvent], seed: int) -> Iterator[StepEvent]:
