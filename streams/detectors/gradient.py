@@ -40,8 +40,11 @@ _NOTHING: tuple[()] = ()
 class GradientExplosionConfig:
     """Thresholds of ``gradient_explosion``."""
 
-    #: Consecutive non-finite norms (with a finite loss) before firing: 1-2 are overflow skips.
-    nonfinite_steps: int = 3
+    #: Consecutive non-finite norms (with a finite loss) before firing. A dynamic loss scaler
+    #: skips a step and halves its scale at each: after a probe of a larger scale, or a jump
+    #: of the gradients, a few skips in a row are healthy (DeepSpeed's hysteresis takes two);
+    #: six is the scale cut 64x, a scaler losing ground, not calibrating.
+    nonfinite_steps: int = 6
     #: Consecutive non-finite norms tolerated before the first finite one (scaler calibration).
     startup_overflow_steps: int = 40
     #: A spike is a finite norm above ``ratio`` x the running level ...

@@ -43,13 +43,19 @@ def test_startup_overflows_while_the_scaler_calibrates_are_ignored() -> None:
 
 
 def test_non_finite_norm_that_persists_fires() -> None:
-    values = _healthy(100) + [{"loss": 2.0, "gradient_norm": INF} for _ in range(5)]
+    values = _healthy(100) + [{"loss": 2.0, "gradient_norm": INF} for _ in range(8)]
     out = synth.drive(GradientExplosion(), synth.steps_of(values, rank=2))
     [(step, f)] = out
     assert isinstance(f, Finding)
-    assert (step, f.step, f.rank) == (102, 100, 2)
-    assert f.evidence["consecutive_steps"] == 3
-    assert "3 consecutive steps" in f.summary and f.summary.startswith("rank 2: gradient norm")
+    assert (step, f.step, f.rank) == (105, 100, 2)
+    assert f.evidence["consecutive_steps"] == 6
+    assert "6 consecutive steps" in f.summary and f.summary.startswith("rank 2: gradient norm")
+
+
+def test_a_few_overflow_skips_in_a_row_are_healthy() -> None:
+    # A probe of a larger loss scale, or a jump of the gradients: the scaler skips and halves.
+    values = _healthy(100) + [{"loss": 2.0, "gradient_norm": INF} for _ in range(5)]
+    assert synth.drive(GradientExplosion(), synth.steps_of(values + _healthy(20))) == []
 
 
 def test_non_finite_norm_with_a_non_finite_loss_fires_at_once() -> None:
@@ -109,10 +115,10 @@ def test_heavy_tailed_healthy_run_with_overflow_skips(seed: int) -> None:
 
 
 def test_resolves_when_norm_is_back() -> None:
-    values = [*_healthy(100), *({"loss": 2.0, "gradient_norm": INF} for _ in range(4))]
+    values = [*_healthy(100), *({"loss": 2.0, "gradient_norm": INF} for _ in range(7))]
     values += _healthy(5)
     out = synth.drive(GradientExplosion(), synth.steps_of(values))
-    assert _steps(out) == [(102, "Finding"), (106, "Resolution")]
+    assert _steps(out) == [(105, "Finding"), (109, "Resolution")]
     assert isinstance(out[1][1], Resolution)
 
 
