@@ -32,6 +32,10 @@ JOB = "job"
 class IncidentPolicy:
     group_wait_s: float = 2.0
     job_fraction: float = 0.5
+    #: At most this many ranks of one rule get alerts of their own at a time: more ranks with
+    #: the same fault (a loss diverging rank after rank) are one job incident, whatever share
+    #: of the job they are.
+    max_rank_alerts: int = 3
     expire_after_s: float = 600.0
     immediate_rules: frozenset[str] = field(
         default_factory=lambda: frozenset(
@@ -134,6 +138,16 @@ class IncidentBook:
         job.incidents[key] = inc
         out.append(_alert(job, inc, "firing"))
 
+    def _open_rank_ids(self, job: JobState, f: Finding) -> set[int]:
+        """Ranks with an open incident of the finding's rule (and key) of their own."""
+        prefix = f"{f.rule}|"
+        suffix = f"|{f.incident_key}"
+        out: set[int] = set()
+        for key, inc in job.incidents.items():
+            if inc["scope"] == "rank" and key.startswith(prefix) and key.endswith(suffix):
+                out |= inc["ranks"]
+        return out
+
     def _recent_rank_incidents(self, job: JobState, f: Finding) -> list[dict[str, Any]]:
         """Open rank incidents of the finding's rule that began within the grouping wait."""
         since = f.event_time - self.policy.group_wait_s
@@ -157,8 +171,12 @@ class IncidentBook:
         if first.rule in self.policy.immediate_rules:
             for inc in self._recent_rank_incidents(job, first):
                 already |= inc["ranks"]
-        if len(findings) >= 2 and len(findings) + len(already) >= self.policy.job_fraction * world:
-            ranks = set(findings) | already
+        open_ranks = self._open_rank_ids(job, first)
+        spread = len(findings) + len(open_ranks - set(findings)) > self.policy.max_rank_alerts
+        if spread or (
+            len(findings) >= 2 and len(findings) + len(already) >= self.policy.job_fraction * world
+        ):
+            ranks = set(findings) | already | open_ranks
             steps = [x.step for x in ordered if x.step is not None]
             merged = Finding(
                 rule=first.rule,

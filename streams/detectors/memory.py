@@ -51,6 +51,7 @@ _ABS_D2_PER_SD = math.sqrt(6) * math.sqrt(2 / math.pi)
 _D2_SEED = 16  # second differences averaged plainly before the EWMA takes over
 _D2_ALPHA = 0.05
 _D2_EFFECTIVE = 40  # about as many samples as the EWMA averages over (2 / alpha)
+_MIN_FIT = 8  # window minima before a first fit (then up to ``windows`` of them)
 _D2_BEFORE_JUDGING = 10  # second differences seen before a trend may be called significant
 _SERIES = {
     _ALLOCATED: "gpu_memory_allocated_mb",
@@ -65,8 +66,9 @@ class MemoryGrowthConfig:
 
     #: Reports per window; a sawtooth with a period up to this long leaves the minima flat.
     window_steps: int = 10
-    #: Window minima the trend is fitted over.
-    windows: int = 8
+    #: Window minima the trend is fitted over (from 8, as they come): a long span sees a leak
+    #: that each window's noise hides.
+    windows: int = 16
     #: Reports ignored at the start: optimizer state and the allocator's pool grow then.
     warmup_steps: int = 20
     #: A trend is significant when the rise it fits over ``windows`` is at least ``noise_z``
@@ -85,7 +87,7 @@ class MemoryGrowthConfig:
     min_total_fraction: float = 0.01
     #: The same for the percent series, in percentage points.
     min_total_pct: float = 1.0
-    #: Resolved after this many windows in a row whose low is no new high (beyond noise).
+    #: Resolved after this many windows in a row whose fitted trend is flat (within noise).
     recover_windows: int = 3
     #: While the incident lasts, re-report it this often (event time) so it does not expire.
     refresh_s: float = 60.0
@@ -94,7 +96,7 @@ class MemoryGrowthConfig:
 
     def __post_init__(self) -> None:
         check.count(self, "window_steps", self.window_steps, minimum=2)
-        check.count(self, "windows", self.windows, minimum=4)
+        check.count(self, "windows", self.windows, minimum=_MIN_FIT)
         if self.windows > 16:
             raise DetectorConfigError(
                 f"MemoryGrowthConfig.windows must be <= 16, got {self.windows}"
@@ -129,8 +131,7 @@ class MemoryState:
     d2_mean: float = 0.0  # mean |second difference| of the lows: their long-run noise
     d2_n: int = 0  # second differences averaged (capped at _D2_EFFECTIVE)
     active: bool = False
-    peak: float = 0.0  # highest window minimum of the open incident
-    calm: int = 0  # closed windows in a row without a new peak while active
+    calm: int = 0  # closed windows in a row with a flat trend while active
     reported_at: float = -math.inf
 
 
@@ -190,7 +191,7 @@ class MemoryGrowth:
         if len(minima) >= c.windows:
             del minima[0]
         minima.append(low)
-        if len(minima) < c.windows:
+        if len(minima) < _MIN_FIT:
             return _NOTHING
         if not s.active and low <= minima[0] and s.trend_from != s.trend_from:
             return _NOTHING  # no higher than the oldest low: no rising trend to fit (cheap)
@@ -206,11 +207,13 @@ class MemoryGrowth:
         # Where the line fits badly (the lows curve, or a leak began inside the windows) the
         # residual spread is not noise but misfit: it counts at half weight.
         noise = s.noise = max(0.5 * noise * _UNBIAS[len(minima)], long_run)
+        rise = slope * (len(minima) - 1)
         if s.active:
-            # Over when the lows stop making new highs (beyond noise), not when one window
-            # happens to dip: noisy minima go up as often as down once the leak has stopped.
-            if low > s.peak + 2.0 * noise:
-                s.peak = low
+            # Over when the trend of the latest lows is flat (within twice the noise) for a few
+            # windows running, not when one window happens to dip.
+            recent = minima[-_MIN_FIT:]
+            recent_slope = _trend(recent)[0] if len(minima) > _MIN_FIT else slope
+            if recent_slope > 0 and recent_slope * (_MIN_FIT - 1) >= 2.0 * noise:
                 s.calm = 0
             else:
                 s.calm += 1
@@ -218,7 +221,6 @@ class MemoryGrowth:
                     return self._resolve(rank, s, low, event)
         percent = s.series == _PERCENT
         need = c.min_total_pct if percent else max(c.min_total_mb, c.min_total_fraction * low)
-        rise = slope * (len(minima) - 1)
         significant = slope > 0 and rise >= c.noise_z * noise
         # A fast leak shows sooner than the fitted line (which needs the lows from before the
         # leak to leave the windows): each of the last three lows clearly above the one before,
@@ -252,7 +254,6 @@ class MemoryGrowth:
                 return _NOTHING
         else:
             s.active = True
-            s.peak = low
             s.calm = 0
         s.reported_at = now
         return (self._finding(rank, s, low, low_step, slope, total, event, now),)
@@ -280,6 +281,10 @@ class MemoryGrowth:
         s.active = False
         s.calm = 0
         s.reported_at = -math.inf
+        # A new incident needs a new rise: the lows of this one leave the fit.
+        del s.minima[:-1]
+        s.trend_from = math.nan
+        s.trend_fits = s.steady_fits = 0
         unit = "%" if s.series == _PERCENT else " MB"
         return (
             Resolution(

@@ -71,7 +71,7 @@ class StragglerConfig:
     z: float = 1.0
     window: int = 8
     min_flagged: int = 6
-    recover: int = 4
+    recover: int = 8
     min_excess_s: float = 0.01
     warmup_samples: int = 5
     min_ranks: int = 3

@@ -54,7 +54,7 @@ def test_a_50mb_per_step_leak_fires_within_a_few_dozen_steps() -> None:
     # Window lows are read at random points of the sawtooth: the estimate is rough.
     assert ev["slope_per_step"] == pytest.approx(50, rel=0.35)
     minima = ev["window_minima"]
-    assert len(minima) == 8 and all(b > a for a, b in itertools.pairwise(minima[-4:]))
+    assert len(minima) == 16 and all(b > a for a, b in itertools.pairwise(minima[-4:]))
     assert "MB/step" in f.summary and f.summary.startswith("rank 7: GPU memory lows rising")
 
 
@@ -120,14 +120,14 @@ def test_resolves_when_growth_stops() -> None:
     values += _series(100, base=top - 6_000 * 3 / 4)
     out = synth.drive(MemoryGrowth(), synth.steps_of(values))
     assert [type(o).__name__ for _, o in out] == ["Finding"] * (len(out) - 1) + ["Resolution"]
-    assert 300 < out[-1][0] <= 370  # a few windows after the leak stopped at step 300
+    assert 300 < out[-1][0] <= 400  # once the last 8 windows are flat after the leak stopped at 300
 
 
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [
         ({"window_steps": 1}, "window_steps"),
-        ({"windows": 3}, "windows"),
+        ({"windows": 7}, "windows"),
         ({"windows": 17}, "windows"),
         ({"min_total_mb": 0.0}, "min_total_mb"),
         ({"noise_z": math.inf}, "noise_z"),
