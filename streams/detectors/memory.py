@@ -71,6 +71,9 @@ class MemoryGrowthConfig:
     windows: int = 16
     #: Reports ignored at the start: optimizer state and the allocator's pool grow then.
     warmup_steps: int = 20
+    #: The same for the reserved and percent series: the caching allocator's pool grows to
+    #: its plateau over the first hundreds of steps.
+    cache_warmup_steps: int = 300
     #: A trend is significant when the rise it fits over ``windows`` is at least ``noise_z``
     #: robust standard deviations of the minima around it ...
     noise_z: float = 6.0
@@ -102,6 +105,7 @@ class MemoryGrowthConfig:
                 f"MemoryGrowthConfig.windows must be <= 16, got {self.windows}"
             )
         check.count(self, "warmup_steps", self.warmup_steps, minimum=0)
+        check.count(self, "cache_warmup_steps", self.cache_warmup_steps, minimum=0)
         check.non_negative(self, "noise_z", self.noise_z)
         check.count(self, "persist_windows", self.persist_windows)
         check.positive(self, "min_total_mb", self.min_total_mb)
@@ -117,7 +121,7 @@ class MemoryState:
     """Per-rank state: a dozen numbers and the last ``windows`` window minima."""
 
     series: int = 0  # which field the numbers below are in (_ALLOCATED, ...); 0 = none yet
-    seen: int = 0  # reports of this series seen, capped at warmup_steps
+    seen: int = 0  # reports of this series seen, capped at the warm-up
     win_min: float = _INF  # minimum of the window being filled
     win_min_step: int = -1
     win_n: int = 0
@@ -163,7 +167,7 @@ class MemoryGrowth:
         if series != s.series:
             self._start_over(s, series)
         c = self.config
-        if s.seen < c.warmup_steps:
+        if s.seen < (c.warmup_steps if series == _ALLOCATED else c.cache_warmup_steps):
             s.seen += 1
             return _NOTHING
         if v < s.win_min:
@@ -221,7 +225,7 @@ class MemoryGrowth:
                     return self._resolve(rank, s, low, event)
         percent = s.series == _PERCENT
         need = c.min_total_pct if percent else max(c.min_total_mb, c.min_total_fraction * low)
-        significant = slope > 0 and rise >= c.noise_z * noise
+        significant = slope > 0 and rise >= c.noise_z * noise and _leads_somewhere(minima, slope)
         # A fast leak shows sooner than the fitted line (which needs the lows from before the
         # leak to leave the windows): each of the last three lows clearly above the one before,
         # and the three rises together beyond the noise. A step up of the lows is one rise.
@@ -343,6 +347,37 @@ class MemoryGrowth:
             },
             action=c.action,
         )
+
+
+def _leads_somewhere(minima: list[float], slope: float) -> bool:
+    """Whether a rising line is the right shape for the lows: not one step up (a buffer
+    allocated once, which two flat levels fit better than the line), nor growth levelling off
+    (a cache filling to its plateau: the later half rising at under a third of the earlier).
+
+    >>> _leads_somewhere([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0], 1.0)
+    True
+    >>> _leads_somewhere([1.0, 1.1, 0.9, 1.0, 5.0, 5.1, 4.9, 5.0], 0.57)
+    False
+    >>> _leads_somewhere([1.0, 3.0, 4.5, 5.5, 6.0, 6.2, 6.3, 6.35], 0.7)
+    False
+    """
+    n = len(minima)
+    line = _median_abs([m - slope * i for i, m in enumerate(minima)])
+    for k in range(2, n - 1):
+        if _median_abs(minima[:k]) + _median_abs(minima[k:]) <= line:
+            return False
+    half = n // 2
+    early, late = _trend(minima[:half])[0], _trend(minima[half:])[0]
+    return not (early > 0 and late < early / 3)
+
+
+def _median_abs(values: list[float]) -> float:
+    """Median absolute deviation from the median, times the count (a robust sum of errors)."""
+    ordered = sorted(values)
+    n = len(ordered)
+    mid = ordered[n // 2] if n % 2 else 0.5 * (ordered[n // 2 - 1] + ordered[n // 2])
+    spread = sorted(abs(v - mid) for v in ordered)
+    return n * (spread[n // 2] if n % 2 else 0.5 * (spread[n // 2 - 1] + spread[n // 2]))
 
 
 def _trend(minima: list[float]) -> tuple[float, float, float]:
