@@ -10,7 +10,8 @@ A rank is judged at each tick of event time on its latest sample, against its pe
 of about the same step, with three guards, each a setting:
 
 - **Calibrated on the job's own noise.** The peers' spread is their robust standard deviation
-  (1.4826 x the median absolute deviation) and the bar is ``z + sqrt(2 ln n)`` of them: the
+  (1.4826 x the median absolute deviation; never under the job's typical spread, an average
+  over its ticks) and the bar is ``z + sqrt(2 ln n)`` of them: the
   slowest of ``n`` ranks of pure noise lies about ``sqrt(2 ln n)`` deviations out (the expected
   maximum of ``n`` normal draws), so a 1,024-rank job is not held to an 8-rank job's bar.
 - **Material.** The excess over the peers' median must cost the job ``materiality`` of its step
@@ -103,6 +104,18 @@ class StragglerConfig:
         check.severity_action(self, self.severity, self.action)
 
 
+_SPREAD_ALPHA = 0.05  # EWMA weight of one tick's spread in the job's typical spread
+
+
+def _floored(typical: list[float], i: int, spread: float) -> float:
+    """Fold ``spread`` into the job's typical spread ``typical[i]``; the larger of the two."""
+    if spread != spread:
+        return spread
+    t = typical[i]
+    typical[i] = spread if t != t else t + _SPREAD_ALPHA * (spread - t)
+    return spread if t != t or spread > t else t
+
+
 def _center_spread(values: list[float]) -> tuple[float, float]:
     """Median and robust standard deviation of the finite values (nan, nan if none)."""
     finite = [v for v in values if v == v]
@@ -162,6 +175,14 @@ class StragglerDetector:
         med_c, sd_c = _center_spread([e[_C] for _, e in peers])
         med_d, sd_d = _center_spread([e[_D] for _, e in peers])
         med_tp, sd_tp = _center_spread([e[_TP] for _, e in peers])
+        # A few ranks' spread at one tick is a rough estimate (heavy-tailed data waits among 8
+        # ranks): the job's typical spread, averaged over its ticks, is a floor under it.
+        typical = state.setdefault("sd", [_NAN, _NAN, _NAN])  # older snapshots lack it
+        sd_c, sd_d, sd_tp = (
+            _floored(typical, 0, sd_c),
+            _floored(typical, 1, sd_d),
+            _floored(typical, 2, sd_tp),
+        )
         step_s = median([e[_ST] for _, e in peers if e[_ST] == e[_ST]] or [_NAN])
         if step_s != step_s:  # no step time reported: the rank's own work is the step
             step_s = (med_c if med_c == med_c else 0.0) + (med_d if med_d == med_d else 0.0)
