@@ -160,10 +160,11 @@ class WorkerProcess:
 
 
 def job_events(
-    job_id: str, scenario: str, *, ranks: int = 8, steps: int = 120, logs: bool = True
+    job_id: str, scenario: str, *, ranks: int = 8, steps: int = 200, logs: bool = True
 ) -> list[Event]:
     """A simulated job with one fault from ``rankwatch.simulate`` starting at step 40: its
-    steps and its log records (NCCL chatter, overflow skips), or only the steps."""
+    steps and its log records (NCCL chatter, overflow skips), or only the steps. 200 steps:
+    ``memory_growth`` learns a rank's noise over its first ~140 steps before it judges."""
     from rankwatch.simulate import JobSpec, simulate
     from rankwatch.simulate.scenarios import SCENARIOS
 
