@@ -17,7 +17,7 @@ import pytest
 pytestmark = [pytest.mark.broker, pytest.mark.slow, pytest.mark.timeout(240)]
 
 ROLES = ("steps", "logs", "alerts", "deadletter")
-SHORT = ["--ranks", "8", "--steps", "160", "--step-time", "0.2", "--port", "0"]
+SHORT = ["--ranks", "8", "--steps", "240", "--step-time", "0.2", "--port", "0"]
 
 
 def demo(home: Path, *args: str) -> subprocess.Popen[str]:
@@ -76,7 +76,7 @@ def test_demo_catches_every_fault_and_cleans_up(tmp_path: Path) -> None:
         "nccl_error",
         "straggler",
     ]
-    assert (summary.ranks, summary.last_step) == (8, 159)
+    assert (summary.ranks, summary.last_step) == (8, 239)
     assert processes_mentioning(tmp_path) == []
 
 
