@@ -384,19 +384,24 @@ class Engine:
             kinds = self._bound.get(job.job_id)
             if kinds is None:
                 job, kinds = self._enter(job.job_id)
-            order = self._orders.get(job.job_id)
-            if order is None or order.job is not job:
-                order = self._order_for(job)
-            self._release(job, kinds, order, out, _INF)
-            for jd in kinds.job:
-                # Optional hook: a detector that holds findings back in event time (NCCL
-                # records gathered across ranks) decides them now, as the book does its groups.
-                on_flush = getattr(jd, "on_flush", None)
-                if on_flush is not None:
-                    self._apply(job, on_flush(job, job.slots[jd.name]), out)
+            self._apply_everything_held(job, kinds, out)
             self._tick(job, kinds, out, job.watermark)
             self.book.flush(job, out)
         return out
+
+    def _apply_everything_held(self, job: JobState, kinds: _Kinds, out: list[Alert]) -> None:
+        """Apply every held step of the job and let detectors decide what they hold back (the
+        end of a replay, or of an attempt)."""
+        order = self._orders.get(job.job_id)
+        if order is None or order.job is not job:
+            order = self._order_for(job)
+        self._release(job, kinds, order, out, _INF)
+        for jd in kinds.job:
+            # Optional hook: a detector that holds findings back in event time (NCCL records
+            # gathered across ranks) decides them now, as the book does its groups.
+            on_flush = getattr(jd, "on_flush", None)
+            if on_flush is not None:
+                self._apply(job, on_flush(job, job.slots[jd.name]), out)
 
     # -- internals ------------------------------------------------------------------------
     def _order_for(self, job: JobState) -> StepOrder:
@@ -419,14 +424,7 @@ class Engine:
         A step event at or before the previous attempt's newest event time is a late one of it.
         """
         job_id = job.job_id
-        order = self._orders.get(job_id)
-        if order is None or order.job is not job:
-            order = self._order_for(job)
-        self._release(job, kinds, order, out, _INF)
-        for jd in kinds.job:
-            on_flush = getattr(jd, "on_flush", None)
-            if on_flush is not None:
-                self._apply(job, on_flush(job, job.slots[jd.name]), out)
+        self._apply_everything_held(job, kinds, out)
         self.book.flush(job, out)
         now = event.epoch
         # The previous attempt's last step (its records may have run on: a relaunch's start-up
