@@ -421,7 +421,7 @@ class Engine:
 
         What the previous attempt left is applied and decided first (held steps, pending
         groups); its open incidents resolve, since the state that would resolve them is gone.
-        A step event at or before the previous attempt's newest event time is a late one of it.
+        A step event at or before the previous attempt's last step time is a late one of it.
         """
         job_id = job.job_id
         self._apply_everything_held(job, kinds, out)
