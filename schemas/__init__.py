@@ -15,7 +15,7 @@ from rankwatch.schemas.codec import (
     encode,
     to_wire_dict,
 )
-from rankwatch.schemas.events import EventBase, LogEvent, LogLevel, Phase, StepEvent
+from rankwatch.schemas.events import EventBase, Lifecycle, LogEvent, LogLevel, Phase, StepEvent
 from rankwatch.schemas.exceptions import EventDecodeError, FieldProblem, SchemaError
 from rankwatch.schemas.topics import ALERTS_TOPIC, DEADLETTER_TOPIC, LOGS_TOPIC, STEPS_TOPIC
 
@@ -33,6 +33,7 @@ __all__ = [
     "EventBase",
     "EventDecodeError",
     "FieldProblem",
+    "Lifecycle",
     "LogEvent",
     "LogLevel",
     "Phase",

@@ -12,6 +12,12 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 #: What a job is doing, where the trainer says it: detectors judge training steps only, and a
 #: long evaluation pass or checkpoint save is not a hang.
 Phase = Literal["train", "eval", "checkpoint"]
+#: What a producer says of its own rank's life, on a log record (its text says the rest):
+#: ``ended`` the rank finished cleanly (``shutdown()`` or exit without an uncaught exception);
+#: ``exception`` an uncaught exception, its traceback in the message; ``stuck`` a step overran
+#: its typical time by far, the main thread's stack in the message and ``step`` the step in
+#: progress; ``terminated`` the process was told to stop (SIGTERM, SIGINT: the signal named).
+Lifecycle = Literal["ended", "exception", "stuck", "terminated"]
 _LEVEL_ALIASES = {"WARN": "WARNING", "FATAL": "CRITICAL"}
 
 
@@ -90,3 +96,5 @@ class LogEvent(EventBase):
     message: str
     logger: str | None = None
     step: Step | None = None
+    #: Set on the records the producer writes about its rank's life (see :data:`Lifecycle`).
+    lifecycle: Lifecycle | None = None
