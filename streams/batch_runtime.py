@@ -5,6 +5,7 @@ The design, and what a crash or a rebalance costs: :mod:`rankwatch.streams.batch
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import time
@@ -35,6 +36,10 @@ log = logging.getLogger("rankwatch.worker")
 _ALERTS_MARGIN_MS = 60_000
 #: librdkafka's code for "reached the end of a partition" (KafkaError._PARTITION_EOF).
 _PARTITION_EOF = -191
+#: How often the worker's clock judges quiet jobs, and librdkafka reports its brokers' state.
+_CLOCK_S = 1.0
+#: Broker statistics older than this: the consumer is not being served; count no silence.
+_STATS_STALE_S = 10.0
 
 
 class Stop:
@@ -98,6 +103,10 @@ class BatchRuntime:
                 "fetch.queue.backoff.ms": 5,
                 # Ends of partitions, for merging the steps and logs by timestamp (alignment).
                 "enable.partition.eof": True,
+                # Whether a broker is up, for the worker's clock: silence of a job while the
+                # worker is cut off from Kafka is not the job's (see tick_clock).
+                "statistics.interval.ms": int(_CLOCK_S * 1000),
+                "stats_cb": self._kafka_stats,
                 "logger": kafka_log,
             }
         )
@@ -122,6 +131,8 @@ class BatchRuntime:
         self.stats = StatsLine()
         self.stop = Stop()  # run() gets the one the signal handlers set
         self.broken = False  # an error stopped the loop: persist and commit nothing more
+        #: (monotonic time of librdkafka's last statistics, whether a broker was up then).
+        self._brokers: tuple[float, bool] | None = None
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -149,6 +160,7 @@ class BatchRuntime:
         next_snapshot = now + options.snapshot_interval_s
         next_rules = now + options.rules_poll_s
         next_stats = now + options.stats_interval_s
+        next_clock = now + _CLOCK_S
         consume, size, within = self.consumer.consume, options.batch_size, options.batch_within_s
         held = 0
         try:
@@ -169,6 +181,9 @@ class BatchRuntime:
                 if now >= next_stats:
                     self.log_stats()
                     next_stats = now + options.stats_interval_s
+                if now >= next_clock:
+                    self.tick_clock()
+                    next_clock = now + _CLOCK_S
             self.snapshot()
         except BaseException:
             # The positions may cover messages of a batch cut short: committing them on the
@@ -204,7 +219,6 @@ class BatchRuntime:
         ready = aligner.ready(time.monotonic(), self._caught_up)
         handle = self.pipeline.handle
         produce = self._send
-        alerts_topic = self.layout.alerts
         for msg in ready:
             value = msg.value()
             result = handle(b"" if value is None else value, partition=msg.partition())
@@ -222,15 +236,57 @@ class BatchRuntime:
                 produce(self.layout.deadletter, result.to_bytes(), result.key)
                 self.counters.dead += 1
                 continue
-            for alert in result:  # type: ignore[union-attr]
-                if self.published and (alert.alert_id, alert.status) in self.published:
-                    log.info("alert %s %s already published", alert.alert_id, alert.status)
-                    continue
-                log_alert(alert)
-                produce(alerts_topic, encode(alert), alert.job_id.encode())
-                self.counters.alerts += 1
+            self._publish(result)  # type: ignore[arg-type]
         self.unacked += len(ready)
         return aligner.held()
+
+    def _publish(self, alerts: list[Any]) -> None:
+        for alert in alerts:
+            if self.published and (alert.alert_id, alert.status) in self.published:
+                log.info("alert %s %s already published", alert.alert_id, alert.status)
+                continue
+            log_alert(alert)
+            self._send(self.layout.alerts, encode(alert), alert.job_id.encode())
+            self.counters.alerts += 1
+
+    # -- the worker's clock ----------------------------------------------------------------
+
+    def tick_clock(self) -> None:
+        """Judge the jobs that went quiet, on the wall clock, while this worker is healthy."""
+        engine = self.engine
+        alerts = engine.advance_clock(time.time(), healthy=self.healthy())
+        pipeline = self.pipeline
+        pipeline.note_released()  # held steps applied at a quiet tick: their ranks changed
+        if alerts:
+            for alert in alerts:  # the job's state changed: persist it with the next snapshot
+                pipeline.dirty.setdefault(alert.job_id, set())
+            self._publish(alerts)
+            self.unacked += 1
+
+    def healthy(self) -> bool:
+        """Caught up with every owned input partition, nothing held back, and a broker up:
+        only then is a job's silence the job's, not this worker's."""
+        if self.broken or self.aligner.held():
+            return False
+        brokers = self._brokers
+        if brokers is not None:
+            at, up = brokers
+            if not up or time.monotonic() - at > _STATS_STALE_S:
+                return False
+        for topic in range(len(self.inputs)):
+            for partition in self.owned:
+                if self._caught_up(topic, partition) is not True:
+                    return False
+        return True
+
+    def _kafka_stats(self, raw: str) -> None:
+        """librdkafka's statistics (every second): is any broker of the cluster up?"""
+        try:
+            brokers = json.loads(raw).get("brokers", {})
+        except ValueError:
+            return
+        up = any(b.get("state") == "UP" and b.get("nodeid", -1) >= 0 for b in brokers.values())
+        self._brokers = (time.monotonic(), up)
 
     def _caught_up(self, topic: int, partition: int) -> bool | None:
         """Whether this input partition's position is at the end offset the last fetch

@@ -56,6 +56,11 @@ class EngineConfig:
     #: whose records run ``peer_lateness_s`` past its newest step waits for nobody.
     max_lateness_s: float = 300.0
     incidents: IncidentPolicy = field(default_factory=IncidentPolicy)
+    #: The worker's clock (:meth:`Engine.advance_clock`): a job silent this long on it gets
+    #: quiet ticks, and one step of the clock counts for at most ``max_clock_step_s`` (longer
+    #: gaps mean the worker itself was stalled, not that the jobs were silent).
+    quiet_tick_s: float = 1.0
+    max_clock_step_s: float = 5.0
 
     def __post_init__(self) -> None:
         if not self.tick_interval_s > 0:
@@ -114,6 +119,11 @@ class Engine:
         #: When a list (the pipeline sets one), each batch of held steps applied adds
         #: (job, their ranks) to it: those ranks' state changed, for the worker's snapshots.
         self.released: list[tuple[str, list[int]]] | None = None
+        # The worker's clock: seconds it was healthy ("awake"), and when on it each job was
+        # last heard from. Not persisted: a restored job counts from its next event.
+        self._awake = 0.0
+        self._clock_at: float | None = None
+        self._heard: dict[str, float] = {}
         self._use(detectors, resolve)
 
     def _use(self, detectors: Sequence[Detector], resolve: Resolve | None) -> None:
@@ -228,6 +238,7 @@ class Engine:
         if job is None or kinds is None:
             job, kinds = self._enter(job_id)
         out: list[Alert] = []
+        self._heard[job_id] = self._awake
         attempt = event.attempt
         if attempt is not None and attempt != job.reported_attempt:
             # torchrun counts its restarts: a higher count is a new attempt of the job.
@@ -305,6 +316,8 @@ class Engine:
             del recent[0]
         rank.last_log_time = now
         self._advance(job, rank, now)
+        if event.lifecycle == "ended":
+            self._rank_ended(job, kinds, event.rank, now, out)
         phase = event.phase or phase_of(event.message)
         if phase is not None:
             self._set_phase(job, phase, now)
@@ -452,6 +465,73 @@ class Engine:
         fresh, kinds = self._enter(job_id)
         self._order_for(fresh)
         return fresh, kinds
+
+    def _rank_ended(
+        self, job: JobState, kinds: _Kinds, rank: int, now: float, out: list[Alert]
+    ) -> None:
+        """A rank ended cleanly; once every rank of the job has, its open incidents resolve:
+        what they watched is over, and nothing would resolve them later."""
+        job.ended.add(rank)
+        if len(job.ended) < max(job.world_size or 0, len(job.ranks)):
+            return
+        if not job.ended.issuperset(job.ranks):
+            return
+        self._apply_everything_held(job, kinds, out)
+        self.book.flush(job, out)
+        self.book.close_all(job, now, "the job ended cleanly", out)
+
+    # -- the worker's clock ---------------------------------------------------------------
+    def advance_clock(
+        self, clock: float, *, healthy: bool = True, max_step: float | None = None
+    ) -> list[Alert]:
+        """The worker's clock reads ``clock`` (seconds): judge jobs that went quiet.
+
+        A job that died sends nothing, so its event time stops with it; this is how its
+        silence is seen (principle 2 of the design). The live worker calls it about once a
+        second with its wall clock, ``healthy`` False while it is behind its input or cut off
+        from Kafka: that time does not count as anyone's silence. Replay calls it with the
+        recorded timestamps, so a replay gives the alerts the live run gave.
+
+        A job heard from ``quiet_tick_s`` or more ago gets a *quiet tick*: detectors with an optional
+        ``on_quiet(job, state, now, quiet_s)`` hook decide on it, ``now`` being the job's
+        event time plus its silence. Other detectors do not run: nothing new happened. Once the
+        job is quiet for ``peer_lateness_s``, its held steps are applied: the ranks they wait
+        for are not coming.
+        ``max_step`` overrides ``EngineConfig.max_clock_step_s`` (replay: no cap).
+        """
+        out: list[Alert] = []
+        last, self._clock_at = self._clock_at, clock
+        if last is None or not healthy or clock <= last:
+            return out
+        cap = self.config.max_clock_step_s if max_step is None else max_step
+        self._awake += min(clock - last, cap)
+        awake = self._awake
+        minimum = self.config.quiet_tick_s
+        for job_id, heard in list(self._heard.items()):
+            quiet = awake - heard
+            if quiet < minimum:
+                continue
+            job = self.jobs.get(job_id)
+            if job is None:  # handed over to another worker
+                del self._heard[job_id]
+                continue
+            kinds = self._bound.get(job_id)
+            if kinds is None:
+                job, kinds = self._enter(job_id)
+            self._quiet_tick(job, kinds, out, quiet)
+        return out
+
+    def _quiet_tick(self, job: JobState, kinds: _Kinds, out: list[Alert], quiet: float) -> None:
+        order = self._orders.get(job.job_id)
+        if order is not None and order.job is job and order.held:
+            if quiet >= self.config.peer_lateness_s:
+                self._release(job, kinds, order, out, _INF)
+        now = job.watermark + quiet
+        for jd in kinds.job:
+            on_quiet = getattr(jd, "on_quiet", None)
+            if on_quiet is not None:
+                self._apply(job, on_quiet(job, job.slots[jd.name], now, quiet), out)
+        self.book.on_time(job, now, out)
 
     @staticmethod
     def _set_phase(job: JobState, phase: str, now: float) -> None:

@@ -122,6 +122,8 @@ class Pipeline:
         engine.released = []
         self.partition_of: dict[str, int] = {}
         self.stats = Stats()
+        #: Event time of the last event handled (replay's clock where records have none).
+        self.last_time = float("-inf")
 
     def handle(
         self,
@@ -143,6 +145,7 @@ class Pipeline:
             problem = FieldProblem("kind", f"{event.kind!r} is not an input event (step or log)")
             return self._dead(str(problem), [problem], raw, topic, partition, offset, key)
         self.stats.events += 1
+        self.last_time = event.epoch
         job_id = event.job_id
         engine = self.engine
         if self.restore is not None and job_id not in engine.jobs:
@@ -173,6 +176,12 @@ class Pipeline:
         if alerts:
             self.stats.count(alerts)
         return alerts
+
+    def note_released(self) -> None:
+        """Mark the ranks whose held steps the engine applied outside :meth:`handle` (at a
+        quiet tick of the worker's clock) as changed."""
+        if self.engine.released:
+            self._mark(self.engine.released)
 
     def _mark(self, released: list[tuple[str, list[int]]]) -> None:
         dirty = self.dirty

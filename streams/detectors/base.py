@@ -65,6 +65,9 @@ class JobState:
     restart: dict[str, Any] | None = None
     phase: str = "train"
     phase_since: float = float("-inf")
+    #: Ranks whose producer said they ended cleanly (``lifecycle="ended"``); when every rank
+    #: has, the job is over and its open incidents resolve.
+    ended: set[int] = field(default_factory=set)
 
 
 @runtime_checkable
