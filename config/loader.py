@@ -1,6 +1,7 @@
 """Load :class:`Settings` from defaults, a TOML file, the environment and a ``--bootstrap`` flag.
 
-Precedence, lowest first: defaults < file < environment < ``bootstrap=`` argument. The file is
+Precedence, lowest first: defaults < file < environment < arguments (``bootstrap=``, and the
+``[producer]`` keys a trainer passes to ``rw.configure(...)``: ``producer=``). The file is
 ``config_file`` if given, else ``$RANKWATCH_CONFIG``, else ``rankwatch.toml`` in the working
 directory if it exists, else none. Relative file paths inside the file (``ssl_cafile``...) are
 relative to the file's own folder, so a config file can travel with its certificates.
@@ -21,7 +22,13 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from rankwatch.config.exceptions import ConfigError
-from rankwatch.config.settings import KafkaSettings, Settings, TopicSettings, TopicsSettings
+from rankwatch.config.settings import (
+    KafkaSettings,
+    ProducerSettings,
+    Settings,
+    TopicSettings,
+    TopicsSettings,
+)
 
 DEFAULT_FILE_NAME = "rankwatch.toml"
 CONFIG_ENV = "RANKWATCH_CONFIG"
@@ -38,7 +45,20 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "RANKWATCH_SSL_CAFILE": ("kafka", "ssl_cafile"),
     "RANKWATCH_SSL_CERTFILE": ("kafka", "ssl_certfile"),
     "RANKWATCH_SSL_KEYFILE": ("kafka", "ssl_keyfile"),
+    "RANKWATCH_REPORT_EXCEPTIONS": ("producer", "report_exceptions"),
+    "RANKWATCH_REPORT_SIGNALS": ("producer", "report_signals"),
+    "RANKWATCH_REPORT_STUCK": ("producer", "report_stuck"),
+    "RANKWATCH_REPORT_END": ("producer", "report_end"),
+    "RANKWATCH_STUCK_AFTER_S": ("producer", "stuck_after_s"),
+    "RANKWATCH_STUCK_FACTOR": ("producer", "stuck_factor"),
+    "RANKWATCH_FLUSH_ON_SIGNAL_S": ("producer", "flush_on_signal_s"),
 }
+# An environment variable is text: these keys are read as a number or a boolean. Text that is
+# neither stays text, and the strict model's error names the variable.
+_NUMBER_KEYS = frozenset({"stuck_after_s", "stuck_factor", "flush_on_signal_s"})
+_BOOL_KEYS = frozenset({"report_exceptions", "report_signals", "report_stuck", "report_end"})
+_BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True}
+_BOOL_WORDS.update({"0": False, "false": False, "no": False, "off": False})
 _PATH_KEYS = ("ssl_cafile", "ssl_certfile", "ssl_keyfile")
 
 
@@ -66,10 +86,12 @@ def load_settings(
     config_file: str | Path | None = None,
     *,
     bootstrap: str | None = None,
+    producer: Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
 ) -> Settings:
-    """Build the settings; ``bootstrap`` (the ``--bootstrap`` flag) overrides everything."""
+    """Build the settings; ``bootstrap`` (the ``--bootstrap`` flag) and ``producer`` (keys of
+    ``[producer]`` given to ``rw.configure(...)``) override everything."""
     env = os.environ if env is None else env
     # Which source set each dotted key, so an error can point at the file or the env var.
     sources: dict[str, str] = {}
@@ -85,11 +107,14 @@ def load_settings(
     for name, (section, key) in ENV_VARS.items():
         value = env.get(name, "")
         if value:  # an empty variable counts as unset, as in most shells' idiom VAR= cmd
-            _section(data, section, name)[key] = value
+            _section(data, section, name)[key] = _env_value(key, value)
             sources[f"{section}.{key}"] = f"environment variable {name}"
     if bootstrap is not None:
         _section(data, "kafka", "--bootstrap")["bootstrap"] = bootstrap
         sources["kafka.bootstrap"] = "--bootstrap"
+    for key, value in (producer or {}).items():
+        _section(data, "producer", "configure()")[key] = value
+        sources[f"producer.{key}"] = f"configure({key}=...)"
     try:
         # Merge over the defaults so a file can set one key of a topic and keep the rest.
         return Settings.model_validate(_merged(_fields_tree(Settings()), data))
@@ -98,6 +123,44 @@ def load_settings(
         raise ConfigError(
             "\n".join(_describe(error, sources, fallback) for error in exc.errors())
         ) from None
+
+
+def with_producer(settings: Settings, overrides: Mapping[str, Any]) -> Settings:
+    """``settings`` with keys of ``[producer]`` replaced, validated as strictly as the file's
+    (a :class:`ConfigError` names the ``configure(KEY=...)`` argument).
+
+    >>> with_producer(Settings(), {"stuck_after_s": 5}).producer.stuck_after_s
+    5.0
+    >>> try:
+    ...     with_producer(Settings(), {"stuck_after_s": -1})
+    ... except ConfigError as error:
+    ...     print(error)
+    configure(stuck_after_s=...): producer.stuck_after_s: must be > 0.0, got integer -1
+    """
+    if not overrides:
+        return settings
+    data = {**_fields_tree(settings.producer), **overrides}
+    try:
+        producer = ProducerSettings.model_validate(data)
+    except ValidationError as exc:
+        sources = {f"producer.{key}": f"configure({key}=...)" for key in overrides}
+        lines = []
+        for error in exc.errors():
+            error = {**error, "loc": ("producer", *error["loc"])}
+            lines.append(_describe(error, sources, "configure()"))
+        raise ConfigError("\n".join(lines)) from None
+    return settings.model_copy(update={"producer": producer})
+
+
+def _env_value(key: str, value: str) -> Any:
+    if key in _NUMBER_KEYS:
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    if key in _BOOL_KEYS:
+        return _BOOL_WORDS.get(value.strip().lower(), value)
+    return value
 
 
 def _fields_tree(model: BaseModel) -> dict[str, Any]:
@@ -182,6 +245,10 @@ def _describe(error: Any, sources: Mapping[str, str], fallback: str) -> str:
         message = f"expected an integer, got {_show(value)}"
     elif kind == "string_type":
         message = f"expected a string, got {_show(value)}"
+    elif kind in ("float_type", "float_parsing", "finite_number"):
+        message = f"expected a finite number, got {_show(value)}"
+    elif kind in ("bool_type", "bool_parsing"):
+        message = f"expected a boolean (true/false; env: 1/0, yes/no), got {_show(value)}"
     elif kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
         op = {
             "greater_than_equal": ">=",
@@ -223,6 +290,7 @@ _MODELS: dict[str, type[BaseModel]] = {
     "": Settings,
     "kafka": KafkaSettings,
     "topics": TopicsSettings,
+    "producer": ProducerSettings,
 }
 
 

@@ -203,11 +203,35 @@ class TopicsSettings(_Strict):
         }
 
 
+class ProducerSettings(_Strict):
+    """What the producer inside a trainer reports about its rank's life by itself.
+
+    Each ``report_*`` switch turns one of them off (``rw.configure(install_hooks=False)`` turns
+    off all four). The env var of each key is ``RANKWATCH_`` and the key in capitals.
+    """
+
+    #: An uncaught exception (main thread or any other): its traceback, as Python prints it.
+    report_exceptions: bool = True
+    #: SIGTERM and SIGINT: a record naming the signal, then the signal does what it did before.
+    report_signals: bool = True
+    #: A step that overruns its typical time by far: the main thread's stack.
+    report_stuck: bool = True
+    #: A clean end (``shutdown()`` or exit without an uncaught exception or signal).
+    report_end: bool = True
+    #: A step is stuck after max(stuck_after_s, stuck_factor x its typical time), in seconds.
+    stuck_after_s: float = Field(default=60.0, gt=0, allow_inf_nan=False)
+    stuck_factor: float = Field(default=10.0, ge=1, allow_inf_nan=False)
+    #: How long a dying process waits for the broker (exception, signal, stuck record): well
+    #: under torchrun's grace period between SIGTERM and SIGKILL.
+    flush_on_signal_s: float = Field(default=5.0, ge=0, allow_inf_nan=False)
+
+
 class Settings(_Strict):
     """Everything a rankwatch process needs to reach Kafka. Build it with ``load_settings``."""
 
     kafka: KafkaSettings = KafkaSettings()
     topics: TopicsSettings = TopicsSettings()
+    producer: ProducerSettings = ProducerSettings()
 
     @property
     def bootstrap(self) -> str:

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, get_args
 
+from rankwatch.producers import _lifecycle
 from rankwatch.producers._enrich import Enricher
 from rankwatch.producers._identity import resolve_identity
 from rankwatch.producers._once import logger
@@ -50,6 +51,14 @@ def configure(
     kafka_config: Mapping[str, Any] | None = None,
     capture_logs: bool | int = False,
     flush_on_exit_s: float = 5.0,
+    install_hooks: bool = True,
+    stuck_after_s: float | None = None,
+    stuck_factor: float | None = None,
+    flush_on_signal_s: float | None = None,
+    report_exceptions: bool | None = None,
+    report_signals: bool | None = None,
+    report_stuck: bool | None = None,
+    report_end: bool | None = None,
 ) -> RankwatchProducer:
     """Set up this process's producer: the one line a trainer adds.
 
@@ -60,14 +69,34 @@ def configure(
     ``capture_logs=True`` (or a level) also attaches a :class:`RankwatchLogHandler` to the root
     logger. Calling it again replaces (and closes) the previous producer. At exit, buffered
     events get up to ``flush_on_exit_s`` seconds to reach the broker.
+
+    The producer also reports its rank's life by itself (records with a ``lifecycle``): an
+    uncaught exception, SIGTERM/SIGINT, a stuck step, a clean end. The keys of the config's
+    ``[producer]`` section (``stuck_after_s=``, ``report_signals=``...) override the file and
+    ``RANKWATCH_*`` variables here; ``install_hooks=False`` turns all four reports off. The
+    hooks are installed once per process; :func:`shutdown` puts back the previous ones.
     """
     identity = resolve_identity(job_id, rank, world_size, host)
+    given = {
+        "stuck_after_s": stuck_after_s,
+        "stuck_factor": stuck_factor,
+        "flush_on_signal_s": flush_on_signal_s,
+        "report_exceptions": report_exceptions,
+        "report_signals": report_signals,
+        "report_stuck": report_stuck,
+        "report_end": report_end,
+    }
+    overrides = {key: value for key, value in given.items() if value is not None}
     if settings is None:
         from rankwatch.config import load_settings
 
-        settings = load_settings(config_file, bootstrap=bootstrap)
-    elif bootstrap is not None:
-        settings = settings.with_bootstrap(bootstrap)
+        settings = load_settings(config_file, bootstrap=bootstrap, producer=overrides)
+    else:
+        from rankwatch.config.loader import with_producer
+
+        settings = with_producer(settings, overrides)
+        if bootstrap is not None:
+            settings = settings.with_bootstrap(bootstrap)
     producer = RankwatchProducer(
         identity,
         settings=settings,
@@ -76,10 +105,12 @@ def configure(
         scrub_patterns=scrub_patterns,
         kafka_config=kafka_config,
         flush_on_exit_s=flush_on_exit_s,
+        report_end=install_hooks and settings.producer.report_end,
     )
     previous = install(producer)
     if previous is not None:
-        previous.close(flush_on_exit_s)
+        previous.close(flush_on_exit_s, end=False)  # the rank goes on, with the new one
+    _lifecycle.install(current, settings.producer, enabled=install_hooks)
     if capture_logs is not False:
         from rankwatch.producers._handler import RankwatchLogHandler
 
@@ -128,8 +159,10 @@ def stats() -> ProducerStats:
 
 
 def shutdown(timeout: float = 10.0) -> None:
-    """Close the configured producer (flushing up to ``timeout`` seconds) and forget it."""
+    """Close the configured producer (flushing up to ``timeout`` seconds, after its ``ended``
+    record) and forget it; put back the exception hooks and signal handlers it replaced."""
     producer = install(None)
+    _lifecycle.uninstall()
     if producer is not None:
         producer.close(timeout)
 

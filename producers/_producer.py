@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import collections
 import contextlib
+import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from rankwatch.config import Settings
 
 _now = time.time
+_monotonic = time.monotonic
 _PHASES: tuple[str, ...] = get_args(Phase)
 _NUMERIC_FIELDS = (
     "step",
@@ -136,6 +138,10 @@ class RankwatchProducer:
 
     Memory is bounded by ``max_buffered`` events (of which up to ``max_in_flight``, at most a
     tenth of the bound, are handed to librdkafka); past it the oldest are dropped and counted.
+
+    ``report_end=True`` (what :func:`~rankwatch.producers.configure` passes, unless
+    ``settings.producer.report_end`` is off) makes :meth:`close` and the exit hook send one
+    ``lifecycle="ended"`` record, unless an uncaught exception or a terminating signal was seen.
     """
 
     def __init__(
@@ -150,6 +156,7 @@ class RankwatchProducer:
         kafka_config: Mapping[str, Any] | None = None,
         flush_on_exit_s: float = 5.0,
         start: bool = True,
+        report_end: bool = False,
     ) -> None:
         if settings is None:
             from rankwatch.config import load_settings
@@ -174,6 +181,17 @@ class RankwatchProducer:
         self.last_step: int | None = None
         #: The phase set by :meth:`phase` (None: training), stamped on every event meanwhile.
         self.current_phase: str | None = None
+        # The step clock the stuck watchdog reads (rankwatch.producers._lifecycle): log_step
+        # writes the time, then the count; a phase's end moves clock_resets.
+        self.step_started: float | None = None
+        self.first_step_started: float | None = None
+        self.steps_seen = 0
+        self.clock_resets = 0
+        # What the lifecycle hooks saw: the end is clean only without either.
+        self.exception_seen = False
+        self.terminated_by: str | None = None
+        self._report_end = report_end
+        self._end_reported = False
         self._sender: Sender | None = None
         self._flush_on_exit_s = flush_on_exit_s
         if start:
@@ -237,6 +255,10 @@ class RankwatchProducer:
                 event["phase"] = self.current_phase
             if isinstance(step, int):
                 self.last_step = step
+            started = self.step_started = _monotonic()
+            if self.first_step_started is None:
+                self.first_step_started = started
+            self.steps_seen += 1
             for enrich in self._enrichers:
                 event = self._enrich(enrich, event)
             self._put(event)
@@ -252,11 +274,13 @@ class RankwatchProducer:
         step: int | None = None,
         timestamp: float | None = None,
         phase: str | None = None,
+        lifecycle: str | None = None,
     ) -> None:
         """Record one log message (a whole record: put a traceback inside it). Never raises.
 
         ``step`` defaults to the last step given to :meth:`log_step`, ``phase`` to the one
-        :meth:`phase` set."""
+        :meth:`phase` set. ``lifecycle`` is for the records the producer writes about its rank
+        (:data:`rankwatch.schemas.events.Lifecycle`)."""
         try:
             event: EventDict = {
                 "kind": "log",
@@ -272,6 +296,8 @@ class RankwatchProducer:
             phase = self.current_phase if phase is None else phase
             if phase is not None:
                 event["phase"] = phase
+            if lifecycle is not None:
+                event["lifecycle"] = lifecycle
             for enrich in self._enrichers:
                 event = self._enrich(enrich, event)
             self._put(event)
@@ -298,12 +324,45 @@ class RankwatchProducer:
             yield
         finally:
             self.current_phase = outer
+            # The watchdog starts the step in progress afresh: the phase's time is no step's.
+            self.step_started = _monotonic()
+            self.clock_resets += 1
             self.log(
                 "INFO",
                 f"rankwatch: phase {name} ends",
                 logger="rankwatch",
                 phase=outer or "train",
             )
+
+    def lifecycle_record(
+        self, lifecycle: str, level: str, message: str, *, step: int | None = None
+    ) -> None:
+        """Record what happened to this rank (logger ``rankwatch.lifecycle``). Never raises."""
+        self.log(level, message, logger="rankwatch.lifecycle", step=step, lifecycle=lifecycle)
+
+    def report_end(self) -> bool:
+        """Send the ``ended`` record, once, unless an uncaught exception or a terminating
+        signal was seen (or ``report_end`` is off); return whether it was sent."""
+        if (
+            not self._report_end
+            or self._end_reported
+            or self._closed
+            or self.exception_seen
+            or self.terminated_by is not None
+        ):
+            return False
+        self._end_reported = True
+        step = self.last_step
+        where = f"at step {step}" if step is not None else "before its first step"
+        self.lifecycle_record(
+            "ended", "INFO", f"rankwatch: rank {self.identity.rank} ended cleanly {where}"
+        )
+        return True
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran: events are dropped (and counted) from then on."""
+        return self._closed
 
     def _enrich(self, enrich: Enricher, event: EventDict) -> EventDict:
         try:
@@ -363,12 +422,15 @@ class RankwatchProducer:
             time.sleep(0.01)
         return len(self._buffer) + sender.in_flight
 
-    def close(self, timeout: float = 10.0) -> None:
+    def close(self, timeout: float = 10.0, *, end: bool = True) -> None:
         """Flush for up to ``timeout`` seconds, then stop. Events still waiting are counted as
-        dropped; later calls to :meth:`log_step` are dropped and counted too."""
+        dropped; later calls to :meth:`log_step` are dropped and counted too. ``end=False``:
+        the rank goes on (another producer takes over), so no ``ended`` record."""
         if self._closed:
             return
         deadline = time.monotonic() + timeout
+        if end:
+            self.report_end()
         self.flush(timeout)
         self._closed = True
         sender = self._sender
@@ -381,6 +443,10 @@ class RankwatchProducer:
 
     def _at_exit(self) -> None:
         with contextlib.suppress(Exception):  # at exit there is no one left to tell
+            # Python keeps the uncaught exception it printed in sys.last_value (3.12+ also
+            # last_exc): the end was not clean, even where the exception hook was off.
+            if getattr(sys, "last_value", None) is not None:
+                self.exception_seen = True
             self.close(self._flush_on_exit_s)
 
     def __enter__(self) -> RankwatchProducer:
