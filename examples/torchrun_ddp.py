@@ -7,8 +7,12 @@ Run it on the CPU, two ranks, against a broker (``rankwatch broker start``)::
 
 The rankwatch part is the ``configure`` line (identity from ``$RANKWATCH_JOB_ID`` and torchrun's
 ``$RANK``/``$WORLD_SIZE``; Kafka from ``rankwatch.toml`` or ``$RANKWATCH_BOOTSTRAP``) and the
-``watch_step`` block around each step. Everything else is an ordinary DDP loop. The test suite
-runs this file (``tests/producers/test_torchrun.py``) and reads the events back from the topics.
+``watch_step`` block around each step. Given the model, ``watch_step`` times this rank's forward
+pass (hooks on the module) as its ``compute_time_s`` and the wait before it as ``data_time_s``:
+every rank's step time includes its wait for the slowest rank in the all-reduce, these do
+not, and they are what the ``straggler`` rule compares. Everything else is an ordinary DDP
+loop. The test suite runs this file (``tests/producers/test_torchrun.py``) and reads the events
+back from the topics.
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ def main() -> None:
     step_times: list[float] = []
     for step in range(args.steps):
         started = time.perf_counter()
-        with watch_step(step) as record:
+        with watch_step(step, model=model) as record:
             x = torch.randn(BATCH, FEATURES, generator=data)
             loss = torch.nn.functional.mse_loss(model(x), x @ target)
             optimizer.zero_grad()
@@ -71,7 +75,7 @@ def main() -> None:
         if step % 10 == 0:
             log.info("step %d loss %.4f", step, record.loss)
         if args.step_sleep:
-            time.sleep(args.step_sleep)
+            time.sleep(args.step_sleep)  # idle before the next batch: reported as data_time_s
     log.info("training finished after %d steps, loss %.4f", args.steps, losses[-1])
 
     stats = rw.stats()

@@ -73,6 +73,12 @@ def test_hf_trainer_streams_its_logged_steps(tmp_path: Path) -> None:
     assert all(e.learning_rate is not None for e in steps)
     logged = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert [e.loss for e in steps] == pytest.approx(logged)
+    # The model's forward, timed by hooks the callback registered at on_train_begin: this
+    # rank's own work, what straggler compares under DDP. The wait for data is known from the
+    # second step (counted from the end of the previous one).
+    assert all(e.compute_time_s is not None and e.compute_time_s > 0 for e in steps)
+    assert all(e.data_time_s is not None for e in steps[1:])
+    assert not trainer.model._forward_pre_hooks  # removed at on_train_end
 
 
 @pytest.mark.broker
@@ -141,3 +147,8 @@ def test_lightning_trainer_streams_every_batch() -> None:
     assert [e.step for e in steps] == [1, 2, 3, 4, 5]
     assert all(e.loss is not None and e.learning_rate == 0.05 for e in steps)
     assert all(e.step_time_s is not None and e.step_time_s > 0 for e in steps)
+    # The batch's start to on_before_backward (this rank's forward and loss), within the step.
+    assert all(
+        e.compute_time_s is not None and 0 < e.compute_time_s <= (e.step_time_s or 0) for e in steps
+    )
+    assert all(e.data_time_s is not None for e in steps[1:])
