@@ -24,7 +24,8 @@ def register(sub: Any) -> None:
         "ship",
         help="turn a trainer's text log into log and step events (to Kafka or a file)",
         description="Group multi-line tracebacks into one record each, infer levels, pick up "
-        "ranks ([rank7]:, [Rank 7], [7]:) and steps, and turn per-step metric lines (Hugging "
+        "ranks ([rank7]:, [default7]:, [7]:, srun's 7:, [Rank 7]) and steps, blame torchrun's "
+        "failure summary on its root-cause rank, and turn per-step metric lines (Hugging "
         "Face Trainer dicts, Megatron iteration lines, JSON step lines) into step events.",
     )
     ship.add_argument("logfile", type=Path, help="the log file to read")
@@ -37,6 +38,16 @@ def register(sub: Any) -> None:
         "--rank", type=int, default=0, help="rank of lines that name none (default 0)"
     )
     ship.add_argument("--world-size", type=int, default=None)
+    ship.add_argument(
+        "--node-rank",
+        type=int,
+        default=0,
+        help="this node's rank, with --nproc-per-node: local ranks ([defaultN]:, torchrun's "
+        "`local_rank: N`) become global ranks (default 0)",
+    )
+    ship.add_argument(
+        "--nproc-per-node", type=int, default=None, help="workers per node (torchrun's option)"
+    )
     ship.add_argument("--host", default=None, help="host field of the events (default: none)")
     ship.add_argument(
         "--follow",
@@ -178,6 +189,8 @@ def _run(args: argparse.Namespace) -> int:
         live=args.follow,
         scrubber=Scrubber(args.scrub_pattern),
         start_time=None if args.follow else _first_time(args.logfile, naive_tz),
+        node_rank=args.node_rank,
+        nproc_per_node=args.nproc_per_node,
     )
     sink: _FileSink | _KafkaSink = (
         _FileSink(args.output) if args.output is not None else _KafkaSink(args)
@@ -187,7 +200,7 @@ def _run(args: argparse.Namespace) -> int:
     counts = {"step": 0, "log": 0}
     try:
         for line in _lines(args, stopping.is_set):
-            events = parser.flush() if line == IDLE else parser.feed(line)
+            events = parser.flush(final=False) if line == IDLE else parser.feed(line)
             for event in events:
                 sink.send(event)
                 counts[event.kind] += 1

@@ -7,10 +7,15 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from typing import NamedTuple
 
-# torchrun/launch prefixes: `[rank7]:` (torch >= 2.2 log prefixes), `[default7]:` (torchrun
-# --tee with the default role), `[7]:` (log_line_prefix_template / older --tee).
-_PREFIX = re.compile(r"^\[(?:rank|default)?(\d{1,6})\]:\s?")
+# Launcher prefixes. `[rank7]:` is torch.distributed's excepthook (global rank);
+# `[default7]:` is torchrun --tee with the default role (LOCAL rank: tail_log.py's
+# `[{role}{local_rank}]:`); `[7]:` is a --log-line-prefix-template such as `[${rank}]:`.
+# `7: ` is srun --label (the task id, right-aligned: ` 7: ` beside `12: `), read as a global rank.
+# They nest: `[default3]:[rank3]: Traceback ...` under torchrun --tee.
+_PREFIX = re.compile(r"^\[(rank|default)?(\d{1,6})\]:\s?")
+_SRUN_PREFIX = re.compile(r"^ {0,4}(\d{1,5}): ")
 
 _LEVEL_WORDS = {
     "DEBUG": "DEBUG",
@@ -52,18 +57,53 @@ CHAINING = (
 )
 
 
+class Prefix(NamedTuple):
+    """What a line's launcher prefixes say: the rank, whether it is a local rank, the text."""
+
+    rank: int | None
+    local: bool
+    text: str
+
+
+def split_prefixes(line: str, world_size: int | None = None) -> Prefix:
+    """The rank the launcher prefixes of ``line`` name, and the rest of the line.
+
+    A nested ``[rankN]:`` (global) wins over an outer ``[defaultN]:`` (local). ``N: `` (srun
+    --label) is read only where nothing else is, and not for ``N >= world_size``.
+
+    >>> split_prefixes("[default3]:[rank3]: Traceback (most recent call last):")
+    Prefix(rank=3, local=False, text='Traceback (most recent call last):')
+    >>> split_prefixes("[default2]:step 4"), split_prefixes(" 3: x", 4), split_prefixes("9: x", 4)
+    (Prefix(rank=2, local=True, text='step 4'), Prefix(rank=3, local=False, text='x'), \
+Prefix(rank=None, local=False, text='9: x'))
+    """
+    rank: int | None = None
+    local = False
+    text = line
+    for _ in range(3):  # at most a few nested prefixes
+        match = _PREFIX.match(text)
+        if match is None:
+            break
+        if rank is None or local or match.group(1) == "rank":
+            rank, local = int(match.group(2)), match.group(1) == "default"
+        text = text[match.end() :]
+    if rank is None:
+        srun = _SRUN_PREFIX.match(line)
+        if srun is not None and (world_size is None or int(srun.group(1)) < world_size):
+            return Prefix(int(srun.group(1)), False, line[srun.end() :])
+    return Prefix(rank, local, text)
+
+
 def split_prefix(line: str) -> tuple[int | None, str]:
-    """The rank of a launcher prefix and the rest of the line.
+    """The rank of a launcher prefix and the rest of the line (local and global alike).
 
     >>> split_prefix("[rank3]:[E ProcessGroupNCCL.cpp:616] [Rank 3] Watchdog caught ...")
     (3, '[E ProcessGroupNCCL.cpp:616] [Rank 3] Watchdog caught ...')
     >>> split_prefix("[default7]:  File 'x.py'"), split_prefix("plain")
     ((7, " File 'x.py'"), (None, 'plain'))
     """
-    match = _PREFIX.match(line)
-    if match is None:
-        return None, line
-    return int(match.group(1)), line[match.end() :]
+    prefix = split_prefixes(line)
+    return prefix.rank, prefix.text
 
 
 def is_header(line: str) -> bool:
@@ -121,6 +161,9 @@ def level_of(first_line: str, text: str) -> str:
             "sigsegv",
             "sigabrt",
             "core dumped",
+            "fallen off the bus",  # NVIDIA driver: a lost GPU, an Xid, its crash dump
+            "nvrm: xid",
+            "gpu crash dump",
         )
     ):
         return "ERROR"
@@ -180,3 +223,143 @@ def step_in_text(line: str) -> int | None:
     if match is None:
         return None
     return int(match.group(1) or match.group(2))
+
+
+# ----- launcher (torchelastic) lines ---------------------------------------------------------
+
+# torchelastic's agent (torch/distributed/elastic/multiprocessing/api.py), in glog form
+# (`E1207 00:52:50.237000 32606 .../api.py:1002] failed ...`) or Python logging form
+# (`ERROR:torch.distributed.elastic.multiprocessing.api:failed ...`).
+_AGENT_FAILED = re.compile(r"\bfailed \(exitcode: (-?\d+)\) local_rank: (\d+) \(pid: (\d+)\)")
+_AGENT_SIGNAL = re.compile(r"\bSending process (\d+) closing signal (SIG[A-Z]+)")
+# The failure summary of ChildFailedError: one entry per failed rank.
+_SUMMARY_START = re.compile(
+    r"^(?:torch\.distributed\.elastic\.multiprocessing\.errors\.)?ChildFailedError:"
+)
+_SUMMARY_RANK = re.compile(r"^\s*rank\s*:\s*(\d+) \(local_rank: (\d+)\)")
+_SUMMARY_PID = re.compile(r"^\s*exitcode\s*:\s*-?\d+ \(pid: (\d+)\)")
+ROOT_CAUSE = "Root Cause (first observed failure):"
+
+
+class AgentLine(NamedTuple):
+    """A torchelastic agent line about one worker: its pid, local rank (if named), signal."""
+
+    pid: int
+    local_rank: int | None
+    signal: str | None
+
+
+def agent_line(line: str) -> AgentLine | None:
+    """What a torchelastic agent line says about a worker process, or None.
+
+    >>> agent_line("ERROR:torch.distributed.elastic.multiprocessing.api:failed (exitcode: 1) "
+    ...     "local_rank: 3 (pid: 5678) of binary: /usr/bin/python3")
+    AgentLine(pid=5678, local_rank=3, signal=None)
+    >>> agent_line("W1207 00:52:50.202000 32606 torch/distributed/elastic/multiprocessing/"
+    ...     "api.py:1028] Sending process 32708 closing signal SIGTERM")
+    AgentLine(pid=32708, local_rank=None, signal='SIGTERM')
+    """
+    head = line[:400]
+    failed = _AGENT_FAILED.search(head)
+    if failed is not None:
+        return AgentLine(int(failed.group(3)), int(failed.group(2)), None)
+    sent = _AGENT_SIGNAL.search(head)
+    if sent is not None:
+        return AgentLine(int(sent.group(1)), None, sent.group(2))
+    return None
+
+
+def starts_summary(line: str) -> bool:
+    """Whether the line is the ``ChildFailedError:`` line that opens torchrun's failure summary.
+
+    >>> starts_summary("torch.distributed.elastic.multiprocessing.errors.ChildFailedError: ")
+    True
+    """
+    return _SUMMARY_START.match(line) is not None
+
+
+def is_rule(line: str, char: str = "=") -> bool:
+    """Whether the line is a horizontal rule of ``char`` (the summary's frame).
+
+    >>> is_rule("=" * 53), is_rule("-" * 60, "-"), is_rule("== x ==")
+    (True, True, False)
+    """
+    stripped = line.strip()
+    return len(stripped) >= 10 and stripped == char * len(stripped)
+
+
+class SummaryEntry(NamedTuple):
+    """One failure the summary lists: global rank, local rank, pid (if shown)."""
+
+    rank: int
+    local_rank: int
+    pid: int | None
+
+
+def summary_entries(text: str) -> tuple[SummaryEntry | None, list[SummaryEntry]]:
+    """The root-cause entry of a torchrun failure summary and every entry (root cause included).
+
+    >>> root, entries = summary_entries("Failures:\\n[1]:\\n  rank      : 0 (local_rank: 0)\\n"
+    ...     "  exitcode  : -15 (pid: 32708)  (SIGTERM)\\n" + ROOT_CAUSE + "\\n[0]:\\n"
+    ...     "  rank      : 3 (local_rank: 3)\\n  exitcode  : 1 (pid: 32712) ")
+    >>> root, len(entries)
+    (SummaryEntry(rank=3, local_rank=3, pid=32712), 2)
+    """
+    root: SummaryEntry | None = None
+    entries: list[SummaryEntry] = []
+    in_root = False
+    for raw in text.splitlines():
+        line = split_prefixes(raw).text if raw.startswith("[") else raw
+        if line.startswith(ROOT_CAUSE):
+            in_root = True
+            continue
+        rank = _SUMMARY_RANK.match(line)
+        if rank is not None:
+            entries.append(SummaryEntry(int(rank.group(1)), int(rank.group(2)), None))
+            if in_root and root is None:
+                root = entries[-1]
+            continue
+        pid = _SUMMARY_PID.match(line)
+        if pid is not None and entries and entries[-1].pid is None:
+            entries[-1] = entries[-1]._replace(pid=int(pid.group(1)))
+            if in_root and root is not None and root.rank == entries[-1].rank:
+                root = entries[-1]
+    return root, entries
+
+
+# ----- NVIDIA driver (NVRM) messages ---------------------------------------------------------
+
+_NVRM = "NVRM: "
+
+
+def nvrm_text(line: str) -> str | None:
+    """The text of a kernel NVRM line after ``NVRM: `` (behind a dmesg or syslog header).
+
+    >>> nvrm_text("Oct 30 09:49:36 pc kernel: NVRM: Xid (PCI:0000:03:00): 79, pid='<unknown>'")
+    "Xid (PCI:0000:03:00): 79, pid='<unknown>'"
+    """
+    at = line.find(_NVRM, 0, 120)
+    return None if at < 0 else line[at + len(_NVRM) :]
+
+
+def nvrm_continues(head: str, last: str, following: str, has_xid: bool) -> bool:
+    """Whether the NVRM text ``following`` continues the NVRM record that began with ``head``
+    and so far ends with ``last`` (``has_xid``: it already holds its ``Xid`` line).
+
+    The driver reports an Xid as ``GPU at PCI:...`` (and ``GPU Board Serial Number``) then the
+    ``Xid (...)`` line; a long message (``The NVIDIA GPU ... installed in this system has`` /
+    ``fallen off the bus ...``) is one printk wrapped over lines, each starting ``NVRM:``.
+
+    >>> nvrm_continues("GPU at PCI:0000:3b:00: GPU-1", "GPU at PCI:0000:3b:00: GPU-1",
+    ...     "Xid (PCI:0000:3b:00): 79, GPU has fallen off the bus.", False)
+    True
+    >>> nvrm_continues("Xid (PCI:0000:cb:00): 13, x", "Xid (PCI:0000:cb:00): 13, x",
+    ...     "Xid (PCI:0000:cb:00): 13, y", True)
+    False
+    """
+    if following.startswith(("Xid (", "GPU Board Serial Number")):
+        return head.startswith("GPU at PCI:") and not has_xid
+    if following.startswith("GPU at PCI:"):
+        return False
+    # A wrapped message: the previous line stops mid-sentence and this one goes on.
+    return not last.rstrip().endswith(".") and (following[:1].islower() or following[:1] == "(")

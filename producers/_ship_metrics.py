@@ -20,6 +20,13 @@ _HF_FIELDS = {"loss": "loss", "grad_norm": "gradient_norm", "learning_rate": "le
 _HF_STEP_KEYS = ("step", "global_step")
 # tqdm's progress bar, which the Trainer prints beside its dicts: ` 12%|█▏   | 120/1000 [`
 _TQDM = re.compile(r"\|\s*(\d+)/(\d+)\s*\[")
+# A whole tqdm bar at the start of a frame: `desc:  12%|█▏  | 120/1000 [00:42<05:08, 2.85it/s]`
+# (tqdm's default `{l_bar}{bar}{r_bar}`), or without a total: `desc: 120it [00:42, 2.85it/s]`.
+_UNIT = r"[\d.]+[kMGTPEZY]?"
+_BAR = re.compile(
+    rf"^\s*(?:[^|\[\]]{{0,80}}?:\s*)?(?:\d{{1,3}}%\|[^|]*\|\s*({_UNIT})/{_UNIT}\s*|"
+    rf"({_UNIT})\s?[A-Za-z]{{0,12}}\s)\[[\d:]+(?:<[\d:?]+)?,[^\]]*\]"
+)
 
 # Megatron-LM: iteration      100/  500000 | consumed samples: ... | lm loss: 2.345678E+00 | ...
 _MEGATRON = re.compile(r"\biteration\s+(\d+)\s*/\s*\d+\s*\|(.*)")
@@ -54,6 +61,28 @@ def tqdm_position(line: str) -> int | None:
     """
     found = _TQDM.findall(line)
     return int(found[-1][0]) if found else None
+
+
+def split_progress(frame: str) -> tuple[int | None, str] | None:
+    """A tqdm bar at the start of ``frame``: the step it shows (None where tqdm scaled it, as
+    ``1.2k``) and the text after it ('' for a frame that is only a bar); None: no bar.
+
+    >>> split_progress(" 50%|█████     | 5/10 [00:01<00:01,  4.00it/s]")
+    (5, '')
+    >>> split_progress("Map: 120it [00:42,  2.85it/s]{'loss': 1.5}")
+    (120, "{'loss': 1.5}")
+    >>> split_progress("step 5/10 [ok]") is None
+    True
+    """
+    match = _BAR.match(frame)
+    if match is None:
+        return None
+    shown = match.group(1) or match.group(2)
+    try:
+        position: int | None = int(float(shown))
+    except ValueError:  # `1.2k`: tqdm's unit_scale; the step is not exact
+        position = None
+    return position, frame[match.end() :]
 
 
 def parse_hf(line: str) -> Parsed | None:

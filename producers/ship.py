@@ -32,19 +32,38 @@ from rankwatch.producers._scrub import Scrubber
 from rankwatch.producers._ship_lines import (
     CHAINING,
     TRACEBACK,
+    Prefix,
+    SummaryEntry,
+    agent_line,
     is_header,
     is_native_log,
+    is_rule,
     level_of,
+    nvrm_continues,
+    nvrm_text,
     rank_in_text,
-    split_prefix,
+    split_prefixes,
+    starts_summary,
     step_in_text,
+    summary_entries,
     timestamp_of,
 )
-from rankwatch.producers._ship_metrics import parse_hf, parse_json, parse_megatron, tqdm_position
+from rankwatch.producers._ship_metrics import (
+    parse_hf,
+    parse_json,
+    parse_megatron,
+    split_progress,
+    tqdm_position,
+)
 from rankwatch.schemas import EventDecodeError, LogEvent, StepEvent, decode_object
 
 ShipEvent = StepEvent | LogEvent
 _MAX_TAIL_LINES = 60  # unindented lines kept after an exception line (multi-line messages)
+_MAX_SUMMARY_LINES = 20_000  # torchrun's failure summary: ~7 lines per failed rank
+# An agent's `Sending process PID closing signal` names a pid, not a rank; the failure summary
+# that maps pids to ranks follows it. With --follow such records wait this long for it.
+_PENDING_HOLD_S = 10.0
+_MAX_PENDING = 4096
 
 
 @dataclass
@@ -57,6 +76,20 @@ class _Record:
     # Decided when the record opens, so event time follows file order whatever closes it.
     timestamp: datetime | None = None
     step: int | None = None
+    summary: bool = False  # torchrun's ChildFailedError summary: kept whole to its last rule
+    rules: int = 0
+    nvrm_head: str | None = None  # an NVIDIA driver message: its first and last NVRM text
+    nvrm_last: str = ""
+    nvrm_xid: bool = False
+
+
+@dataclass
+class _Pending:
+    """A record waiting for the rank of the pid it names."""
+
+    pid: int
+    fields: dict[str, Any]
+    since: float
 
 
 class LogParser:
@@ -66,6 +99,10 @@ class LogParser:
     (None: this machine's zone). Lines without a timestamp get a synthetic one: 1 ms after the
     previous event, starting at ``start_time`` (default: now), or the wall clock when ``live``
     (``--follow``), so event time never goes backwards.
+
+    Launcher output: torchrun's failure summary is one record of the root-cause rank; the
+    agent's lines go to the worker they name (a local rank, plus ``node_rank *
+    nproc_per_node``; a pid, once the summary maps it). ``[defaultN]:`` prefixes are local ranks.
     """
 
     def __init__(
@@ -79,6 +116,8 @@ class LogParser:
         start_time: float | None = None,
         live: bool = False,
         scrubber: Scrubber | None = None,
+        node_rank: int = 0,
+        nproc_per_node: int | None = None,
     ) -> None:
         self.job_id, self.rank, self.host, self.world_size = job_id, rank, host, world_size
         self.naive_tz = naive_tz
@@ -89,54 +128,84 @@ class LogParser:
         self._last_step: dict[int, int] = {}
         self._metric_lines: dict[int, int] = {}
         self._tqdm_step: dict[int, int] = {}
+        self._offset: int | None = None if nproc_per_node is None else node_rank * nproc_per_node
+        self._pids: dict[int, int] = {}  # worker pid -> global rank, from the agent's lines
+        self._pending: list[_Pending] = []
         self.records = 0
 
     # ----- feeding ---------------------------------------------------------------------------
 
     def feed(self, line: str) -> list[ShipEvent]:
         """One line (with or without its newline); returns the events it completes."""
-        line = line.rstrip("\r\n")
-        if "\r" in line:  # progress bars redraw with \r: keep the last non-empty frame
-            line = next((p for p in reversed(line.split("\r")) if p.strip()), "")
-        prefix_rank, text = split_prefix(line)
+        raw = line.rstrip("\r\n")
+        prefix = split_prefixes(raw, self.world_size)
+        if prefix.text.strip():
+            kept = self._drop_progress(prefix.text, self._key(prefix))
+            if kept is None:  # only progress bars: they tell the step, and are no record
+                return []
+            # A bar has no newline: the next writer's line (another rank's prefix) is glued
+            # to it, as in ` 75%|███████▌  | 6/8 [00:00<00:00, 18.00it/s][rank3]: Traceback`.
+            inner = split_prefixes(kept, self.world_size)
+            prefix = inner if inner.rank is not None else prefix._replace(text=kept)
+        key = self._key(prefix)
+        rank = key if key is not None else self.rank
+        text = prefix.text
         out: list[ShipEvent] = []
-        record = self._open.get(prefix_rank)
-        if not text.strip() and prefix_rank is not None:
-            # A bare `[0]:` inside torchrun's failure summary belongs to that summary.
-            summary = self._open.get(None)
-            if summary is not None and summary.in_traceback:
-                summary.lines.append(line)
-                return out
+        summary = self._open.get(None)
+        if summary is not None and summary.summary and key is None:
+            if not is_header(text):
+                return self._summary_line(summary, text)
+            out += self._close(None)  # a summary cut short: what follows is new
+            summary = None
         if not text.strip():
+            if key is not None and summary is not None and summary.in_traceback:
+                # A bare `[0]:` inside torchrun's failure summary belongs to that summary.
+                summary.lines.append(raw)
+                return out
+            record = self._open.get(key)
             if record is not None and not record.in_traceback:
-                out += self._close(prefix_rank)
+                out += self._close(key)
             return out
-        rank = prefix_rank if prefix_rank is not None else self.rank
+        record = self._open.get(key)
         position = tqdm_position(text)
         if position is not None:
             self._tqdm_step[rank] = position
         step_event = self._metric(text, rank)
         if step_event is not None:
-            out += self._close(prefix_rank)
+            out += self._close(key)
             out.append(step_event)
             return out
         if record is not None and self._continues(record, text):
             record.lines.append(text)
+            if record.in_traceback and starts_summary(text):
+                record.summary = True
             return out
-        out += self._close(prefix_rank)
-        record = _Record(prefix_rank, [text])
+        out += self._close(key)
+        record = _Record(key, [text])
         record.in_traceback = text.startswith(TRACEBACK)
+        if starts_summary(text):  # a summary printed without torchrun's own traceback
+            record.in_traceback = record.exception_seen = record.summary = True
+        record.nvrm_head = nvrm_text(text)
+        if record.nvrm_head is not None:
+            record.nvrm_last = record.nvrm_head
+            record.nvrm_xid = record.nvrm_head.startswith("Xid (")
         record.timestamp = self._time(timestamp_of(text, self.naive_tz))
         step = step_in_text(text)
         record.step = step if step is not None else self._last_step.get(rank)
-        self._open[prefix_rank] = record
+        self._open[key] = record
         return out
 
-    def flush(self) -> list[ShipEvent]:
-        """Close every open record (end of file, or the file went quiet while following)."""
+    def flush(self, final: bool = True) -> list[ShipEvent]:
+        """Close every open record (end of file, or the file went quiet while following:
+        ``final=False`` keeps agent records that wait for their rank, up to a few seconds)."""
         out: list[ShipEvent] = []
         for key in list(self._open):
             out += self._close(key)
+        now = time.monotonic()
+        for pending in list(self._pending):
+            if final or now - pending.since > _PENDING_HOLD_S:
+                self._pending.remove(pending)
+                out += self._event(self.rank, pending.fields)
         return out
 
     def parse(self, lines: Iterable[str]) -> Iterator[ShipEvent]:
@@ -147,9 +216,54 @@ class LogParser:
 
     # ----- grouping --------------------------------------------------------------------------
 
+    def _key(self, prefix: Prefix) -> int | None:
+        """The global rank a prefix names (the key of that rank's open record)."""
+        if prefix.rank is None or not prefix.local:
+            return prefix.rank
+        return self._global(prefix.rank)
+
+    def _drop_progress(self, text: str, key: int | None) -> str | None:
+        """``text`` without its tqdm bars (a bar redraws with \\r: the last frame with text
+        is kept); None when nothing but bars is left."""
+        kept: str | None = None
+        for frame in text.split("\r"):
+            bar = split_progress(frame)
+            if bar is not None:
+                if bar[0] is not None:
+                    self._tqdm_step[key if key is not None else self.rank] = bar[0]
+                frame = bar[1]
+            if frame.strip():
+                kept = frame
+        return kept
+
+    def _summary_line(self, record: _Record, text: str) -> list[ShipEvent]:
+        # The summary is framed by two `=====` rules; its `[N]:` entries, `-----` rules and
+        # unindented `Failures:` lines would otherwise each look like something new.
+        if not text.strip():
+            return []
+        record.lines.append(text)
+        if is_rule(text):
+            record.rules += 1
+        if record.rules >= 2 or len(record.lines) >= _MAX_SUMMARY_LINES:
+            return self._close(None)
+        return []
+
     @staticmethod
     def _continues(record: _Record, text: str) -> bool:
         if text[:1].isspace():
+            following = nvrm_text(text)
+            if following is not None and record.nvrm_head is not None:
+                record.nvrm_last = following  # dmesg indents the lines of a wrapped message
+                record.nvrm_xid = record.nvrm_xid or following.startswith("Xid (")
+            return True
+        if record.nvrm_head is not None:
+            following = nvrm_text(text)
+            if following is None or not nvrm_continues(
+                record.nvrm_head, record.nvrm_last, following, record.nvrm_xid
+            ):
+                return False
+            record.nvrm_last = following
+            record.nvrm_xid = record.nvrm_xid or following.startswith("Xid (")
             return True
         if text.startswith(TRACEBACK):
             if record.in_traceback:  # the next exception of a chain
@@ -174,6 +288,8 @@ class LogParser:
         if not record.exception_seen:
             record.exception_seen = True  # the `SomeError: message` line ends the frames
             return True
+        if starts_summary(text):
+            return True
         # After the exception line: more lines of its message, until something looks new.
         if is_header(text) or record.tail >= _MAX_TAIL_LINES:
             return False
@@ -187,11 +303,6 @@ class LogParser:
         self.records += 1
         first = record.lines[0]
         message = "\n".join(record.lines)
-        rank = record.prefix_rank
-        if rank is None:
-            rank = rank_in_text(first)
-        if rank is None:
-            rank = self.rank
         step = record.step
         fields: dict[str, Any] = {
             "level": level_of(first, message),
@@ -200,10 +311,56 @@ class LogParser:
         }
         if step is not None:
             fields["step"] = step
+        rank = record.prefix_rank
+        out: list[ShipEvent] = []
+        if record.summary:
+            # The root cause (first observed failure) is the rank that failed; the others
+            # the summary lists were stopped because of it.
+            root, entries = summary_entries(message)
+            out += self._learn(entries)
+            if root is not None:
+                rank = root.rank
+        elif rank is None and (agent := agent_line(first)) is not None:
+            if agent.local_rank is not None:
+                rank = self._global(agent.local_rank)
+                self._pids[agent.pid] = rank
+                out += self._learn([])
+            elif agent.pid in self._pids:
+                rank = self._pids[agent.pid]
+                fields["lifecycle"] = "terminated"
+            else:
+                if len(self._pending) < _MAX_PENDING:
+                    self._pending.append(_Pending(agent.pid, fields, time.monotonic()))
+                    return out
+        if rank is None:
+            rank = rank_in_text(first)
+        if rank is None:
+            rank = self.rank
+        return out + self._event(rank, fields)
+
+    def _learn(self, entries: list[SummaryEntry]) -> list[ShipEvent]:
+        """Take the pid -> rank map of a summary; returns the waiting records it resolves."""
+        for entry in entries:
+            if entry.pid is not None:
+                self._pids[entry.pid] = entry.rank
+            if self._offset is None and entry.rank != entry.local_rank:
+                self._offset = entry.rank - entry.local_rank  # this node's first rank
+        out: list[ShipEvent] = []
+        for pending in list(self._pending):
+            if pending.pid in self._pids:
+                self._pending.remove(pending)
+                fields = {**pending.fields, "lifecycle": "terminated"}
+                out += self._event(self._pids[pending.pid], fields)
+        return out
+
+    def _event(self, rank: int, fields: dict[str, Any]) -> list[ShipEvent]:
         try:
             return [LogEvent.model_validate({**self._identity(rank), **fields})]
         except ValidationError:  # e.g. a rank named in the text beyond world_size
             return [LogEvent.model_validate({**self._identity(self.rank), **fields})]
+
+    def _global(self, local_rank: int) -> int:
+        return local_rank + (self._offset or 0)
 
     # ----- metric lines ----------------------------------------------------------------------
 
