@@ -1,11 +1,11 @@
 """Cost of timing a rank's forward with module hooks (``ComputeTimer``) on the training thread.
 
 Per call, median and p99 in microseconds, measured in interleaved rounds in one run: a bare
-forward of a small module (the reference), the same forward with the timer's pre-/post-hooks,
-the hooks' work alone (``start`` + ``stop``), and ``end_step`` once per step; then the same on
-the GPU (CUDA events recorded, never synchronised) where torch sees one. The smaller the
-module, the larger the hooks' share: this one is the worst case, a real model's forward is
-milliseconds.
+forward of a small module (the reference), the same forward with two no-op hooks (torch's
+call path with hooks, by itself), with the timer's pre-/post-hooks, the hooks' work alone
+(``start`` + ``stop``), and ``end_step`` once per step; then the same on the GPU (CUDA events
+recorded, never synchronised) where torch sees one. The smaller the module, the larger the
+hooks' share: this one is the worst case, a real model's forward is milliseconds.
 
     .venv/bin/python benchmarks/forward_hooks.py [--calls 20000] [--write]
 """
@@ -44,6 +44,10 @@ def cases(device: str) -> dict[str, Callable[[], object]]:
     bare = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU()).to(device)
     hooked = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU()).to(device)
     timer = ComputeTimer(hooked)
+    # The same two hooks doing nothing: what torch's call path with hooks costs by itself.
+    noop = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU()).to(device)
+    noop.register_forward_pre_hook(lambda module, args: None)
+    noop.register_forward_hook(lambda module, args, output: None, always_call=True)
     alone = ComputeTimer(cuda=device == "cuda")
 
     def span() -> None:
@@ -56,6 +60,7 @@ def cases(device: str) -> dict[str, Callable[[], object]]:
 
     return {
         f"bare forward ({device})": lambda: bare(x),
+        f"forward with two no-op hooks ({device})": lambda: noop(x),
         f"forward with the timer's hooks ({device})": lambda: hooked(x),
         f"hooks' work alone, start + stop ({device})": span,
         f"hooked forward + end_step, one step ({device})": step,

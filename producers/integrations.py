@@ -62,14 +62,17 @@ class ComputeTimer:
     Under FSDP or ZeRO-3 the forward gathers parameters from the peers, so it is not free of
     collective waits: time the compute some other way there.
 
-    >>> import torch
-    >>> model = torch.nn.Linear(4, 2)
-    >>> timer = ComputeTimer(model)
-    >>> _ = model(torch.ones(3, 4)); _ = model(torch.ones(3, 4))
+    ``ComputeTimer(model)`` registers the hooks; by hand (what each forward does)::
+
+    >>> timer = ComputeTimer()
+    >>> timer.start(); timer.stop(); timer.start(); timer.stop()  # two micro-batches
     >>> compute, data = timer.end_step()
     >>> compute > 0, data   # no previous step: the wait for data is not known yet
     (True, None)
-    >>> timer.close()
+    >>> timer.start(); timer.stop()
+    >>> compute, data = timer.end_step()
+    >>> data >= 0   # from the previous end_step to this step's first start
+    True
     """
 
     def __init__(self, module: Any = None, *, cuda: bool | None = None) -> None:
@@ -106,15 +109,18 @@ class ComputeTimer:
             handle.remove()
         self._handles.clear()
 
+    # The hooks run inside the trainer's forward: whatever goes wrong in them stays there.
     def _pre(self, module: Any, args: Any) -> None:
-        if self._cuda is None:  # once: where the model is when it first runs
-            self._cuda = False
-            with suppress(StopIteration, AttributeError):
-                self._cuda = bool(next(module.parameters()).is_cuda)
-        self.start()
+        with suppress(Exception):
+            if self._cuda is None:  # once: where the model is when it first runs
+                self._cuda = False
+                with suppress(StopIteration, AttributeError):
+                    self._cuda = bool(next(module.parameters()).is_cuda)
+            self.start()
 
     def _post(self, module: Any, args: Any, output: Any) -> None:
-        self.stop()
+        with suppress(Exception):
+            self.stop()
 
     def start(self) -> None:
         """A span of this rank's own compute begins (a forward pass)."""
@@ -154,7 +160,9 @@ class ComputeTimer:
         first = self._first
         data = max(0.0, first - since) if first is not None and since is not None else None
         if self._cuda:
-            compute = self._cuda_seconds()
+            compute = None
+            with suppress(Exception):  # a device error is the trainer's to meet, not ours
+                compute = self._cuda_seconds()
         else:
             compute = self._host_s if first is not None and self._depth == 0 else None
         self.discard()
