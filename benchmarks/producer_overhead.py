@@ -2,7 +2,9 @@
 
 Measures per-call time (median, p99) with the broker up (a LocalCluster started here on free
 ports, or ``--bootstrap``) and down (a closed port), beside a no-op call and stdlib logging to a
-file in the same run; then the memory held across 1M calls with the broker away and a 100k bound.
+file in the same run; with the broker up also ``log_step`` of a producer set up by
+``rw.configure`` (lifecycle hooks and the stuck watchdog on); then the memory held across 1M
+calls with the broker away and a 100k bound.
 
     .venv/bin/python benchmarks/producer_overhead.py [--bootstrap HOST:PORT] [--calls N]
 """
@@ -23,7 +25,22 @@ from pathlib import Path
 from rankwatch.config import Settings
 from rankwatch.infra.admin import create_topics
 from rankwatch.infra.cluster import LocalCluster, free_ports
-from rankwatch.producers import Identity, RankwatchLogHandler, RankwatchProducer
+from rankwatch.producers import (
+    Identity,
+    RankwatchLogHandler,
+    RankwatchProducer,
+    configure,
+    shutdown,
+)
+
+# The five metrics of every log_step row.
+METRICS = {
+    "loss": 2.5,
+    "learning_rate": 1e-4,
+    "gradient_norm": 0.7,
+    "step_time_s": 0.31,
+    "throughput_tokens_per_sec": 9000.0,
+}
 
 
 def timed(fn: Callable[[int], None], calls: int) -> tuple[float, float]:
@@ -45,17 +62,7 @@ def scenario(name: str, bootstrap: str, calls: int, rows: list[tuple[str, float,
     rows.append(
         (
             f"log_step, broker {name}",
-            *timed(
-                lambda i: producer.log_step(
-                    i,
-                    loss=2.5,
-                    learning_rate=1e-4,
-                    gradient_norm=0.7,
-                    step_time_s=0.31,
-                    throughput_tokens_per_sec=9000.0,
-                ),
-                calls,
-            ),
+            *timed(lambda i: producer.log_step(i, **METRICS), calls),
         )
     )
     log = logging.getLogger(f"bench.{name}")
@@ -71,6 +78,18 @@ def scenario(name: str, bootstrap: str, calls: int, rows: list[tuple[str, float,
     producer.flush(30)
     print(f"  broker {name}: {producer.stats()}")
     producer.close(2)
+    if name == "up":
+        # What a trainer gets from rw.configure: hooks installed, the watchdog thread looking.
+        configured = configure("bench", 0, 8, "bench-host", settings=settings, stuck_after_s=60)
+        time.sleep(0.5)
+        rows.append(
+            (
+                "log_step, broker up, rw.configure (hooks, watchdog)",
+                *timed(lambda i: configured.log_step(i, **METRICS), calls),
+            )
+        )
+        configured.flush(30)
+        shutdown(2)
 
 
 def memory_when_broker_away(calls: int, bound: int) -> list[tuple[int, float]]:
