@@ -10,6 +10,9 @@ One line in the trainer (identity from torchrun/Slurm variables, Kafka from the 
 The training thread never blocks on the network and never sees an exception from here: events
 wait in a bounded buffer while the broker is away (oldest dropped past the bound, counted in
 :func:`stats`), and drain when it returns. Importing this package connects to nothing.
+
+:func:`configure` also reports the rank's own life (records with a ``lifecycle``): an uncaught
+exception, SIGTERM/SIGINT, a stuck step, a clean end (:mod:`rankwatch.producers._lifecycle`).
 """
 
 from rankwatch.producers._enrich import Enricher, GpuMemory, default_enrichers, static_fields
