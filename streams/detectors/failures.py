@@ -61,7 +61,12 @@ from types import MappingProxyType
 from typing import Final
 
 from rankwatch.streams.detectors.log_patterns import clip, line_at
-from rankwatch.streams.detectors.tracebacks import RANK_PREFIX, TRACEBACK_HEADER, parse_traceback
+from rankwatch.streams.detectors.tracebacks import (
+    RANK_PREFIX,
+    TRACEBACK_HEADER,
+    fault_user_frame,
+    parse_traceback,
+)
 
 __all__ = [
     "CATALOGUE",
@@ -439,11 +444,14 @@ def classify_failure(message: str, level: str, *, max_line: int = 400) -> Failur
         exc = _EXC_LINE.search(RANK_PREFIX.sub("", message) if "]:" in message else message)
         exc_type = exc.group("type") if exc is not None else None
         error = clip(exc.group(0), max_line) if exc is not None else line
+    frame = tb.user_frame if tb is not None else None
+    if frame is None and cls.id == "fatal_signal" and "most recent call first" in message:
+        frame = fault_user_frame(message)
     return Failure(
         failure_class=cls,
         exception_type=exc_type,
         error=error,
-        frame=tb.user_frame if tb is not None else None,
+        frame=frame,
         line=line,
         label=label,
         cause_type=tb.cause_type if tb is not None else None,

@@ -33,6 +33,7 @@ __all__ = [
     "TRACEBACK_HEADER",
     "Frame",
     "Traceback",
+    "fault_user_frame",
     "is_user_path",
     "parse_traceback",
 ]
@@ -45,6 +46,7 @@ _CHAIN_MARKERS: Final = (
     "The above exception was the direct cause of the following exception:",
 )
 RANK_PREFIX: Final = re.compile(r"^\[(?:rank|Rank )\d+\]:[ ]?", re.MULTILINE)
+_DIGIT: Final = re.compile(r"\d")
 _FRAME: Final = re.compile(r'^\s*File "(?P<file>[^"]+)", line (?P<line>\d+)(?:, in (?P<func>.+))?$')
 # "RuntimeError: text", "torch.OutOfMemoryError: text", a bare "MemoryError", "c10::Error: x".
 _EXC_LINE: Final = re.compile(r"^(?P<type>[A-Za-z_][\w.]*(?:::[\w.]+)*)(?::(?: (?P<msg>.*))?)?$")
@@ -53,7 +55,7 @@ _EXC_LINE: Final = re.compile(r"^(?P<type>[A-Za-z_][\w.]*(?:::[\w.]+)*)(?::(?: (
 # modules, and console-script launchers (bin/torchrun, bin/accelerate have no ".py").
 _NOT_USER: Final = re.compile(
     r"(?:site-packages|dist-packages)[/\\]"
-    r"|^<frozen |^<__array_function__"
+    r"|^<"  # <frozen runpy>, <string> (a dataclass's generated __init__), <stdin>
     r"|[/\\]lib[/\\]python\d+(?:\.\d+)?[/\\]"
     r"|[/\\]lib64[/\\]python\d+(?:\.\d+)?[/\\]"
     r"|[/\\]bin[/\\][^/\\.]+$"
@@ -117,25 +119,31 @@ class _Section:
 
 def strip_prefixes(message: str) -> str:
     """``message`` without ``[rankN]:`` line prefixes and without the prefix (a logger's, a
-    shipper's) that stands before ``Traceback`` and is repeated on the lines after it."""
+    shipper's) that stands before ``Traceback`` and is repeated on the lines after it.
+
+    The repeated prefix may differ in its digits (a timestamp that ticks between lines):
+    a line whose start equals the prefix once digits are ignored loses it too.
+    """
     if "]:" in message:
         message = RANK_PREFIX.sub("", message)
-    lines = message.split("\n")
     prefix = ""
+    shape = ""
     out: list[str] = []
-    for line in lines:
+    for line in message.split("\n"):
         i = line.find(TRACEBACK_HEADER)
         if i >= 0:
-            candidate = line[:i]
-            # A prefix is kept only when the next lines repeat it (a per-line shipper prefix);
-            # a one-off logger prefix ("ERROR main failed: ") just goes.
-            prefix = candidate if candidate.strip() else ""
+            # A one-off logger prefix ("ERROR main failed: ") just goes; a per-line shipper
+            # prefix is taken off the lines after it too.
+            prefix = line[:i] if line[:i].strip() else ""
+            shape = _DIGIT.sub("0", prefix)
             out.append(line[i:])
             continue
-        if prefix and line.startswith(prefix):
-            line = line[len(prefix) :]
-        elif prefix and line.startswith(prefix.rstrip()):
-            line = line[len(prefix.rstrip()) :]
+        if prefix:
+            n = len(prefix)
+            if line.startswith(prefix) or _DIGIT.sub("0", line[:n]) == shape:
+                line = line[n:]
+            elif line.startswith(prefix.rstrip()):
+                line = line[len(prefix.rstrip()) :]
         out.append(line)
     return "\n".join(out)
 
@@ -217,6 +225,38 @@ def _read_section(lines: list[str], i: int, max_message: int) -> tuple[_Section,
     while i < n and not lines[i].startswith(TRACEBACK_HEADER):
         i += 1
     return _Section(frames, exc_type, _clip(exc_message, max_message), exc_line), i
+
+
+# faulthandler's dump ("Fatal Python error: Segmentation fault"): each thread's frames, most
+# recent first, as 'File "x.py", line 12 in func' (no comma before "in").
+_FAULT_THREAD: Final = re.compile(
+    r"^(?:Current thread|Thread) 0x[0-9a-fA-F]+ (?:\[[^\]\n]*\] )?\(most recent call first\):\n"
+    r"(?P<body>(?:[ \t]+[^\n]*(?:\n|$))+)",
+    re.MULTILINE,
+)
+_FAULT_FRAME: Final = re.compile(r'^\s*File "(?P<file>[^"]+)", line (?P<line>\d+) in (?P<func>\S+)')
+
+
+def fault_user_frame(message: str) -> str | None:
+    """The user's innermost frame in a faulthandler dump (the current thread's first, then
+    the other threads'), or ``None``.
+
+    >>> fault_user_frame('''Fatal Python error: Segmentation fault
+    ...
+    ... Current thread 0x00007fd9b8151600 (most recent call first):
+    ...   File "/venv/lib/python3.8/site-packages/x/gen.py", line 362 in rate_conv
+    ...   File "main.py", line 86 in build''')
+    'main.py:86 in build'
+    """
+    blocks = sorted(
+        _FAULT_THREAD.finditer(message), key=lambda m: not m.group(0).startswith("Current")
+    )
+    for block in blocks:
+        for line in block.group("body").splitlines():
+            m = _FAULT_FRAME.match(line)
+            if m is not None and is_user_path(m.group("file")):
+                return Frame(m.group("file"), int(m.group("line")), m.group("func")).where
+    return None
 
 
 def _innermost_user(frames: list[Frame]) -> str | None:

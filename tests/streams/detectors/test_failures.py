@@ -96,6 +96,16 @@ MISSING_KEYS = """RuntimeError: Error(s) in loading state_dict for DTNet:
 "head.4.weight".
 \tUnexpected key(s) in state_dict: "module.projection.0.weight", "module.head.4.weight"."""
 
+# Lvchangze/snn issue #6 (faulthandler's dump, indented as faulthandler prints it; cut).
+FAULT_DUMP = """Fatal Python error: Segmentation fault
+
+Current thread 0x00007fd9b8151600 (most recent call first):
+  File "/home/jean/snn-main/snntorch/spikegen.py", line 362 in rate_conv
+  File "/home/jean/snn-main/snntorch/spikegen.py", line 120 in rate
+  File "main.py", line 86 in build_rated_dataset
+  File "main.py", line 343 in train
+Segmentation fault (core dumped)"""
+
 # (level, message, class id, exception type or None)
 SAMPLES: list[tuple[str, str, str, str | None]] = [
     # -- model_download -- yul091/DGSlow issue #1 (cut before its link)
@@ -198,9 +208,25 @@ SAMPLES: list[tuple[str, str, str, str | None]] = [
     # -- terminated -- hiyouga/LlamaFactory issue #163
     ("WARNING", "stderr: WARNING:torch.distributed.elastic.multiprocessing.api:Sending process "
      "153929 closing signal SIGTERM", "terminated", None),
-    # -- fatal_signal -- the existing log_patterns sample wording (bash's report)
-    ("ERROR", "/bin/bash: line 1: 48213 Segmentation fault      (core dumped) python train.py",
+    # -- fatal_signal -- idiap/pkwrap issue #4 (bash's report of a crashed job, cut)
+    ("ERROR", "bash: line 1: 80675 Segmentation fault      ( local/chain/tuning/model/1d.py "
+     "--dir exp/chain/tdnn_sp --mode training --lr 0.002 --frame-shift 0 )",
      "fatal_signal", None),
+    ("ERROR", FAULT_DUMP, "fatal_signal", None),
+    # -- cuda_error -- evo-design/evo issue #136
+    ("ERROR", "RuntimeError: CUDA error: an illegal memory access was encountered\nCUDA kernel "
+     "errors might be asynchronously reported at some other API call, so the stacktrace below "
+     "might be incorrect.\nFor debugging consider passing CUDA_LAUNCH_BLOCKING=1\nCompile with "
+     "`TORCH_USE_CUDA_DSA` to enable device-side assertions.", "cuda_error", "RuntimeError"),
+    # -- hardware -- jade-hpc-gpu/jade-hpc-gpu.github.io issue #194 (ECC beats "CUDA error")
+    ("ERROR", "RuntimeError: CUDA error: uncorrectable ECC error encountered\nCUDA kernel errors "
+     "might be asynchronously reported at some other API call, so the stacktrace below might "
+     "be incorrect.", "hardware", "RuntimeError"),
+    # -- cuda_oom -- carolchenyx/MGFN. issue #35
+    ("ERROR", "torch.cuda.OutOfMemoryError: CUDA out of memory. Tried to allocate 1.70 GiB. GPU 0 "
+     "has a total capacty of 6.00 GiB of which 0 bytes is free. Of the allocated memory 2.93 GiB "
+     "is allocated by PyTorch, and 2.30 GiB is reserved by PyTorch but unallocated.",
+     "cuda_oom", "torch.cuda.OutOfMemoryError"),
 ]  # fmt: skip
 
 
@@ -280,6 +306,16 @@ def _host_oom() -> object:
     return bytearray(1 << 62)
 
 
+def _missing_shard() -> object:
+    return open("/nonexistent/rankwatch/shard-00042.jsonl")
+
+
+def _corrupt_sample() -> object:
+    import json
+
+    return json.loads('{"input_ids": [1, 2, 3')
+
+
 def _chained() -> None:
     try:
         {}["labels"]
@@ -304,6 +340,10 @@ def test_real_torch_shape_mismatch() -> None:
          "RuntimeError: Error(s) in loading state_dict for Linear: size mismatch for weight"),
         (_index_error, "other", "IndexError", "IndexError: index 8 is out of bounds"),
         (_host_oom, "host_oom", "MemoryError", "MemoryError"),
+        (_missing_shard, "data_error", "FileNotFoundError",
+         "FileNotFoundError: [Errno 2] No such file or directory"),
+        (_corrupt_sample, "data_error", "json.decoder.JSONDecodeError",
+         "json.decoder.JSONDecodeError: Expecting ','"),
     ],
 )  # fmt: skip
 def test_real_torch_tracebacks(
@@ -367,18 +407,45 @@ def test_prefixes_are_stripped() -> None:
     assert tb is not None and tb.user_frame == "train.py:210 in <module>"
 
 
+def test_a_prefix_whose_timestamp_ticks_is_stripped_too() -> None:
+    # The shape of databrickslabs/dolly issue #139, with the milliseconds moving on.
+    lines = ENOSPC_PREFIXED.split("\n")
+    ticking = "\n".join(line.replace("06:01:12.977", f"06:01:12.{977 + i}") for i, line in
+                        enumerate(lines))  # fmt: skip
+    tb = parse_traceback(ticking)
+    assert tb is not None and tb.error == "OSError: [Errno 28] No space left on device"
+    assert [f.line for f in tb.frames] == [379, 604]
+
+
+def test_a_logger_prefix_on_the_traceback_line_only() -> None:
+    text = (
+        "ERROR:root:Traceback (most recent call last):\n"
+        + _traceback_of(_index_error).split("\n", 1)[1]
+    )
+    tb = parse_traceback(text)
+    assert tb is not None and tb.exc_type == "IndexError"
+    assert tb.user_frame is not None and tb.user_frame.endswith("in _index_error")
+
+
 def test_user_paths() -> None:
     assert is_user_path("/job/models/llama.py")
-    assert is_user_path("<string>")
     for path in (
         "/usr/lib/python3.10/threading.py",
         "/opt/conda/lib/python3.7/site-packages/torch/serialization.py",
         "/usr/local/lib/python3.6/dist-packages/torch/distributed/launch.py",
         "<frozen runpy>",
+        "<string>",  # a dataclass's generated __init__ (huggingface/trl issue #4149)
         "/home/akemid/llama/venv/bin/torchrun",
         r"C:\Users\Simon\anaconda3\envs\ldm\lib\site-packages\torch\serialization.py",
     ):
         assert not is_user_path(path), path
+
+
+def test_fault_dump_names_the_user_frame() -> None:
+    f = classify_failure(FAULT_DUMP, "ERROR")
+    assert f is not None and f.failure_class.id == "fatal_signal"
+    # snn-main/snntorch is the user's own checkout (not site-packages): its frame counts.
+    assert f.frame == "spikegen.py:362 in rate_conv"
 
 
 def test_no_traceback_no_parse() -> None:
