@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final
 
-from rankwatch.streams.detectors.log_patterns import clip, line_at
+from rankwatch.streams.detectors.log_patterns import clip, fatal_figures, line_at
 from rankwatch.streams.detectors.tracebacks import (
     RANK_PREFIX,
     TRACEBACK_HEADER,
@@ -233,8 +233,9 @@ PATTERNS: Final[tuple[_Pattern, ...]] = (
        r"\b(?:size|shape) mismatch\b|Expected (?:shape|size) ", ERROR, _I),
     # -- checkpoint_io ---------------------------------------------------------------------
     _p("checkpoint_io", "zip_archive", r"PytorchStream(?:Reader|Writer) failed"),
+    # Loaders with strict=False report key differences as warnings: ERROR only.
     _p("checkpoint_io", "state_dict_keys", r"(?:Missing|Unexpected) key\(s\) in state_dict|"
-       r"Error\(s\) in loading state_dict"),
+       r"Error\(s\) in loading state_dict", ERROR),
     _p("checkpoint_io", "unpickle", r"UnpicklingError|invalid load key|SafetensorError|"
        r"Weights only load failed|unexpected EOF, expected \d+ more bytes"),
     # What torch.save prints when the write fails (a full disk, a dead mount): no "ENOSPC".
@@ -261,8 +262,9 @@ PATTERNS: Final[tuple[_Pattern, ...]] = (
     _p("peer_lost", "nccl_remote", r"remote process exited or there was a network error|"
        r"\bncclRemoteError\b"),
     _p("peer_lost", "gloo_closed", r"Connection closed by (?:remote )?peer"),
+    # HTTP clients (hub downloads, metric uploaders) warn of resets while they retry: ERROR.
     _p("peer_lost", "reset", r"Connection reset by peer|\[Errno 104\]|Broken pipe|"
-       r"\[Errno 32\]"),
+       r"\[Errno 32\]", ERROR),
     # -- collective_timeout ----------------------------------------------------------------
     _p("collective_timeout", "watchdog", r"Watchdog caught collective operation timeout|"
        r"Timeout at NCCL work: \d+|WorkNCCL\(.*?\) timed out in blocking wait|"
@@ -432,7 +434,12 @@ def classify_failure(message: str, level: str, *, max_line: int = 400) -> Failur
         cls = CLASSES[_TYPE_CLASS.get(etype.rsplit(".", 1)[-1], "other")]
         line = clip(tb.exc_line, max_line) if tb.exc_line else ""
         label = ""
-    figures = launcher_figures(message) if cls.id in ("launcher_exit", "terminated") else {}
+    figures: Mapping[str, int | str] = {}
+    if cls.id in ("launcher_exit", "terminated"):
+        figures = launcher_figures(message)
+    elif cls.id == "hardware":
+        # Xid code, PCI address and meaning (XID_MEANINGS), as the fatal_error evidence has.
+        figures = {k: v for k, v in fatal_figures(message).items() if k in _XID_KEYS}
     if tb is not None and tb.exc_type is not None and cls.id != "launcher_exit":
         exc_type: str | None = tb.exc_type
         error = clip(tb.error, max_line)
@@ -467,6 +474,7 @@ _AGENT: Final = re.compile(r"failed \(exitcode: (-?\d+)\) local_rank: (\d+) \(pi
 _HOST: Final = re.compile(r"^\s*host\s*:\s*(\S+)", re.MULTILINE)
 _CHILD_TB: Final = re.compile(r"^\s*traceback\s*:\s*(\S[^\n]*)", re.MULTILINE)
 _SIGTERM_PID: Final = re.compile(r"Sending process (\d+) closing signal (SIG\w+)")
+_XID_KEYS: Final = frozenset({"xid", "pci", "xid_meaning"})
 _SIGNALS: Final = {2: "SIGINT", 6: "SIGABRT", 7: "SIGBUS", 9: "SIGKILL", 11: "SIGSEGV",
                    15: "SIGTERM"}  # fmt: skip
 

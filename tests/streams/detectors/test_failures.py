@@ -267,6 +267,9 @@ def test_benign_look_alikes_are_not_failures(level: str, message: str) -> None:
         ("DEBUG", "[2023-10-20 11:55:31,077] torch.distributed.elastic.rendezvous.dynamic_rendezvous:"
          " [DEBUG] The node 'georg-AERO-15-YC_945987_0' updated its keep-alive heartbeat time for "
          "the rendezvous 'none'. Pending sync."),
+        # NCCL's last-error line alone, at WARNING (NVIDIA/nccl issue #2076)
+        ("WARNING", "socketProgressOpt: Call to recv from 172....<33759> failed : Connection "
+         "reset by peer"),
         # an exception line at INFO is a message about an error, not a crash
         ("INFO", "retrying download after ConnectionError: timed out"),
     ],
@@ -439,6 +442,12 @@ def test_user_paths() -> None:
         r"C:\Users\Simon\anaconda3\envs\ldm\lib\site-packages\torch\serialization.py",
     ):
         assert not is_user_path(path), path
+
+
+def test_xid_figures() -> None:
+    f = classify_failure("NVRM: Xid (PCI:0000:44:00): 79, GPU has fallen off the bus", "INFO")
+    assert f is not None and f.failure_class.id == "hardware"
+    assert (f.figures["xid"], f.figures["pci"]) == (79, "0000:44:00")
 
 
 def test_fault_dump_names_the_user_frame() -> None:
