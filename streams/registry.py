@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from rankwatch.streams.detectors import crossrank, logs, metrics
+from rankwatch.streams.detectors import crossrank, logs, loss_scale, metrics
 from rankwatch.streams.engine import Detector
 
 
 def builtin_detectors() -> list[Detector]:
     """Every built-in rule of CONTRACT.md, with its default thresholds."""
-    return [*metrics.detectors(), *logs.detectors(), *crossrank.detectors()]
+    return [
+        *metrics.detectors(),
+        *logs.detectors(),
+        *loss_scale.detectors(),
+        *crossrank.detectors(),
+    ]

@@ -48,6 +48,7 @@ from rankwatch.streams.detectors.logs import (
     OomConfig,
 )
 from rankwatch.streams.detectors.loss import LossExplosion, LossExplosionConfig
+from rankwatch.streams.detectors.loss_scale import LossScaleConfig, LossScaleDetector
 from rankwatch.streams.detectors.memory import MemoryGrowth, MemoryGrowthConfig
 from rankwatch.streams.detectors.straggler import StragglerConfig, StragglerDetector
 from rankwatch.streams.detectors.throughput import ThroughputDrop, ThroughputDropConfig
@@ -69,6 +70,7 @@ CONFIGS: dict[str, tuple[type[Any], ...]] = {
     "cuda_oom": (OomConfig,),
     "fatal_error": (FatalErrorConfig,),
     "job_restarted": (JobRestartedConfig,),
+    "loss_scale_collapse": (LossScaleConfig,),
 }
 RULE_IDS = tuple(CONFIGS)
 _FIXED = {"burst_rule", "lone_rule"}  # which rule ids an episode gatherer emits: not settings
@@ -210,6 +212,15 @@ def build_detectors(settings: Mapping[str, Mapping[str, Any]]) -> list[Detector]
         out.append(ProgressHangDetector(make("hang", ProgressHangConfig)))
     if on("job_restarted"):
         out.append(JobRestarted(make("job_restarted", JobRestartedConfig)))
+    # The trainer's own log records: the loss scale, and NaN/Inf checks reported as
+    # loss_explosion / gradient_explosion with those rules' severity and action.
+    scale = make("loss_scale_collapse", LossScaleConfig) if on("loss_scale_collapse") else None
+    nan_loss = make("loss_explosion", LossExplosionConfig) if on("loss_explosion") else None
+    nan_grad = (
+        make("gradient_explosion", GradientExplosionConfig) if on("gradient_explosion") else None
+    )
+    if scale or nan_loss or nan_grad:
+        out.append(LossScaleDetector(scale, nan_loss, nan_grad))
     return [d.inner if isinstance(d, Retagged) and d.idle else d for d in out]
 
 
