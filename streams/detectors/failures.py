@@ -306,6 +306,9 @@ PATTERNS: Final[tuple[_Pattern, ...]] = (
     _p("data_error", "image", r"cannot identify image file|image file is truncated"),
 )  # fmt: skip
 
+# The patterns that may fire at each level rank (0 DEBUG .. 4 CRITICAL or a traceback).
+_BY_RANK: Final = tuple(tuple(p for p in PATTERNS if p.min_level <= r) for r in range(5))
+
 # Exception types that name a class when no pattern matched (traceback or exception line).
 _TYPE_CLASS: Final[Mapping[str, str]] = MappingProxyType(
     {
@@ -405,9 +408,7 @@ def classify_failure(message: str, level: str, *, max_line: int = 400) -> Failur
             return None
     rank = 4 if has_tb else _LEVEL_RANK.get(level.upper(), WARNING)
     match: tuple[_Pattern, re.Match[str]] | None = None
-    for pat in PATTERNS:
-        if pat.min_level > rank:
-            continue
+    for pat in _BY_RANK[rank]:
         m = pat.regex.search(message)
         if m is not None:
             match = (pat, m)
