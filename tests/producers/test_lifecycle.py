@@ -10,6 +10,7 @@ that blocks, an evaluation pass that must not count as stuck, a clean exit. The 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -243,7 +244,8 @@ def test_a_blocked_step_is_reported_stuck_with_the_main_stack(
         assert (record.level, record.step, record.logger) == ("WARNING", 5, "rankwatch.lifecycle")
         head, stack = record.message.split("\n", 1)
         assert head.startswith("rankwatch: rank 2 stuck in step 5 for ")
-        assert head.endswith("main thread stack:") and "(typical 0.0" in head
+        assert head.endswith("main thread stack:")
+        assert re.search(r" s \(typical [0-9.e-]+ s\); ", head), head  # known from 5 steps
         assert "in wait_for_peers\n" in stack  # the blocking function, innermost last
         assert stack.index("in <module>") < stack.index("in wait_for_peers")
     elapsed = [float(r.message.split(" for ", 1)[1].split(" s ", 1)[0]) for r in stuck]
