@@ -106,6 +106,18 @@ Current thread 0x00007fd9b8151600 (most recent call first):
   File "main.py", line 343 in train
 Segmentation fault (core dumped)"""
 
+# Produced here: a 2-process gloo job (torch 2.x, CPU), rank 0 in dist.recv from rank 1 that
+# never sends, process-group timeout 60 s.
+GLOO_TIMEOUT_60S = """Traceback (most recent call last):
+  File "/tmp/rw_gen/gloo_fail.py", line 15, in run
+    dist.recv(t, src=1)
+  File "/work/main/.venv/lib/python3.11/site-packages/torch/distributed/c10d_logger.py", line 83, in wrapper
+    return func(*args, **kwargs)
+           ^^^^^^^^^^^^^^^^^^^^^
+  File "/work/main/.venv/lib/python3.11/site-packages/torch/distributed/distributed_c10d.py", line 2799, in recv
+    work.wait()
+RuntimeError: [/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 60000ms for recv operation to complete"""
+
 # (level, message, class id, exception type or None)
 SAMPLES: list[tuple[str, str, str, str | None]] = [
     # -- model_download -- yul091/DGSlow issue #1 (cut before its link)
@@ -147,6 +159,7 @@ SAMPLES: list[tuple[str, str, str, str | None]] = [
      "collective operation timeout: WorkNCCL(SeqNum=2070, OpType=ALLREDUCE, NumelIn=1, "
      "NumelOut=1, Timeout(ms)=600000) ran for 600022 milliseconds before timing out.",
      "collective_timeout", None),
+    ("ERROR", GLOO_TIMEOUT_60S, "collective_timeout", "RuntimeError"),
     # -- peer_lost -- RVC-Project/Retrieval-based-Voice-Conversion-WebUI issue #1882
     ("ERROR", "RuntimeError: [../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection "
      "closed by peer [127.0.0.1]:10895", "peer_lost", "RuntimeError"),
