@@ -133,6 +133,7 @@ class BatchRuntime:
         self.broken = False  # an error stopped the loop: persist and commit nothing more
         #: (monotonic time of librdkafka's last statistics, whether a broker was up then).
         self._brokers: tuple[float, bool] | None = None
+        self._unhealthy: str | None = None  # why the clock last did not count, for the log
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -254,7 +255,14 @@ class BatchRuntime:
     def tick_clock(self) -> None:
         """Judge the jobs that went quiet, on the wall clock, while this worker is healthy."""
         engine = self.engine
-        alerts = engine.advance_clock(time.time(), healthy=self.healthy())
+        why = self.unhealthy()
+        if why != self._unhealthy:
+            if why:
+                log.info("silence of jobs not counted: %s", why)
+            elif self._unhealthy is not None:
+                log.info("silence of jobs counted again")
+            self._unhealthy = why
+        alerts = engine.advance_clock(time.time(), healthy=not why)
         pipeline = self.pipeline
         pipeline.note_released()  # held steps applied at a quiet tick: their ranks changed
         if alerts:
@@ -263,21 +271,41 @@ class BatchRuntime:
             self._publish(alerts)
             self.unacked += 1
 
-    def healthy(self) -> bool:
-        """Caught up with every owned input partition, nothing held back, and a broker up:
-        only then is a job's silence the job's, not this worker's."""
-        if self.broken or self.aligner.held():
-            return False
+    def unhealthy(self) -> str:
+        """Why a job's silence would not be the job's now ("" when healthy): this worker must
+        be caught up with every owned input partition, hold nothing back, and see a broker."""
+        if self.broken:
+            return "the worker stopped on an error"
+        if self.aligner.held():
+            return "input held back for alignment"
         brokers = self._brokers
         if brokers is not None:
             at, up = brokers
-            if not up or time.monotonic() - at > _STATS_STALE_S:
-                return False
+            if not up:
+                return "no Kafka broker is up"
+            if time.monotonic() - at > _STATS_STALE_S:
+                return "no news from Kafka"
         for topic in range(len(self.inputs)):
             for partition in self.owned:
-                if self._caught_up(topic, partition) is not True:
-                    return False
-        return True
+                if not self._at_end(topic, partition):
+                    return f"behind on {self.inputs[topic]}[{partition}]"
+        return ""
+
+    def _at_end(self, topic: int, partition: int) -> bool:
+        """Caught up with this input partition, or it holds nothing to consume."""
+        from confluent_kafka import TopicPartition
+
+        tp = TopicPartition(self.inputs[topic], partition)
+        try:
+            low, high = self.consumer.get_watermark_offsets(tp, cached=True)
+            (position,) = self.consumer.position([tp])
+        except Exception:
+            return False
+        if high < 0:
+            return False  # not fetched yet
+        if position.offset < 0:
+            return bool(high <= low)  # nothing consumed: caught up only when it is empty
+        return bool(position.offset >= high)
 
     def _kafka_stats(self, raw: str) -> None:
         """librdkafka's statistics (every second): is any broker of the cluster up?"""

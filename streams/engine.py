@@ -492,11 +492,11 @@ class Engine:
         from Kafka: that time does not count as anyone's silence. Replay calls it with the
         recorded timestamps, so a replay gives the alerts the live run gave.
 
-        A job heard from ``quiet_tick_s`` or more ago gets a *quiet tick*: detectors with an optional
-        ``on_quiet(job, state, now, quiet_s)`` hook decide on it, ``now`` being the job's
-        event time plus its silence. Other detectors do not run: nothing new happened. Once the
-        job is quiet for ``peer_lateness_s``, its held steps are applied: the ranks they wait
-        for are not coming.
+        A job heard from ``quiet_tick_s`` or more ago gets a *quiet tick*: detectors with an
+        optional ``on_quiet(job, state, now, quiet_s)`` hook decide on it, ``now`` being the
+        job's event time plus its silence. Other detectors do not run: nothing new happened.
+        Once the job is quiet for ``peer_lateness_s``, its held steps are applied: the ranks
+        they wait for are not coming.
         ``max_step`` overrides ``EngineConfig.max_clock_step_s`` (replay: no cap).
         """
         out: list[Alert] = []
@@ -523,9 +523,10 @@ class Engine:
 
     def _quiet_tick(self, job: JobState, kinds: _Kinds, out: list[Alert], quiet: float) -> None:
         order = self._orders.get(job.job_id)
-        if order is not None and order.job is job and order.held:
-            if quiet >= self.config.peer_lateness_s:
-                self._release(job, kinds, order, out, _INF)
+        held = order is not None and order.job is job and order.held
+        if held and quiet >= self.config.peer_lateness_s:
+            assert order is not None
+            self._release(job, kinds, order, out, _INF)
         now = job.watermark + quiet
         for jd in kinds.job:
             on_quiet = getattr(jd, "on_quiet", None)

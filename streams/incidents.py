@@ -39,7 +39,15 @@ class IncidentPolicy:
     expire_after_s: float = 600.0
     immediate_rules: frozenset[str] = field(
         default_factory=lambda: frozenset(
-            {"cuda_oom", "fatal_error", "nccl_error", "nccl_timeout_burst", "hang", "rank_silent"}
+            {
+                "crash",
+                "cuda_oom",
+                "fatal_error",
+                "nccl_error",
+                "nccl_timeout_burst",
+                "hang",
+                "rank_silent",
+            }
         )
     )
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rankwatch.streams.detectors import crossrank, logs, loss_scale, metrics
+from rankwatch.streams.detectors import crossrank, job_end, logs, loss_scale, metrics, stuck
 from rankwatch.streams.engine import Detector
 
 
@@ -13,4 +13,6 @@ def builtin_detectors() -> list[Detector]:
         *logs.detectors(),
         *loss_scale.detectors(),
         *crossrank.detectors(),
+        *stuck.detectors(),
+        *job_end.detectors(),
     ]

@@ -1,9 +1,14 @@
-"""Log rules: cuda_oom, fatal_error, nccl_error, nccl_timeout_burst and hang (from logs).
+"""Log rules: crash, cuda_oom, fatal_error, nccl_error, nccl_timeout_burst and hang (from logs).
 
 One detector, :class:`LogRulesDetector`, classifies each record once (see
 :mod:`~rankwatch.streams.detectors.log_patterns`: a benign line costs about a microsecond) and
 hands a match to its rule:
 
+- ``crash``: any other failure of a rank (a Python traceback, a kernel assertion, a launcher
+  exit, ...), classed by the failure catalogue (:mod:`~rankwatch.streams.detectors.failures`)
+  with a remediation line; a rank-scope finding at once. Classes that are usually another
+  rank's failure seen from here (a peer's lost connection, a collective's timeout, SIGTERM
+  from the launcher) raise nothing of their own: ``job_stopped`` lists them as consequences;
 - ``cuda_oom`` and ``fatal_error`` are one rank's own crash: a rank-scope finding at once.
   The OOM finding joins the log with the metrics: the rank's last few GPU memory readings,
   which this detector records from step events (it is a JobDetector too, for ``on_step``);
@@ -30,7 +35,9 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from rankwatch.schemas import Action, LogEvent, Severity, StepEvent
+from rankwatch.streams.detectors._classified import classified
 from rankwatch.streams.detectors.base import JobState, RankState
+from rankwatch.streams.detectors.failures import Failure
 from rankwatch.streams.detectors.log_episodes import EpisodeConfig, EpisodeGatherer
 from rankwatch.streams.detectors.log_patterns import (
     CUDA_OOM,
@@ -39,7 +46,6 @@ from rankwatch.streams.detectors.log_patterns import (
     NCCL,
     XID_WARNING_CODES,
     LogMatch,
-    classify,
     clip,
     fatal_figures,
     nccl_figures,
@@ -49,6 +55,7 @@ from rankwatch.streams.exceptions import DetectorConfigError
 from rankwatch.streams.findings import Finding, Outcome
 
 __all__ = [
+    "CrashConfig",
     "EpisodeConfig",
     "FatalErrorConfig",
     "LogRulesConfig",
@@ -57,6 +64,7 @@ __all__ = [
     "detectors",
 ]
 
+CRASH = "crash"
 _MEM_FIELDS = 4  # per reading: step, gpu_memory_usage %, allocated MB, reserved MB
 
 
@@ -84,6 +92,14 @@ class FatalErrorConfig:
     event_severity: Severity = "warning"
 
 
+@dataclass(frozen=True, slots=True)
+class CrashConfig:
+    """``crash``: severity and action of a rank's crash that no other log rule names."""
+
+    severity: Severity = "critical"
+    action: Action = "notify"
+
+
 def _nccl_default() -> EpisodeConfig:
     return EpisodeConfig(burst_rule="nccl_timeout_burst", lone_rule="nccl_error")
 
@@ -98,6 +114,7 @@ class LogRulesConfig:
 
     oom: OomConfig | None = field(default_factory=OomConfig)
     fatal: FatalErrorConfig | None = field(default_factory=FatalErrorConfig)
+    crash: CrashConfig | None = field(default_factory=CrashConfig)
     nccl: EpisodeConfig | None = field(default_factory=_nccl_default)
     hang: EpisodeConfig | None = field(default_factory=_hang_default)
     max_line: int = 400  # characters of a log line kept in evidence
@@ -136,18 +153,22 @@ class LogRulesDetector:
     def on_log(
         self, job: JobState, rank: RankState, state: dict[str, Any], event: LogEvent
     ) -> Iterable[Outcome]:
-        match = classify(event.message, event.level, max_line=self.config.max_line)
+        match, failure = classified(event, self.config.max_line)
         if match is None:
-            return ()
+            if failure is None or failure.consequence or self.config.crash is None:
+                return ()
+            return (self._crash(rank, event, failure, self.config.crash),)
         now = event.epoch
         # Only the record's own step: the rank's last step would depend on how the steps and
         # logs topics interleave, and the alert id (built from the step) must not, or live and
         # replayed alerts of the same record would get different ids.
         step = event.step
         if match.rule == CUDA_OOM and self.config.oom is not None:
-            return (self._oom(rank, state, event, match, now, step, self.config.oom),)
+            found = self._oom(rank, state, event, match, now, step, self.config.oom)
+            return (_with_class(found, failure),)
         if match.rule == FATAL_ERROR and self.config.fatal is not None:
-            return (self._fatal(rank, event, match, now, step, self.config.fatal),)
+            found = self._fatal(rank, event, match, now, step, self.config.fatal)
+            return (_with_class(found, failure),)
         if match.rule == NCCL and self._nccl is not None:
             figures = nccl_figures(event.message)
             return self._nccl.add(
@@ -158,6 +179,41 @@ class LogRulesDetector:
                 job, state["hang"], rank.rank, now, match.label, match.line, {}, step
             )
         return ()
+
+    @staticmethod
+    def _crash(rank: RankState, event: LogEvent, failure: Failure, cfg: CrashConfig) -> Finding:
+        cls = failure.failure_class
+        where = f"rank {rank.rank}" + (f" ({rank.host})" if rank.host else "")
+        at = f" at {failure.frame}" if failure.frame else ""
+        step = f" in step {event.step}" if event.step is not None else ""
+        evidence: dict[str, Any] = {
+            "error": failure.error,
+            "line": failure.line,
+            "exception": failure.exception_type,
+            "frame": failure.frame,
+        }
+        if failure.cause_type:
+            evidence["cause_exception"] = failure.cause_type
+        if failure.figures:
+            evidence.update(failure.figures)
+        if rank.host:
+            evidence["host"] = rank.host
+        return _with_class(
+            Finding(
+                rule=CRASH,
+                rank=rank.rank,
+                severity=cfg.severity,
+                event_time=event.epoch,
+                step=event.step,
+                summary=(
+                    f"{where} crashed{step}: {clip(failure.error, 200)}{at} "
+                    f"[{cls.title}]: {cls.remediation}"
+                ),
+                evidence=evidence,
+                action=cfg.action,
+            ),
+            failure,
+        )
 
     def _oom(
         self,
@@ -271,6 +327,15 @@ class LogRulesDetector:
         if self._hang is not None and state["hang"]:
             out.extend(self._hang.flush(job, state["hang"]))
         return out
+
+
+def _with_class(found: Finding, failure: Failure | None) -> Finding:
+    """The failure class and its remediation in the evidence, where the catalogue knows it."""
+    if failure is not None:
+        cls = failure.failure_class
+        found.evidence["failure_class"] = cls.id
+        found.evidence["remediation"] = cls.remediation
+    return found
 
 
 def _memory_trend(readings: array[float] | None) -> list[dict[str, float]]:

@@ -33,6 +33,7 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError
 from rankwatch.schemas import Action, LogEvent, Severity, StepEvent
 from rankwatch.streams.detectors.base import JobState, RankState
 from rankwatch.streams.detectors.gradient import GradientExplosion, GradientExplosionConfig
+from rankwatch.streams.detectors.job_end import JobStopped, JobStoppedConfig
 from rankwatch.streams.detectors.lifecycle import JobRestarted, JobRestartedConfig
 from rankwatch.streams.detectors.liveness import (
     ProgressHangConfig,
@@ -42,6 +43,7 @@ from rankwatch.streams.detectors.liveness import (
 )
 from rankwatch.streams.detectors.log_episodes import EpisodeConfig
 from rankwatch.streams.detectors.logs import (
+    CrashConfig,
     FatalErrorConfig,
     LogRulesConfig,
     LogRulesDetector,
@@ -51,6 +53,7 @@ from rankwatch.streams.detectors.loss import LossExplosion, LossExplosionConfig
 from rankwatch.streams.detectors.loss_scale import LossScaleConfig, LossScaleDetector
 from rankwatch.streams.detectors.memory import MemoryGrowth, MemoryGrowthConfig
 from rankwatch.streams.detectors.straggler import StragglerConfig, StragglerDetector
+from rankwatch.streams.detectors.stuck import StuckConfig, StuckRanks
 from rankwatch.streams.detectors.throughput import ThroughputDrop, ThroughputDropConfig
 from rankwatch.streams.engine import Detector
 from rankwatch.streams.exceptions import DetectorConfigError
@@ -64,11 +67,13 @@ CONFIGS: dict[str, tuple[type[Any], ...]] = {
     "memory_growth": (MemoryGrowthConfig,),
     "straggler": (StragglerConfig,),
     "rank_silent": (RankSilentConfig,),
-    "hang": (ProgressHangConfig, EpisodeConfig),
+    "hang": (ProgressHangConfig, EpisodeConfig, StuckConfig),
     "nccl_timeout_burst": (EpisodeConfig,),
     "nccl_error": (),
     "cuda_oom": (OomConfig,),
     "fatal_error": (FatalErrorConfig,),
+    "crash": (CrashConfig,),
+    "job_stopped": (JobStoppedConfig,),
     "job_restarted": (JobRestartedConfig,),
     "loss_scale_collapse": (LossScaleConfig,),
 }
@@ -194,12 +199,13 @@ def build_detectors(settings: Mapping[str, Mapping[str, Any]]) -> list[Detector]
     logs = LogRulesConfig(
         oom=make("cuda_oom", OomConfig) if on("cuda_oom") else None,
         fatal=make("fatal_error", FatalErrorConfig) if on("fatal_error") else None,
+        crash=make("crash", CrashConfig) if on("crash") else None,
         nccl=nccl,
         hang=make("hang", EpisodeConfig, burst_rule="hang", lone_rule="hang")
         if on("hang")
         else None,
     )
-    if logs.oom or logs.fatal or logs.nccl or logs.hang:
+    if logs.oom or logs.fatal or logs.crash or logs.nccl or logs.hang:
         log_rules = LogRulesDetector(logs)
         muted = {r for r in ("nccl_timeout_burst", "nccl_error") if nccl and not on(r)}
         retag = {k: v for k, v in settings.get("nccl_error", {}).items() if k in _NCCL_ERROR_KEYS}
@@ -210,6 +216,9 @@ def build_detectors(settings: Mapping[str, Mapping[str, Any]]) -> list[Detector]
         out.append(RankSilentDetector(make("rank_silent", RankSilentConfig)))
     if on("hang"):
         out.append(ProgressHangDetector(make("hang", ProgressHangConfig)))
+        out.append(StuckRanks(make("hang", StuckConfig)))
+    if on("job_stopped"):
+        out.append(JobStopped(make("job_stopped", JobStoppedConfig)))
     if on("job_restarted"):
         out.append(JobRestarted(make("job_restarted", JobRestartedConfig)))
     # The trainer's own log records: the loss scale, and NaN/Inf checks reported as

@@ -165,7 +165,7 @@ def events(job: str, first: int, last: int, ranks: int = 8) -> list[StepEvent | 
             out.append(
                 LogEvent(
                     job_id=job,
-                    rank=5,
+                    rank=min(5, ranks - 1),  # a rank of the job, which steps on after it
                     timestamp=T0 + step + 0.5,
                     step=step,
                     level="ERROR",

@@ -20,6 +20,7 @@ import rules_data
 
 from rankwatch.cli.main import main
 from rankwatch.schemas import Alert, LogEvent, StepEvent, decode, encode
+from rankwatch.streams.detectors.job_end import JobStoppedConfig
 from rankwatch.streams.replay import topic_records
 
 pytestmark = [pytest.mark.broker]
@@ -152,7 +153,8 @@ def test_worker_and_replay_run_the_same_rules_and_reload(
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )  # fmt: skip
         try:
-            want = {"disk_full", "low_mfu", "loss_plateau", "retry_storm", "loss_explosion"}
+            want = {"disk_full", "low_mfu", "loss_plateau", "retry_storm", "loss_explosion",
+                    "crash"}  # fmt: skip
             live = _wait(
                 lambda: (a := _alerts(b, names["alerts"])) and want <= {x.rule for x in a} and a,
                 60, proc, log,
@@ -166,6 +168,11 @@ def test_worker_and_replay_run_the_same_rules_and_reload(
                 return c if all(o >= h or h == 0 for o, h in zip(c, high, strict=True)) else None
 
             ends = _wait(drained, 30, proc, log)
+            # Where the topics merge the job's ENOSPC records after its last steps, the job
+            # ends on them: job_stopped, once it is quiet for job_stopped's settle_s on the
+            # worker's clock. Replay decides that at the end of its input.
+            time.sleep(JobStoppedConfig().settle_s + 2)
+            live = _alerts(b, names["alerts"])
             source = ["--topic", names["steps"], "--topic", names["logs"], "--config", str(config)]
             replayed, err = _replay(capsys, *source, "--rules", str(rules))
             assert _firing(replayed) == _firing(live), err

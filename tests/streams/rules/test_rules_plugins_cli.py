@@ -82,9 +82,9 @@ def test_rules_test_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     expect = tmp_path / "expect.jsonl"
     args = ["rules", "test", str(rules), "--input", str(events), "--expect", str(expect)]
     assert main([*args, "--update"]) == 0
-    assert "wrote 5 expected alerts" in capsys.readouterr().out
+    assert "wrote 7 expected alerts" in capsys.readouterr().out
     assert main(args) == 0
-    assert capsys.readouterr().out.startswith("ok: 5 alerts as expected")
+    assert capsys.readouterr().out.startswith("ok: 7 alerts as expected")
     # hand-written expectations: rule, ranks, step only; one wrong, one missing
     expect.write_text(
         '{"rule": "disk_full", "ranks": [0, 2], "step": 40}\n'
@@ -96,9 +96,11 @@ def test_rules_test_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     out = capsys.readouterr().out.splitlines()
     assert out == [
         "- missing:    low_mfu ranks=[1] step=31",
+        "+ unexpected: crash job=llama-1 ranks=[0] step=40",
+        "+ unexpected: crash job=llama-1 ranks=[0, 2, 3] step=40",
         "+ unexpected: loss_explosion job=llama-1 ranks=[2] step=50",
         "+ unexpected: low_mfu job=llama-1 ranks=[1] step=30",
-        "FAILED: 1 missing, 2 unexpected, 3 as expected (246 events)",
+        "FAILED: 1 missing, 4 unexpected, 3 as expected (246 events)",
     ]
 
 

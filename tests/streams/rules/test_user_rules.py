@@ -28,7 +28,11 @@ def test_every_kind_fires_once_per_incident_and_overrides_apply() -> None:
     engine = rules.engine()
     alerts = run(engine, events)
     by_job = {job: fired([a for a in alerts if a.job_id == job]) for job in ("llama-1", "bench-1")}
+    # The built-in crash rule sees the same ENOSPC records: rank 0's at once, then the ranks
+    # that follow within the incident book's wait as one job alert.
+    crash = [("crash", (0,), 40), ("crash", (0, 2, 3), 40)]
     assert by_job["llama-1"] == [
+        *crash,
         ("disk_full", (0, 2), 40),  # min_ranks = 2: one job alert; rank 3 joins it silently
         ("loss_explosion", (2,), 50),
         ("loss_plateau", (0, 1, 2, 3), 0),  # the Python rule, gathered by the incident book
@@ -37,6 +41,7 @@ def test_every_kind_fires_once_per_incident_and_overrides_apply() -> None:
     ]
     # bench-*: low_mfu and loss_explosion off for those jobs only
     assert by_job["bench-1"] == [
+        *crash,
         ("disk_full", (0, 2), 40),
         ("loss_plateau", (0, 1, 2, 3), 0),
         ("retry_storm", (0,), 20),
@@ -125,11 +130,13 @@ def test_builtin_tuning_and_nccl_error_muted_separately() -> None:
         LogEvent(job_id="j", rank=3, timestamp=T0, level="ERROR",
                  message="NCCL error in: ../nccl.cpp:1, unhandled system error"),
     ]  # fmt: skip
-    assert fired(run(Engine.with_builtin_detectors(), nccl)) == [("nccl_error", (3,), None)]
+    # The record is all the job ever says: at the end of input it is a job that stopped.
+    stopped = ("job_stopped", (3,), None)
+    assert fired(run(Engine.with_builtin_detectors(), nccl)) == [stopped, ("nccl_error", (3,), None)]
     muted = parse_rules("[builtin.nccl_error]\nenabled = false\n").engine()
-    assert fired(run(muted, nccl)) == []
+    assert fired(run(muted, nccl)) == [stopped]
     retagged = parse_rules("[builtin.nccl_error]\nseverity = 'info'\n").engine()
-    assert [a.severity for a in run(retagged, nccl) if a.status == "firing"] == ["info"]
+    assert [a.severity for a in run(retagged, nccl) if a.rule == "nccl_error"] == ["info"]
     none = parse_rules("[builtin.loss_explosion]\nenabled = false\n").engine()
     nan = [StepEvent(job_id="j", rank=0, step=1, timestamp=T0, loss=math.nan)]
     assert fired(run(none, nan)) == []

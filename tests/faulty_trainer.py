@@ -1,0 +1,103 @@
+"""A small data-parallel trainer with one real fault, run by torchrun in the real-job tests.
+
+Instrumented as the README says: ``rw.configure(capture_logs=True)``, ``watch_step(step,
+model=ddp_model)`` around each step, Python ``logging`` for the trainer's own records. The
+fault is chosen by ``$FAULT`` on rank ``$FAULT_RANK`` at step ``$FAULT_STEP``:
+
+- ``raise``: a shape mismatch in the forward (``mat1 and mat2 shapes cannot be multiplied``),
+  uncaught: the producer's excepthook reports it; ``raise_logged``: the trainer logs it with
+  ``logger.exception`` first, then re-raises;
+- ``sigkill``: the rank sends itself SIGKILL (what the kernel's OOM killer does);
+- ``hang``: the rank blocks in its own code before the step's collectives (``time.sleep``);
+  its peers wait in the all-reduce until gloo's timeout (``$GLOO_TIMEOUT_S``);
+- ``slow``: the rank's forward takes ``$SLOW_FACTOR`` times as long (a straggler);
+- ``none``: a healthy run that ends cleanly.
+
+The forward's device time is a sleep, so four ranks sharing two cores do not slow each other
+at random.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from datetime import timedelta
+from typing import Any
+
+FORWARD_S = 0.03
+
+
+def main() -> None:
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    import rankwatch.producers as rw
+    from rankwatch.producers.integrations import watch_step
+
+    fault = os.environ.get("FAULT", "none")
+    fault_rank = int(os.environ.get("FAULT_RANK", "3"))
+    fault_step = int(os.environ.get("FAULT_STEP", "20"))
+    steps = int(os.environ.get("STEPS", "60"))
+    torch.set_num_threads(1)
+    timeout = timedelta(seconds=float(os.environ.get("GLOO_TIMEOUT_S", "60")))
+    dist.init_process_group("gloo", timeout=timeout)
+    rank = dist.get_rank()
+    rw.configure(capture_logs=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    log = logging.getLogger("trainer")
+    mine = rank == fault_rank
+    seconds = FORWARD_S * (float(os.environ.get("SLOW_FACTOR", "1.5")) if mine else 1.0)
+
+    class Net(torch.nn.Module):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.layers = torch.nn.Sequential(
+                torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1)
+            )
+            self.broken = False
+
+        def forward(self, x: Any) -> Any:
+            time.sleep(seconds if fault == "slow" else FORWARD_S)
+            if self.broken:  # a layer built for the wrong width: a real shape mismatch
+                return x[:, :8] @ self.layers[0].weight.t()
+            return self.layers(x)
+
+    torch.manual_seed(0)
+    net = Net()
+    model = DistributedDataParallel(net)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    target = torch.randn(16, 1, generator=torch.Generator().manual_seed(42))
+    data = torch.Generator().manual_seed(1000 + rank)
+    log.info("training %d steps on rank %d", steps, rank)
+    for step in range(steps):
+        if mine and step == fault_step:
+            if fault == "sigkill":
+                rw.flush(5.0)
+                os.kill(os.getpid(), signal.SIGKILL)
+            if fault == "hang":
+                log.warning("fault injection: rank %d blocks before step %d", rank, step)
+                time.sleep(3600)
+            if fault in ("raise", "raise_logged"):
+                net.broken = True
+        with watch_step(step, model=model) as record:
+            x = torch.randn(64, 16, generator=data)
+            try:
+                loss = torch.nn.functional.mse_loss(model(x), x @ target)
+            except RuntimeError:
+                if fault == "raise_logged":
+                    log.exception("step %d failed", step)
+                raise
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            record.loss = loss.item()
+    log.info("done")
+    rw.shutdown(timeout=30.0)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

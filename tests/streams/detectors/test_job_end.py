@@ -1,0 +1,136 @@
+"""``job_stopped``: a job that went quiet without a clean end, with its first failure named.
+
+The records are what real torchrun jobs on gloo print (``tests/producers/data/`` has whole
+logs of such runs); the worker's clock is driven by hand here, as the batch runtime drives it
+with the wall clock and replay with recorded times.
+"""
+
+from __future__ import annotations
+
+from rankwatch.schemas import Alert, LogEvent, StepEvent
+from rankwatch.streams.engine import Engine
+
+T0 = 1_700_000_000.0
+RANKS = 4
+
+# Rank 3's own traceback (torch 2.x, gloo, CPU): a shape mismatch in the user's forward.
+SHAPES = """Traceback (most recent call last):
+  File "/job/train.py", line 41, in <module>
+    main()
+  File "/job/train.py", line 33, in main
+    out = model(x)
+  File "/venv/lib/python3.11/site-packages/torch/nn/modules/module.py", line 1773, in _wrapped_call_impl
+    return self._call_impl(*args, **kwargs)
+  File "/job/train.py", line 18, in forward
+    return x @ self.w
+RuntimeError: mat1 and mat2 shapes cannot be multiplied (4x8 and 16x4)"""
+# What its peers then raise from the all-reduce (gloo's wording).
+PEER = """Traceback (most recent call last):
+  File "/job/train.py", line 35, in main
+    dist.all_reduce(t)
+  File "/venv/lib/python3.11/site-packages/torch/distributed/distributed_c10d.py", line 2806, in all_reduce
+    work.wait()
+RuntimeError: [../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:29500"""
+
+
+def _steps(engine: Engine, upto: int, period: float = 0.5, skip: frozenset[int] = frozenset()) -> list[Alert]:
+    out: list[Alert] = []
+    for step in range(upto):
+        for rank in range(RANKS):
+            if rank in skip and step > upto - 5:
+                continue
+            out += engine.process(
+                StepEvent(job_id="j", rank=rank, step=step, timestamp=T0 + step * period,
+                          world_size=RANKS, loss=2.0, step_time_s=period)
+            )
+    return out
+
+
+def _log(rank: int, t: float, message: str, level: str = "ERROR", **kw: object) -> LogEvent:
+    return LogEvent(job_id="j", rank=rank, timestamp=T0 + t, level=level, message=message, **kw)
+
+
+def _run_clock(engine: Engine, seconds: float, start: float = 0.0) -> list[Alert]:
+    out: list[Alert] = []
+    engine.advance_clock(start)
+    t = start
+    while t < start + seconds:
+        t += 1.0
+        out += engine.advance_clock(t)
+    return out
+
+
+def test_a_crash_then_its_cascade_is_one_crash_alert_and_one_root_cause_job_alert() -> None:
+    engine = Engine.with_builtin_detectors()
+    alerts = _steps(engine, 40)
+    alerts += engine.process(_log(3, 20.1, SHAPES))
+    crash = [a for a in alerts if a.rule == "crash"]
+    assert [(a.ranks, a.evidence["exception"], a.evidence["frame"]) for a in crash] == [
+        ([3], "RuntimeError", "train.py:18 in forward")
+    ]
+    assert crash[0].evidence["failure_class"] == "shape_mismatch"
+    for rank in range(3):  # the peers lose the connection, then the launcher stops them
+        alerts += engine.process(_log(rank, 20.2 + rank / 100, PEER))
+        alerts += engine.process(
+            _log(rank, 20.3, "rankwatch: rank got SIGTERM", "WARNING", lifecycle="terminated")
+        )
+    assert [a.rule for a in alerts if a.status == "firing"] == ["crash"], "peers raise nothing"
+    stopped = [a for a in _run_clock(engine, 10) if a.rule == "job_stopped"]
+    assert len(stopped) == 1
+    alert = stopped[0]
+    assert alert.scope == "job" and alert.severity == "critical"
+    assert alert.evidence["root_cause"]["rank"] == 3
+    assert alert.evidence["root_cause"]["failure_class"] == "shape_mismatch"
+    assert sorted(alert.evidence["consequences"]) == ["0", "1", "2"]
+    assert "rank 3 failed first" in alert.summary and "mat1 and mat2" in alert.summary
+    assert not [a for a in _run_clock(engine, 30, start=10) if a.rule == "job_stopped"], "once"
+
+
+def test_a_rank_killed_without_a_word_is_named_by_its_silence() -> None:
+    engine = Engine.with_builtin_detectors()
+    alerts = _steps(engine, 40, skip=frozenset({3}))  # rank 3 stops 4 steps before the rest
+    for rank in range(3):
+        alerts += engine.process(_log(rank, 19.6, PEER))
+    stopped = [a for a in _run_clock(engine, 10) if a.rule == "job_stopped"]
+    assert len(stopped) == 1
+    assert stopped[0].evidence["root_cause"] == {
+        "rank": 3,
+        "chosen_by": "silent",
+        "last_seen": stopped[0].evidence["root_cause"]["last_seen"],
+    }
+    assert "went silent first without a word" in stopped[0].summary
+
+
+def test_no_word_at_all_waits_for_the_long_bound() -> None:
+    engine = Engine.with_builtin_detectors()
+    _steps(engine, 40)
+    assert not [a for a in _run_clock(engine, 100) if a.rule == "job_stopped"]
+    stopped = [a for a in _run_clock(engine, 30, start=100) if a.rule == "job_stopped"]
+    assert len(stopped) == 1 and "no rank said why" in stopped[0].summary
+
+
+def test_a_clean_end_resolves_open_alerts_and_stops_nothing() -> None:
+    engine = Engine.with_builtin_detectors()
+    alerts = _steps(engine, 20)
+    alerts += engine.process(_log(1, 9.8, SHAPES))  # a crash caught and survived, say
+    assert [a.rule for a in alerts] == ["crash"]
+    ended = []
+    for rank in range(RANKS):
+        ended += engine.process(
+            _log(rank, 10.5, "rankwatch: ended cleanly", "INFO", lifecycle="ended")
+        )
+    assert [(a.rule, a.status) for a in ended] == [("crash", "resolved")]
+    assert "ended cleanly" in ended[0].summary
+    assert not _run_clock(engine, 600)
+
+
+def test_silence_while_the_worker_is_unhealthy_does_not_count() -> None:
+    engine = Engine.with_builtin_detectors()
+    _steps(engine, 40)
+    engine.advance_clock(0.0)
+    out: list[Alert] = []
+    for t in range(1, 1000):
+        out += engine.advance_clock(float(t), healthy=False)
+    assert not out
+    out += engine.advance_clock(1000.0, healthy=True)
+    assert not out, "one step of the clock counts at most max_clock_step_s"

@@ -1,0 +1,273 @@
+"""Real faults in real torchrun jobs, caught by the real worker.
+
+Four ranks under ``torchrun --standalone`` on the CPU (gloo), instrumented as the README says
+(``tests/faulty_trainer.py``), stream into the session broker; one ``rankwatch worker`` (the
+batch runtime, default rules) watches them all. Each job has one real fault: an exception, a
+SIGKILL, a rank blocked before its collectives, a rank 50% slower under DDP, or none.
+
+Latency is read from the alerts topic: the Kafka timestamp the worker's producer put on the
+alert, against the event time of the fault's own record (both this machine's clock).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rankwatch.infra.testing import create_unique_topic
+from rankwatch.schemas import Alert, LogEvent, StepEvent, decode
+
+pytest.importorskip("torch", reason="torch is a test extra (rankwatch[train])")
+
+TRAINER = Path(__file__).with_name("faulty_trainer.py")
+RANKS = 4
+STUCK_AFTER_S = 3.0  # the producers' stuck bound in these jobs
+
+
+@dataclass
+class Stack:
+    bootstrap: str
+    topics: dict[str, str]
+    config: Path
+    worker: subprocess.Popen[bytes]
+    worker_log: Path
+
+
+@pytest.fixture(scope="module")
+def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Fresh topics, a config file naming them, and one worker over them."""
+    tmp = tmp_path_factory.mktemp("torchrun-faults")
+    topics = {
+        "steps": create_unique_topic(kafka_bootstrap, 2),
+        "logs": create_unique_topic(kafka_bootstrap, 2),
+        "alerts": create_unique_topic(kafka_bootstrap, 1),
+        "deadletter": create_unique_topic(kafka_bootstrap, 1),
+    }
+    config = tmp / "rankwatch.toml"
+    config.write_text(
+        f'[kafka]\nbootstrap = "{kafka_bootstrap}"\n'
+        + "".join(f'[topics.{kind}]\nname = "{name}"\n' for kind, name in topics.items())
+    )
+    log = tmp / "worker.log"
+    rankwatch = str(Path(sys.executable).with_name("rankwatch"))
+    with log.open("wb") as handle:
+        worker = subprocess.Popen(
+            [rankwatch, "worker", "--config", str(config), "--app-id",
+             f"faults-{uuid.uuid4().hex[:8]}", "--data-dir", str(tmp / "data"),
+             "--snapshot-interval", "0.5"],
+            stdout=handle, stderr=subprocess.STDOUT, cwd=tmp,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+    try:
+        _wait(lambda: "partitions assigned" in log.read_text(), 60, worker, log)
+        yield Stack(kafka_bootstrap, topics, config, worker, log)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+
+
+def _wait(check: Callable[[], Any], timeout_s: float, proc: Any = None, log: Any = None) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the worker exited:\n{log.read_text() if log else ''}")
+        time.sleep(0.3)
+    raise AssertionError(
+        f"not within {timeout_s} s" + (f":\n{log.read_text()[-4000:]}" if log else "")
+    )
+
+
+JOBS: dict[str, dict[str, str]] = {
+    "raise": {"FAULT": "raise"},
+    "raise_logged": {"FAULT": "raise_logged"},
+    "sigkill": {"FAULT": "sigkill"},
+    "hang": {"FAULT": "hang", "GLOO_TIMEOUT_S": "25"},
+    "slow": {"FAULT": "slow", "STEPS": "160", "SLOW_FACTOR": "1.5"},
+    "healthy": {"FAULT": "none"},
+}
+
+
+@dataclass
+class Job:
+    job_id: str
+    proc: subprocess.Popen[str]
+    output: Path
+
+    def finish(self, timeout_s: float = 240) -> int:
+        return self.proc.wait(timeout_s)
+
+
+@pytest.fixture(scope="module")
+def jobs(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Job]]:
+    """Every job of this module, started side by side (they share the worker and the broker;
+    their device time is sleeps, so sharing two cores does not change what they show)."""
+    tmp = tmp_path_factory.mktemp("jobs")
+    started: dict[str, Job] = {}
+    try:
+        for name, env in JOBS.items():
+            job_id = f"{name.replace('_', '-')}-{uuid.uuid4().hex[:6]}"
+            out = tmp / f"{name}.log"
+            with out.open("w") as handle:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                     f"--nproc-per-node={RANKS}", str(TRAINER)],
+                    env={**os.environ, "RANKWATCH_JOB_ID": job_id,
+                         "RANKWATCH_CONFIG": str(stack.config),
+                         "RANKWATCH_STUCK_AFTER_S": str(STUCK_AFTER_S),
+                         "OMP_NUM_THREADS": "1", **env},
+                    stdout=handle, stderr=subprocess.STDOUT, text=True,
+                )  # fmt: skip
+            started[name] = Job(job_id, proc, out)
+        yield started
+    finally:
+        for job in started.values():
+            if job.proc.poll() is None:
+                job.proc.kill()
+                job.proc.wait(10)
+
+
+def _read(stack: Stack, kind: str, job: str) -> list[tuple[Any, float]]:
+    """``(event, Kafka timestamp in s)`` of one job on one topic, from the beginning."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": stack.bootstrap, "group.id": "unused",
+                         "enable.auto.commit": False})  # fmt: skip
+    topic = stack.topics[kind]
+    out: list[tuple[Any, float]] = []
+    try:
+        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        tps = []
+        for p in parts:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            if high > low:
+                tps.append((TopicPartition(topic, p, low), high))
+        consumer.assign([tp for tp, _ in tps])
+        left = {tp.partition: high for tp, high in tps}
+        deadline = time.monotonic() + 20
+        while left and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error() is not None:
+                continue
+            if msg.offset() + 1 >= left.get(msg.partition(), 0):
+                left.pop(msg.partition(), None)
+            if msg.key() != job.encode():
+                continue
+            out.append((decode(msg.value()), msg.timestamp()[1] / 1000))
+    finally:
+        consumer.close()
+    return out
+
+
+def _alerts(stack: Stack, job: str) -> list[tuple[Alert, float]]:
+    return [(a, ts) for a, ts in _read(stack, "alerts", job) if isinstance(a, Alert)]
+
+
+def _settled(stack: Stack, job: str, rule: str, timeout_s: float) -> list[tuple[Alert, float]]:
+    """The job's alerts once one of ``rule`` arrived, plus a few seconds for any that follow."""
+    _wait(lambda: any(a.rule == rule for a, _ in _alerts(stack, job)), timeout_s,
+          stack.worker, stack.worker_log)  # fmt: skip
+    time.sleep(6)
+    return _alerts(stack, job)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("fault", ["raise", "raise_logged"])
+def test_a_rank_that_raises_is_a_crash_alert_then_one_root_cause_job_alert(
+    stack: Stack, jobs: dict[str, Job], fault: str
+) -> None:
+    job = jobs[fault].job_id
+    assert jobs[fault].finish() != 0
+    alerts = _settled(stack, job, "job_stopped", 60)
+    crash = [(a, ts) for a, ts in alerts if a.rule == "crash"]
+    assert len(crash) == 1, [a.summary for a, _ in alerts]
+    alert, published = crash[0]
+    assert alert.ranks == [3] and alert.evidence["failure_class"] == "shape_mismatch"
+    assert alert.evidence["exception"] == "RuntimeError"
+    assert "mat1 and mat2 shapes cannot be multiplied" in alert.summary
+    assert "faulty_trainer.py" in alert.evidence["frame"]
+    latency = published - alert.first_seen.timestamp()
+    assert latency <= 2.0, f"crash alert {latency:.2f} s after the record"
+    stopped = [a for a, _ in alerts if a.rule == "job_stopped"]
+    assert len(stopped) == 1, [a.summary for a in stopped]
+    assert stopped[0].evidence["root_cause"]["rank"] == 3
+    assert "rank 3 (" in stopped[0].summary and "failed first" in stopped[0].summary
+    assert {a.rule for a, _ in alerts} == {"crash", "job_stopped"}, [a.summary for a, _ in alerts]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_rank_killed_by_sigkill_is_named_within_30_s(stack: Stack, jobs: dict[str, Job]) -> None:
+    job = jobs["sigkill"].job_id
+    assert jobs["sigkill"].finish() != 0
+    alerts = _settled(stack, job, "job_stopped", 60)
+    steps = [e for e, _ in _read(stack, "steps", job) if isinstance(e, StepEvent) and e.rank == 3]
+    killed_at = max(e.epoch for e in steps)  # its last step: the kill came right after
+    named = [(a, ts) for a, ts in alerts if 3 in a.ranks or
+             (a.evidence.get("root_cause") or {}).get("rank") == 3]  # fmt: skip
+    assert named, [a.summary for a, _ in alerts]
+    published = min(ts for _, ts in named)
+    assert published - killed_at <= 30.0, published - killed_at
+    stopped = [a for a, _ in alerts if a.rule == "job_stopped"]
+    assert len(stopped) == 1 and stopped[0].evidence["root_cause"]["rank"] == 3
+    assert "went silent first without a word" in stopped[0].summary
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_rank_blocked_before_its_collective_is_a_hang_naming_it_with_its_stack(
+    stack: Stack, jobs: dict[str, Job]
+) -> None:
+    job = jobs["hang"].job_id
+    assert jobs["hang"].finish() != 0
+    alerts = _settled(stack, job, "job_stopped", 90)
+    logs = [e for e, _ in _read(stack, "logs", job) if isinstance(e, LogEvent)]
+    blocked_at = next(e.epoch for e in logs if "fault injection" in e.message)
+    hangs = [(a, ts) for a, ts in alerts if a.rule == "hang" and a.status == "firing"]
+    assert len(hangs) == 1, [a.summary for a, _ in alerts]
+    hang, published = hangs[0]
+    assert hang.ranks == [3], hang.summary
+    assert "faulty_trainer.py" in hang.evidence["stack"] and "time.sleep" in hang.evidence["stack"]
+    assert published - blocked_at <= 3 * STUCK_AFTER_S, published - blocked_at
+    stopped = [a for a, _ in alerts if a.rule == "job_stopped" and a.status == "firing"]
+    assert len(stopped) == 1
+    assert stopped[0].evidence["root_cause"]["rank"] == 3
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_rank_50_percent_slower_under_ddp_is_the_straggler(
+    stack: Stack, jobs: dict[str, Job]
+) -> None:
+    job = jobs["slow"].job_id
+    assert jobs["slow"].finish() == 0, jobs["slow"].output.read_text()[-3000:]
+    time.sleep(4)
+    alerts = [a for a, _ in _alerts(stack, job) if a.status == "firing"]
+    assert [(a.rule, a.ranks) for a in alerts] == [("straggler", [3])], [a.summary for a in alerts]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_healthy_job_that_ends_cleanly_raises_nothing(stack: Stack, jobs: dict[str, Job]) -> None:
+    job = jobs["healthy"].job_id
+    assert jobs["healthy"].finish() == 0, jobs["healthy"].output.read_text()[-3000:]
+    logs = [e for e, _ in _read(stack, "logs", job) if isinstance(e, LogEvent)]
+    assert sorted(e.rank for e in logs if e.lifecycle == "ended") == list(range(RANKS))
+    time.sleep(8)  # longer than job_stopped's settle and the worker's clock tick
+    assert [a.summary for a, _ in _alerts(stack, job)] == []
