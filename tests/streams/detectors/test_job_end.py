@@ -33,15 +33,24 @@ PEER = """Traceback (most recent call last):
 RuntimeError: [../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:29500"""
 
 
-def _steps(engine: Engine, upto: int, period: float = 0.5, skip: frozenset[int] = frozenset()) -> list[Alert]:
+def _steps(
+    engine: Engine, upto: int, period: float = 0.5, skip: frozenset[int] = frozenset()
+) -> list[Alert]:
     out: list[Alert] = []
     for step in range(upto):
         for rank in range(RANKS):
             if rank in skip and step > upto - 5:
                 continue
             out += engine.process(
-                StepEvent(job_id="j", rank=rank, step=step, timestamp=T0 + step * period,
-                          world_size=RANKS, loss=2.0, step_time_s=period)
+                StepEvent(
+                    job_id="j",
+                    rank=rank,
+                    step=step,
+                    timestamp=T0 + step * period,
+                    world_size=RANKS,
+                    loss=2.0,
+                    step_time_s=period,
+                )
             )
     return out
 

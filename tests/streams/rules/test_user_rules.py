@@ -132,7 +132,10 @@ def test_builtin_tuning_and_nccl_error_muted_separately() -> None:
     ]  # fmt: skip
     # The record is all the job ever says: at the end of input it is a job that stopped.
     stopped = ("job_stopped", (3,), None)
-    assert fired(run(Engine.with_builtin_detectors(), nccl)) == [stopped, ("nccl_error", (3,), None)]
+    assert fired(run(Engine.with_builtin_detectors(), nccl)) == [
+        stopped,
+        ("nccl_error", (3,), None),
+    ]
     muted = parse_rules("[builtin.nccl_error]\nenabled = false\n").engine()
     assert fired(run(muted, nccl)) == [stopped]
     retagged = parse_rules("[builtin.nccl_error]\nseverity = 'info'\n").engine()
