@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
+import math
 import multiprocessing
 import statistics
 import subprocess
@@ -99,8 +100,17 @@ def run_job(task: Task) -> Result:
     in_engine = 0.0
     events = 0
     event: StepEvent | LogEvent | None = None
+    next_tick = -math.inf
     for event in job.events():
         t0 = clock()
+        now = event.epoch
+        if now >= next_tick:
+            # The worker's clock as replay feeds it: the job's silences (checkpoints, restarts,
+            # evaluation pauses) are seen as the live worker would see them.
+            next_tick = now + 1.0
+            out = engine.advance_clock(now, max_step=math.inf)
+            if out:
+                _keep(alerts, out, now)
         out = engine.process(event)
         in_engine += clock() - t0
         events += 1

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import math
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -122,8 +123,8 @@ class Pipeline:
         engine.released = []
         self.partition_of: dict[str, int] = {}
         self.stats = Stats()
-        #: Event time of the last event handled (replay's clock where records have none).
-        self.last_time = float("-inf")
+        #: Replay's worker clock (see :meth:`feed_clock_from_events`).
+        self._clock_next: float | None = None
 
     def handle(
         self,
@@ -145,7 +146,13 @@ class Pipeline:
             problem = FieldProblem("kind", f"{event.kind!r} is not an input event (step or log)")
             return self._dead(str(problem), [problem], raw, topic, partition, offset, key)
         self.stats.events += 1
-        self.last_time = event.epoch
+        early: list[Alert] = []
+        if self._clock_next is not None and event.epoch >= self._clock_next:
+            # Replay's stand-in for the worker's clock: time has come to this event; jobs
+            # that said nothing meanwhile are judged before it, as they were live.
+            self._clock_next = event.epoch + 1.0
+            early = self.engine.advance_clock(event.epoch, max_step=math.inf)
+            self.note_released()
         job_id = event.job_id
         engine = self.engine
         if self.restore is not None and job_id not in engine.jobs:
@@ -173,9 +180,17 @@ class Pipeline:
         if released:
             # Steps held back and applied now changed their ranks' state: snapshot those too.
             self._mark(released)
+        if early:
+            alerts = early + alerts
         if alerts:
             self.stats.count(alerts)
         return alerts
+
+    def feed_clock_from_events(self) -> None:
+        """Drive the engine's worker clock (:meth:`Engine.advance_clock`) from the events'
+        own times, once a second of event time, before the event that moves it: how replay
+        sees a job's silence where the live worker saw it on its wall clock."""
+        self._clock_next = -math.inf
 
     def note_released(self) -> None:
         """Mark the ranks whose held steps the engine applied outside :meth:`handle` (at a

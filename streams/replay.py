@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import math
 import time
 import uuid
 from collections import deque
@@ -73,10 +72,9 @@ def replay(
     pipeline = Pipeline(engine if engine is not None else Engine.with_builtin_detectors())
     write = out.write
     handle = pipeline.handle
-    advance_clock = pipeline.engine.advance_clock
-    # The worker's clock, fed from the recorded event times: a job that went quiet while
-    # others went on is judged as it was live (once a second of recorded time).
-    next_clock = -math.inf
+    # The worker's clock, fed from the recorded event times: a job that went quiet is judged
+    # as it was live.
+    pipeline.feed_clock_from_events()
     with few_collections():
         for record in records:
             result = handle(
@@ -93,13 +91,6 @@ def replay(
                 continue
             for alert in result:
                 write(encode(alert) + b"\n")
-            clock = pipeline.last_time
-            if clock >= next_clock:
-                next_clock = clock + 1.0
-                quiet = advance_clock(clock, max_step=math.inf)
-                pipeline.note_released()
-                for alert in quiet:
-                    write(encode(alert) + b"\n")
         for alert in pipeline.flush():
             write(encode(alert) + b"\n")
     return pipeline.stats
