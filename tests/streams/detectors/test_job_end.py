@@ -143,3 +143,28 @@ def test_silence_while_the_worker_is_unhealthy_does_not_count() -> None:
     assert not out
     out += engine.advance_clock(1000.0, healthy=True)
     assert not out, "one step of the clock counts at most max_clock_step_s"
+
+
+def test_a_hang_then_its_timeouts_names_the_rank_stuck_outside_a_collective() -> None:
+    engine = Engine.with_builtin_detectors()
+    _steps(engine, 40)
+    stuck = "rankwatch: rank {r} stuck in step 40 for 3.1 s; main thread stack:\n{s}"
+    mine = '  File "/job/train.py", line 50, in main\n    time.sleep(3600)'
+    waiting = (
+        '  File "/job/train.py", line 60, in main\n    loss.backward()\n'
+        '  File "/venv/lib/python3.11/site-packages/torch/_tensor.py", line 648, in backward\n'
+        "    torch.autograd.backward("
+    )
+    for r in range(RANKS):
+        message = stuck.format(r=r, s=mine if r == 3 else waiting)
+        engine.process(_log(r, 23 + r / 10, message, "WARNING", lifecycle="stuck", step=40))
+    timeout = PEER.replace("Connection closed by peer [127.0.0.1]:29500",
+                           "Timed out waiting 25000ms for recv operation to complete")  # fmt: skip
+    for r in range(3):  # gloo's timeout ends the peers, then the launcher stops rank 3
+        engine.process(_log(r, 45, timeout))
+    engine.process(_log(3, 46, "rankwatch: rank 3 got SIGTERM", "WARNING", lifecycle="terminated"))
+    stopped = [a for a in _run_clock(engine, 10) if a.rule == "job_stopped"]
+    assert len(stopped) == 1
+    assert stopped[0].evidence["root_cause"]["rank"] == 3
+    assert stopped[0].evidence["root_cause"]["kind"] == "stuck"
+    assert "train.py:50 in main" in stopped[0].summary
