@@ -3,7 +3,14 @@
 Four ranks under ``torchrun --standalone`` on the CPU (gloo), instrumented as the README says
 (``tests/faulty_trainer.py``), stream into the session broker; one ``rankwatch worker`` (the
 batch runtime, default rules) watches them all. Each job has one real fault: an exception, a
-SIGKILL, a rank blocked before its collectives, a rank 50% slower under DDP, or none.
+SIGKILL, a rank blocked before its collectives, a rank 50% slower under DDP, or none. The
+jobs run side by side (their device time is a sleep, so sharing two cores does not change
+what they show).
+
+Under DDP the fast ranks wait for the slow one in the gradient all-reduce, so every rank's
+step time grows together: ``watch_step(step, model=ddp_model)`` times each rank's forward with
+module hooks, free of that wait, and the slow rank stands out; the same events with the whole
+step as compute (the old way) name nobody.
 
 Latency is read from the alerts topic: the Kafka timestamp the worker's producer put on the
 alert, against the event time of the fault's own record (both this machine's clock).
@@ -13,6 +20,7 @@ from __future__ import annotations
 
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -26,6 +34,7 @@ import pytest
 
 from rankwatch.infra.testing import create_unique_topic
 from rankwatch.schemas import Alert, LogEvent, StepEvent, decode
+from rankwatch.streams import Engine
 
 pytest.importorskip("torch", reason="torch is a test extra (rankwatch[train])")
 
@@ -260,6 +269,24 @@ def test_a_rank_50_percent_slower_under_ddp_is_the_straggler(
     time.sleep(4)
     alerts = [a for a, _ in _alerts(stack, job) if a.status == "firing"]
     assert [(a.rule, a.ranks) for a in alerts] == [("straggler", [3])], [a.summary for a in alerts]
+    assert alerts[0].evidence["component"] == "compute", alerts[0].summary
+
+    # The slowdown is real and the job paid for it: every rank's step took as long as the
+    # slow rank's, so the old way (the whole step as the rank's compute, what watch_step
+    # without a model reports) names nobody on the same events.
+    steps = [e for e, _ in _read(stack, "steps", job) if isinstance(e, StepEvent)]
+    late = [e for e in steps if e.step >= 40]
+    forward = {
+        r: statistics.median(e.compute_time_s for e in late if e.rank == r) for r in range(4)
+    }
+    whole = [statistics.median(e.step_time_s for e in late if e.rank == r) for r in range(4)]
+    assert forward[3] > 1.3 * max(forward[r] for r in range(3)), forward
+    assert max(whole) < 1.1 * min(whole), whole
+    old_way = [e.model_copy(update={"compute_time_s": e.step_time_s, "data_time_s": None})
+               for e in steps]  # fmt: skip
+    engine = Engine.with_builtin_detectors()
+    replayed = engine.process_many(sorted(old_way, key=lambda e: (e.epoch, e.rank)))
+    assert [a.rule for a in replayed + engine.flush()] == []
 
 
 @pytest.mark.slow
