@@ -667,3 +667,14 @@ def test_failure_is_frozen() -> None:
     assert isinstance(f, Failure)
     with pytest.raises(AttributeError):
         f.error = "x"  # type: ignore[misc]
+
+
+def test_the_readme_lists_the_catalogue_as_it_is() -> None:
+    """README's catalogue table is the catalogue: ids, titles and remediations, in order."""
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    start = readme.index("| class | what | consequence | remediation |")
+    table = readme[start:].split("\n\n", 1)[0].splitlines()[2:]
+    listed = [tuple(cell.strip() for cell in row.strip("|").split(" | ")) for row in table]
+    assert listed == [
+        (f"`{c.id}`", c.title, "yes" if c.consequence else "", c.remediation) for c in CATALOGUE
+    ]
