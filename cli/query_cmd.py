@@ -48,7 +48,9 @@ def register(sub: Any) -> None:
     add_store_args(steps)
     steps.set_defaults(handler=_steps)
 
-    jobs = sub.add_parser("jobs", help="the jobs seen: ranks, last step, open alerts")
+    jobs = sub.add_parser(
+        "jobs", help="the jobs seen: running, ended or stopped; ranks, last step, open alerts"
+    )
     jobs.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     add_store_args(jobs)
     jobs.set_defaults(handler=_jobs)
@@ -153,15 +155,23 @@ def _jobs(args: argparse.Namespace) -> int:
                         "last_step": j.last_step,
                         "last_seen": j.last_seen,
                         "open_alerts": j.open_alerts,
+                        "state": j.state,
                     }
                 )
             )
         return 0
     rows = [
-        [j.job_id, j.ranks, f"{j.min_rank}-{j.max_rank}", j.last_step, j.last_seen, j.open_alerts]
+        [
+            j.job_id,
+            j.state,
+            j.ranks,
+            f"{j.min_rank}-{j.max_rank}",
+            j.last_step,
+            j.last_seen,
+            j.open_alerts,
+        ]
         for j in found
     ]
-    print_out(
-        render_table(["JOB", "RANKS", "RANGE", "LAST STEP", "LAST SEEN", "OPEN ALERTS"], rows)
-    )
+    header = ["JOB", "STATE", "RANKS", "RANGE", "LAST STEP", "LAST SEEN", "OPEN ALERTS"]
+    print_out(render_table(header, rows))
     return 0

@@ -79,7 +79,9 @@ class LogRow:
 
 @dataclass(frozen=True, slots=True)
 class JobSummary:
-    """A job seen in storage: its ranks, last step, last event time and open alerts."""
+    """A job seen in storage: its ranks, last step, last event time, open alerts, and how it
+    stands: ``stopped`` (an open ``job_stopped`` alert: its ranks went quiet without a clean
+    end), ``ended`` (every rank's producer said it ended cleanly), else ``running``."""
 
     job_id: str
     ranks: int
@@ -88,6 +90,7 @@ class JobSummary:
     last_step: int | None
     last_seen: datetime
     open_alerts: int = 0
+    state: str = "running"
 
 
 @dataclass(frozen=True, slots=True)

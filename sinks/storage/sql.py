@@ -288,6 +288,22 @@ class SqlStore(ABC):
                 " GROUP BY a.job_id"
             )
         )
+        stopped = {
+            r[0]
+            for r in self._query(
+                "SELECT a.job_id FROM alerts a WHERE a.rule = 'job_stopped' AND a.status = "
+                "'firing' AND NOT EXISTS (SELECT 1 FROM alerts r WHERE r.alert_id = a.alert_id"
+                " AND r.status = 'resolved')"
+            )
+        }
+        # The producer's clean-end record (lifecycle "ended"), by its logger and wording.
+        ended = dict(
+            self._query(
+                "SELECT job_id, count(DISTINCT rank) FROM logs WHERE logger = "
+                f"'rankwatch.lifecycle' AND message LIKE {self.ph} GROUP BY job_id",
+                ["rankwatch: rank % ended cleanly%"],
+            )
+        )
         found = self._query(
             "SELECT job_id, count(*), min(rank), max(rank), max(last_step), max(last_ts)"
             " FROM job_ranks GROUP BY job_id ORDER BY max(last_ts) DESC"
@@ -301,6 +317,11 @@ class SqlStore(ABC):
                 last_step=r[4],
                 last_seen=from_epoch(r[5]),
                 open_alerts=int(open_alerts.get(r[0], 0)),
+                state="stopped"
+                if r[0] in stopped
+                else "ended"
+                if int(ended.get(r[0], 0)) >= r[1]
+                else "running",
             )
             for r in found
         ]

@@ -132,7 +132,7 @@ def test_steps_plot_writes_a_png_of_every_rank(
 
 def test_jobs_and_alerts(db: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "jobs", "--db", db)
-    assert out.splitlines()[1].split()[:4] == ["llm-7b", "8", "0-7", "119"]
+    assert out.splitlines()[1].split()[:5] == ["llm-7b", "running", "8", "0-7", "119"]
     assert out.splitlines()[1].split()[-1] == "1"  # one open alert
     code, out, _ = run(capsys, "alerts", "--job", "llm-7b", "--db", db)
     assert code == 0
@@ -153,3 +153,24 @@ def test_bad_arguments_are_one_line_errors(db: str, capsys: pytest.CaptureFixtur
         2,
         "rankwatch steps: error: --ranks '7-2': 7-2 is not a range (low-high)",
     )
+
+
+def test_jobs_say_which_ended_cleanly_and_which_stopped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'states.db'}"
+    with open_store(url) as store:
+        steps = [StepEvent(job_id=j, rank=r, step=0, timestamp=T0) for j in "abc" for r in (0, 1)]
+        ended = [
+            LogEvent(job_id=j, rank=r, timestamp=T0 + 1, level="INFO", logger="rankwatch.lifecycle",
+                     message=f"rankwatch: rank {r} ended cleanly at step 0", lifecycle="ended")
+            for j, ranks in (("a", (0, 1)), ("b", (0,))) for r in ranks
+        ]  # fmt: skip
+        stopped = Alert(alert_id="s1", job_id="c", rule="job_stopped", severity="critical",
+                        scope="job", ranks=[1], step=0, first_seen=T0 + 5, last_seen=T0 + 5,
+                        summary="Job stopped at step 0 without a clean end")  # fmt: skip
+        store.write_batch(steps, ended, [stopped])
+    assert run(capsys, "jobs", "--json", "--db", url)[0] == 0
+    out = run(capsys, "jobs", "--json", "--db", url)[1]
+    states = {r["job_id"]: r["state"] for r in map(orjson.loads, out.splitlines())}
+    assert states == {"a": "ended", "b": "running", "c": "stopped"}
