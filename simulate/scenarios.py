@@ -181,6 +181,7 @@ class MemoryLeak(Scenario):
 class CudaOom(Scenario):
     name = "cuda_oom"
     description = "one rank runs out of GPU memory; torchrun then stops the job"
+    consequences = frozenset({"job_stopped"})  # the job ends on it: its first failure
 
     def expectations(self, spec: JobSpec) -> tuple[Expectation, ...]:
         return (Expectation("cuda_oom", "rank", (self.rank,), within_s=2 * spec.step_time_s),)
@@ -198,7 +199,7 @@ class NcclTimeout(Scenario):
         "one rank stops inside a collective; after NCCL's 600 s timeout every other rank's "
         "watchdog reports it: one burst alert naming the rank that fell behind"
     )
-    consequences = frozenset({"hang", "rank_silent", "nccl_error"})
+    consequences = frozenset({"hang", "rank_silent", "nccl_error", "job_stopped"})
 
     def expectations(self, spec: JobSpec) -> tuple[Expectation, ...]:
         return (Expectation("nccl_timeout_burst", "job", (), within_s=600 + 10),)
@@ -240,7 +241,7 @@ class Hang(Scenario):
         "every rank stops progressing while the processes stay up and keep logging; "
         "rank 0's NCCL watchdog later reports it is stuck"
     )
-    consequences = frozenset({"rank_silent"})
+    consequences = frozenset({"rank_silent", "job_stopped"})
 
     def expectations(self, spec: JobSpec) -> tuple[Expectation, ...]:
         return (Expectation("hang", "job", (), within_s=600.0),)
@@ -294,6 +295,7 @@ class Straggler(Scenario):
 class IllegalMemoryAccess(Scenario):
     name = "fatal_error"
     description = "a kernel on one rank hits an illegal memory access; the job dies"
+    consequences = frozenset({"job_stopped"})
 
     def expectations(self, spec: JobSpec) -> tuple[Expectation, ...]:
         return (Expectation("fatal_error", "rank", (self.rank,), within_s=2 * spec.step_time_s),)

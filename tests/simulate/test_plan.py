@@ -52,7 +52,7 @@ def test_list_names_every_scenario_and_what_it_fires() -> None:
     for name in SCENARIOS:
         assert f"\n{name}\n" in f"\n{text}\n"
     assert "fires: memory_growth (rank" in text
-    assert "may also fire: hang, nccl_error, rank_silent" in text
+    assert "may also fire: hang, job_stopped, nccl_error, rank_silent" in text
 
 
 @pytest.mark.parametrize(
