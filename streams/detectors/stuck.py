@@ -9,9 +9,9 @@ raises one job-scope ``hang`` naming the ranks stuck outside a collective, with 
 long before a collective's own timeout (10 minutes for NCCL by default) ends the job.
 
 When every stuck rank waits in a collective, the culprit is a rank that did not say it is
-stuck while most did: blocked in native code that holds the interpreter, or dead. When that
-rank has crashed (its own failure record came), the peers wait for a rank that is gone: the
-crash alert says it all, and no hang is raised.
+stuck while most did: blocked in native code that holds the interpreter, or dead. A rank that
+reported a failure is not silent: when the peers wait for ranks that failed, the crash
+alerts say it all, and no hang is raised.
 
 >>> from rankwatch.schemas import LogEvent, StepEvent
 >>> from rankwatch.streams.engine import Engine
@@ -39,7 +39,7 @@ from typing import Any, ClassVar
 from rankwatch.schemas import Action, LogEvent, Severity, StepEvent
 from rankwatch.streams.detectors._classified import classified
 from rankwatch.streams.detectors.base import JobState, RankState
-from rankwatch.streams.detectors.log_patterns import CUDA_OOM, FATAL_ERROR
+from rankwatch.streams.detectors.log_patterns import HANG
 from rankwatch.streams.detectors.stacks import parse_stack
 from rankwatch.streams.exceptions import DetectorConfigError
 from rankwatch.streams.findings import Finding, Outcome, Resolution
@@ -84,7 +84,7 @@ class StuckRanks:
     def new_job_state(self) -> dict[str, Any]:
         # stuck: rank -> entry; since: event time of the episode's first record (None: none);
         # open: a hang was raised for this episode.
-        # failed: ranks whose own failure record came (their peers' wait is no hang).
+        # failed: ranks that reported a failure (their peers' wait for them is no hang).
         return {"stuck": {}, "since": None, "open": False, "failed": []}
 
     def on_log(
@@ -93,8 +93,7 @@ class StuckRanks:
         if event.lifecycle != "stuck":
             if event.level in _FAILURE_LEVELS and rank.rank not in state["failed"]:
                 match, failure = classified(event)
-                own = failure is not None and not failure.consequence
-                if own or (match is not None and match.rule in (CUDA_OOM, FATAL_ERROR)):
+                if failure is not None or (match is not None and match.rule != HANG):
                     state["failed"].append(rank.rank)
             return ()
         if job.phase != "train":
@@ -148,12 +147,12 @@ class StuckRanks:
         state["open"] = True
         stuck: dict[int, list[Any]] = state["stuck"]
         elsewhere = sorted(r for r, e in stuck.items() if not e[_WAITS])
+        failed = set(state.setdefault("failed", []))  # older snapshots lack it
         mute: list[int] = []
         if not elsewhere and len(stuck) * 2 >= len(job.ranks):
-            mute = sorted(r for r in job.ranks if r not in stuck)
-        failed = state.setdefault("failed", [])  # older snapshots lack it
-        if not elsewhere and failed and set(mute) <= set(failed):
-            return ()  # the peers wait for a rank that crashed: its crash alert says why
+            mute = sorted(r for r in job.ranks if r not in stuck and r not in failed)
+        if not elsewhere and not mute and failed:
+            return ()  # the peers wait for ranks that failed: those ranks' alerts say why
         culprits = elsewhere or mute
         step = min(e[_STEP] for e in stuck.values())
         first = min(stuck, key=lambda r: stuck[r][_T])
