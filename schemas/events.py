@@ -76,6 +76,14 @@ class StepEvent(EventBase):
     step_time_s: Measure | None = None
     data_time_s: Measure | None = None
     compute_time_s: Measure | None = None
+    #: The GPU's own busy share (NVML's utilization.gpu) over the step, where one is read.
+    gpu_utilization: Percent | None = None
+    #: The LR schedule the trainer declared (``constant``, ``constant_with_warmup``, ``linear``,
+    #: ``cosine``, ``cosine_with_restarts``, ``polynomial``, ``inverse_sqrt``, or its own name),
+    #: its warm-up and total steps: what the ``lr_schedule`` rule checks the observed LR against.
+    lr_schedule: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    lr_warmup_steps: Annotated[int, Field(strict=True, ge=0)] | None = None
+    lr_total_steps: Annotated[int, Field(strict=True, ge=1)] | None = None
 
     @model_validator(mode="after")
     def _rank_within_world(self) -> StepEvent:
