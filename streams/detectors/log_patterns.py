@@ -276,6 +276,7 @@ XID_WARNING_CODES: Final = frozenset({45, 63, 92})
 _XID: Final = re.compile(r"\bXid \((?:PCI:)?([0-9A-Fa-f:.]+)\): (\d+)")
 _EXITCODE: Final = re.compile(r"exitcode\s*:\s*(-?\d+)")
 _ROOT_RANK: Final = re.compile(r"^\s*rank\s*:\s*(\d+)", re.MULTILINE)
+_ROOT_CAUSE: Final = "Root Cause (first observed failure)"
 _SIGNALS: Final = {6: "SIGABRT", 7: "SIGBUS", 9: "SIGKILL", 11: "SIGSEGV", 15: "SIGTERM"}
 
 
@@ -294,7 +295,17 @@ def fatal_figures(message: str) -> dict[str, int | str]:
         out["exitcode"] = code
         if code < 0:
             out["signal"] = _SIGNALS.get(-code, f"signal {-code}")
-    m = _ROOT_RANK.search(message)
+    # torchelastic's summary lists the ranks it stopped under "Failures:" first; the root
+    # cause is the entry under "Root Cause (first observed failure)".
+    root = message.find(_ROOT_CAUSE)
+    m = _ROOT_RANK.search(message, root if root >= 0 else 0)
     if m:
         out["root_cause_rank"] = int(m.group(1))
+        code = _EXITCODE.search(message, m.end()) if root >= 0 else None
+        if code is not None:  # the root cause's exit code, not the first stopped rank's
+            exitcode = int(code.group(1))
+            out["exitcode"] = exitcode
+            out.pop("signal", None)
+            if exitcode < 0:
+                out["signal"] = _SIGNALS.get(-exitcode, f"signal {-exitcode}")
     return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import timeit
+from pathlib import Path
 
 import pytest
 
@@ -311,3 +312,15 @@ def test_benign_lines_are_cheap() -> None:
     n = 20_000
     per_call = timeit.timeit(lambda: classify(line, "INFO"), number=n) / n
     assert per_call < 25e-6
+
+
+def test_torchelastic_summary_figures_are_the_root_causes() -> None:
+    # A real 4-rank gloo run's summary (tests/producers/data/torchrun_gloo_indexerror.log):
+    # "Failures:" lists the ranks torchrun stopped with SIGTERM before the root cause.
+    text = (
+        Path(__file__).parents[2] / "producers" / "data" / "torchrun_gloo_indexerror.log"
+    ).read_text()
+    summary = text[text.index("ChildFailedError") :]
+    figures = fatal_figures(summary)
+    assert (figures["root_cause_rank"], figures["exitcode"]) == (3, 1)
+    assert "signal" not in figures
