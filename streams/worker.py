@@ -159,6 +159,35 @@ class Runtime:
         if len(self.pending) >= self.options.max_unacked:
             await self.snapshot()
 
+    async def tick_clock(self) -> None:
+        """Judge the jobs that went quiet on the wall clock (see ``Engine.advance_clock``),
+        counting only time in which this worker is caught up and reaches the brokers."""
+        healthy = await self._caught_up()
+        async with self.lock:
+            alerts = self.engine.advance_clock(time.time(), healthy=healthy)
+            self.pipeline.note_released()
+            for alert in alerts:
+                self.pipeline.dirty.setdefault(alert.job_id, set())  # persist what changed
+                log_alert(alert)
+                await self.alerts.send(key=alert.job_id.encode(), value=encode(alert))
+                self.counters.alerts += 1
+
+    async def _caught_up(self) -> bool:
+        """Every owned input partition read to its end, as the brokers say now (a request:
+        no answer within two seconds means cut off, and then no silence counts)."""
+        consumer = self.app.consumer
+        inputs = {self.layout.steps, self.layout.logs}
+        tps = [tp for tp in consumer.assignment() if tp.topic in inputs]
+        try:
+            highs = await asyncio.wait_for(consumer.highwaters(*tps), timeout=2.0)
+            for tp in tps:
+                position = await consumer.position(tp)
+                if position is None or position < highs.get(tp, 0):
+                    return False
+        except Exception:  # no answer, or partitions moving: not now
+            return False
+        return True
+
     async def snapshot(self) -> None:
         """Persist the jobs touched since the last snapshot, then ack the events it covers."""
         async with self.lock:
@@ -270,6 +299,10 @@ def build_app(
         @app.timer(options.rules_poll_s, name="rules")  # type: ignore[untyped-decorator]
         async def rules_timer() -> None:
             await runtime.reload_rules()
+
+    @app.timer(1.0, name="clock")  # type: ignore[untyped-decorator]
+    async def clock() -> None:
+        await runtime.tick_clock()
 
     @app.timer(options.stats_interval_s, name="stats")  # type: ignore[untyped-decorator]
     async def stats() -> None:

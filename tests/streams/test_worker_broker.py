@@ -334,3 +334,32 @@ def test_restart_after_kill9_resumes_state(
     incidents = list(after.values())
     assert len(incidents) == len(set(incidents)), after
     assert after == firing(replayed(first + crash_window + second))
+
+
+@pytest.mark.parametrize("runtime", ["batch", "faust"])
+def test_a_job_that_goes_quiet_after_a_crash_is_job_stopped_on_the_worker_clock(
+    setup: Setup, workers: list[WorkerProcess], runtime: str
+) -> None:
+    """No event says a job stopped: the worker's wall clock does, in both runtimes."""
+    s = setup
+    job = f"job-{uuid.uuid4().hex[:6]}"
+    now = time.time()
+    items: list[StepEvent | LogEvent] = [
+        StepEvent(job_id=job, rank=r, world_size=4, step=step, timestamp=now - 20 + step * 0.5)
+        for step in range(20)
+        for r in range(4)
+    ]
+    items.append(LogEvent(job_id=job, rank=3, timestamp=now - 10, level="ERROR", message=(
+        'Traceback (most recent call last):\n  File "/job/train.py", line 9, in main\n'
+        "    x[8]\nIndexError: index 8 is out of bounds for dimension 0 with size 8")))  # fmt: skip
+    worker = WorkerProcess(s, "worker", runtime=runtime)
+    workers.append(worker)
+    produce(s, items)
+    deadline = time.monotonic() + 60
+    stopped: list[Alert] = []
+    while not stopped:
+        assert time.monotonic() < deadline, worker.text()[-3000:]
+        alerts = [decode(v) for v in read_all(s, s.alerts, timeout_s=1)]
+        stopped = [a for a in alerts if isinstance(a, Alert) and a.rule == "job_stopped"]
+        time.sleep(0.5)
+    assert stopped[0].evidence["root_cause"]["rank"] == 3
