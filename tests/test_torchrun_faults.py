@@ -212,6 +212,7 @@ def test_a_rank_that_raises_is_a_crash_alert_then_one_root_cause_job_alert(
     assert "mat1 and mat2 shapes cannot be multiplied" in alert.summary
     assert "faulty_trainer.py" in alert.evidence["frame"]
     latency = published - alert.first_seen.timestamp()
+    print(f"\n{fault}: crash alert {latency:.2f} s after the record")  # shown with -s
     assert latency <= 2.0, f"crash alert {latency:.2f} s after the record"
     stopped = [a for a, _ in alerts if a.rule == "job_stopped"]
     assert len(stopped) == 1, [a.summary for a in stopped]
@@ -232,6 +233,7 @@ def test_a_rank_killed_by_sigkill_is_named_within_30_s(stack: Stack, jobs: dict[
              (a.evidence.get("root_cause") or {}).get("rank") == 3]  # fmt: skip
     assert named, [a.summary for a, _ in alerts]
     published = min(ts for _, ts in named)
+    print(f"\nsigkill: rank 3 named {published - killed_at:.2f} s after its last step")
     assert published - killed_at <= 30.0, published - killed_at
     stopped = [a for a, _ in alerts if a.rule == "job_stopped"]
     assert len(stopped) == 1 and stopped[0].evidence["root_cause"]["rank"] == 3
@@ -253,6 +255,7 @@ def test_a_rank_blocked_before_its_collective_is_a_hang_naming_it_with_its_stack
     hang, published = hangs[0]
     assert hang.ranks == [3], hang.summary
     assert "faulty_trainer.py" in hang.evidence["stack"] and "time.sleep" in hang.evidence["stack"]
+    print(f"\nhang: rank 3 named {published - blocked_at:.2f} s after it blocked")
     assert published - blocked_at <= 3 * STUCK_AFTER_S, published - blocked_at
     stopped = [a for a, _ in alerts if a.rule == "job_stopped" and a.status == "firing"]
     assert len(stopped) == 1
