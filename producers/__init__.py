@@ -16,17 +16,28 @@ exception, SIGTERM/SIGINT, a stuck step, a clean end (:mod:`rankwatch.producers.
 """
 
 from rankwatch.producers._enrich import Enricher, GpuMemory, default_enrichers, static_fields
-from rankwatch.producers._global import configure, flush, log_step, phase, shutdown, stats
+from rankwatch.producers._global import (
+    configure,
+    declare_lr_schedule,
+    flush,
+    log_step,
+    phase,
+    shutdown,
+    stats,
+)
 from rankwatch.producers._handler import RankwatchLogHandler
 from rankwatch.producers._identity import Identity, IdentityError, resolve_identity
-from rankwatch.producers._producer import ProducerStats, RankwatchProducer
+from rankwatch.producers._nvml import GpuUtilization
+from rankwatch.producers._producer import LR_SCHEDULES, ProducerStats, RankwatchProducer
 from rankwatch.producers._scrub import Scrubber, scrub
 from rankwatch.producers._subscribe import AlertSubscription, subscribe
 
 __all__ = [
+    "LR_SCHEDULES",
     "AlertSubscription",
     "Enricher",
     "GpuMemory",
+    "GpuUtilization",
     "Identity",
     "IdentityError",
     "ProducerStats",
@@ -34,6 +45,7 @@ __all__ = [
     "RankwatchProducer",
     "Scrubber",
     "configure",
+    "declare_lr_schedule",
     "default_enrichers",
     "flush",
     "log_step",

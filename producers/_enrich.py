@@ -12,6 +12,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from rankwatch.producers._nvml import GpuUtilization
+
 EventDict = dict[str, Any]
 Enricher = Callable[[EventDict], EventDict]
 
@@ -71,5 +73,7 @@ class GpuMemory:
 
 
 def default_enrichers() -> list[Enricher]:
-    """What :func:`configure` uses when not told otherwise: GPU memory where torch has CUDA."""
-    return [GpuMemory()]
+    """What :func:`configure` uses when not told otherwise: GPU memory where torch has CUDA,
+    and the GPU's utilization where NVML can read it
+    (:class:`~rankwatch.producers._nvml.GpuUtilization`, on a reader thread of its own)."""
+    return [GpuMemory(), GpuUtilization()]

@@ -12,7 +12,7 @@ from rankwatch.producers import _lifecycle
 from rankwatch.producers._enrich import Enricher
 from rankwatch.producers._identity import resolve_identity
 from rankwatch.producers._once import logger
-from rankwatch.producers._producer import ProducerStats, RankwatchProducer
+from rankwatch.producers._producer import ProducerStats, RankwatchProducer, lr_schedule_fields
 from rankwatch.schemas import Phase
 
 if TYPE_CHECKING:
@@ -59,6 +59,9 @@ def configure(
     report_signals: bool | None = None,
     report_stuck: bool | None = None,
     report_end: bool | None = None,
+    lr_schedule: str | None = None,
+    lr_warmup_steps: int | None = None,
+    lr_total_steps: int | None = None,
 ) -> RankwatchProducer:
     """Set up this process's producer: the one line a trainer adds.
 
@@ -75,8 +78,21 @@ def configure(
     ``[producer]`` section (``stuck_after_s=``, ``report_signals=``...) override the file and
     ``RANKWATCH_*`` variables here; ``install_hooks=False`` turns all four reports off. The
     hooks are installed once per process; :func:`shutdown` puts back the previous ones.
+
+    ``lr_schedule`` (with ``lr_warmup_steps``, ``lr_total_steps``) declares the LR schedule, as
+    :meth:`~RankwatchProducer.declare_lr_schedule` does; a bad one raises ValueError here.
     """
     identity = resolve_identity(job_id, rank, world_size, host)
+    schedule = None
+    if lr_schedule is not None:
+        schedule = lr_schedule_fields(
+            lr_schedule,
+            lr_warmup_steps,
+            lr_total_steps,
+            arguments=("lr_schedule", "lr_warmup_steps", "lr_total_steps"),
+        )
+    elif lr_warmup_steps is not None or lr_total_steps is not None:
+        raise ValueError("lr_warmup_steps and lr_total_steps need lr_schedule")
     given = {
         "stuck_after_s": stuck_after_s,
         "stuck_factor": stuck_factor,
@@ -107,6 +123,7 @@ def configure(
         flush_on_exit_s=flush_on_exit_s,
         report_end=install_hooks and settings.producer.report_end,
     )
+    producer.lr_schedule = schedule
     previous = install(producer)
     if previous is not None:
         previous.close(flush_on_exit_s, end=False)  # the rank goes on, with the new one
@@ -129,6 +146,20 @@ def log_step(step: int, **metrics: Any) -> None:
         _warn_unconfigured()
         return
     producer.log_step(step, **metrics)
+
+
+def declare_lr_schedule(
+    name: str, warmup_steps: int | None = None, total_steps: int | None = None
+) -> None:
+    """:meth:`RankwatchProducer.declare_lr_schedule` on the configured producer: every later
+    step event carries the schedule. Raises ValueError on a bad argument; before
+    :func:`configure` it only checks them (warned once)."""
+    producer = _producer
+    if producer is None:
+        lr_schedule_fields(name, warmup_steps, total_steps)
+        _warn_unconfigured()
+        return
+    producer.declare_lr_schedule(name, warmup_steps, total_steps)
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import collections
 import contextlib
+import operator
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -44,7 +45,66 @@ _NUMERIC_FIELDS = (
     "step_time_s",
     "data_time_s",
     "compute_time_s",
+    "gpu_utilization",
 )
+#: The schedule names :meth:`RankwatchProducer.declare_lr_schedule` accepts (Hugging Face's
+#: ``lr_scheduler_type`` names; ``other`` for any schedule of the trainer's own).
+LR_SCHEDULES: tuple[str, ...] = (
+    "constant",
+    "constant_with_warmup",
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "inverse_sqrt",
+    "other",
+)
+
+
+def _steps(argument: str, value: Any, least: int) -> int | None:
+    if value is None:
+        return None
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        steps = operator.index(value)  # ints and numpy integers, not 10.0 nor "10"
+    except TypeError:
+        raise ValueError(f"{argument} must be an integer, got {value!r}") from None
+    if steps < least:
+        raise ValueError(f"{argument} must be >= {least}, got {steps}")
+    return steps
+
+
+def lr_schedule_fields(
+    name: str,
+    warmup_steps: Any = None,
+    total_steps: Any = None,
+    *,
+    arguments: tuple[str, str, str] = ("name", "warmup_steps", "total_steps"),
+) -> dict[str, Any]:
+    """The step-event fields declaring an LR schedule, checked: a ValueError names the bad
+    argument (as ``arguments`` calls the three).
+
+    >>> lr_schedule_fields("cosine", warmup_steps=100, total_steps=10_000)
+    {'lr_schedule': 'cosine', 'lr_warmup_steps': 100, 'lr_total_steps': 10000}
+    >>> lr_schedule_fields("cosine", warmup_steps=-1)
+    Traceback (most recent call last):
+    ...
+    ValueError: warmup_steps must be >= 0, got -1
+    """
+    name_arg, warmup_arg, total_arg = arguments
+    if name not in LR_SCHEDULES:
+        raise ValueError(f"{name_arg} must be one of {', '.join(LR_SCHEDULES)}, got {name!r}")
+    warmup = _steps(warmup_arg, warmup_steps, 0)
+    total = _steps(total_arg, total_steps, 1)
+    if warmup is not None and total is not None and warmup > total:
+        raise ValueError(f"{warmup_arg} ({warmup}) must not exceed {total_arg} ({total})")
+    fields: dict[str, Any] = {"lr_schedule": name}
+    if warmup is not None:
+        fields["lr_warmup_steps"] = warmup
+    if total is not None:
+        fields["lr_total_steps"] = total
+    return fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +238,8 @@ class RankwatchProducer:
         self._dropped = 0
         self._errors = 0
         self._closed = False
+        # The declared LR schedule's fields, stamped on every step event (None: undeclared).
+        self.lr_schedule: dict[str, Any] | None = None
         self.last_step: int | None = None
         #: The phase set by :meth:`phase` (None: training), stamped on every event meanwhile.
         self.current_phase: str | None = None
@@ -222,6 +284,7 @@ class RankwatchProducer:
         step_time_s: float | None = None,
         data_time_s: float | None = None,
         compute_time_s: float | None = None,
+        gpu_utilization: float | None = None,
         **extra: Any,
     ) -> None:
         """Record one optimizer step. Values may be floats, numpy scalars or 0-d tensors (read
@@ -249,6 +312,10 @@ class RankwatchProducer:
                 event["data_time_s"] = data_time_s
             if compute_time_s is not None:
                 event["compute_time_s"] = compute_time_s
+            if gpu_utilization is not None:
+                event["gpu_utilization"] = gpu_utilization
+            if self.lr_schedule is not None:
+                event.update(self.lr_schedule)
             if extra:
                 event.update(extra)
             if self.current_phase is not None:
@@ -303,6 +370,15 @@ class RankwatchProducer:
             self._put(event)
         except Exception as error:
             self._internal_error("log", error)
+
+    def declare_lr_schedule(
+        self, name: str, warmup_steps: int | None = None, total_steps: int | None = None
+    ) -> None:
+        """Declare the LR schedule: every later step event carries ``lr_schedule`` (one of
+        :data:`LR_SCHEDULES`), ``lr_warmup_steps`` and ``lr_total_steps`` (where given), what
+        the worker checks the observed ``learning_rate`` against. Declaring again replaces it.
+        Unlike the hot path this raises: a ValueError naming the bad argument, at setup."""
+        self.lr_schedule = lr_schedule_fields(name, warmup_steps, total_steps)
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -440,6 +516,11 @@ class RankwatchProducer:
             atexit.unregister(self._at_exit)
         self._dropped += len(self._buffer)
         self._buffer.clear()
+        for enrich in self._enrichers:
+            stop = getattr(enrich, "close", None)  # an enricher's own thread (GpuUtilization)
+            if stop is not None:
+                with contextlib.suppress(Exception):
+                    stop()
 
     def _at_exit(self) -> None:
         with contextlib.suppress(Exception):  # at exit there is no one left to tell

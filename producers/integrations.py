@@ -13,11 +13,18 @@ each integration times the forward pass on this rank with module hooks (:class:`
 the all-reduce runs in backward, so the forward is free of it) and reports it as
 ``compute_time_s``, and the time from the end of the previous step to this step's first
 forward as ``data_time_s``: what the ``straggler`` rule compares across ranks.
+
+Each integration also declares the LR schedule where it can tell it
+(:meth:`RankwatchProducer.declare_lr_schedule`): the Trainer's ``lr_scheduler_type`` with its
+warm-up and ``max_steps``; under Lightning, the first optimizer's torch scheduler
+(:func:`torch_lr_schedule`).
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
+import math
 import sys
 import threading
 import time
@@ -32,6 +39,108 @@ from rankwatch.producers import _global
 from rankwatch.producers._producer import RankwatchProducer
 
 _HF_KEYS = {"loss": "loss", "grad_norm": "gradient_norm", "learning_rate": "learning_rate"}
+# The Trainer's scheduler types with a name of rankwatch's own; the rest (reduce_lr_on_plateau,
+# cosine_with_min_lr, warmup_stable_decay...) are declared "other".
+_HF_SCHEDULES = frozenset(
+    {
+        "constant",
+        "constant_with_warmup",
+        "linear",
+        "cosine",
+        "cosine_with_restarts",
+        "polynomial",
+        "inverse_sqrt",
+    }
+)
+_log = logging.getLogger("rankwatch.producers")
+
+#: A declared schedule: name, warm-up steps, total steps (None: not known).
+Schedule = tuple[str, int | None, int | None]
+
+
+def hf_lr_schedule(args: Any, max_steps: int) -> Schedule:
+    """The schedule the Trainer builds from its ``TrainingArguments`` over ``max_steps``.
+
+    >>> from types import SimpleNamespace
+    >>> hf_lr_schedule(SimpleNamespace(lr_scheduler_type="cosine", warmup_steps=0.1), 500)
+    ('cosine', 50, 500)
+    >>> hf_lr_schedule(SimpleNamespace(lr_scheduler_type="constant", warmup_steps=10), 500)
+    ('constant', 0, 500)
+    """
+    kind = getattr(args, "lr_scheduler_type", "linear")
+    name = str(getattr(kind, "value", kind))
+    kwargs = getattr(args, "lr_scheduler_kwargs", None) or {}
+    if name == "cosine" and kwargs.get("num_cycles", 0.5) != 0.5:
+        name = "other"  # not the half cosine down to zero that "cosine" names
+    elif name not in _HF_SCHEDULES:
+        name = "other"
+    total = max_steps if max_steps > 0 else None
+    # transformers 5 takes a float below 1 in warmup_steps as the ratio; 4.x had warmup_ratio.
+    warmup_arg = float(getattr(args, "warmup_steps", 0) or 0)
+    ratio = float(getattr(args, "warmup_ratio", 0) or 0)
+    if warmup_arg >= 1:
+        warmup: int | None = int(warmup_arg)
+    elif total is None:
+        warmup = None
+    else:
+        warmup = math.ceil(total * (warmup_arg or ratio))
+    if name == "constant":
+        warmup = 0  # the Trainer's constant schedule ignores the warm-up
+    if warmup is not None and total is not None:
+        warmup = min(warmup, total)
+    return name, warmup, total
+
+
+def _is_hf_schedule(scheduler: Any) -> bool:
+    """Whether ``scheduler`` is one the Trainer built from its arguments (a LambdaLR over a
+    function of ``transformers.optimization``), not one the user passed in."""
+    lambdas = getattr(scheduler, "lr_lambdas", None) or []
+    func = getattr(lambdas[0], "func", lambdas[0]) if lambdas else None
+    return str(getattr(func, "__module__", "")).startswith("transformers.")
+
+
+def torch_lr_schedule(scheduler: Any, *, per_step: bool = True) -> Schedule | None:
+    """What a torch LR scheduler declares: CosineAnnealingLR is ``cosine`` over ``T_max``,
+    a falling LinearLR ``linear``, a rising one ``constant_with_warmup``, PolynomialLR
+    ``polynomial``, CosineAnnealingWarmRestarts ``cosine_with_restarts``, SequentialLR of a
+    rising LinearLR then CosineAnnealingLR ``cosine`` with that warm-up; any other scheduler
+    (StepLR, LambdaLR, OneCycleLR...) ``other``; None for what is no scheduler. Step counts
+    only where the scheduler steps once per optimizer step (``per_step``)."""
+    kind = type(scheduler).__name__
+    if not hasattr(scheduler, "step") or not hasattr(scheduler, "optimizer"):
+        return None
+    found: Schedule
+    if kind == "CosineAnnealingLR":
+        found = ("cosine", 0, int(scheduler.T_max))
+    elif kind == "LinearLR":
+        iters = int(scheduler.total_iters)
+        if scheduler.end_factor >= scheduler.start_factor:
+            found = ("constant_with_warmup", iters, None)
+        else:
+            found = ("linear", 0, iters)
+    elif kind == "PolynomialLR":
+        found = ("polynomial", 0, int(scheduler.total_iters))
+    elif kind == "CosineAnnealingWarmRestarts":
+        found = ("cosine_with_restarts", 0, None)
+    elif kind == "SequentialLR":
+        parts = list(scheduler._schedulers)
+        milestones = list(scheduler._milestones)
+        first = torch_lr_schedule(parts[0], per_step=True) if parts else None
+        last = torch_lr_schedule(parts[-1], per_step=True) if len(parts) == 2 else None
+        if (
+            first is not None
+            and last is not None
+            and first[0] == "constant_with_warmup"
+            and last[0] == "cosine"
+            and last[2] is not None
+        ):
+            warmup = int(milestones[0])
+            found = ("cosine", warmup, warmup + last[2])
+        else:
+            found = ("other", None, None)
+    else:
+        found = ("other", None, None)
+    return found if per_step else (found[0], None, None)
 
 
 _PENDING_STEPS = 8  # CUDA timings kept waiting for the device before the oldest is dropped
@@ -223,12 +332,32 @@ class HFBridge:
     def producer(self) -> RankwatchProducer | None:
         return self._producer or _global.current()
 
-    def on_train_begin(self, model: Any = None) -> None:
+    def on_train_begin(
+        self, model: Any = None, args: Any = None, state: Any = None, lr_scheduler: Any = None
+    ) -> None:
         if model is not None and self.timer is None:
             self.timer = ComputeTimer(model)
         producer = self.producer()
+        if producer is not None and args is not None and state is not None:
+            self.declare_schedule(producer, args, int(state.max_steps), lr_scheduler)
         if self.stop_on_pause_job and producer is not None and self.pause is None:
             self.pause = PauseFlag(producer.identity.job_id, producer.settings)
+
+    @staticmethod
+    def declare_schedule(
+        producer: RankwatchProducer, args: Any, max_steps: int, lr_scheduler: Any = None
+    ) -> None:
+        """Declare the Trainer's schedule: from its arguments, unless the user passed in a
+        scheduler of their own (then from that, as :func:`torch_lr_schedule` tells it)."""
+        try:
+            if lr_scheduler is None or _is_hf_schedule(lr_scheduler):
+                found: Schedule | None = hf_lr_schedule(args, max_steps)
+            else:
+                found = torch_lr_schedule(lr_scheduler)
+            if found is not None:
+                producer.declare_lr_schedule(*found)
+        except Exception as error:  # never into training: the run goes on undeclared
+            _log.warning("rankwatch: could not declare the LR schedule: %r", error)
 
     def on_log(self, step: int, logs: dict[str, Any] | None) -> None:
         producer = self.producer()
@@ -288,7 +417,7 @@ def rankwatch_hf_callback(
 
     class RankwatchCallback(trainer_callback):  # type: ignore[misc]
         def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            bridge.on_train_begin(kw.get("model"))
+            bridge.on_train_begin(kw.get("model"), args, state, kw.get("lr_scheduler"))
 
         def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
             bridge.on_log(state.global_step, logs)
@@ -317,6 +446,11 @@ def rankwatch_lightning_callback(producer: RankwatchProducer | None = None) -> A
         def __init__(self) -> None:
             self._started = 0.0
             self._timer: ComputeTimer | None = None
+
+        def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+            target = producer or _global.current()
+            if target is not None:
+                declare_lightning_schedule(target, trainer)
 
         def on_train_batch_start(self, trainer: Any, pl_module: Any, *args: Any) -> None:
             if self._timer is None:
@@ -349,6 +483,22 @@ def rankwatch_lightning_callback(producer: RankwatchProducer | None = None) -> A
             target.log_step(trainer.global_step, **metrics)
 
     return RankwatchLightningCallback()
+
+
+def declare_lightning_schedule(producer: RankwatchProducer, trainer: Any) -> None:
+    """Declare the schedule of the first optimizer's scheduler in ``trainer.lr_scheduler_configs``
+    (nothing without one); step counts only for one stepped every optimizer step."""
+    try:
+        for config in getattr(trainer, "lr_scheduler_configs", None) or []:
+            if getattr(config, "opt_idx", None) not in (None, 0):
+                continue
+            per_step = config.interval == "step" and config.frequency == 1
+            found = torch_lr_schedule(config.scheduler, per_step=per_step)
+            if found is not None:
+                producer.declare_lr_schedule(*found)
+            return
+    except Exception as error:
+        _log.warning("rankwatch: could not declare the LR schedule: %r", error)
 
 
 @dataclass

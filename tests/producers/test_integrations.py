@@ -159,3 +159,57 @@ def test_hf_bridge_reports_the_mean_forward_and_data_time_since_its_last_log() -
     assert second.compute_time_s is None and second.data_time_s is None
     bridge.on_train_end()
     assert not model._forward_pre_hooks
+
+
+def test_hf_bridge_declares_the_trainers_schedule() -> None:
+    from rankwatch.producers.integrations import hf_lr_schedule
+
+    # transformers 5: a warmup_steps below 1 is a ratio of max_steps; 4.x had warmup_ratio.
+    v5 = SimpleNamespace(lr_scheduler_type="cosine", warmup_steps=0.05, lr_scheduler_kwargs={})
+    assert hf_lr_schedule(v5, 1000) == ("cosine", 50, 1000)
+    v4 = SimpleNamespace(lr_scheduler_type="linear", warmup_steps=0, warmup_ratio=0.1)
+    assert hf_lr_schedule(v4, 999) == ("linear", 100, 999)
+    restarts = SimpleNamespace(lr_scheduler_type="cosine", lr_scheduler_kwargs={"num_cycles": 2})
+    assert hf_lr_schedule(restarts, 10)[0] == "other"  # no longer one half cosine down
+    wsd = SimpleNamespace(lr_scheduler_type="warmup_stable_decay", warmup_steps=10)
+    assert hf_lr_schedule(wsd, 100) == ("other", 10, 100)
+    bridge = HFBridge()
+    args = SimpleNamespace(lr_scheduler_type="cosine", warmup_steps=20)
+    with capture_events() as events:
+        bridge.on_train_begin(None, args, SimpleNamespace(max_steps=400))
+        bridge.on_log(1, {"loss": 2.0, "learning_rate": 5e-6})
+    (event,) = events
+    assert isinstance(event, StepEvent)
+    assert (event.lr_schedule, event.lr_warmup_steps, event.lr_total_steps) == ("cosine", 20, 400)
+    assert event.learning_rate == 5e-6
+
+
+def test_torch_schedulers_declare_what_they_are() -> None:
+    torch = pytest.importorskip("torch")
+    from torch.optim import lr_scheduler as sched
+
+    from rankwatch.producers.integrations import torch_lr_schedule
+
+    def opt() -> Any:
+        return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+
+    o = opt()
+    warm = sched.LinearLR(o, start_factor=0.01, end_factor=1.0, total_iters=100)
+    cosine = sched.CosineAnnealingLR(o, T_max=900)
+    assert torch_lr_schedule(sched.SequentialLR(o, [warm, cosine], milestones=[100])) == (
+        "cosine",
+        100,
+        1000,
+    )
+    assert torch_lr_schedule(sched.CosineAnnealingLR(opt(), T_max=500)) == ("cosine", 0, 500)
+    assert torch_lr_schedule(sched.CosineAnnealingLR(opt(), T_max=50), per_step=False) == (
+        "cosine",
+        None,
+        None,
+    )
+    decay = sched.LinearLR(opt(), start_factor=1.0, end_factor=0.0, total_iters=300)
+    assert torch_lr_schedule(decay) == ("linear", 0, 300)
+    assert torch_lr_schedule(sched.PolynomialLR(opt(), total_iters=70)) == ("polynomial", 0, 70)
+    assert torch_lr_schedule(sched.StepLR(opt(), step_size=10)) == ("other", None, None)
+    assert torch_lr_schedule(sched.LambdaLR(opt(), lambda s: 1.0)) == ("other", None, None)
+    assert torch_lr_schedule(object()) is None

@@ -5,6 +5,7 @@ Skipped only where the library is missing; ``make test`` installs both (``rankwa
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable
@@ -45,10 +46,11 @@ def _dataset(n: int) -> list[dict[str, Any]]:
     return rows
 
 
-def _hf_trainer(tmp_path: Path, max_steps: int, callback: Any) -> Any:
+def _hf_trainer(tmp_path: Path, max_steps: int, callback: Any, **more: Any) -> Any:
     from transformers import Trainer, TrainingArguments
 
     args = TrainingArguments(
+        **more,
         output_dir=str(tmp_path / "out"),
         max_steps=max_steps,
         per_device_train_batch_size=8,
@@ -79,6 +81,26 @@ def test_hf_trainer_streams_its_logged_steps(tmp_path: Path) -> None:
     assert all(e.compute_time_s is not None and e.compute_time_s > 0 for e in steps)
     assert all(e.data_time_s is not None for e in steps[1:])
     assert not trainer.model._forward_pre_hooks  # removed at on_train_end
+
+
+def test_hf_trainer_declares_its_cosine_schedule(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    trainer = _hf_trainer(
+        tmp_path, 8, rankwatch_hf_callback(), lr_scheduler_type="cosine", warmup_steps=2
+    )
+    with capture_events(job_id="hf") as events:
+        trainer.train()
+    steps = [e for e in events if isinstance(e, StepEvent)]
+    assert len(steps) == 8
+    assert {(e.lr_schedule, e.lr_warmup_steps, e.lr_total_steps) for e in steps} == {
+        ("cosine", 2, 8)
+    }
+    # The learning rate the Trainer logged, on every step: up for the warm-up, then down.
+    rates = [e.learning_rate for e in steps]
+    assert rates == pytest.approx([h["learning_rate"] for h in trainer.state.log_history[:-1]])
+    # (the rate each step used: the warm-up's two steps lead up to the peak at the third)
+    assert rates[0] < rates[1] < rates[2] == pytest.approx(0.05)
+    assert all(a > b for a, b in itertools.pairwise(rates[2:]))
 
 
 @pytest.mark.broker
@@ -116,7 +138,8 @@ def test_hf_trainer_saves_and_stops_on_a_pause_job_alert(
     assert (tmp_path / "out" / f"checkpoint-{stopped_at}").is_dir()
 
 
-def test_lightning_trainer_streams_every_batch() -> None:
+@pytest.mark.parametrize("with_schedule", [False, True])
+def test_lightning_trainer_streams_every_batch(with_schedule: bool) -> None:
     lightning = pytest.importorskip("lightning")
 
     class Module(lightning.LightningModule):  # type: ignore[misc]
@@ -128,7 +151,14 @@ def test_lightning_trainer_streams_every_batch() -> None:
             return self.model(batch["x"], batch["labels"])["loss"]
 
         def configure_optimizers(self) -> Any:
-            return torch.optim.SGD(self.parameters(), lr=0.05)
+            optimizer = torch.optim.SGD(self.parameters(), lr=0.05)
+            if not with_schedule:
+                return optimizer
+            cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=5)
+            return {
+                "optimizer": optimizer,
+                "lr_scheduler": {"scheduler": cosine, "interval": "step"},
+            }
 
     loader = torch.utils.data.DataLoader(_dataset(64), batch_size=8)
     trainer = lightning.Trainer(
@@ -145,7 +175,13 @@ def test_lightning_trainer_streams_every_batch() -> None:
         trainer.fit(Module(), loader)
     steps = [e for e in events if isinstance(e, StepEvent)]
     assert [e.step for e in steps] == [1, 2, 3, 4, 5]
-    assert all(e.loss is not None and e.learning_rate == 0.05 for e in steps)
+    assert all(e.loss is not None and e.learning_rate is not None for e in steps)
+    declared = {(e.lr_schedule, e.lr_warmup_steps, e.lr_total_steps) for e in steps}
+    if with_schedule:  # the scheduler's config, read at on_train_start
+        assert declared == {("cosine", 0, 5)} and steps[-1].learning_rate < 0.05
+    else:  # no scheduler: nothing declared, the learning rate as set
+        assert declared == {(None, None, None)}
+        assert all(e.learning_rate == 0.05 for e in steps)
     assert all(e.step_time_s is not None and e.step_time_s > 0 for e in steps)
     # The batch's start to on_before_backward (this rank's forward and loss), within the step.
     assert all(
