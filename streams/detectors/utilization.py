@@ -1,0 +1,470 @@
+"""``input_bound`` and ``gpu_utilization``: a whole job whose GPUs wait, for minutes.
+
+``throughput_drop`` compares a rank with its own past, so a job that is slow from step 0 (too
+few DataLoader workers, data on network storage, tokenizing on the fly) never raises it. These
+two rules judge the job against a fixed bar instead, each a setting:
+
+- **input_bound**: the data wait (``data_time_s``) is over ``share`` (25%) of the step on
+  ``rank_share`` (75%) of the job's ranks, for ``sustain_s`` (120 s) of event time and
+  ``min_steps`` (100) steps. One rank waiting alone is the ``straggler`` rule's business.
+- **gpu_utilization**: NVML's ``gpu_utilization`` under ``bar`` (70%) on ``rank_share`` of
+  the ranks for ``sustain_s`` (300 s) and ``min_steps``; the alert says which share of the
+  step went to waiting for data and which to collectives (``step_time_s - compute_time_s -
+  data_time_s``, where the events carry all three), and what to do about the larger.
+
+Per rank, each step event updates a few EWMAs over about ``smoothing_steps`` (20) steps in
+O(1); the job is judged at ticks. The data share is a ratio of time-weighted EWMAs (seconds
+waited over seconds stepped): a loader that stalls one batch in eight, for eight batches'
+time, is input-bound although seven steps in eight wait for nothing. The step is the larger of
+``step_time_s`` (or data + compute when it is absent) and the rank's own period between its
+step events: a loop that fetches the batch outside its timed step (``for batch in loader:
+with watch_step(...)``) and a trainer that reports means every N steps are measured whole.
+
+What must not fire, and why it does not:
+
+- warm-up (the loader's first batches, compile): each rank's first ``warmup_steps`` (20)
+  step events are not counted;
+- evaluation and checkpoint phases: steps marked so never reach detectors, a tick while the
+  job is not training judges nothing, and a rank's first step after a phase change (its data
+  wait may hold the pause) is not counted;
+- a few slow batches or one checkpoint pause counted as data wait: the EWMA forgets it within
+  tens of steps, well before ``sustain_s``;
+- jitter around the bar: once firing, the job is judged against ``resolve_share`` (20%) /
+  ``resolve_bar`` (75%), and resolves after ``recover_s`` (60 s) below it.
+
+>>> InputBoundConfig().share, GpuUtilizationConfig().bar
+(0.25, 70.0)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from statistics import median
+from typing import Any, ClassVar
+
+from rankwatch.schemas import Action, Severity, StepEvent
+from rankwatch.streams.detectors import _metric_config as check
+from rankwatch.streams.detectors.base import JobState, RankState
+from rankwatch.streams.exceptions import DetectorConfigError
+from rankwatch.streams.findings import Finding, Outcome, Resolution
+
+_NAN = math.nan
+_NOTHING: tuple[()] = ()
+# Per-rank entry (a list: plain data): step events seen; event time and step of the previous
+# one; EWMAs of the measured value (data seconds, or utilization), of the step seconds, of
+# the data and of the "other" seconds (utilization's breakdown; nan until known); event time
+# of the latest counted sample.
+_N, _T, _P, _V, _S, _D, _O, _SEEN = range(8)
+_WORST = 3  # ranks named in a summary
+
+_INPUT_ADVICE = (
+    "more DataLoader workers (num_workers), pin_memory=True and a larger prefetch_factor, "
+    "data on faster (local) storage, tokenize and preprocess offline"
+)
+_COMM_ADVICE = (
+    "overlap communication with compute (DDP bucket_cap_mb, no_sync under gradient "
+    "accumulation), a larger per-GPU batch, and check the interconnect (NCCL_DEBUG=INFO: "
+    "InfiniBand or sockets)"
+)
+_HOST_ADVICE = (
+    "the GPU waits on the host: a larger batch, torch.compile or CUDA graphs for small "
+    "kernels, fewer host syncs (.item(), .cpu()) in the step"
+)
+
+
+def _check_common(cfg: Any) -> None:
+    """Settings both rules share (``cfg`` has them all)."""
+    if not (0 < cfg.rank_share <= 1):
+        raise DetectorConfigError(
+            f"{type(cfg).__name__}.rank_share must be in (0, 1], got {cfg.rank_share!r}"
+        )
+    check.count(cfg, "min_ranks", cfg.min_ranks)
+    check.positive(cfg, "sustain_s", cfg.sustain_s)
+    check.count(cfg, "min_steps", cfg.min_steps, minimum=0)
+    check.count(cfg, "warmup_steps", cfg.warmup_steps, minimum=0)
+    check.count(cfg, "smoothing_steps", cfg.smoothing_steps)
+    check.non_negative(cfg, "recover_s", cfg.recover_s)
+    check.positive(cfg, "refresh_s", cfg.refresh_s)
+    check.positive(cfg, "stale_s", cfg.stale_s)
+    check.severity_action(cfg, cfg.severity, cfg.action)
+
+
+@dataclass(frozen=True, slots=True)
+class InputBoundConfig:
+    """Thresholds of ``input_bound`` (see the module docstring for how they combine).
+
+    ``share`` 0.25: a quarter of every step with the GPU idle for want of data is material on
+    any job (a healthy loader keeps its wait to a few per cent). ``rank_share`` 0.75 and
+    ``min_ranks`` 2: the job's input, not one host (that is ``straggler``); a single-rank job
+    is judged only with ``min_ranks`` 1. ``sustain_s`` 120 and ``min_steps`` 100: an
+    epoch's first batches or a storage hiccup pass; a job starved from step 0 is named about
+    two minutes after its warm-up.
+    """
+
+    share: float = 0.25
+    resolve_share: float = 0.20
+    rank_share: float = 0.75
+    min_ranks: int = 2
+    sustain_s: float = 120.0
+    min_steps: int = 100
+    warmup_steps: int = 20
+    smoothing_steps: int = 20
+    recover_s: float = 60.0
+    refresh_s: float = 120.0  # re-report while firing, so the incident does not expire
+    stale_s: float = 300.0  # a rank not heard from for this long is not counted as bound
+    severity: Severity = "warning"
+    action: Action = "notify"
+
+    def __post_init__(self) -> None:
+        check.fraction(self, "share", self.share)
+        check.fraction(self, "resolve_share", self.resolve_share)
+        check.at_most(self, "resolve_share", self.resolve_share, self.share, "share")
+        _check_common(self)
+
+
+@dataclass(frozen=True, slots=True)
+class GpuUtilizationConfig:
+    """Thresholds of ``gpu_utilization``.
+
+    ``bar`` 70 (percent, NVML's ``utilization.gpu``: the share of time a kernel ran; NCCL's
+    kernels count as busy): a data-parallel job that keeps its GPUs busy under 70% of the time
+    is paying for a third of them idle. ``sustain_s`` 300: NVML readings are coarse and jumpy,
+    and the finding is a matter of cost, not an emergency. The rest as ``input_bound``.
+    """
+
+    bar: float = 70.0
+    resolve_bar: float = 75.0
+    rank_share: float = 0.75
+    min_ranks: int = 2
+    sustain_s: float = 300.0
+    min_steps: int = 100
+    warmup_steps: int = 20
+    smoothing_steps: int = 20
+    recover_s: float = 60.0
+    refresh_s: float = 120.0
+    stale_s: float = 300.0
+    severity: Severity = "warning"
+    action: Action = "notify"
+
+    def __post_init__(self) -> None:
+        if not (0 < self.bar < 100):
+            raise DetectorConfigError(
+                f"GpuUtilizationConfig.bar must be strictly between 0 and 100, got {self.bar!r}"
+            )
+        if not (self.bar <= self.resolve_bar <= 100):
+            raise DetectorConfigError(
+                f"GpuUtilizationConfig.resolve_bar must be in [bar ({self.bar!r}), 100], "
+                f"got {self.resolve_bar!r}"
+            )
+        _check_common(self)
+
+
+def _step_seconds(event: StepEvent, e: list[Any]) -> float:
+    """The step's length (see the module docstring); nan when nothing tells it."""
+    st, d, c = event.step_time_s, event.data_time_s, event.compute_time_s
+    if st is None:
+        st = d + c if d is not None and c is not None else _NAN
+    if e[_P] >= 0 and event.step > e[_P]:
+        period = (event.epoch - e[_T]) / (event.step - e[_P])
+        if not st >= period:  # nan-safe: a period is better than nothing
+            st = period
+    return st
+
+
+class _JobShare:
+    """The machinery both rules share: per-rank EWMAs, a job-level streak, one incident."""
+
+    name: ClassVar[str]
+    rule: ClassVar[str]
+    config: Any
+
+    def __init__(self) -> None:
+        self._alpha = 1.0 / self.config.smoothing_steps
+
+    def new_job_state(self) -> dict[str, Any]:
+        # r: rank -> entry; on: firing; since / since_step: when the bad streak began;
+        # clear: when the clear streak began; at: last report; new: samples since the tick.
+        return {"r": {}, "on": 0, "since": _NAN, "since_step": -1, "clear": _NAN,
+                "at": -math.inf, "new": 0}  # fmt: skip
+
+    # -- per step: O(1) ---------------------------------------------------------------------
+    def _measure(self, event: StepEvent) -> float | None:
+        raise NotImplementedError
+
+    def on_step(
+        self, job: JobState, rank: RankState, state: dict[str, Any], event: StepEvent
+    ) -> None:
+        value = self._measure(event)
+        if value is None:
+            return
+        e = state["r"].get(rank.rank)
+        if e is None:
+            e = state["r"][rank.rank] = [0, -math.inf, -1, _NAN, _NAN, _NAN, _NAN, -math.inf]
+        now = event.epoch
+        after_phase = job.phase_since > e[_T]  # an evaluation or a checkpoint since its last
+        step_s = _step_seconds(event, e)
+        e[_N] += 1
+        e[_T], e[_P] = now, event.step
+        if e[_N] <= self.config.warmup_steps or after_phase or not step_s > 0:
+            return
+        self._fold(e, event, value, step_s)
+        e[_SEEN] = now
+        state["new"] += 1
+
+    def _fold(self, e: list[Any], event: StepEvent, value: float, step_s: float) -> None:
+        raise NotImplementedError
+
+    def _ewma(self, e: list[Any], i: int, x: float) -> None:
+        old = e[i]
+        e[i] = x if old != old else old + self._alpha * (x - old)
+
+    # -- per tick ---------------------------------------------------------------------------
+    def _level(self, e: list[Any]) -> float:
+        raise NotImplementedError
+
+    def _bad(self, level: float, firing: bool) -> bool:
+        raise NotImplementedError
+
+    def on_tick(self, job: JobState, state: dict[str, Any], now: float) -> Iterable[Outcome]:
+        if not state["new"] or job.phase != "train":
+            return _NOTHING
+        state["new"] = 0
+        cfg = self.config
+        entries: dict[int, list[Any]] = state["r"]
+        fresh_after = now - cfg.stale_s
+        firing = bool(state["on"])
+        levels = [(r, self._level(e)) for r, e in entries.items() if e[_SEEN] >= fresh_after]
+        bad = [(r, v) for r, v in levels if self._bad(v, firing)]
+        world = max(job.world_size or 0, len(entries))
+        need = max(cfg.min_ranks, math.ceil(cfg.rank_share * world - 1e-9))
+        if len(bad) >= need:
+            state["clear"] = _NAN
+            if state["since"] != state["since"]:
+                state["since"], state["since_step"] = now, job.max_step
+            long_enough = (
+                now - state["since"] >= cfg.sustain_s
+                and job.max_step - state["since_step"] >= cfg.min_steps
+            )
+            if not long_enough or (firing and now - state["at"] < cfg.refresh_s):
+                return _NOTHING
+            state["on"], state["at"] = 1, now
+            return (self._finding(job, state, entries, bad, world, now),)
+        state["since"] = _NAN
+        if not firing:
+            return _NOTHING
+        if state["clear"] != state["clear"]:
+            state["clear"] = now
+        if now - state["clear"] < cfg.recover_s:
+            return _NOTHING
+        state["on"], state["clear"], state["at"] = 0, _NAN, -math.inf
+        summary = self._resolved(levels, world)
+        return (Resolution(self.rule, None, now, "", summary),)
+
+    def _finding(
+        self,
+        job: JobState,
+        state: dict[str, Any],
+        entries: dict[int, list[Any]],
+        bad: list[tuple[int, float]],
+        world: int,
+        now: float,
+    ) -> Finding:
+        raise NotImplementedError
+
+    def _resolved(self, levels: list[tuple[int, float]], world: int) -> str:
+        raise NotImplementedError
+
+    @staticmethod
+    def _breakdown(entries: dict[int, list[Any]], ranks: list[int]) -> tuple[float, float, float]:
+        """Medians over ``ranks`` of the step (s), its data share and its "other" share."""
+        steps, data, other = [], [], []
+        for r in ranks:
+            e = entries[r]
+            s = e[_S]
+            if s > 0:
+                steps.append(s)
+                if e[_D] == e[_D]:
+                    data.append(min(1.0, e[_D] / s))
+                if e[_O] == e[_O]:
+                    other.append(min(1.0, e[_O] / s))
+        return (
+            median(steps) if steps else _NAN,
+            median(data) if data else _NAN,
+            median(other) if other else _NAN,
+        )
+
+    @staticmethod
+    def _where(job: JobState, r: int) -> str:
+        rs = job.ranks.get(r)
+        host = rs.host if rs is not None else None
+        return f"rank {r}" + (f" ({host})" if host else "")
+
+
+class InputBoundDetector(_JobShare):
+    """Most ranks wait for data over a set share of their step, for minutes (job scope)."""
+
+    name: ClassVar[str] = "input_bound"
+    rule: ClassVar[str] = "input_bound"
+
+    def __init__(self, config: InputBoundConfig | None = None) -> None:
+        self.config = config or InputBoundConfig()
+        super().__init__()
+
+    def _measure(self, event: StepEvent) -> float | None:
+        return event.data_time_s
+
+    def _fold(self, e: list[Any], event: StepEvent, value: float, step_s: float) -> None:
+        self._ewma(e, _V, min(value, step_s))
+        self._ewma(e, _S, step_s)
+
+    def _level(self, e: list[Any]) -> float:
+        return float(e[_V] / e[_S]) if e[_S] > 0 else _NAN
+
+    def _bad(self, level: float, firing: bool) -> bool:
+        bar: float = self.config.resolve_share if firing else self.config.share
+        return level > bar
+
+    def _finding(
+        self,
+        job: JobState,
+        state: dict[str, Any],
+        entries: dict[int, list[Any]],
+        bad: list[tuple[int, float]],
+        world: int,
+        now: float,
+    ) -> Finding:
+        cfg = self.config
+        worst = sorted(bad, key=lambda rv: (-rv[1], rv[0]))[:_WORST]
+        share = median(v for _, v in bad)
+        ranks = [r for r, _ in bad]
+        step_s = median(entries[r][_S] for r in ranks)
+        data_s = median(entries[r][_V] for r in ranks)
+        lasted = now - state["since"]
+        named = ", ".join(f"{self._where(job, r)} {v:.0%}" for r, v in worst)
+        summary = (
+            f"input-bound: {len(bad)} of {world} ranks wait for data {share:.0%} of their step "
+            f"(median {data_s:.3f} s of {step_s:.3f} s; worst: {named}) for {lasted / 60:.1f} "
+            f"min since step {state['since_step']}, over the {cfg.share:.0%} bar: the GPUs "
+            f"idle while the input pipeline catches up; try {_INPUT_ADVICE}"
+        )
+        return Finding(
+            rule=self.rule,
+            rank=None,
+            severity=cfg.severity,
+            event_time=now,
+            summary=summary,
+            step=int(state["since_step"]),
+            evidence={
+                "data_share": round(share, 4),
+                "data_time_s": round(data_s, 4),
+                "step_time_s": round(step_s, 4),
+                "bar": cfg.share,
+                "ranks_bound": len(bad),
+                "world_size": world,
+                "worst": [[r, round(v, 4)] for r, v in worst],
+                "sustained_s": round(lasted, 1),
+            },
+            action=cfg.action,
+            ranks=tuple(sorted(ranks)),
+        )
+
+    def _resolved(self, levels: list[tuple[int, float]], world: int) -> str:
+        share = median(v for _, v in levels) if levels else _NAN
+        return f"the data wait is down to {share:.0%} of the step (median of {world} ranks)"
+
+
+class GpuUtilizationDetector(_JobShare):
+    """Most ranks' GPUs busy under a set bar for minutes (job scope), with where time went."""
+
+    name: ClassVar[str] = "gpu_utilization"
+    rule: ClassVar[str] = "gpu_utilization"
+
+    def __init__(self, config: GpuUtilizationConfig | None = None) -> None:
+        self.config = config or GpuUtilizationConfig()
+        super().__init__()
+
+    def _measure(self, event: StepEvent) -> float | None:
+        return event.gpu_utilization
+
+    def _fold(self, e: list[Any], event: StepEvent, value: float, step_s: float) -> None:
+        self._ewma(e, _V, value)
+        self._ewma(e, _S, step_s)
+        d, c, st = event.data_time_s, event.compute_time_s, event.step_time_s
+        if d is not None:
+            self._ewma(e, _D, min(d, step_s))
+        if d is not None and c is not None and st is not None:
+            # Collectives (and, where compute_time_s times the forward only, the backward).
+            self._ewma(e, _O, max(0.0, st - c - d))
+
+    def _level(self, e: list[Any]) -> float:
+        return float(e[_V])
+
+    def _bad(self, level: float, firing: bool) -> bool:
+        bar: float = self.config.resolve_bar if firing else self.config.bar
+        return level < bar
+
+    def _finding(
+        self,
+        job: JobState,
+        state: dict[str, Any],
+        entries: dict[int, list[Any]],
+        bad: list[tuple[int, float]],
+        world: int,
+        now: float,
+    ) -> Finding:
+        cfg = self.config
+        worst = sorted(bad, key=lambda rv: (rv[1], rv[0]))[:_WORST]
+        util = median(v for _, v in bad)
+        ranks = [r for r, _ in bad]
+        step_s, data, other = self._breakdown(entries, ranks)
+        lasted = now - state["since"]
+        named = ", ".join(f"{self._where(job, r)} {v:.0f}%" for r, v in worst)
+        parts = []
+        if data == data:
+            parts.append(f"{data:.0%} waiting for data")
+        if other == other:
+            parts.append(f"{other:.0%} in collectives and other work outside compute_time_s")
+        where = f"; of the {step_s:.3f} s step, " + " and ".join(parts) if parts else ""
+        if data == data and data >= max(0.15, other if other == other else 0.0):
+            advice = f"the input pipeline: {_INPUT_ADVICE}"
+        elif other == other and other >= 0.15:
+            advice = f"communication: {_COMM_ADVICE}"
+        else:
+            advice = _HOST_ADVICE
+        summary = (
+            f"GPUs underused: {len(bad)} of {world} ranks at {util:.0f}% utilization "
+            f"(median; lowest: {named}) for {lasted / 60:.1f} min since step "
+            f"{state['since_step']}, under the {cfg.bar:.0f}% bar{where}; look at {advice}"
+        )
+        return Finding(
+            rule=self.rule,
+            rank=None,
+            severity=cfg.severity,
+            event_time=now,
+            summary=summary,
+            step=int(state["since_step"]),
+            evidence={
+                "gpu_utilization": round(util, 1),
+                "bar": cfg.bar,
+                "data_share": None if data != data else round(data, 4),
+                "collective_share": None if other != other else round(other, 4),
+                "step_time_s": None if step_s != step_s else round(step_s, 4),
+                "ranks_under": len(bad),
+                "world_size": world,
+                "lowest": [[r, round(v, 1)] for r, v in worst],
+                "sustained_s": round(lasted, 1),
+            },
+            action=cfg.action,
+            ranks=tuple(sorted(ranks)),
+        )
+
+    def _resolved(self, levels: list[tuple[int, float]], world: int) -> str:
+        util = median(v for _, v in levels) if levels else _NAN
+        return f"GPU utilization back to {util:.0f}% (median of {world} ranks)"
+
+
+def detectors() -> list[Any]:
+    """Both rules with their default thresholds."""
+    return [InputBoundDetector(), GpuUtilizationDetector()]

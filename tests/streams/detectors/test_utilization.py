@@ -1,0 +1,408 @@
+"""input_bound and gpu_utilization: a job whose GPUs wait for minutes fires once, names the
+share and the worst ranks, and resolves; warm-up, a few slow batches, checkpoint pauses,
+evaluation, one slow rank and healthy noise do not fire."""
+
+from __future__ import annotations
+
+import math
+import pickle
+import random
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from synth import T0, run_engine
+
+from rankwatch.schemas import Alert, LogEvent, StepEvent
+from rankwatch.streams import DetectorConfigError, Engine
+from rankwatch.streams.detectors.utilization import (
+    GpuUtilizationConfig,
+    GpuUtilizationDetector,
+    InputBoundConfig,
+    InputBoundDetector,
+    detectors,
+)
+
+#: ``metrics(rank, step, rng)``: one rank's step; ``wall`` (popped) is the time the step took
+#: on that rank when it is not ``step_time_s`` (data fetched outside the timed step).
+Metrics = Callable[[int, int, random.Random], dict[str, Any]]
+
+
+def job(
+    metrics: Metrics,
+    *,
+    ranks: int = 4,
+    steps: int = 1000,
+    seed: int = 0,
+    every: int = 1,
+    world: int | None = None,
+) -> Iterator[StepEvent]:
+    """A synchronous job: each step ends when its slowest rank's does; a rank's step event
+    comes every ``every`` steps (a trainer that logs means every N steps)."""
+    rng = random.Random(seed)
+    t = T0
+    for step in range(steps):
+        ms = [metrics(r, step, rng) for r in range(ranks)]
+        walls = [m.pop("wall", None) for m in ms]
+        t += max(
+            w if w is not None else m.get("step_time_s") or m["data_time_s"] + m["compute_time_s"]
+            for w, m in zip(walls, ms, strict=True)
+        )
+        if step % every:
+            continue
+        for r, m in enumerate(ms):
+            yield StepEvent(job_id="job-1", rank=r, world_size=world or ranks, host=f"node{r // 4}",
+                            step=step, timestamp=t + 0.001 * r, **m)  # fmt: skip
+
+
+def starved(data: float = 0.06, compute: float = 0.03, comm: float = 0.01) -> Metrics:
+    """The integrator's ``slow_data`` job: batches take longer than the forward, from step 0.
+    Data waits jitter +-20%; the step holds the wait (the batch is made inside the step)."""
+
+    def m(rank: int, step: int, rng: random.Random) -> dict[str, Any]:
+        d = data * rng.uniform(0.8, 1.2)
+        c = compute * rng.uniform(0.9, 1.1)
+        return {"data_time_s": d, "compute_time_s": c, "step_time_s": d + c + comm}
+
+    return m
+
+
+def healthy(step_s: float = 0.8, share: float = 0.05, sigma: float = 0.5) -> Metrics:
+    """Data waits ~``share`` of the step, log-normal, with rare stalls of up to 30x."""
+
+    def m(rank: int, step: int, rng: random.Random) -> dict[str, Any]:
+        d = share * step_s * rng.lognormvariate(0, sigma)
+        if rng.random() < 0.01:
+            d *= min(30.0, 1 + 2 * rng.paretovariate(1.5))
+        c = (1 - share) * step_s * (1 + rng.gauss(0, 0.03))
+        return {"data_time_s": d, "compute_time_s": c, "step_time_s": d + c}
+
+    return m
+
+
+def run(events: Iterator[StepEvent | LogEvent], *dets: Any) -> list[Alert]:
+    return run_engine(Engine(list(dets) or detectors()), events)  # type: ignore[arg-type]
+
+
+def firing(alerts: list[Alert], rule: str | None = None) -> list[Alert]:
+    return [a for a in alerts if a.status == "firing" and rule in (None, a.rule)]
+
+
+def _at(a: Alert) -> float:
+    return a.last_seen.timestamp() - T0
+
+
+# -- input_bound: the fault -----------------------------------------------------------------
+def test_a_job_starved_of_data_from_step_0_fires_once_naming_share_and_ranks() -> None:
+    # 0.06 s of data in a ~0.1 s step on all 4 ranks, 3,000 steps (~5 min).
+    alerts = run(job(starved(), steps=3000))
+    [a] = firing(alerts)
+    assert (a.rule, a.scope, a.ranks) == ("input_bound", "job", [0, 1, 2, 3])
+    assert 0.5 < a.evidence["data_share"] < 0.7
+    assert a.evidence["ranks_bound"] == 4 and len(a.evidence["worst"]) == 3
+    # Judged from the 21st step (warm-up) on, at ticks of 1 s (~10 steps); 120 s later.
+    assert a.step is not None and 20 <= a.step <= 32
+    assert 120 <= _at(a) - 0.1 * a.step < 123
+    assert "input-bound: 4 of 4 ranks wait for data 5" in a.summary
+    assert "worst: rank " in a.summary and "num_workers" in a.summary
+    assert "pin_memory" in a.summary and "prefetch_factor" in a.summary
+    assert [x.status for x in alerts] == ["firing"]  # refreshed, not repeated
+
+
+def test_the_step_is_measured_whole_when_the_batch_is_fetched_outside_it() -> None:
+    # `for batch in loader: with watch_step(...)`: step_time_s is forward+backward (0.04 s),
+    # the 0.06 s fetch is only in data_time_s; the rank's own period tells the 0.1 s step.
+    def m(rank: int, step: int, rng: random.Random) -> dict[str, Any]:
+        d = 0.06 * rng.uniform(0.9, 1.1)
+        return {"data_time_s": d, "compute_time_s": 0.015, "step_time_s": 0.04, "wall": d + 0.04}
+
+    [a] = firing(run(job(m, steps=2500)))
+    assert 0.5 < a.evidence["data_share"] < 0.7
+    assert a.evidence["step_time_s"] == pytest.approx(0.1, rel=0.1)
+
+
+def test_means_every_ten_steps_without_step_time_are_judged_on_the_period() -> None:
+    # The Hugging Face callback: means since its last log, no step_time_s; compute_time_s is
+    # the forward only, so data + compute (0.15 s) is not the step (0.25 s).
+    def m(rank: int, step: int, rng: random.Random) -> dict[str, Any]:
+        return {"data_time_s": 0.1 * rng.uniform(0.9, 1.1), "compute_time_s": 0.05, "wall": 0.25}
+
+    [a] = firing(run(job(m, ranks=8, steps=8000, every=10)), "input_bound")
+    assert 0.35 < a.evidence["data_share"] < 0.45
+    assert a.evidence["step_time_s"] == pytest.approx(0.25, rel=0.1)
+
+
+def test_a_starved_job_of_256_ranks_is_one_alert() -> None:
+    alerts = run(job(starved(data=0.5, compute=0.4, comm=0.1), ranks=256, steps=200))
+    [a] = firing(alerts)
+    assert a.evidence["ranks_bound"] == 256 and len(a.ranks) == 256
+    assert a.summary.startswith("input-bound: 256 of 256 ranks")
+
+
+# -- input_bound: look-alikes ---------------------------------------------------------------
+@pytest.mark.parametrize("seed", range(3))
+def test_a_healthy_job_with_heavy_tailed_data_waits_fires_nothing(seed: int) -> None:
+    assert run(job(healthy(step_s=0.3, share=0.08), ranks=8, steps=4000, seed=seed)) == []
+
+
+def test_a_few_slow_batches_do_not_fire() -> None:
+    base = healthy()
+
+    def m(rank: int, step: int, rng: random.Random) -> dict[str, Any]:
+        out = base(rank, step, rng)
+        if 400 <= step < 410:  # a storage hiccup: ten batches of 3 s on every rank
+            out["data_time_s"] += 3.0
+            out["step_time_s"] += 3.0
+        return out
+
+    assert run(job(m, ranks=8, steps=1000)) == []
+
+
+def test_checkpoint_pauses_counted_as_data_wait_do_not_fire() -> None:
+    # Every rank waits 120 s for the checkpoint writer every 200 steps (0.8 s each), and the
+    # wait lands in data_time_s (the next batch is fetched after the save): no phase said.
+    base = healthy()
+
+    def m(rank: int, step: int, rng: random.Random) -> dict[str, Any]:
+        out = base(rank, step, rng)
+        if step and step % 200 == 0:
+            out["data_time_s"] += 120.0
+            out["step_time_s"] += 120.0
+        return out
+
+    assert run(job(m, ranks=8, steps=1200)) == []
+
+
+def test_warm_up_with_a_slow_first_batches_and_compile_does_not_fire() -> None:
+    base = healthy()
+
+    def m(rank: int, step: int, rng: random.Random) -> dict[str, Any]:
+        out = base(rank, step, rng)
+        if step < 15:  # worker processes spawn, the page cache is cold, compile
+            out["data_time_s"] += 8.0 / (step + 1)
+            out["step_time_s"] += 8.0 / (step + 1) + 5.0 * (step < 3)
+        return out
+
+    assert run(job(m, ranks=8, steps=600)) == []
+
+
+def test_one_slow_rank_is_a_stragglers_business_not_input_bound() -> None:
+    base = healthy()
+
+    def m(rank: int, step: int, rng: random.Random) -> dict[str, Any]:
+        out = base(rank, step, rng)
+        if rank in (3, 5):  # two of eight ranks' hosts read from a slow disk
+            out["data_time_s"] = 1.5
+            out["step_time_s"] = 1.5 + out["compute_time_s"]
+        return out
+
+    assert firing(run(job(m, ranks=8, steps=600), InputBoundDetector())) == []
+
+
+def test_a_single_rank_job_is_judged_only_when_asked() -> None:
+    assert run(job(starved(), ranks=1, steps=2000)) == []
+    [a] = firing(run(job(starved(), ranks=1, steps=2000), InputBoundDetector(
+        InputBoundConfig(min_ranks=1))))  # fmt: skip
+    assert a.ranks == [0]
+
+
+def test_ranks_that_never_report_count_against_the_share() -> None:
+    # Only ranks 0-3 of 8 report (world_size 8): half the job cannot be called input-bound.
+    assert run(job(starved(), ranks=4, world=8, steps=2000)) == []
+
+
+def test_evaluation_steps_and_the_step_after_an_eval_pass_are_not_counted() -> None:
+    # Steps marked phase="eval" wait for their batches 90% of the time; a 5-minute eval pass
+    # every 300 training steps, announced in the log; the first training step after it waits
+    # 20 s for the loader's workers to restart.
+    def events() -> Iterator[StepEvent | LogEvent]:
+        t = T0
+        rng = random.Random(3)
+        base = healthy(step_s=0.5)
+        for step in range(1500):
+            if step and step % 300 == 0:
+                # huggingface/transformers src/transformers/trainer.py, Trainer.evaluation_loop:
+                # logger.info(f"***** Running {description} *****"), description "Evaluation".
+                yield LogEvent(job_id="job-1", rank=0, timestamp=t + 0.01, level="INFO",
+                               message="***** Running Evaluation *****")  # fmt: skip
+                for _ in range(300):
+                    t += 1.0
+                    for r in range(4):
+                        yield StepEvent(job_id="job-1", rank=r, world_size=4, step=step,
+                                        timestamp=t, phase="eval", data_time_s=0.9,
+                                        step_time_s=1.0)  # fmt: skip
+            ms = [base(r, step, rng) for r in range(4)]
+            if step and step % 300 == 0:
+                for m in ms:
+                    m["data_time_s"] += 20.0
+                    m["step_time_s"] += 20.0
+            t += max(m["step_time_s"] for m in ms)
+            for r, m in enumerate(ms):
+                yield StepEvent(job_id="job-1", rank=r, world_size=4, step=step,
+                                timestamp=t + 0.001 * r, **m)  # fmt: skip
+
+    assert run(events()) == []
+
+
+# -- input_bound: resolution ----------------------------------------------------------------
+def test_resolves_once_the_wait_is_back_under_the_bar_for_a_while() -> None:
+    def m(rank: int, step: int, rng: random.Random) -> dict[str, Any]:
+        d = 0.06 if step < 2000 else 0.005  # num_workers raised at step 2000 (200 s)
+        return {"data_time_s": d, "compute_time_s": 0.09 - d, "step_time_s": 0.1}
+
+    alerts = run(job(m, steps=4000))
+    assert [a.status for a in alerts] == ["firing", "resolved"]
+    fired, resolved = alerts
+    assert fired.alert_id == resolved.alert_id
+    # The EWMA forgets the wait within a few steps, then 60 s under the bar (+ a tick).
+    assert 60 <= _at(resolved) - 200 < 65
+    assert resolved.summary.startswith("resolved: the data wait is down to 5% of the step")
+
+
+def test_a_share_that_hovers_under_the_bar_after_firing_does_not_flap() -> None:
+    def m(rank: int, step: int, rng: random.Random) -> dict[str, Any]:
+        share = 0.4 if step < 2000 else 0.23  # under the 25% bar, over the 20% resolve bar
+        d = share * 0.1 * rng.uniform(0.9, 1.1)
+        return {"data_time_s": d, "compute_time_s": 0.1 - d, "step_time_s": 0.1}
+
+    alerts = run(job(m, steps=8000))
+    assert [a.status for a in alerts] == ["firing"]
+
+
+# -- gpu_utilization ------------------------------------------------------------------------
+def _util(level: float, noise: float = 5.0, **extra: float) -> Metrics:
+    def m(rank: int, step: int, rng: random.Random) -> dict[str, Any]:
+        u = min(100.0, max(0.0, rng.gauss(level, noise)))
+        return {"gpu_utilization": u, **extra}
+
+    return m
+
+
+def test_low_utilization_from_waiting_for_data_fires_and_says_so() -> None:
+    base = starved(data=0.4, compute=0.5, comm=0.1)
+
+    def m(rank: int, step: int, rng: random.Random) -> dict[str, Any]:
+        return {**base(rank, step, rng), "gpu_utilization": rng.gauss(55, 8)}
+
+    alerts = run(job(m, ranks=8, steps=500), GpuUtilizationDetector())
+    [a] = firing(alerts)
+    assert (a.rule, a.scope, len(a.ranks)) == ("gpu_utilization", "job", 8)
+    assert 50 < a.evidence["gpu_utilization"] < 60
+    assert 0.35 < a.evidence["data_share"] < 0.45
+    assert a.evidence["collective_share"] == pytest.approx(0.1, abs=0.02)
+    assert "GPUs underused: 8 of 8 ranks at 5" in a.summary and "lowest: rank " in a.summary
+    assert "waiting for data" in a.summary and "num_workers" in a.summary
+    assert 300 <= _at(a) - (a.step or 0) * 1.0 < 305  # five minutes of ~1 s steps
+
+
+def test_low_utilization_from_collectives_points_at_communication() -> None:
+    def m(rank: int, step: int, rng: random.Random) -> dict[str, Any]:
+        u = rng.gauss(50, 5)
+        return {"gpu_utilization": u, "data_time_s": 0.01, "compute_time_s": 0.5,
+                "step_time_s": 1.0}  # fmt: skip
+
+    [a] = firing(run(job(m, ranks=8, steps=500), GpuUtilizationDetector()))
+    assert a.evidence["collective_share"] == pytest.approx(0.49, abs=0.01)
+    assert "communication" in a.summary and "bucket_cap_mb" in a.summary
+
+
+def test_low_utilization_with_no_timing_blames_the_host_side() -> None:
+    [a] = firing(run(job(_util(40.0, step_time_s=0.5), steps=1000), GpuUtilizationDetector()))
+    assert a.evidence["data_share"] is None and a.evidence["collective_share"] is None
+    assert "torch.compile" in a.summary
+
+
+def test_silent_without_gpu_utilization() -> None:
+    base = starved(data=0.4, compute=0.5, comm=0.1)
+    assert firing(run(job(base, ranks=8, steps=500), GpuUtilizationDetector())) == []
+
+
+def test_healthy_utilization_with_warm_up_checkpoints_and_noise_fires_nothing() -> None:
+    def m(rank: int, step: int, rng: random.Random) -> dict[str, Any]:
+        u = rng.gauss(88, 8)
+        st = 1.0
+        if step < 30:  # compile: the GPU idles while the host works
+            u = rng.uniform(0, 30)
+        if step and step % 100 == 0:  # a checkpoint save: one step mostly idle
+            u, st = 5.0, 30.0
+        return {"gpu_utilization": min(100.0, max(0.0, u)), "step_time_s": st}
+
+    assert run(job(m, ranks=8, steps=2000), GpuUtilizationDetector()) == []
+
+
+def test_one_rank_with_a_low_utilization_is_not_the_jobs() -> None:
+    def m(rank: int, step: int, rng: random.Random) -> dict[str, Any]:
+        return {"gpu_utilization": 30.0 if rank == 2 else 90.0, "step_time_s": 1.0}
+
+    assert run(job(m, ranks=8, steps=800), GpuUtilizationDetector()) == []
+
+
+def test_evaluation_steps_with_idle_gpus_are_not_counted() -> None:
+    def m(rank: int, step: int, rng: random.Random) -> dict[str, Any]:
+        return {"gpu_utilization": min(100.0, rng.gauss(90, 3)), "step_time_s": 1.0}
+
+    def events() -> Iterator[StepEvent]:
+        for e in job(m, ranks=4, steps=1000):
+            if 300 <= e.step < 900:  # a long evaluation, reported with phase="eval"
+                yield e.model_copy(update={"phase": "eval", "gpu_utilization": 10.0})
+            else:
+                yield e
+
+    assert run(events(), GpuUtilizationDetector()) == []
+
+
+def test_utilization_resolves_when_back_over_the_resolve_bar() -> None:
+    def m(rank: int, step: int, rng: random.Random) -> dict[str, Any]:
+        level = 50.0 if step < 600 else 90.0
+        return {"gpu_utilization": rng.gauss(level, 3), "step_time_s": 1.0}
+
+    alerts = run(job(m, ranks=4, steps=900), GpuUtilizationDetector())
+    assert [a.status for a in alerts] == ["firing", "resolved"]
+    assert alerts[1].summary.startswith("resolved: GPU utilization back to 8")
+    # ~20 steps (1 s each) for the EWMA to climb past 75%, then 60 s over it.
+    assert 75 <= _at(alerts[1]) - 600 < 85
+
+
+# -- configuration and state ----------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "field"),
+    [
+        (InputBoundConfig, {"share": 1.0}, "share"),
+        (InputBoundConfig, {"share": 0.0}, "share"),
+        (InputBoundConfig, {"resolve_share": 0.3}, "resolve_share"),
+        (InputBoundConfig, {"rank_share": 1.5}, "rank_share"),
+        (InputBoundConfig, {"rank_share": 0.0}, "rank_share"),
+        (InputBoundConfig, {"min_ranks": 0}, "min_ranks"),
+        (InputBoundConfig, {"sustain_s": 0.0}, "sustain_s"),
+        (InputBoundConfig, {"sustain_s": math.inf}, "sustain_s"),
+        (InputBoundConfig, {"min_steps": -1}, "min_steps"),
+        (InputBoundConfig, {"warmup_steps": 1.5}, "warmup_steps"),
+        (InputBoundConfig, {"smoothing_steps": 0}, "smoothing_steps"),
+        (InputBoundConfig, {"recover_s": -1.0}, "recover_s"),
+        (InputBoundConfig, {"refresh_s": 0.0}, "refresh_s"),
+        (InputBoundConfig, {"stale_s": math.nan}, "stale_s"),
+        (InputBoundConfig, {"severity": "fatal"}, "severity"),
+        (GpuUtilizationConfig, {"bar": 100.0}, "bar"),
+        (GpuUtilizationConfig, {"bar": 0.0}, "bar"),
+        (GpuUtilizationConfig, {"resolve_bar": 65.0}, "resolve_bar"),
+        (GpuUtilizationConfig, {"resolve_bar": 101.0}, "resolve_bar"),
+        (GpuUtilizationConfig, {"min_steps": True}, "min_steps"),
+        (GpuUtilizationConfig, {"action": "page"}, "action"),
+    ],
+)
+def test_bad_config_names_the_setting(
+    cls: type[Any], kwargs: dict[str, object], field: str
+) -> None:
+    with pytest.raises(DetectorConfigError, match=rf"{cls.__name__}\.{field}\b"):
+        cls(**kwargs)
+
+
+def test_state_is_small_plain_data() -> None:
+    engine = Engine(detectors())
+    run_engine(engine, job(starved(), ranks=8, steps=300))
+    job_state = engine.jobs["job-1"]
+    for name in ("input_bound", "gpu_utilization"):
+        state = job_state.slots[name]
+        assert pickle.loads(pickle.dumps(state)).keys() == state.keys()
+        assert {type(v) for e in state["r"].values() for v in e} <= {int, float}
+        assert len(pickle.dumps(state["r"])) < 120 * 8  # under 120 bytes a rank
