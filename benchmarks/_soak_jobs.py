@@ -3,9 +3,10 @@
 rankwatch's detectors were tuned on ``rankwatch.simulate``'s jobs. This generator shares no
 code or parameter with it: each job draws its shape and its noise from a seeded generator
 (8-1024 ranks, 0.2-10 s steps, compute and heavy-tailed data-wait jitter, slow nodes, GC
-pauses, compile warm-up, fp16 overflow skips, allocator sawtooth, checkpoints, evaluation
-pauses of minutes, restarts from a checkpoint, elastic resizes, duplicated and reordered
-delivery), wide on purpose: noise a detector was never tuned on shows up as false alarms.
+pauses, compile warm-up, fp16 overflow skips, allocator sawtooth, NVML utilization readings,
+checkpoints, evaluation pauses of minutes, restarts from a checkpoint, elastic resizes,
+duplicated and reordered delivery), wide on purpose: noise a detector was never tuned on
+shows up as false alarms.
 
 :func:`draw_job` draws a job's :class:`JobParams`; :class:`SoakJob` turns them into one
 iterator of step and log events in (about) the order a worker would receive them. Faults
@@ -118,6 +119,10 @@ class JobParams:
     nccl_env_warning: bool  # the image still sets NCCL_ASYNC_ERROR_HANDLING
     apex: bool  # hf: apex amp's loss scaler (logs its skips), not torch's GradScaler (silent)
     exit_warning: bool  # torch >= 2.4 warns on exit without destroy_process_group()
+    # Drawn from a stream of their own ([seed, 3]): every draw above is what it was before.
+    gpu_util: bool  # steps carry gpu_utilization (NVML's utilization.gpu, read by the producer)
+    util_busy: float  # share of its compute time a rank's GPU runs kernels (launches, syncs)
+    util_noise: float  # s.d. of one NVML reading, percentage points
 
     def describe(self) -> dict[str, Any]:
         return asdict(self)
@@ -169,6 +174,7 @@ def draw_job(
     report = rng.choice(["all", "percent", "none"], p=[0.7, 0.2, 0.1])
     fp16 = rng.random() < 0.3
     framework = str(rng.choice(["hf", "megatron", "deepspeed"]))
+    util_rng = np.random.default_rng([seed, 3])
     return JobParams(
         seed=seed,
         job_id=job_id or f"soak-{seed}",
@@ -239,6 +245,9 @@ def draw_job(
         nccl_env_warning=rng.random() < 0.3,
         apex=rng.random() < 0.5,
         exit_warning=rng.random() < 0.5,
+        gpu_util=util_rng.random() < 0.6,
+        util_busy=float(util_rng.uniform(0.85, 1.0)),
+        util_noise=float(util_rng.uniform(1.0, 6.0)),
     )
 
 
@@ -287,6 +296,7 @@ class SoakJob:
         self.p = params
         self.fault = fault
         self.rng = np.random.default_rng([params.seed, 1])
+        self.util_rng = np.random.default_rng([params.seed, 4])  # self.rng's draws: as they were
         self.rank_seconds = 0.0  # ranks x time up (downtime between attempts excluded)
         self.step_events = 0
         self.log_events = 0
@@ -472,6 +482,14 @@ class SoakJob:
                 save = p.ckpt_cost_s * float(rng.uniform(0.8, 1.25))
                 wall += save
             frame.t_end = t_end = t + wall
+            util = None
+            if p.gpu_util:  # NCCL's kernels count as busy; waits for data and a save do not
+                busy = compute * p.util_busy
+                if i < p.warmup_steps:  # compiling and autotuning on the host
+                    busy *= self.util_rng.uniform(0.05, 0.5, world)
+                busy += np.maximum(0.0, wall - save - compute - data)
+                noise = self.util_rng.normal(0, p.util_noise, world)
+                util = np.clip(100 * busy / wall + noise, 0.0, 100.0)
             curve = loss_curve(p, step)
             spike = 1 + float(rng.uniform(0.1, 0.8)) if rng.random() < p.loss_spike_p else 1.0
             if p.loss_allreduced:
@@ -507,7 +525,7 @@ class SoakJob:
                     cut = rng.uniform(0.3, 1.0)
                     reporting = [r for r in reporting if rng.random() < cut]
                 ts = t_end + p.send_jitter_s * rng.random(world)
-                self._emit_steps(frame, reporting, ts, wall, reserved)
+                self._emit_steps(frame, reporting, ts, wall, reserved, util)
             for when, rank, lvl, msg in frame.logs:
                 self._log(when, rank, lvl, msg, "train", step)
             if frame.dies:
@@ -544,7 +562,13 @@ class SoakJob:
         return t, True
 
     def _emit_steps(
-        self, frame: Frame, reporting: list[int], ts: Floats, wall: float, reserved: Floats
+        self,
+        frame: Frame,
+        reporting: list[int],
+        ts: Floats,
+        wall: float,
+        reserved: Floats,
+        util: Floats | None = None,
     ) -> None:
         p = self.p
         common: dict[str, Any] = {
@@ -571,6 +595,8 @@ class SoakJob:
             cols.append(("gpu_memory_reserved_mb", reserved.tolist()))
         if p.memory_report != "none":
             cols.append(("gpu_memory_usage", (reserved / CAPACITY_MB * 100).tolist()))
+        if util is not None:
+            cols.append(("gpu_utilization", util.tolist()))
         hosts, when = self._hosts, ts.tolist()
         events = [
             StepEvent(
