@@ -1,0 +1,486 @@
+"""``gradient_vanishing`` and ``gradient_desync``: gradients that died, and ranks that split.
+
+**gradient_vanishing** (:class:`GradientVanishing`, per rank): the global gradient norm falls
+``ratio`` (100x) below its own level and stays there for ``persist_steps`` steps while the loss
+stops improving. Training has stalled: nothing is learning. What must not fire:
+
+- the first steps, whose norms are often 10-100x the later ones: ``warmup_steps`` reports are
+  ignored and the level is seeded with the median of the next ``seed_steps``;
+- healthy convergence: a norm that shrinks slowly is followed by the level (a slow EWMA of the
+  log norm, ~``1 / alpha`` steps); one that shrinks fast while the loss keeps falling is judged
+  by the loss: each block of ``persist_steps`` collapsed steps must lower the loss's mean by
+  ``min_loss_improvement`` of it, or the rank stalls;
+- a plateau alone (the norm stays where it was), fp16 overflow skips (non-finite norms are
+  neutral) and isolated zero norms (a normal norm breaks the streak).
+
+The norm is global: every rank of a DDP job reports the same one, so every rank fires at the
+same step and the incident book makes them one job alert. Resolved when the norm is back within
+``recover_ratio`` of its level for ``recover_steps`` steps.
+
+**gradient_desync** (:class:`GradientDesync`, cross-rank): ranks of one synchronous job report
+different global gradient norms (or all-reduced losses) at the same step. After the gradient
+all-reduce every replica holds the same gradients, so the norms agree exactly: measured on a
+4-rank gloo DDP job on the CPU, the ranks' norms were bitwise equal in fp32 and in bf16, and the
+same norm summed in other orders (reversed, upcast to fp32, without foreach) moved by at most
+1.6e-7 (fp32) and 5.9e-3 (bf16) of itself. A rank that skips the all-reduce drifts away from
+its peers: 0.7%-106% apart, 43% at the median, above 2% in 49 of 50 steps. So:
+
+- ``rel_tolerance`` (2%) sits over three times above bf16 rounding and summation order;
+- each metric is learned per attempt over its first ``learn_steps`` compared steps: it is
+  *synchronous* when every rank agreed in ``agree_fraction`` of them. Jobs whose ranks report
+  their LOCAL norms or losses (per-rank batches, pipeline stages) never agree, and the rule
+  stays silent on that metric for the attempt;
+- at each later step a rank off the majority (more than half the ranks within tolerance of the
+  median) is flagged; with no majority every rank is (the job split);
+- persistent: flagged in ``min_flagged`` of the rank's last ``window`` compared steps;
+  resolved when its last ``recover`` are clean.
+
+A step is compared once every rank reported it (or once a rank is two steps further, for ranks
+that never will): per job at most a few steps of values are held, O(1) per event, O(ranks) per
+step compared, and per rank a short list.
+
+>>> try:
+...     GradientDesyncConfig(rel_tolerance=2.0)
+... except ValueError as error:
+...     print(error)
+GradientDesyncConfig.rel_tolerance must be strictly between 0 and 1, got 2.0
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from statistics import median
+from typing import Any, ClassVar
+
+from rankwatch.schemas import Action, Severity, StepEvent
+from rankwatch.streams.detectors import _metric_config as check
+from rankwatch.streams.detectors._calm import settled
+from rankwatch.streams.detectors.base import JobState, RankState
+from rankwatch.streams.findings import Finding, Outcome, Resolution
+
+_NOTHING: tuple[()] = ()
+_isfinite = math.isfinite
+
+_ADVICE_VANISHING = (
+    "check the learning rate (too small, or decayed to 0), dead ReLUs (activations stuck at "
+    "zero), the initialisation, layers left frozen (requires_grad=False) and gradient clipping "
+    "that is too aggressive"
+)
+_ADVICE_DESYNC = (
+    "its model replica is drifting from its peers': look for a rank skipping a collective "
+    "(no_sync or a conditional all-reduce on that rank), a different seed or config on it, "
+    "or non-deterministic layers"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class GradientVanishingConfig:
+    """Thresholds of ``gradient_vanishing``."""
+
+    #: A norm below the level / ``ratio`` has collapsed (two orders of magnitude).
+    ratio: float = 100.0
+    #: Consecutive collapsed steps (non-finite norms neutral) that make one block: a block
+    #: whose loss did not improve fires.
+    persist_steps: int = 30
+    #: A block improves when its mean loss is this share below the previous block's (or, for
+    #: the first, the loss level before the collapse).
+    min_loss_improvement: float = 0.01
+    #: Norms ignored at the start (initial norms are often 10-100x the later ones).
+    warmup_steps: int = 100
+    #: Norms after the warm-up whose median seeds the level.
+    seed_steps: int = 20
+    #: EWMA weight of the level (of the log norm): ~200 steps.
+    alpha: float = 0.005
+    #: One update of the level moves it by at most ``clip`` x (a spike or a dip counts little).
+    clip: float = 3.0
+    #: EWMA weight of the loss level taken as the first block's reference.
+    loss_alpha: float = 0.05
+    #: Resolved when the norm is within ``recover_ratio`` of the level ...
+    recover_ratio: float = 10.0
+    #: ... for this many consecutive steps.
+    recover_steps: int = 5
+    #: While the incident lasts, re-report it this often (event time) so it does not expire.
+    refresh_s: float = 60.0
+    severity: Severity = "warning"
+    action: Action = "notify"
+
+    def __post_init__(self) -> None:
+        check.above_one(self, "ratio", self.ratio)
+        check.count(self, "persist_steps", self.persist_steps)
+        check.non_negative(self, "min_loss_improvement", self.min_loss_improvement)
+        check.at_most(self, "min_loss_improvement", self.min_loss_improvement, 0.5, "0.5")
+        check.count(self, "warmup_steps", self.warmup_steps, minimum=0)
+        check.count(self, "seed_steps", self.seed_steps)
+        check.fraction(self, "alpha", self.alpha)
+        check.above_one(self, "clip", self.clip)
+        check.fraction(self, "loss_alpha", self.loss_alpha)
+        check.above_one(self, "recover_ratio", self.recover_ratio)
+        check.at_most(self, "recover_ratio", self.recover_ratio, self.ratio, "ratio")
+        check.count(self, "recover_steps", self.recover_steps)
+        check.positive(self, "refresh_s", self.refresh_s)
+        check.severity_action(self, self.severity, self.action)
+
+
+@dataclass(slots=True)
+class VanishingState:
+    """Per-rank state: a dozen numbers and a list of at most ``seed_steps`` floats."""
+
+    seen: int = 0  # norms seen, capped at warmup_steps
+    seed: list[float] = field(default_factory=list)  # log norms collected to seed the level
+    ready: bool = False
+    level: float = 0.0  # EWMA of the log norm (valid when ready)
+    loss_level: float = math.nan  # EWMA of the loss
+    low: int = 0  # consecutive collapsed steps
+    low_start: int = -1
+    block_ref: float = math.nan  # the loss the current block must improve on
+    block_sum: float = 0.0
+    block_n: int = 0
+    last_block: float = math.nan  # the mean loss of the block that fired (evidence)
+    active: bool = False
+    calm: int = 0
+    reported_at: float = -math.inf
+
+
+class GradientVanishing:
+    """The ``gradient_vanishing`` rule (a per-rank step detector)."""
+
+    name: ClassVar[str] = "gradient_vanishing"
+
+    def __init__(self, config: GradientVanishingConfig | None = None) -> None:
+        self.config = c = config or GradientVanishingConfig()
+        self._log_ratio = math.log(c.ratio)
+        self._log_recover = math.log(c.recover_ratio)
+        self._log_clip = math.log(c.clip)
+
+    def new_rank_state(self) -> VanishingState:
+        return VanishingState()
+
+    def on_step(
+        self, job: JobState, rank: RankState, state: VanishingState, event: StepEvent
+    ) -> Iterable[Outcome]:
+        g = event.gradient_norm
+        if g is None:
+            return _NOTHING
+        s, c = state, self.config
+        loss = event.loss
+        if loss is not None and _isfinite(loss):
+            ll = s.loss_level
+            s.loss_level = loss if ll != ll else ll + c.loss_alpha * (loss - ll)
+        else:
+            loss = None
+        if not _isfinite(g) or g < 0:
+            return _NOTHING  # an fp16 overflow skip: neither collapsed nor normal
+        if not s.ready:
+            self._warm_up(s, g)
+            return _NOTHING
+        lg = math.log(g) if g > 0 else -math.inf
+        if s.active:
+            if lg < s.level - self._log_recover:
+                s.calm = 0
+                if event.epoch - s.reported_at >= c.refresh_s:
+                    s.reported_at = event.epoch
+                    return (self._finding(rank, s, g, event),)
+                return _NOTHING
+            if not settled(s, c.recover_steps):
+                return _NOTHING
+            s.low = 0
+            return (
+                Resolution(
+                    rule=self.name,
+                    rank=rank.rank,
+                    event_time=event.epoch,
+                    summary=(
+                        f"rank {rank.rank}: gradient norm back to {g:.3g} (level "
+                        f"{math.exp(s.level):.3g}) at step {event.step}"
+                    ),
+                ),
+            )
+        if lg >= s.level - self._log_ratio:
+            # The common path: a normal norm ends any streak and feeds the level.
+            s.low = 0
+            lo, hi = s.level - self._log_clip, s.level + self._log_clip
+            s.level += c.alpha * ((lo if lg < lo else hi if lg > hi else lg) - s.level)
+            return _NOTHING
+        if s.low == 0:
+            s.low_start, s.block_ref, s.block_sum, s.block_n = event.step, s.loss_level, 0.0, 0
+        s.low += 1
+        if loss is not None:
+            s.block_sum += loss
+            s.block_n += 1
+        if s.low % c.persist_steps:
+            return _NOTHING
+        # A block of collapsed steps is over: did the loss improve over it?
+        ref = s.block_ref
+        mean = s.block_sum / s.block_n if s.block_n else math.nan
+        s.block_ref, s.block_sum, s.block_n = mean, 0.0, 0
+        if mean != mean or ref != ref:
+            return _NOTHING  # no loss to judge by: a small norm alone is not a stall
+        if ref - mean > c.min_loss_improvement * abs(ref):
+            return _NOTHING  # still learning: healthy convergence
+        s.last_block = mean
+        s.active, s.calm, s.reported_at = True, 0, event.epoch
+        return (self._finding(rank, s, g, event, ref),)
+
+    def _warm_up(self, s: VanishingState, g: float) -> None:
+        c = self.config
+        if s.seen < c.warmup_steps:
+            s.seen += 1
+            return
+        if g > 0:
+            s.seed.append(math.log(g))
+        if len(s.seed) >= c.seed_steps:
+            s.level = median(s.seed)
+            s.ready = True
+            s.seed.clear()
+
+    def _finding(
+        self,
+        rank: RankState,
+        s: VanishingState,
+        g: float,
+        event: StepEvent,
+        loss_ref: float = math.nan,
+    ) -> Finding:
+        c = self.config
+        level = math.exp(s.level)
+        where = f" ({rank.host})" if rank.host else ""
+        norm = f"{g:.3g} ({level / g:.0f}x below its level {level:.3g})" if g > 0 else "0"
+        loss = (
+            f"the loss not improving ({loss_ref:.4g} -> {s.last_block:.4g})"
+            if loss_ref == loss_ref
+            else f"the loss still not improving ({s.last_block:.4g})"
+        )
+        return Finding(
+            rule=self.name,
+            rank=rank.rank,
+            severity=c.severity,
+            event_time=event.epoch,
+            step=s.low_start,
+            summary=(
+                f"rank {rank.rank}{where}: gradient norm {norm} for {s.low} steps since step "
+                f"{s.low_start}, with {loss}: training has stalled; {_ADVICE_VANISHING}"
+            ),
+            evidence={
+                "gradient_norm": g,
+                "level": level,
+                "threshold": level / c.ratio,
+                "collapsed_steps": s.low,
+                "loss_before": loss_ref,
+                "loss_now": s.last_block,
+                "step": event.step,
+            },
+            action=c.action,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class GradientDesyncConfig:
+    """Thresholds of ``gradient_desync``."""
+
+    #: Values within this share of the ranks' median agree (bf16 rounding moves a norm by
+    #: < 0.6%; ranks of a synchronous job report bitwise-equal norms).
+    rel_tolerance: float = 0.02
+    #: Compared steps (per metric) that tell whether the job's ranks agree at all ...
+    learn_steps: int = 10
+    #: ... they must all agree in this share of them, or the metric is local (never judged).
+    agree_fraction: float = 0.9
+    #: Compare the losses too (only where the job turns out to all-reduce them).
+    check_loss: bool = True
+    #: Flagged in ``min_flagged`` of a rank's last ``window`` compared steps fires ...
+    window: int = 8
+    min_flagged: int = 5
+    #: ... and its last ``recover`` all clean resolves.
+    recover: int = 8
+    refresh_s: float = 60.0
+    #: Replicas that drifted apart train a wrong model from then on.
+    severity: Severity = "critical"
+    action: Action = "notify"
+
+    def __post_init__(self) -> None:
+        check.fraction(self, "rel_tolerance", self.rel_tolerance)
+        check.count(self, "learn_steps", self.learn_steps)
+        check.fraction(self, "agree_fraction", self.agree_fraction)
+        check.count(self, "window", self.window)
+        check.at_most(self, "window", self.window, 62, "62")
+        check.count(self, "min_flagged", self.min_flagged)
+        check.at_most(self, "min_flagged", self.min_flagged, self.window, "window")
+        check.count(self, "recover", self.recover)
+        check.at_most(self, "recover", self.recover, self.window, "window")
+        check.positive(self, "refresh_s", self.refresh_s)
+        check.severity_action(self, self.severity, self.action)
+
+
+_LEARNING, _SYNC, _LOCAL = 0, 1, 2
+_METRICS = ("gradient norm", "loss")
+# Per-rank entry: flag bits (newest lowest), status, first flagged step of the incident, then
+# the last flagged comparison: step, metric, value, median, ranks agreeing, ranks compared.
+_BITS, _STATUS, _FIRST, _STEP, _METRIC, _VALUE, _CENTER, _AGREE, _N, _AT = range(10)
+_QUIET, _FIRING, _TO_FIRE, _TO_RESOLVE = range(4)
+_LAG = 2  # a step is compared at the latest when some rank is this many steps further
+_MAX_HELD = 4  # steps of values held per job
+
+
+class GradientDesync:
+    """The ``gradient_desync`` rule (a cross-rank job detector)."""
+
+    name: ClassVar[str] = "gradient_desync"
+
+    def __init__(self, config: GradientDesyncConfig | None = None) -> None:
+        self.config = c = config or GradientDesyncConfig()
+        self._mask = (1 << c.window) - 1
+        self._recover_mask = (1 << c.recover) - 1
+        self._metrics = 2 if c.check_loss else 1
+
+    def new_job_state(self) -> dict[str, Any]:
+        # p: step -> {rank: (norm, loss)} held until compared; mode/seen/agree: per metric.
+        return {
+            "p": {},
+            "done": -1,
+            "mode": [0, 0],
+            "seen": [0, 0],
+            "agree": [0, 0],
+            "r": {},
+            "live": 0,
+        }
+
+    def on_step(
+        self, job: JobState, rank: RankState, state: dict[str, Any], event: StepEvent
+    ) -> None:
+        norm, loss = event.gradient_norm, event.loss if self.config.check_loss else None
+        step = event.step
+        if (norm is None and loss is None) or step <= state["done"]:
+            return
+        held: dict[int, dict[int, tuple[float | None, float | None]]] = state["p"]
+        values = held.setdefault(step, {})
+        values[rank.rank] = (norm, loss)
+        if len(values) >= (job.world_size or len(job.ranks)):
+            self._compare_up_to(state, step)
+        elif len(held) > 1:
+            oldest = min(held)
+            if oldest <= step - _LAG or len(held) > _MAX_HELD:
+                self._compare_up_to(state, oldest)
+
+    def on_tick(self, job: JobState, state: dict[str, Any], now: float) -> Iterable[Outcome]:
+        if not state.get("live"):
+            return _NOTHING
+        out: list[Outcome] = []
+        live = 0
+        for r, e in state["r"].items():
+            status = e[_STATUS]
+            if status == _TO_FIRE or (status == _FIRING and now - e[_AT] >= self.config.refresh_s):
+                e[_STATUS], e[_AT] = _FIRING, now
+                out.append(self._finding(job, r, e, now))
+            elif status == _TO_RESOLVE:
+                e[_STATUS] = _QUIET
+                out.append(
+                    Resolution(self.name, r, now, "", f"rank {r} agrees with its peers again")
+                )
+            live += e[_STATUS] != _QUIET
+        state["live"] = live
+        return out
+
+    def on_flush(self, job: JobState, state: dict[str, Any]) -> Iterable[Outcome]:
+        if state["p"]:
+            self._compare_up_to(state, max(state["p"]))
+        return self.on_tick(job, state, job.watermark)
+
+    def _compare_up_to(self, state: dict[str, Any], last: int) -> None:
+        held = state["p"]
+        for step in sorted(s for s in held if s <= last):
+            self._compare(state, step, held.pop(step))
+            state["done"] = max(state["done"], step)
+
+    def _compare(
+        self, state: dict[str, Any], step: int, values: dict[int, tuple[float | None, ...]]
+    ) -> None:
+        c = self.config
+        modes, off = state["mode"], {}
+        for k in range(self._metrics):
+            if modes[k] == _LOCAL:
+                continue
+            reported: dict[int, float] = {}
+            for r, v in values.items():
+                x = v[k]
+                if x is not None:
+                    reported[r] = x
+            finite = [x for x in reported.values() if _isfinite(x)]
+            if len(reported) < 2 or not finite:
+                continue  # one rank, or an overflow skip on every rank: nothing to compare
+            center = median(finite)
+            tol = c.rel_tolerance * abs(center)
+            agreeing = {r for r, x in reported.items() if _isfinite(x) and abs(x - center) <= tol}
+            n = len(reported)
+            if modes[k] == _LEARNING:
+                state["seen"][k] += 1
+                state["agree"][k] += len(agreeing) == n
+                if state["seen"][k] >= c.learn_steps:
+                    agreed = state["agree"][k] >= c.agree_fraction * state["seen"][k]
+                    modes[k] = _SYNC if agreed else _LOCAL
+                continue
+            majority = 2 * len(agreeing) > n
+            for r, x in reported.items():
+                if r not in off and not (majority and r in agreeing):
+                    off[r] = (k, x, center, len(agreeing) if majority else 0, n)
+        if not any(m == _SYNC for m in modes[: self._metrics]):
+            return
+        ranks: dict[int, list[Any]] = state["r"]
+        mask = self._mask
+        for r in values:
+            e = ranks.get(r)
+            if e is None:
+                e = ranks[r] = [0, _QUIET, -1, -1, 0, math.nan, math.nan, 0, 0, -math.inf]
+            flagged = r in off
+            before = e[_BITS]
+            bits = e[_BITS] = ((before << 1) | flagged) & mask
+            if flagged:
+                if not before:
+                    e[_FIRST] = step
+                e[_STEP] = step
+                e[_METRIC], e[_VALUE], e[_CENTER], e[_AGREE], e[_N] = off[r]
+            status = e[_STATUS]
+            if status in (_FIRING, _TO_FIRE):
+                if not bits & self._recover_mask:
+                    e[_STATUS] = _TO_RESOLVE if status == _FIRING else _QUIET
+            elif flagged and bits.bit_count() >= c.min_flagged:
+                e[_STATUS] = _TO_FIRE
+                state["live"] = state.get("live", 0) + 1
+
+    def _finding(self, job: JobState, r: int, e: list[Any], now: float) -> Finding:
+        c = self.config
+        metric, value, center = _METRICS[e[_METRIC]], e[_VALUE], e[_CENTER]
+        apart = abs(value - center) / abs(center) if center else math.inf
+        rs = job.ranks.get(r)
+        where = f"rank {r}" + (f" ({rs.host})" if rs is not None and rs.host else "")
+        if e[_AGREE]:
+            peers = f"{e[_AGREE]} of {e[_N]} ranks agree on {center:.6g}"
+        else:
+            peers = f"the {e[_N]} ranks no longer agree (no majority; median {center:.6g})"
+        flagged = int(e[_BITS]).bit_count()
+        same = "global gradient norm" if metric == "gradient norm" else "all-reduced loss"
+        return Finding(
+            rule=self.name,
+            rank=r,
+            severity=c.severity,
+            event_time=now,
+            step=int(e[_FIRST]),
+            summary=(
+                f"{where} reports {metric} {value:.6g} at step {e[_STEP]} while {peers}: "
+                f"{apart:.0%} apart, in {flagged} of its last {c.window} steps compared, where "
+                f"this job's ranks reported the same {same} (within {c.rel_tolerance:.0%}); "
+                f"{_ADVICE_DESYNC}"
+            ),
+            evidence={
+                "metric": "gradient_norm" if metric == "gradient norm" else "loss",
+                "value": value,
+                "majority_value": center,
+                "relative_difference": apart,
+                "agreeing_ranks": e[_AGREE],
+                "ranks_compared": e[_N],
+                "flagged": flagged,
+                "window": c.window,
+                "step": e[_STEP],
+            },
+            action=c.action,
+        )

@@ -1,0 +1,420 @@
+"""gradient_vanishing and gradient_desync through the engine: the faults and their look-alikes.
+
+Vanishing: a norm collapsed 100x+ with a flat loss fires once per job (every rank reports the
+same global norm); a plateau, healthy convergence (slow, or fast with a falling loss), warm-up
+norms, overflow skips and isolated zero norms don't. Desync: a rank whose norm (or all-reduced
+loss) leaves an agreeing majority fires on that rank; bf16 rounding between ranks, jobs whose
+ranks report LOCAL norms or losses, and overflow skips on every rank don't. A real 4-rank gloo
+DDP job under torchrun, one rank skipping the gradient all-reduce, is caught on that rank.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import random
+import struct
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from synth import T0, Fault, healthy_run, run_engine
+
+from rankwatch.schemas import Alert, StepEvent
+from rankwatch.streams import DetectorConfigError, Engine
+from rankwatch.streams.detectors.gradient_health import (
+    GradientDesync,
+    GradientDesyncConfig,
+    GradientVanishing,
+    GradientVanishingConfig,
+    VanishingState,
+)
+
+
+def engine(*detectors: Any) -> Engine:
+    return Engine(list(detectors) or [GradientVanishing(), GradientDesync()])
+
+
+def firing(alerts: list[Alert], rule: str | None = None) -> list[Alert]:
+    return [a for a in alerts if a.status == "firing" and (rule is None or a.rule == rule)]
+
+
+def global_norm(level: float = 1.0, seed: int = 7) -> Fault:
+    """Every rank reports the same (all-reduced) norm at a step, as a DDP job does; fp16
+    overflow skips stay non-finite on every rank."""
+
+    def fault(rank: int, step: int, m: dict[str, Any]) -> None:
+        rng = random.Random(seed * 1_000_003 + step)
+        g = level * (1 + 5 * math.exp(-step / 20)) * rng.lognormvariate(0, 0.3)
+        m["gradient_norm"] = g if math.isfinite(m["gradient_norm"]) else math.inf
+
+    return fault
+
+
+def both(*faults: Fault) -> Fault:
+    def fault(rank: int, step: int, m: dict[str, Any]) -> None:
+        for f in faults:
+            f(rank, step, m)
+
+    return fault
+
+
+# -- gradient_vanishing ----------------------------------------------------------------------
+
+
+def stall(from_step: int, to_step: int = 10**9, factor: float = 1e-4) -> Fault:
+    """From ``from_step`` the norm collapses ``factor`` x and the loss stops moving."""
+
+    def fault(rank: int, step: int, m: dict[str, Any]) -> None:
+        if from_step <= step < to_step:
+            m["gradient_norm"] *= factor
+            m["loss"] = 3.1 * (1 + random.Random(step * 31 + rank).gauss(0, 0.03))
+
+    return fault
+
+
+def test_a_collapsed_norm_with_a_flat_loss_is_one_job_alert_then_resolves() -> None:
+    fault = both(global_norm(), stall(400, 520))
+    alerts = run_engine(engine(), healthy_run(ranks=8, steps=600, fault=fault))
+    [alert] = firing(alerts)
+    assert (alert.rule, alert.scope, alert.ranks, alert.step) == (
+        "gradient_vanishing",
+        "job",
+        list(range(8)),
+        400,
+    )
+    assert "training has stalled" in alert.summary and "decayed to 0" in alert.summary
+    assert "frozen" in alert.summary and "clipping" in alert.summary
+    assert alert.evidence["gradient_norm"] < alert.evidence["threshold"]
+    # Fired within two blocks of 30 steps of the collapse, resolved after the norm came back.
+    assert alert.first_seen.timestamp() <= T0 + 460
+    [resolved] = [a for a in alerts if a.status == "resolved"]
+    assert resolved.alert_id == alert.alert_id
+    assert T0 + 520 <= resolved.last_seen.timestamp() <= T0 + 530
+
+
+def test_a_plateau_with_a_normal_norm_is_not_vanishing() -> None:
+    def plateau(rank: int, step: int, m: dict[str, Any]) -> None:
+        if step >= 200:
+            m["loss"] = 3.0 * (1 + random.Random(step).gauss(0, 0.01))
+
+    alerts = run_engine(
+        engine(), healthy_run(ranks=4, steps=800, fault=both(global_norm(), plateau))
+    )
+    assert firing(alerts) == []
+
+
+def test_healthy_convergence_is_not_vanishing() -> None:
+    # Slow: the norm falls 1,000x over 1,500 steps (the level follows it) ...
+    def slow(rank: int, step: int, m: dict[str, Any]) -> None:
+        if step >= 200:
+            m["gradient_norm"] *= 1000 ** (-(step - 200) / 1500)
+            m["loss"] *= 0.5 ** ((step - 200) / 500)
+
+    # ... fast: it falls 300x within 20 steps while the loss keeps falling (a model fitting
+    # its training set: the loss goes down by half every 100 steps towards 0).
+    def fast(rank: int, step: int, m: dict[str, Any]) -> None:
+        if step >= 300:
+            m["gradient_norm"] *= 300 ** -min(1.0, (step - 300) / 20)
+            m["loss"] = 0.5 * 0.5 ** ((step - 300) / 100) * (1 + 0.02 * math.sin(step))
+
+    for fault, steps in ((slow, 1700), (fast, 900)):
+        alerts = run_engine(engine(), healthy_run(ranks=2, steps=steps, fault=fault))
+        assert firing(alerts) == [], fault
+
+
+def test_warm_up_norms_overflow_skips_and_isolated_zero_norms_are_not_vanishing() -> None:
+    def noisy(rank: int, step: int, m: dict[str, Any]) -> None:
+        if step < 30:
+            m["gradient_norm"] *= 200.0  # the first steps' norms, far above the later ones
+        elif step % 37 == 0 or 500 <= step < 520:
+            m["gradient_norm"] = 0.0  # skipped steps some trainers report as 0 (a run of 20)
+        m["loss"] = 3.0 * (1 + 0.01 * math.sin(step))  # and a flat loss throughout
+
+    alerts = run_engine(engine(), healthy_run(ranks=4, steps=900, fault=noisy))
+    assert firing(alerts) == []
+
+
+def test_no_loss_no_vanishing_and_a_rising_loss_fires() -> None:
+    def no_loss(rank: int, step: int, m: dict[str, Any]) -> None:
+        m.pop("loss")
+        if step >= 300:
+            m["gradient_norm"] = 0.0
+
+    assert firing(run_engine(engine(), healthy_run(ranks=2, steps=500, fault=no_loss))) == []
+
+    def dead(rank: int, step: int, m: dict[str, Any]) -> None:
+        if step >= 300:  # every unit dead: no gradient, the loss back up to ln(vocab)
+            m["gradient_norm"], m["loss"] = 0.0, 10.4
+
+    [alert] = firing(run_engine(engine(), healthy_run(ranks=1, steps=400, fault=dead)))
+    assert alert.scope == "rank" and alert.step == 300
+    assert "gradient norm 0 for 30 steps since step 300" in alert.summary
+
+
+def test_the_vanishing_state_pickles_and_a_restored_detector_still_fires() -> None:
+    detector = GradientVanishing()
+    fault = both(global_norm(), stall(300))
+    events = list(healthy_run(ranks=1, steps=420, fault=fault))
+    e = engine(detector)
+    e.process_many(events[:320])
+    (job,) = e.jobs.values()
+    state = job.ranks[0].slots[detector.name]
+    assert (
+        isinstance(state, VanishingState) and 15 <= state.low <= 20
+    )  # the engine holds a step back
+    assert len(pickle.dumps(state)) < 1024
+    restored = pickle.loads(pickle.dumps(state))
+    job.ranks[0].slots[detector.name] = restored
+    assert [a.rule for a in firing(e.process_many(events[320:]))] == ["gradient_vanishing"]
+
+
+@pytest.mark.parametrize(
+    ("settings", "name"),
+    [
+        ({"ratio": 1.0}, "ratio"),
+        ({"persist_steps": 0}, "persist_steps"),
+        ({"min_loss_improvement": -0.1}, "min_loss_improvement"),
+        ({"min_loss_improvement": 0.9}, "min_loss_improvement"),
+        ({"alpha": 1.5}, "alpha"),
+        ({"recover_ratio": 200.0}, "recover_ratio"),
+        ({"severity": "loud"}, "severity"),
+    ],
+)
+def test_vanishing_config_is_checked(settings: dict[str, Any], name: str) -> None:
+    with pytest.raises(DetectorConfigError, match=f"GradientVanishingConfig.{name} must"):
+        GradientVanishingConfig(**settings)
+
+
+# -- gradient_desync -------------------------------------------------------------------------
+
+
+def desync(
+    rank_: int, from_step: int, to_step: int = 10**9, metric: str = "gradient_norm"
+) -> Fault:
+    """``rank_`` stops taking part in the all-reduce: its value is its own from then on."""
+
+    def fault(rank: int, step: int, m: dict[str, Any]) -> None:
+        if rank == rank_ and from_step <= step < to_step:
+            m[metric] *= random.Random(step).lognormvariate(0.3, 0.2)
+
+    return fault
+
+
+def bf16(x: float) -> float:
+    """``x`` rounded to bfloat16 (round to nearest even on the float32 bits)."""
+    (bits,) = struct.unpack("<I", struct.pack("<f", x))
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return float(struct.unpack("<f", struct.pack("<I", bits))[0])
+
+
+def test_a_rank_leaving_an_agreeing_majority_is_named_then_resolved() -> None:
+    fault = both(global_norm(), desync(5, 150, 260))
+    alerts = run_engine(engine(), healthy_run(ranks=8, steps=320, fault=fault))
+    [alert] = firing(alerts)
+    assert (alert.rule, alert.scope, alert.ranks, alert.step) == (
+        "gradient_desync",
+        "rank",
+        [5],
+        150,
+    )
+    assert alert.severity == "critical"
+    assert "rank 5 (node0) reports gradient norm" in alert.summary
+    assert "7 of 8 ranks agree on" in alert.summary and "skipping a collective" in alert.summary
+    assert alert.evidence["relative_difference"] > 0.02
+    assert alert.first_seen.timestamp() < T0 + 156  # 5 flagged steps (a tick later at most)
+    [resolved] = [a for a in alerts if a.status == "resolved"]
+    assert resolved.alert_id == alert.alert_id and resolved.last_seen.timestamp() < T0 + 270
+
+
+def test_bf16_rounding_and_summation_order_between_ranks_never_fire() -> None:
+    # Each rank sums the norm in its own order (a relative error of up to 2e-3) and rounds it
+    # to bf16: neighbouring bf16 values, up to 0.8% apart.
+    def noise(rank: int, step: int, m: dict[str, Any]) -> None:
+        g = m["gradient_norm"]
+        if math.isfinite(g):
+            m["gradient_norm"] = bf16(
+                g * (1 + random.Random(step * 97 + rank).uniform(-2e-3, 2e-3))
+            )
+
+    fault = both(global_norm(), noise)
+    alerts = run_engine(engine(), healthy_run(ranks=16, steps=600, fault=fault))
+    assert firing(alerts) == []
+    by_step: dict[int, set[float | None]] = {}
+    for e in healthy_run(ranks=16, steps=100, fault=fault):
+        by_step.setdefault(e.step, set()).add(e.gradient_norm)
+    assert sum(len(v) > 1 for v in by_step.values()) > 50  # the ranks' norms do differ
+
+
+def test_jobs_whose_ranks_report_local_norms_and_losses_never_fire() -> None:
+    # synth's healthy run: every rank its own norm and loss; rank 3 then drifts far off.
+    fault = both(desync(3, 100), desync(3, 100, metric="loss"))
+    assert firing(run_engine(engine(), healthy_run(ranks=8, steps=300, fault=fault))) == []
+
+
+def test_an_all_reduced_loss_that_splits_fires_on_the_loss() -> None:
+    def all_reduced(rank: int, step: int, m: dict[str, Any]) -> None:
+        m["loss"] = 3.0 + 2.0 * math.exp(-step / 100) + 0.05 * math.sin(step * 1.3)
+
+    fault = both(all_reduced, desync(2, 120, metric="loss"))
+    [alert] = firing(run_engine(engine(), healthy_run(ranks=4, steps=200, fault=fault)))
+    assert alert.ranks == [2] and alert.evidence["metric"] == "loss"
+    assert "rank 2 (node0) reports loss" in alert.summary and "all-reduced loss" in alert.summary
+    off = GradientDesync(GradientDesyncConfig(check_loss=False))
+    assert firing(run_engine(engine(off), healthy_run(ranks=4, steps=200, fault=fault))) == []
+
+
+def test_a_two_rank_job_that_splits_is_one_job_alert_naming_both() -> None:
+    fault = both(global_norm(), desync(1, 100))
+    [alert] = firing(run_engine(engine(), healthy_run(ranks=2, steps=200, fault=fault)))
+    assert (alert.rule, alert.scope, alert.ranks) == ("gradient_desync", "job", [0, 1])
+    assert "no longer agree (no majority" in alert.summary
+
+
+def test_a_missing_rank_and_overflow_skips_on_every_rank_do_not_fire() -> None:
+    def gaps(rank: int, step: int, m: dict[str, Any]) -> None:
+        if step % 50 == 25:
+            m["gradient_norm"] = math.nan  # an overflow skip: every rank, and a nan this time
+        if rank == 2 and step % 9 == 0:
+            m.pop("gradient_norm")  # this rank did not report its norm at that step
+
+    events = [
+        e
+        for e in healthy_run(ranks=4, steps=400, fault=both(global_norm(), gaps))
+        if not (e.rank == 1 and 200 <= e.step < 260)  # a rank silent for a while
+    ]
+    assert firing(run_engine(engine(), events)) == []
+
+
+def test_the_desync_state_is_small_plain_data() -> None:
+    detector = GradientDesync()
+    e = engine(detector)
+    e.process_many(healthy_run(ranks=64, steps=60, fault=both(global_norm(), desync(9, 40))))
+    (job,) = e.jobs.values()
+    state = job.slots[detector.name]
+    assert len(state["p"]) <= 4 and state["mode"][0] == 1
+    assert len(pickle.dumps(state)) < 200 * 64
+    blob = pickle.dumps(state)
+    assert pickle.dumps(pickle.loads(blob)) == blob
+
+
+@pytest.mark.parametrize(
+    ("settings", "name"),
+    [
+        ({"rel_tolerance": 0.0}, "rel_tolerance"),
+        ({"learn_steps": 0}, "learn_steps"),
+        ({"agree_fraction": 1.0}, "agree_fraction"),
+        ({"window": 63}, "window"),
+        ({"min_flagged": 9}, "min_flagged"),
+        ({"recover": 9}, "recover"),
+        ({"action": "page"}, "action"),
+    ],
+)
+def test_desync_config_is_checked(settings: dict[str, Any], name: str) -> None:
+    with pytest.raises(DetectorConfigError, match=f"GradientDesyncConfig.{name} must"):
+        GradientDesyncConfig(**settings)
+
+
+# -- a real DDP job --------------------------------------------------------------------------
+
+#: A 4-rank gloo DDP trainer; from $FAULT_STEP rank $FAULT_RANK skips the gradient all-reduce:
+#: its DDP comm hook all-reduces zeros of the bucket's size (its peers do not deadlock) and
+#: keeps its own gradients. Each rank writes (step, loss, global norm) as JSON lines.
+TRAINER = """
+import json, os, sys
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+fault_rank, fault_step = int(os.environ["FAULT_RANK"]), int(os.environ["FAULT_STEP"])
+dtype = getattr(torch, os.environ["DTYPE"])
+torch.set_num_threads(1)
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+torch.manual_seed(rank)  # DDP broadcasts rank 0's weights
+net = torch.nn.Sequential(
+    torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1)
+).to(dtype)
+model = DistributedDataParallel(net, bucket_cap_mb=0.001)
+now = {"step": 0}
+
+def allreduce_or_skip(state, bucket):
+    buf = bucket.buffer()
+    if rank == fault_rank and now["step"] >= fault_step:
+        fut = dist.all_reduce(torch.zeros_like(buf), async_op=True).get_future()
+        return fut.then(lambda f: buf)
+    buf.div_(world)
+    fut = dist.all_reduce(buf, async_op=True).get_future()
+    return fut.then(lambda f: f.value()[0])
+
+model.register_comm_hook(None, allreduce_or_skip)
+opt = torch.optim.SGD(model.parameters(), lr=0.02)
+target = torch.randn(16, 1, generator=torch.Generator().manual_seed(42))
+data = torch.Generator().manual_seed(1000 + rank)
+with open(os.path.join(sys.argv[1], f"rank{rank}.jsonl"), "w") as out:
+    for step in range(int(os.environ["STEPS"])):
+        now["step"] = step
+        x = torch.randn(64, 16, generator=data)
+        loss = torch.nn.functional.mse_loss(model(x.to(dtype)).float(), x @ target)
+        opt.zero_grad()
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)
+        opt.step()
+        out.write(json.dumps({"step": step, "loss": loss.item(), "norm": norm.item()}) + "\\n")
+dist.destroy_process_group()
+"""
+
+
+def torchrun_job(tmp: Path, dtype: str, fault_step: int, steps: int = 40) -> Iterator[StepEvent]:
+    tmp.mkdir(parents=True, exist_ok=True)
+    script = tmp / "trainer.py"
+    script.write_text(TRAINER)
+    env = {
+        **os.environ,
+        "FAULT_RANK": "3",
+        "FAULT_STEP": str(fault_step),
+        "STEPS": str(steps),
+        "DTYPE": dtype,
+        "OMP_NUM_THREADS": "1",
+    }
+    subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+         "4", str(script), str(tmp)],
+        env=env, check=True, timeout=240, capture_output=True,
+    )  # fmt: skip
+    rows = []
+    for rank in range(4):
+        for line in (tmp / f"rank{rank}.jsonl").read_text().splitlines():
+            j = json.loads(line)
+            rows.append((j["step"], rank, j["norm"], j["loss"]))
+    for step, rank, norm, loss in sorted(rows):
+        yield StepEvent(
+            job_id=f"ddp-{dtype}",
+            rank=rank,
+            world_size=4,
+            step=step,
+            timestamp=T0 + step + 0.001 * rank,
+            gradient_norm=norm,
+            loss=loss,
+        )
+
+
+def test_a_real_ddp_rank_skipping_the_all_reduce_is_named(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    events = list(torchrun_job(tmp_path, "bfloat16", fault_step=20))
+    by_step: dict[int, set[float | None]] = {}
+    for e in events:
+        by_step.setdefault(e.step, set()).add(e.gradient_norm)
+    # Before the fault the bf16 DDP ranks report the very same norm; after it, rank 3 its own.
+    assert [len(by_step[s]) for s in range(20)] == [1] * 20
+    assert sum(len(by_step[s]) > 1 for s in range(20, 40)) >= 18
+    assert len({e.loss for e in events if e.step == 5}) == 4  # local losses differ
+    assert firing(run_engine(engine(), [e for e in events if e.step < 20])) == []
+    [alert] = firing(run_engine(engine(), events))
+    assert (alert.rule, alert.ranks, alert.step) == ("gradient_desync", [3], 20)
+    assert "3 of 4 ranks agree on" in alert.summary
