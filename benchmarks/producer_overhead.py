@@ -3,8 +3,10 @@
 Measures per-call time (median, p99) with the broker up (a LocalCluster started here on free
 ports, or ``--bootstrap``) and down (a closed port), beside a no-op call and stdlib logging to a
 file in the same run; with the broker up also ``log_step`` of a producer set up by
-``rw.configure`` (lifecycle hooks and the stuck watchdog on); then the memory held across 1M
-calls with the broker away and a 100k bound.
+``rw.configure`` (lifecycle hooks and the stuck watchdog on), and ``log_step`` with a
+``GpuUtilization`` enricher holding a value (its reader thread polling a stand-in NVML module,
+since the cost on the training thread is the cached read, not NVML's); then the memory held
+across 1M calls with the broker away and a 100k bound.
 
     .venv/bin/python benchmarks/producer_overhead.py [--bootstrap HOST:PORT] [--calls N]
 """
@@ -26,6 +28,7 @@ from rankwatch.config import Settings
 from rankwatch.infra.admin import create_topics
 from rankwatch.infra.cluster import LocalCluster, free_ports
 from rankwatch.producers import (
+    GpuUtilization,
     Identity,
     RankwatchLogHandler,
     RankwatchProducer,
@@ -41,6 +44,23 @@ METRICS = {
     "step_time_s": 0.31,
     "throughput_tokens_per_sec": 9000.0,
 }
+
+
+class StandInNvml:
+    """Answers the NVML calls GpuUtilization makes (no GPU needed), at NVML's own cost or so."""
+
+    @staticmethod
+    def nvmlInit() -> None:
+        pass
+
+    @staticmethod
+    def nvmlDeviceGetHandleByIndex(index: int) -> int:
+        return index
+
+    @staticmethod
+    def nvmlDeviceGetUtilizationRates(handle: int) -> object:
+        time.sleep(50e-6)  # NVML's call costs ~10-50 us, on the reader thread
+        return type("Utilization", (), {"gpu": 87, "memory": 30})()
 
 
 def timed(fn: Callable[[int], None], calls: int) -> tuple[float, float]:
@@ -90,6 +110,20 @@ def scenario(name: str, bootstrap: str, calls: int, rows: list[tuple[str, float,
         )
         configured.flush(30)
         shutdown(2)
+        utilization = GpuUtilization(interval_s=0.01, nvml=StandInNvml, env={"LOCAL_RANK": "0"})
+        producer = RankwatchProducer(
+            Identity("bench", 0, 8, "bench-host"), settings=settings, enrichers=[utilization]
+        )
+        producer.log_step(0, **METRICS)  # starts the reader
+        time.sleep(0.5)
+        rows.append(
+            (
+                "log_step, broker up, GpuUtilization (stand-in NVML, read every 10 ms)",
+                *timed(lambda i: producer.log_step(i, **METRICS), calls),
+            )
+        )
+        producer.flush(30)
+        producer.close(2)
 
 
 def memory_when_broker_away(calls: int, bound: int) -> list[tuple[int, float]]:

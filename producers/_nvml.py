@@ -101,6 +101,7 @@ class GpuUtilization:
         self.device: int | str | None = None
         self._reader: threading.Thread | None = None
         self._stop = threading.Event()
+        self._retry_at = 0.0
         self._once = LogOnce()
         #: Off for good: no NVML module, NVML failed, or closed.
         self.off = False
@@ -109,7 +110,10 @@ class GpuUtilization:
         if event.get("kind") != "step" or "gpu_utilization" in event:
             return event
         if self._reader is None:
-            if not self.off:
+            # Looking for the device costs microseconds (the environment): once per interval.
+            now = _monotonic()
+            if not self.off and now >= self._retry_at:
+                self._retry_at = now + self.interval_s
                 self._start()  # the first read arrives within a step or two
             return event
         latest = self.latest
