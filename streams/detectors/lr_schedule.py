@@ -1,0 +1,454 @@
+"""``lr_schedule``: the learning rate off the schedule the trainer declared, or off its peers'.
+
+Two faults, both job-scope alerts of this one rule (told apart by ``incident_key``):
+
+- **ranks disagree** (``ranks``): data-parallel ranks step one optimizer each with one
+  schedule, so at the same step they report the same ``learning_rate``. A rank whose value
+  differs beyond float rounding (``rank_tolerance``) at ``mismatch_reports`` compared steps in
+  a row runs with a different config. Ranks are compared at a step most of them have reported
+  (each rank's last two reports are kept, so a rank a step behind is still compared, and sparse
+  logging only compares fewer steps); the ranks off the peers' median are named (with two ranks
+  there is no majority: both are).
+- **off schedule** (``schedule``): step events may declare the schedule (``lr_schedule``,
+  ``lr_warmup_steps``, ``lr_total_steps``, Hugging Face's ``lr_scheduler_type`` names). The
+  peak is inferred from the first report after warm-up where the curve is still high
+  (``lr / multiplier``, never below the highest LR seen), the curve's expected value at each
+  reported step is computed with Hugging Face's formulas (:func:`multiplier`), and a report is
+  off when it lies outside a band around it: ``tolerance`` relative plus ``peak_tolerance`` x
+  the peak, the step one either side (trainers log before or after ``scheduler.step()``), and
+  a floor of up to ``floor_ratio`` x the peak the decay may level off at (a min LR). Off for
+  ``off_reports`` reports in a row fires; that catches an LR that stays at its peak after
+  warm-up (a ``scheduler.step()`` that ran only during warm-up), decays far faster or slower
+  than declared, goes up during a decay, or is 0. Warm-up reports are not judged (the peak is
+  not known yet). ``cosine_with_restarts`` is judged only on holding still (the same LR as
+  the report before, before the last step): the number of cycles is not on the event.
+  ``polynomial`` is judged with the Trainer's default power 1. No declaration, or
+  ``other``: only the ranks' agreement is checked; the intent cannot be known.
+
+A job restarted from a checkpoint starts a new attempt with fresh state (the engine's
+``_new_attempt``), so the resumed run anchors its peak again. Resolution: ``recover_reports``
+reports (or compared steps) in a row back within the band for every rank named.
+
+State is one short list per rank (updated in O(1) per step) and a few numbers per job; ticks
+look at each rank's list once, O(ranks) per tick of event time.
+
+>>> round(multiplier("cosine", 55, 10, 100), 3), multiplier("linear", 5, 10, 100)
+(0.5, 0.5)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from statistics import median
+from typing import Any, ClassVar
+
+from rankwatch.schemas import Action, Severity, StepEvent
+from rankwatch.streams.detectors import _metric_config as check
+from rankwatch.streams.detectors.base import JobState, RankState
+from rankwatch.streams.exceptions import DetectorConfigError
+from rankwatch.streams.findings import Finding, Outcome, Resolution
+
+#: Declared names whose curve is judged; ``other`` and unknown names are not.
+JUDGED = frozenset(
+    {
+        "constant",
+        "constant_with_warmup",
+        "linear",
+        "cosine",
+        "cosine_with_restarts",
+        "polynomial",
+        "inverse_sqrt",
+    }
+)
+_NEEDS_TOTAL = frozenset({"linear", "cosine", "cosine_with_restarts", "polynomial"})
+
+
+def multiplier(name: str, step: int, warmup: int, total: int | None) -> float:
+    """The LR multiplier of Hugging Face's schedule ``name`` after ``step`` scheduler steps
+    (``get_*_schedule_with_warmup``; cosine with half a cycle, polynomial with power 1,
+    inverse_sqrt with the warm-up as timescale, 10,000 without one)."""
+    if name == "constant":
+        return 1.0
+    if step < warmup:
+        return step / max(1, warmup)
+    if name == "constant_with_warmup":
+        return 1.0
+    if name == "inverse_sqrt":
+        timescale = warmup or 10_000
+        return 1.0 / math.sqrt((step + timescale - warmup) / timescale)
+    t = total if total is not None else step
+    progress = (step - warmup) / max(1, t - warmup)
+    if name in ("linear", "polynomial"):
+        return max(0.0, 1.0 - progress)
+    if progress >= 1.0:
+        return 0.0
+    if name == "cosine_with_restarts":
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * (progress % 1.0))))
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+@dataclass(frozen=True, slots=True)
+class LrScheduleConfig:
+    """Thresholds of ``lr_schedule`` (see the module docstring for how they combine).
+
+    ``tolerance`` 0.1 and ``peak_tolerance`` 0.02: a schedule is exact arithmetic, so the slack
+    covers printing, off-by-one step conventions and producers' rounding, not behaviour: a
+    cosine decaying twice as slow as declared is off by 25% of the peak at mid-run.
+    ``floor_ratio`` 0.1: common recipes end at a min LR of 10% of the peak.
+    """
+
+    #: Relative difference between two ranks' LR at one step that is float rounding.
+    rank_tolerance: float = 1e-3
+    #: ... and the absolute one (LR units), for values at or near 0.
+    rank_abs_tolerance: float = 1e-12
+    #: Compared steps in a row a rank must disagree on before firing.
+    mismatch_reports: int = 3
+    #: Relative slack around the declared curve's value.
+    tolerance: float = 0.1
+    #: Absolute slack, as a fraction of the inferred peak.
+    peak_tolerance: float = 0.02
+    #: The decay may level off at up to this fraction of the peak (a min LR).
+    floor_ratio: float = 0.1
+    #: The peak is inferred at the first report after warm-up whose multiplier is at least
+    #: this (a job resumed late in its decay is judged once the curve allows an estimate).
+    min_anchor: float = 0.1
+    #: Reports in a row off the curve before firing.
+    off_reports: int = 3
+    #: Reports (or compared steps) in a row back in line before resolving.
+    recover_reports: int = 3
+    #: While an incident lasts, re-report it this often (event time) so it does not expire.
+    refresh_s: float = 60.0
+    severity: Severity = "warning"
+    action: Action = "notify"
+
+    def __post_init__(self) -> None:
+        check.fraction(self, "rank_tolerance", self.rank_tolerance)
+        check.non_negative(self, "rank_abs_tolerance", self.rank_abs_tolerance)
+        check.count(self, "mismatch_reports", self.mismatch_reports)
+        check.fraction(self, "tolerance", self.tolerance)
+        check.non_negative(self, "peak_tolerance", self.peak_tolerance)
+        if self.peak_tolerance >= 1:
+            raise DetectorConfigError(
+                f"LrScheduleConfig.peak_tolerance must be < 1, got {self.peak_tolerance!r}"
+            )
+        if not 0 <= self.floor_ratio < 1:
+            raise DetectorConfigError(
+                f"LrScheduleConfig.floor_ratio must be >= 0 and < 1, got {self.floor_ratio!r}"
+            )
+        check.fraction(self, "min_anchor", self.min_anchor)
+        check.count(self, "off_reports", self.off_reports)
+        check.count(self, "recover_reports", self.recover_reports)
+        for name in ("mismatch_reports", "recover_reports"):
+            if getattr(self, name) > 62:
+                raise DetectorConfigError(f"LrScheduleConfig.{name} must be <= 62")
+        check.positive(self, "refresh_s", self.refresh_s)
+        check.severity_action(self, self.severity, self.action)
+
+
+# Per-rank entry: the last two reports (step, lr); the declaration they are judged against;
+# the inferred peak (nan: not yet) and the highest LR seen; consecutive off / back-in-line
+# reports; off schedule (0/1); the step the off streak began; the last report's expected value
+# and band; bits of the rank comparisons (1 = disagreed, newest lowest).
+_STEP, _LR, _PSTEP, _PLR, _DECL, _PEAK, _MAX, _OFF, _OK, _BAD, _SINCE, _EXP, _LO, _HI, _BITS = (
+    range(15)
+)
+_NAN = math.nan
+
+
+def _new_entry() -> list[Any]:
+    return [-1, _NAN, -1, _NAN, "", _NAN, 0.0, 0, 0, 0, -1, _NAN, _NAN, _NAN, 0]
+
+
+def _ranks(ids: Iterable[int]) -> str:
+    ids = sorted(ids)
+    shown = ", ".join(str(r) for r in ids[:8])
+    more = f" and {len(ids) - 8} more" if len(ids) > 8 else ""
+    return f"rank{'s' if len(ids) > 1 else ''} {shown}{more}"
+
+
+class LrSchedule:
+    """The ``lr_schedule`` rule (a job detector: ranks compared, one job-scope alert each)."""
+
+    name: ClassVar[str] = "lr_schedule"
+    rule: ClassVar[str] = "lr_schedule"
+
+    def __init__(self, config: LrScheduleConfig | None = None) -> None:
+        self.config = c = config or LrScheduleConfig()
+        self._mismatch_mask = (1 << c.mismatch_reports) - 1
+        self._recover_mask = (1 << c.recover_reports) - 1
+        self._mask = self._mismatch_mask | self._recover_mask
+
+    def new_job_state(self) -> dict[str, Any]:
+        # r: rank -> entry; a/b: the ranks/schedule incident open (0/1), reported at (event
+        # time) (b: and the tick it was first seen at, -1: none); at: the step the ranks were
+        # last compared at.
+        return {"r": {}, "a": [0, -math.inf], "b": [0, -math.inf, -1], "at": -1}
+
+    # -- each step: one rank's report against its declared curve, O(1) ---------------------
+    def on_step(
+        self, job: JobState, rank: RankState, state: dict[str, Any], event: StepEvent
+    ) -> None:
+        lr = event.learning_rate
+        if lr is None:
+            return
+        e = state["r"].get(rank.rank)
+        if e is None:
+            e = state["r"][rank.rank] = _new_entry()
+        step = event.step
+        if step != e[_STEP]:
+            e[_PSTEP], e[_PLR] = e[_STEP], e[_LR]
+        e[_STEP], e[_LR] = step, lr
+        name = event.lr_schedule
+        total = event.lr_total_steps
+        if name not in JUDGED or (name in _NEEDS_TOTAL and total is None):
+            if e[_DECL]:  # the declaration went away: nothing to judge against
+                e[_DECL:_BITS] = _new_entry()[_DECL:_BITS]
+            return
+        warmup = 0 if name == "constant" else event.lr_warmup_steps or 0
+        decl = f"{name}|{warmup}|{total}"
+        if decl != e[_DECL]:
+            e[_DECL:_BITS] = [decl, *_new_entry()[_PEAK:_BITS]]
+        self._judge(e, name, step, lr, warmup, total)
+
+    def _judge(
+        self, e: list[Any], name: str, step: int, lr: float, warmup: int, total: int | None
+    ) -> None:
+        c = self.config
+        if step <= warmup or e[_PEAK] != e[_PEAK]:
+            if lr > e[_MAX]:
+                e[_MAX] = lr
+            if step < warmup or (step == warmup > 0):
+                # Rising to a peak not known yet. The last warm-up step is left out too: one
+                # trainer logs the LR there before its scheduler.step(), another after.
+                return
+            m = multiplier(name, step, warmup, total)
+            if m < c.min_anchor:
+                return
+            peak = max(lr / m, e[_MAX])
+            if not peak > 0:
+                return
+            e[_PEAK] = peak
+        peak = e[_PEAK]
+        if name == "cosine_with_restarts":
+            # The number of cycles is not on the event: the curve is unknown, but it never
+            # holds still before the end. Off: the same LR as the report before.
+            e[_PEAK] = peak = max(peak, lr)
+            e[_EXP] = e[_LO] = e[_HI] = _NAN
+            on = not (step < (total or 0) and e[_PSTEP] > warmup and lr == e[_PLR])
+        else:
+            here = [multiplier(name, s, warmup, total) for s in (max(0, step - 1), step, step + 1)]
+            slack = c.peak_tolerance * peak
+            lo = peak * min(here) * (1 - c.tolerance) - slack
+            top = c.floor_ratio + (1 - c.floor_ratio) * max(here)
+            hi = peak * top * (1 + c.tolerance) + slack
+            e[_EXP], e[_LO], e[_HI] = peak * here[1], lo, hi
+            on = lo <= lr <= hi
+        if on:
+            e[_OFF] = 0
+            if e[_BAD]:
+                e[_OK] += 1
+                if e[_OK] >= c.recover_reports:
+                    e[_BAD] = e[_OK] = 0
+            return
+        e[_OK] = 0
+        if e[_OFF] == 0:
+            e[_SINCE] = step
+        e[_OFF] += 1
+        if e[_OFF] >= c.off_reports:
+            e[_BAD] = 1
+
+    # -- each tick: the job's ranks, once --------------------------------------------------
+    def on_tick(self, job: JobState, state: dict[str, Any], now: float) -> Iterable[Outcome]:
+        return self._judge_job(job, state, now, wait=True)
+
+    def on_flush(self, job: JobState, state: dict[str, Any]) -> Iterable[Outcome]:
+        """The end of a replay or an attempt: every report is in, nothing to wait for."""
+        return self._judge_job(job, state, job.watermark, wait=False)
+
+    def _judge_job(
+        self, job: JobState, state: dict[str, Any], now: float, *, wait: bool
+    ) -> list[Outcome]:
+        entries: dict[int, list[Any]] = state["r"]
+        if not entries:
+            return []
+        out: list[Outcome] = []
+        bad = [r for r, e in entries.items() if e[_BAD]]
+        self._schedule(job, state, entries, bad, now, out, wait)
+        self._compare(state, entries, set(bad), now, out)
+        return out
+
+    def _schedule(
+        self,
+        job: JobState,
+        state: dict[str, Any],
+        entries: dict[int, list[Any]],
+        bad: list[int],
+        now: float,
+        out: list[Outcome],
+        wait: bool,
+    ) -> None:
+        b = state["b"]
+        if not bad:
+            b[2] = -1
+            if b[0]:
+                b[0] = 0
+                e = entries[min(entries)]
+                out.append(
+                    Resolution(
+                        self.rule,
+                        None,
+                        now,
+                        "schedule",
+                        f"the learning rate follows its declared schedule again at step {e[_STEP]}",
+                    )
+                )
+            return
+        if wait and not b[0] and b[2] < 0:
+            # Wait one tick: the other ranks' reports of this step are still coming, and one
+            # alert should name every rank that is off.
+            b[2] = now
+            return
+        if b[0] and now - b[1] < self.config.refresh_s:
+            return
+        b[0], b[1], b[2] = 1, now, -1
+        out.append(self._off_finding(job, entries, bad, now))
+
+    def _off_finding(
+        self, job: JobState, entries: dict[int, list[Any]], bad: list[int], now: float
+    ) -> Finding:
+        e = entries[min(bad)]
+        name, warmup, total = e[_DECL].split("|")
+        lr, step, expected, peak = e[_LR], e[_STEP], e[_EXP], e[_PEAK]
+        world = job.world_size or len(job.ranks)
+        who = "every rank" if len(bad) >= max(2, world) else _ranks(bad)
+        if lr <= 0:
+            what = "is 0: check the optimizer's LR and the scheduler"
+        elif lr == e[_PLR]:
+            held = "stays at its peak" if lr >= 0.9 * peak else "is frozen"
+            what = f"{held}: is scheduler.step() still called after warm-up?"
+        elif not lr < e[_HI]:  # above the band (or no band: restarts)
+            if lr > e[_PLR]:
+                what = "goes up where the schedule decays: is a second scheduler stepping it?"
+            else:
+                what = "decays slower than declared: check the scheduler's total steps"
+        else:
+            what = "decays faster than declared: check the scheduler's total and warm-up steps"
+        shape = f"{name}, {warmup} warm-up steps" + ("" if total == "None" else f" of {total}")
+        gives = "" if expected != expected else f", which gives {expected:.3g}"
+        summary = (
+            f"{who}: learning rate {lr:.3g} at step {step} is off the declared {shape} "
+            f"schedule{gives} (peak {peak:.3g}), for {e[_OFF]} reports since step "
+            f"{e[_SINCE]}; the LR {what}"
+        )
+        return Finding(
+            rule=self.rule,
+            rank=None,
+            severity=self.config.severity,
+            event_time=now,
+            summary=summary,
+            step=int(e[_SINCE]),
+            evidence={
+                "kind": "schedule",
+                "schedule": name,
+                "warmup_steps": int(warmup),
+                "total_steps": None if total == "None" else int(total),
+                "learning_rate": lr,
+                "expected": expected,
+                "band": [e[_LO], e[_HI]],
+                "peak": peak,
+                "step": step,
+                "off_reports": e[_OFF],
+                "ranks_off": len(bad),
+            },
+            action=self.config.action,
+            ranks=tuple(sorted(bad)),
+            incident_key="schedule",
+        )
+
+    def _compare(
+        self,
+        state: dict[str, Any],
+        entries: dict[int, list[Any]],
+        bad: set[int],
+        now: float,
+        out: list[Outcome],
+    ) -> None:
+        c = self.config
+        # The step most ranks have reported (of each rank's last two), newer than the last
+        # compared: ranks a step apart at this tick are still compared at the same step.
+        counts: dict[int, int] = {}
+        for e in entries.values():
+            for s in (e[_STEP], e[_PSTEP]):
+                if s > state["at"]:
+                    counts[s] = counts.get(s, 0) + 1
+        if not counts:
+            return
+        step = max(counts, key=lambda s: (counts[s], s))
+        if counts[step] < 2:
+            return
+        state["at"] = step
+        at: dict[int, float] = {}
+        for r, e in entries.items():
+            if e[_STEP] == step:
+                at[r] = e[_LR]
+            elif e[_PSTEP] == step:
+                at[r] = e[_PLR]
+        mid = median(at.values())
+        bar = c.rank_tolerance * abs(mid) + c.rank_abs_tolerance
+        for r, v in at.items():
+            e = entries[r]
+            e[_BITS] = ((e[_BITS] << 1) | (abs(v - mid) > bar)) & self._mask
+        a = state["a"]
+        mask = self._mismatch_mask
+        firing = [r for r, e in entries.items() if e[_BITS] & mask == mask]
+        if a[0]:
+            if not any(e[_BITS] & self._recover_mask for e in entries.values()):
+                a[0] = 0
+                out.append(
+                    Resolution(
+                        self.rule, None, now, "ranks", f"the ranks agree on the LR at step {step}"
+                    )
+                )
+                return
+            if not firing or now - a[1] < c.refresh_s:
+                return
+        elif not firing or bad & set(firing):
+            return  # a rank off its declared schedule: that alert says it
+        a[0], a[1] = 1, now
+        out.append(self._mismatch_finding(at, firing, step, mid, now))
+
+    def _mismatch_finding(
+        self, at: dict[int, float], firing: list[int], step: int, mid: float, now: float
+    ) -> Finding:
+        odd = sorted(r for r in firing if r in at)
+        values = ", ".join(f"rank {r} {at[r]:.6g}" for r in odd[:8])
+        peers = len(at) - len(odd)
+        if peers > 0:
+            against = f"where its {peers} peers' median is {mid:.6g}"
+        else:
+            against = "with no majority between them"
+        summary = (
+            f"{_ranks(firing)} disagree on the learning rate at step {step} ({values}) "
+            f"{against}, for {self.config.mismatch_reports}+ compared steps: a rank with a "
+            f"different config; compare its launch arguments, LR and scheduler settings"
+        )
+        return Finding(
+            rule=self.rule,
+            rank=None,
+            severity=self.config.severity,
+            event_time=now,
+            summary=summary,
+            step=step,
+            evidence={
+                "kind": "ranks",
+                "step": step,
+                "values": {str(r): at[r] for r in odd[:16]},
+                "median": mid,
+                "ranks_compared": len(at),
+            },
+            action=self.config.action,
+            ranks=tuple(sorted(firing)),
+            incident_key="ranks",
+        )
