@@ -123,6 +123,9 @@ class JobParams:
     gpu_util: bool  # steps carry gpu_utilization (NVML's utilization.gpu, read by the producer)
     util_busy: float  # share of its compute time a rank's GPU runs kernels (launches, syncs)
     util_noise: float  # s.d. of one NVML reading, percentage points
+    # Drawn from a stream of their own ([seed, 5]), like the three above.
+    grad_local: bool  # ranks report their LOCAL norm (before the all-reduce, or their shard's)
+    grad_local_spread: float  # s.d. of the log of a rank's local norm around the global one
 
     def describe(self) -> dict[str, Any]:
         return asdict(self)
@@ -175,6 +178,7 @@ def draw_job(
     fp16 = rng.random() < 0.3
     framework = str(rng.choice(["hf", "megatron", "deepspeed"]))
     util_rng = np.random.default_rng([seed, 3])
+    grad_rng = np.random.default_rng([seed, 5])
     return JobParams(
         seed=seed,
         job_id=job_id or f"soak-{seed}",
@@ -248,6 +252,8 @@ def draw_job(
         gpu_util=util_rng.random() < 0.6,
         util_busy=float(util_rng.uniform(0.85, 1.0)),
         util_noise=float(util_rng.uniform(1.0, 6.0)),
+        grad_local=grad_rng.random() < 0.25,
+        grad_local_spread=float(grad_rng.uniform(0.01, 0.2)),
     )
 
 
@@ -297,6 +303,7 @@ class SoakJob:
         self.fault = fault
         self.rng = np.random.default_rng([params.seed, 1])
         self.util_rng = np.random.default_rng([params.seed, 4])  # self.rng's draws: as they were
+        self.grad_rng = np.random.default_rng([params.seed, 6])  # the same
         self.rank_seconds = 0.0  # ranks x time up (downtime between attempts excluded)
         self.step_events = 0
         self.log_events = 0
@@ -507,6 +514,8 @@ class SoakJob:
                 overflow_run -= 1
                 g = math.inf if p.overflow_value == "inf" else math.nan
             frame.loss, frame.grad = loss, np.full(world, g)
+            if p.grad_local and not overflow:  # an overflow skip is global: the scaler's check
+                frame.grad = g * self.grad_rng.lognormal(0, p.grad_local_spread, world)
             # Memory: level + sawtooth read at a random phase + accumulation cycle + noise.
             phase = rng.beta(p.saw_beta[0], p.saw_beta[1], world)
             cycle = p.accum_mb * (step % p.accum_steps) / p.accum_steps
