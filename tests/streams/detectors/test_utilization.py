@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 import pickle
 import random
+import statistics
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -406,3 +408,61 @@ def test_state_is_small_plain_data() -> None:
         assert pickle.loads(pickle.dumps(state)).keys() == state.keys()
         assert {type(v) for e in state["r"].values() for v in e} <= {int, float}
         assert len(pickle.dumps(state["r"])) < 120 * 8  # under 120 bytes a rank
+
+
+# -- a real loop: torch DataLoader, watch_step, the producer's own timing -------------------
+def _real_loop(data_s: float, steps: int) -> list[StepEvent]:
+    """One rank of the ``slow_data`` job, in process: a DataLoader whose batches take
+    ``data_s`` (a sleep: storage), a forward of 0.03 s (a sleep, as tests/faulty_trainer.py),
+    the README's loop (the batch is fetched outside ``watch_step``)."""
+    torch = pytest.importorskip("torch")
+    from rankwatch.producers.integrations import watch_step
+    from rankwatch.producers.testing import capture_events
+
+    class Slow(torch.utils.data.Dataset):  # type: ignore[misc]
+        def __len__(self) -> int:
+            return steps
+
+        def __getitem__(self, i: int) -> Any:
+            time.sleep(data_s)
+            return torch.randn(64, 16, generator=torch.Generator().manual_seed(i))
+
+    class Net(torch.nn.Module):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(16, 1)
+
+        def forward(self, x: Any) -> Any:
+            time.sleep(0.03)
+            return self.layer(x)
+
+    model = Net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    loader = torch.utils.data.DataLoader(Slow(), batch_size=None, num_workers=0)
+    with capture_events(job_id="job-1", rank=0) as events:
+        for step, x in enumerate(loader):
+            with watch_step(step, model=model) as s:
+                loss = model(x).pow(2).mean()
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                s.loss = loss.item()
+    return [e for e in events if isinstance(e, StepEvent)]
+
+
+_QUICK = InputBoundConfig(min_ranks=1, warmup_steps=5, sustain_s=2.0, min_steps=15)
+
+
+def test_a_real_loop_starved_by_its_dataloader_fires() -> None:
+    events = _real_loop(0.06, 50)
+    assert all(e.data_time_s is not None and e.data_time_s >= 0.06 for e in events[1:])
+    [a] = firing(run(iter(events), InputBoundDetector(_QUICK)))
+    assert a.rule == "input_bound" and a.ranks == [0]
+    # watch_step times forward+backward only; the rank's period holds the 0.06 s fetch too.
+    timed = statistics.median(e.step_time_s or 0.0 for e in events[5:])
+    assert a.evidence["step_time_s"] >= 0.09 and a.evidence["step_time_s"] > timed + 0.03
+
+
+def test_a_real_loop_with_a_fast_dataloader_does_not() -> None:
+    events = _real_loop(0.001, 50)
+    assert run(iter(events), InputBoundDetector(_QUICK)) == []
