@@ -6,7 +6,7 @@ two rules judge the job against a fixed bar instead, each a setting:
 
 - **input_bound**: the data wait (``data_time_s``) is over ``share`` (25%) of the step on
   ``rank_share`` (75%) of the job's ranks, for ``sustain_s`` (120 s) of event time and
-  ``min_steps`` (100) steps. One rank waiting alone is the ``straggler`` rule's business.
+  ``min_steps`` (50) steps. One rank waiting alone is the ``straggler`` rule's business.
 - **gpu_utilization**: NVML's ``gpu_utilization`` under ``bar`` (70%) on ``rank_share`` of
   the ranks for ``sustain_s`` (300 s) and ``min_steps``; the alert says which share of the
   step went to waiting for data and which to collectives (``step_time_s - compute_time_s -
@@ -27,10 +27,18 @@ What must not fire, and why it does not:
 - evaluation and checkpoint phases: steps marked so never reach detectors, a tick while the
   job is not training judges nothing, and a rank's first step after a phase change (its data
   wait may hold the pause) is not counted;
-- a few slow batches or one checkpoint pause counted as data wait: the EWMA forgets it within
-  tens of steps, well before ``sustain_s``;
-- jitter around the bar: once firing, the job is judged against ``resolve_share`` (20%) /
-  ``resolve_bar`` (75%), and resolves after ``recover_s`` (60 s) below it.
+- a few slow batches or one checkpoint pause counted as data wait: one step counts for at
+  most 8 typical steps, and the EWMA forgets it within tens of steps, well before
+  ``sustain_s``;
+- jitter around the bar: once a streak began (and while firing) the job is judged against
+  ``resolve_share`` (20%) / ``resolve_bar`` (75%), so a dip does not restart the streak; it
+  resolves after ``recover_s`` (60 s) and ``recover_steps`` (20) on the good side of it.
+
+What it cannot see: the share is each rank's OWN wait. In a synchronous job every step waits
+for the slowest batch of any rank, and the wait for a peer's batch is spent in the gradient
+all-reduce, not in ``data_time_s``: with batch times that vary a lot across ranks the job
+loses more to data than its ranks' shares say (``gpu_utilization`` still sees it as idle).
+A tick where fewer ranks than needed were heard from lately (``stale_s``) judges nothing.
 
 >>> InputBoundConfig().share, GpuUtilizationConfig().bar
 (0.25, 70.0)
@@ -58,6 +66,9 @@ _NOTHING: tuple[()] = ()
 # of the latest counted sample.
 _N, _T, _P, _V, _S, _D, _O, _SEEN = range(8)
 _WORST = 3  # ranks named in a summary
+#: One step counts for at most this many of the rank's typical steps: a pause (a checkpoint
+#: save, an unmarked evaluation) moves the level like a few slow batches, not like an hour.
+_CLAMP = 8.0
 
 _INPUT_ADVICE = (
     "more DataLoader workers (num_workers), pin_memory=True and a larger prefetch_factor, "
@@ -86,6 +97,7 @@ def _check_common(cfg: Any) -> None:
     check.count(cfg, "warmup_steps", cfg.warmup_steps, minimum=0)
     check.count(cfg, "smoothing_steps", cfg.smoothing_steps)
     check.non_negative(cfg, "recover_s", cfg.recover_s)
+    check.count(cfg, "recover_steps", cfg.recover_steps, minimum=0)
     check.positive(cfg, "refresh_s", cfg.refresh_s)
     check.positive(cfg, "stale_s", cfg.stale_s)
     check.severity_action(cfg, cfg.severity, cfg.action)
@@ -98,9 +110,9 @@ class InputBoundConfig:
     ``share`` 0.25: a quarter of every step with the GPU idle for want of data is material on
     any job (a healthy loader keeps its wait to a few per cent). ``rank_share`` 0.75 and
     ``min_ranks`` 2: the job's input, not one host (that is ``straggler``); a single-rank job
-    is judged only with ``min_ranks`` 1. ``sustain_s`` 120 and ``min_steps`` 100: an
+    is judged only with ``min_ranks`` 1. ``sustain_s`` 120 and ``min_steps`` 50: an
     epoch's first batches or a storage hiccup pass; a job starved from step 0 is named about
-    two minutes after its warm-up.
+    two minutes after its warm-up (50 steps, where steps are longer than 2.4 s).
     """
 
     share: float = 0.25
@@ -108,10 +120,11 @@ class InputBoundConfig:
     rank_share: float = 0.75
     min_ranks: int = 2
     sustain_s: float = 120.0
-    min_steps: int = 100
+    min_steps: int = 50
     warmup_steps: int = 20
     smoothing_steps: int = 20
     recover_s: float = 60.0
+    recover_steps: int = 20  # and this many steps: one stalled step of a slow job is not a fix
     refresh_s: float = 120.0  # re-report while firing, so the incident does not expire
     stale_s: float = 300.0  # a rank not heard from for this long is not counted as bound
     severity: Severity = "warning"
@@ -139,10 +152,11 @@ class GpuUtilizationConfig:
     rank_share: float = 0.75
     min_ranks: int = 2
     sustain_s: float = 300.0
-    min_steps: int = 100
+    min_steps: int = 50
     warmup_steps: int = 20
     smoothing_steps: int = 20
     recover_s: float = 60.0
+    recover_steps: int = 20
     refresh_s: float = 120.0
     stale_s: float = 300.0
     severity: Severity = "warning"
@@ -162,7 +176,8 @@ class GpuUtilizationConfig:
 
 
 def _step_seconds(event: StepEvent, e: list[Any]) -> float:
-    """The step's length (see the module docstring); nan when nothing tells it."""
+    """The step's length (see the module docstring), at most ``_CLAMP`` typical steps; nan
+    when nothing tells it."""
     st, d, c = event.step_time_s, event.data_time_s, event.compute_time_s
     if st is None:
         st = d + c if d is not None and c is not None else _NAN
@@ -170,7 +185,8 @@ def _step_seconds(event: StepEvent, e: list[Any]) -> float:
         period = (event.epoch - e[_T]) / (event.step - e[_P])
         if not st >= period:  # nan-safe: a period is better than nothing
             st = period
-    return st
+    typical = e[_S]
+    return min(st, _CLAMP * typical) if typical > 0 else st
 
 
 class _JobShare:
@@ -185,9 +201,10 @@ class _JobShare:
 
     def new_job_state(self) -> dict[str, Any]:
         # r: rank -> entry; on: firing; since / since_step: when the bad streak began;
-        # clear: when the clear streak began; at: last report; new: samples since the tick.
+        # clear / clear_step: when the clear streak began; at: last report; new: samples
+        # counted since the last tick.
         return {"r": {}, "on": 0, "since": _NAN, "since_step": -1, "clear": _NAN,
-                "at": -math.inf, "new": 0}  # fmt: skip
+                "clear_step": -1, "at": -math.inf, "new": 0}  # fmt: skip
 
     # -- per step: O(1) ---------------------------------------------------------------------
     def _measure(self, event: StepEvent) -> float | None:
@@ -224,7 +241,7 @@ class _JobShare:
     def _level(self, e: list[Any]) -> float:
         raise NotImplementedError
 
-    def _bad(self, level: float, firing: bool) -> bool:
+    def _bad(self, level: float, held: bool) -> bool:
         raise NotImplementedError
 
     def on_tick(self, job: JobState, state: dict[str, Any], now: float) -> Iterable[Outcome]:
@@ -235,19 +252,28 @@ class _JobShare:
         entries: dict[int, list[Any]] = state["r"]
         fresh_after = now - cfg.stale_s
         firing = bool(state["on"])
+        # Once a streak began (or the incident is open) the resolve bar holds: a job that
+        # hovers at the bar is not restarted from zero by each dip.
+        held = firing or state["since"] == state["since"]
         levels = [(r, self._level(e)) for r, e in entries.items() if e[_SEEN] >= fresh_after]
-        bad = [(r, v) for r, v in levels if self._bad(v, firing)]
+        bad = [(r, v) for r, v in levels if self._bad(v, held)]
         world = max(job.world_size or 0, len(entries))
         need = max(cfg.min_ranks, math.ceil(cfg.rank_share * world - 1e-9))
+        if len(levels) < need:
+            # Too few ranks heard from lately (after a long evaluation, a pause) to judge the
+            # job either way: the streak and the incident stand as they are.
+            return _NOTHING
         if len(bad) >= need:
             state["clear"] = _NAN
             if state["since"] != state["since"]:
                 state["since"], state["since_step"] = now, job.max_step
-            long_enough = (
-                now - state["since"] >= cfg.sustain_s
-                and job.max_step - state["since_step"] >= cfg.min_steps
-            )
-            if not long_enough or (firing and now - state["at"] < cfg.refresh_s):
+            if firing:
+                if now - state["at"] < cfg.refresh_s:
+                    return _NOTHING
+            elif (
+                now - state["since"] < cfg.sustain_s
+                or job.max_step - state["since_step"] < cfg.min_steps
+            ):
                 return _NOTHING
             state["on"], state["at"] = 1, now
             return (self._finding(job, state, entries, bad, world, now),)
@@ -255,8 +281,11 @@ class _JobShare:
         if not firing:
             return _NOTHING
         if state["clear"] != state["clear"]:
-            state["clear"] = now
-        if now - state["clear"] < cfg.recover_s:
+            state["clear"], state["clear_step"] = now, job.max_step
+        if (
+            now - state["clear"] < cfg.recover_s
+            or job.max_step - state["clear_step"] < cfg.recover_steps
+        ):
             return _NOTHING
         state["on"], state["clear"], state["at"] = 0, _NAN, -math.inf
         summary = self._resolved(levels, world)
@@ -322,8 +351,8 @@ class InputBoundDetector(_JobShare):
     def _level(self, e: list[Any]) -> float:
         return float(e[_V] / e[_S]) if e[_S] > 0 else _NAN
 
-    def _bad(self, level: float, firing: bool) -> bool:
-        bar: float = self.config.resolve_share if firing else self.config.share
+    def _bad(self, level: float, held: bool) -> bool:
+        bar: float = self.config.resolve_share if held else self.config.share
         return level > bar
 
     def _finding(
@@ -346,7 +375,8 @@ class InputBoundDetector(_JobShare):
         summary = (
             f"input-bound: {len(bad)} of {world} ranks wait for data {share:.0%} of their step "
             f"(median {data_s:.3f} s of {step_s:.3f} s; worst: {named}) for {lasted / 60:.1f} "
-            f"min since step {state['since_step']}, over the {cfg.share:.0%} bar: the GPUs "
+            f"min since step {state['since_step']} (bar {cfg.share:.0%}, held at "
+            f"{cfg.resolve_share:.0%}): the GPUs "
             f"idle while the input pipeline catches up; try {_INPUT_ADVICE}"
         )
         return Finding(
@@ -401,8 +431,8 @@ class GpuUtilizationDetector(_JobShare):
     def _level(self, e: list[Any]) -> float:
         return float(e[_V])
 
-    def _bad(self, level: float, firing: bool) -> bool:
-        bar: float = self.config.resolve_bar if firing else self.config.bar
+    def _bad(self, level: float, held: bool) -> bool:
+        bar: float = self.config.resolve_bar if held else self.config.bar
         return level < bar
 
     def _finding(
@@ -436,7 +466,8 @@ class GpuUtilizationDetector(_JobShare):
         summary = (
             f"GPUs underused: {len(bad)} of {world} ranks at {util:.0f}% utilization "
             f"(median; lowest: {named}) for {lasted / 60:.1f} min since step "
-            f"{state['since_step']}, under the {cfg.bar:.0f}% bar{where}; look at {advice}"
+            f"{state['since_step']} (bar {cfg.bar:.0f}%, held at {cfg.resolve_bar:.0f}%){where}; "
+            f"look at {advice}"
         )
         return Finding(
             rule=self.rule,

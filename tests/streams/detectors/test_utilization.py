@@ -271,6 +271,27 @@ def test_a_share_that_hovers_under_the_bar_after_firing_does_not_flap() -> None:
     assert [a.status for a in alerts] == ["firing"]
 
 
+def test_a_dip_during_the_streak_does_not_restart_it() -> None:
+    def m(rank: int, step: int, rng: random.Random) -> dict[str, Any]:
+        share = 0.22 if 600 <= step < 700 else 0.4  # 10 s under the bar, over the 20% it holds
+        d = share * 0.1
+        return {"data_time_s": d, "compute_time_s": 0.1 - d, "step_time_s": 0.1}
+
+    [a] = firing(run(job(m, steps=2000)))
+    assert 120 <= _at(a) - 0.1 * (a.step or 0) < 122 and (a.step or 0) < 40
+
+
+def test_a_long_evaluation_neither_breaks_the_streak_nor_resolves_the_incident() -> None:
+    # 400 s without training steps (the ranks' samples go stale), then starved as before.
+    def events() -> Iterator[StepEvent]:
+        for e in job(starved(), steps=3000):
+            later = StepEvent(**{**e.model_dump(), "timestamp": e.epoch + 400})
+            yield later if e.step >= 1500 else e
+
+    alerts = run(events())
+    assert [a.status for a in alerts] == ["firing"]
+
+
 # -- gpu_utilization ------------------------------------------------------------------------
 def _util(level: float, noise: float = 5.0, **extra: float) -> Metrics:
     def m(rank: int, step: int, rng: random.Random) -> dict[str, Any]:
@@ -381,6 +402,7 @@ def test_utilization_resolves_when_back_over_the_resolve_bar() -> None:
         (InputBoundConfig, {"warmup_steps": 1.5}, "warmup_steps"),
         (InputBoundConfig, {"smoothing_steps": 0}, "smoothing_steps"),
         (InputBoundConfig, {"recover_s": -1.0}, "recover_s"),
+        (InputBoundConfig, {"recover_steps": -1}, "recover_steps"),
         (InputBoundConfig, {"refresh_s": 0.0}, "refresh_s"),
         (InputBoundConfig, {"stale_s": math.nan}, "stale_s"),
         (InputBoundConfig, {"severity": "fatal"}, "severity"),
