@@ -8,8 +8,10 @@ stops improving. Training has stalled: nothing is learning. What must not fire:
   ignored and the level is seeded with the median of the next ``seed_steps``;
 - healthy convergence: a norm that shrinks slowly is followed by the level (a slow EWMA of the
   log norm, ~``1 / alpha`` steps); one that shrinks fast while the loss keeps falling is judged
-  by the loss: each block of ``persist_steps`` collapsed steps must lower the loss's mean by
-  ``min_loss_improvement`` of it, or the rank stalls;
+  by the loss: the collapsed steps are taken in blocks of ``persist_steps``, and each block
+  after the first must lower the loss's mean by ``min_loss_improvement`` of it and by
+  ``loss_z`` standard errors of its own noise, or the rank stalls (so with per-rank losses
+  every rank decides alike, at the same block);
 - a plateau alone (the norm stays where it was), fp16 overflow skips (non-finite norms are
   neutral) and isolated zero norms (a normal norm breaks the streak).
 
@@ -82,10 +84,9 @@ class GradientVanishingConfig:
     #: A norm below the level / ``ratio`` has collapsed (two orders of magnitude).
     ratio: float = 100.0
     #: Consecutive collapsed steps (non-finite norms neutral) that make one block: a block
-    #: whose loss did not improve fires.
-    persist_steps: int = 30
-    #: A block improves when its mean loss is this share below the previous block's (or, for
-    #: the first, the loss level before the collapse).
+    #: whose loss did not improve on the block before fires (at the earliest the second).
+    persist_steps: int = 25
+    #: A block improves when its mean loss is this share below the previous block's ...
     min_loss_improvement: float = 0.01
     #: Norms ignored at the start (initial norms are often 10-100x the later ones).
     warmup_steps: int = 100
@@ -95,7 +96,10 @@ class GradientVanishingConfig:
     alpha: float = 0.005
     #: One update of the level moves it by at most ``clip`` x (a spike or a dip counts little).
     clip: float = 3.0
-    #: EWMA weight of the loss level taken as the first block's reference.
+    #: ... and this many standard errors of the loss's own step-to-step noise (the ranks of a
+    #: job with per-rank losses then agree on a flat loss, and fire at the same block).
+    loss_z: float = 3.0
+    #: EWMA weight of the loss's noise.
     loss_alpha: float = 0.05
     #: Resolved when the norm is within ``recover_ratio`` of the level ...
     recover_ratio: float = 10.0
@@ -115,6 +119,7 @@ class GradientVanishingConfig:
         check.count(self, "seed_steps", self.seed_steps)
         check.fraction(self, "alpha", self.alpha)
         check.above_one(self, "clip", self.clip)
+        check.non_negative(self, "loss_z", self.loss_z)
         check.fraction(self, "loss_alpha", self.loss_alpha)
         check.above_one(self, "recover_ratio", self.recover_ratio)
         check.at_most(self, "recover_ratio", self.recover_ratio, self.ratio, "ratio")
@@ -131,7 +136,8 @@ class VanishingState:
     seed: list[float] = field(default_factory=list)  # log norms collected to seed the level
     ready: bool = False
     level: float = 0.0  # EWMA of the log norm (valid when ready)
-    loss_level: float = math.nan  # EWMA of the loss
+    loss_last: float = math.nan
+    loss_step_dev: float = 0.0  # EWMA of |a loss - the one before|: its noise (1.128 s.d.)
     low: int = 0  # consecutive collapsed steps
     low_start: int = -1
     block_ref: float = math.nan  # the loss the current block must improve on
@@ -166,8 +172,10 @@ class GradientVanishing:
         s, c = state, self.config
         loss = event.loss
         if loss is not None and _isfinite(loss):
-            ll = s.loss_level
-            s.loss_level = loss if ll != ll else ll + c.loss_alpha * (loss - ll)
+            last = s.loss_last
+            if last == last:
+                s.loss_step_dev += c.loss_alpha * (abs(loss - last) - s.loss_step_dev)
+            s.loss_last = loss
         else:
             loss = None
         if not _isfinite(g) or g < 0:
@@ -204,7 +212,7 @@ class GradientVanishing:
             s.level += c.alpha * ((lo if lg < lo else hi if lg > hi else lg) - s.level)
             return _NOTHING
         if s.low == 0:
-            s.low_start, s.block_ref, s.block_sum, s.block_n = event.step, s.loss_level, 0.0, 0
+            s.low_start, s.block_ref, s.block_sum, s.block_n = event.step, math.nan, 0.0, 0
         s.low += 1
         if loss is not None:
             s.block_sum += loss
@@ -214,10 +222,13 @@ class GradientVanishing:
         # A block of collapsed steps is over: did the loss improve over it?
         ref = s.block_ref
         mean = s.block_sum / s.block_n if s.block_n else math.nan
+        n = s.block_n
         s.block_ref, s.block_sum, s.block_n = mean, 0.0, 0
         if mean != mean or ref != ref:
-            return _NOTHING  # no loss to judge by: a small norm alone is not a stall
-        if ref - mean > c.min_loss_improvement * abs(ref):
+            return _NOTHING  # the first block, or no loss: a small norm alone is not a stall
+        # Two means of n noisy losses differ by sigma * sqrt(2 / n) by chance alone.
+        noise = c.loss_z * s.loss_step_dev / 1.128 * math.sqrt(2.0 / n)
+        if ref - mean > max(c.min_loss_improvement * abs(ref), noise):
             return _NOTHING  # still learning: healthy convergence
         s.last_block = mean
         s.active, s.calm, s.reported_at = True, 0, event.epoch

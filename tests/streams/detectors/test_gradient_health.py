@@ -67,13 +67,17 @@ def both(*faults: Fault) -> Fault:
 # -- gradient_vanishing ----------------------------------------------------------------------
 
 
-def stall(from_step: int, to_step: int = 10**9, factor: float = 1e-4) -> Fault:
-    """From ``from_step`` the norm collapses ``factor`` x and the loss stops moving."""
+def stall(
+    from_step: int, to_step: int = 10**9, factor: float = 1e-4, noise: float = 0.03, seed: int = 0
+) -> Fault:
+    """From ``from_step`` the norm collapses ``factor`` x and the loss stays where it was
+    (synth's curve there; each rank its own batches' loss: ``noise`` per step)."""
+    level = 2.0 + 8.5 * math.exp(-from_step / 150)
 
     def fault(rank: int, step: int, m: dict[str, Any]) -> None:
         if from_step <= step < to_step:
             m["gradient_norm"] *= factor
-            m["loss"] = 3.1 * (1 + random.Random(step * 31 + rank).gauss(0, 0.03))
+            m["loss"] = level * random.Random(f"{seed}-{step}-{rank}").lognormvariate(0, noise)
 
     return fault
 
@@ -91,11 +95,23 @@ def test_a_collapsed_norm_with_a_flat_loss_is_one_job_alert_then_resolves() -> N
     assert "training has stalled" in alert.summary and "decayed to 0" in alert.summary
     assert "frozen" in alert.summary and "clipping" in alert.summary
     assert alert.evidence["gradient_norm"] < alert.evidence["threshold"]
-    # Fired within two blocks of 30 steps of the collapse, resolved after the norm came back.
+    # Fired at the second block of 25 steps, resolved after the norm came back.
     assert alert.first_seen.timestamp() <= T0 + 460
     [resolved] = [a for a in alerts if a.status == "resolved"]
     assert resolved.alert_id == alert.alert_id
     assert T0 + 520 <= resolved.last_seen.timestamp() <= T0 + 530
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_ranks_with_noisy_losses_of_their_own_stall_together_as_one_alert(seed: int) -> None:
+    # Judged by a 1% drop alone, a flat loss this noisy looks improving on some ranks and not
+    # on others (4-6 of 8 ranks fire at first); judged against its own noise, nearly all do.
+    fault = both(global_norm(seed=seed), stall(700, noise=0.12, seed=seed))
+    alerts = run_engine(engine(), healthy_run(ranks=8, steps=900, seed=seed, fault=fault))
+    [alert] = firing(alerts)
+    # Step 700 is an overflow skip in synth's runs: the collapse is seen from step 701.
+    assert (alert.scope, alert.step) == ("job", 701) and len(alert.ranks) >= 7
+    assert alert.first_seen.timestamp() < T0 + 752  # the second block of 25 steps
 
 
 def test_a_plateau_with_a_normal_norm_is_not_vanishing() -> None:
@@ -154,7 +170,7 @@ def test_no_loss_no_vanishing_and_a_rising_loss_fires() -> None:
 
     [alert] = firing(run_engine(engine(), healthy_run(ranks=1, steps=400, fault=dead)))
     assert alert.scope == "rank" and alert.step == 300
-    assert "gradient norm 0 for 30 steps since step 300" in alert.summary
+    assert "gradient norm 0 for 50 steps since step 300" in alert.summary
 
 
 def test_the_vanishing_state_pickles_and_a_restored_detector_still_fires() -> None:
@@ -182,6 +198,7 @@ def test_the_vanishing_state_pickles_and_a_restored_detector_still_fires() -> No
         ({"min_loss_improvement": -0.1}, "min_loss_improvement"),
         ({"min_loss_improvement": 0.9}, "min_loss_improvement"),
         ({"alpha": 1.5}, "alpha"),
+        ({"loss_z": -1.0}, "loss_z"),
         ({"recover_ratio": 200.0}, "recover_ratio"),
         ({"severity": "loud"}, "severity"),
     ],
