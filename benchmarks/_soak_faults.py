@@ -53,7 +53,12 @@ KINDS: dict[str, FaultKind] = {
             ("throughput_drop",),
         ),
         FaultKind(
-            "memory_leak", "memory_growth", "rank", (5, 10, 20, 50, 100), "MB/step", ("cuda_oom",)
+            "memory_leak",
+            "memory_growth",
+            "rank",
+            (5, 10, 20, 50, 100),
+            "MB/step",
+            ("cuda_oom", "job_stopped"),  # a leak runs into its OOM: the job stops
         ),
         FaultKind("nan_loss", "loss_explosion", "job", (1,), "all ranks", ("gradient_explosion",)),
         FaultKind(
@@ -80,9 +85,11 @@ KINDS: dict[str, FaultKind] = {
             "job",
             (1,),
             "all ranks",
-            ("rank_silent", "nccl_timeout_burst", "nccl_error"),
+            ("rank_silent", "nccl_timeout_burst", "nccl_error", "job_stopped"),
         ),
-        FaultKind("cuda_oom", "cuda_oom", "rank", (1,), "one rank", ("rank_silent", "hang")),
+        FaultKind(
+            "cuda_oom", "cuda_oom", "rank", (1,), "one rank", ("rank_silent", "hang", "job_stopped")
+        ),
     )
 }
 

@@ -204,7 +204,13 @@ def judge(r: Result) -> None:
     for a in firing:
         a["context"] = context(a, r["timeline"])
     r["info"] = [a for a in firing if a["severity"] not in SEVERE]
-    firing = [a for a in firing if a["severity"] in SEVERE]
+    # A job that went quiet and was relaunched later (job_restarted) did stop: its
+    # job_stopped is news, not a false alarm (the generator's restarts are minutes down).
+    restarts = [a["at"] for a in r["info"] if a["rule"] == "job_restarted"]
+    r["info"] += [
+        a for a in firing if a["rule"] == "job_stopped" and any(t > a["at"] for t in restarts)
+    ]
+    firing = [a for a in firing if a["severity"] in SEVERE and a not in r["info"]]
     r["detected"], r["consequences"] = None, []
     if r["case"] is None:
         r["false_alarms"] = firing

@@ -496,7 +496,7 @@ class Engine:
         optional ``on_quiet(job, state, now, quiet_s)`` hook decide on it, ``now`` being the
         job's event time plus its silence. Other detectors do not run: nothing new happened.
         Once the job is quiet for ``peer_lateness_s``, its held steps are applied: the ranks
-        they wait for are not coming.
+        they wait for are not coming, and the incident book decides its pending groups.
         ``max_step`` overrides ``EngineConfig.max_clock_step_s`` (replay: no cap).
         """
         out: list[Alert] = []
@@ -532,7 +532,12 @@ class Engine:
             on_quiet = getattr(jd, "on_quiet", None)
             if on_quiet is not None:
                 self._apply(job, on_quiet(job, job.slots[jd.name], now, quiet), out)
-        self.book.on_time(job, now, out)
+        if quiet >= self.config.peer_lateness_s:
+            # Groups of findings wait for the ranks that follow within a few seconds of event
+            # time: a job between two slow steps is not over, so they are decided only once
+            # it is (or by its next events). Deciding them at every quiet second split one
+            # incident of a job with 2 s steps into a rank alert and a job alert.
+            self.book.on_time(job, now, out)
 
     @staticmethod
     def _set_phase(job: JobState, phase: str, now: float) -> None:

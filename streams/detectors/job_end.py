@@ -11,7 +11,9 @@ when the whole job has gone quiet on the worker's clock (``on_quiet``, see
 - ``settle_s`` of quiet is enough when some rank said how it ended (a failure or a
   termination): the job's end is known, only late records might still come;
 - with no word from any rank, the job must be quiet for ``max(min_quiet_s, step_periods x
-  typical step)``, or ``phase_quiet_s`` while it said it is evaluating or checkpointing.
+  typical step)``, or ``phase_quiet_s`` while it said it is evaluating or checkpointing, or
+  ``startup_quiet_s`` before its pace is known (a first step that compiles for minutes) and
+  after it came back from a stop (a relaunch loading its model).
 
 The root cause is, in order of trust: the rank torchelastic's failure summary names; the
 earliest failure that is not a consequence class; the earliest rank stuck outside a
@@ -71,11 +73,14 @@ class JobStoppedConfig:
     min_quiet_s: float = 120.0
     step_periods: float = 20.0
     phase_quiet_s: float = 1800.0
+    #: Before an attempt's second step its pace is unknown, and the first step may compile
+    #: and autotune for many minutes: with no word, wait this long.
+    startup_quiet_s: float = 1800.0
     severity: Severity = "critical"
     action: Action = "notify"
 
     def __post_init__(self) -> None:
-        for key in ("settle_s", "min_quiet_s", "step_periods", "phase_quiet_s"):
+        for key in ("settle_s", "min_quiet_s", "step_periods", "phase_quiet_s", "startup_quiet_s"):
             if not getattr(self, key) > 0:
                 raise DetectorConfigError(f"{key} must be > 0, got {getattr(self, key)}")
 
@@ -154,7 +159,8 @@ class JobStopped:
     def on_step(
         self, job: JobState, rank: RankState, state: dict[str, Any], event: StepEvent
     ) -> None:
-        StepPeriod.observe(state, event)
+        if StepPeriod.observe(state, event):
+            state["restarting"] = False
         fate = state["fates"].get(rank.rank)
         if fate is not None and (fate[_KIND] == STUCK or event.epoch > fate[_T]):
             # It stepped on: not stuck after all, or it survived what it reported.
@@ -164,7 +170,9 @@ class JobStopped:
     def on_tick(self, job: JobState, state: dict[str, Any], now: float) -> Iterable[Outcome]:
         fired = state["fired"]
         if fired is not None and job.watermark > fired:
-            state["fired"] = None
+            # Back after a stop: a relaunch that does not count its attempts loads its model
+            # before its first step, as a new job does.
+            state["fired"], state["restarting"] = None, True
             return (Resolution(RULE, None, now, "", "the job reports again"),)
         return ()
 
@@ -181,6 +189,8 @@ class JobStopped:
             bound = max(cfg.min_quiet_s, cfg.step_periods * state["period"])
             if job.phase != "train":
                 bound = max(bound, cfg.phase_quiet_s)
+            if state["period"] <= 0 or state.get("restarting"):
+                bound = max(bound, cfg.startup_quiet_s)
         if quiet_s < bound:
             return ()
         return (self._decide(job, state, now, quiet_s),)
@@ -210,6 +220,16 @@ class JobStopped:
         if root is not None:
             evidence["root_cause"] = _fate_evidence(job, root, fates.get(root), how)
             cause = _cause_text(job, root, fates.get(root), how)
+        elif how == "alike":
+            # Every rank that spoke reports the same consequence (each timed out in one
+            # collective): none failed on its own, and which spoke first is chance.
+            kinds = sorted({_short(f) for f in fates.values() if f[_KIND] != STUCK})
+            cause = (
+                f"{_ranks_text(others)} all reported {' / '.join(kinds)} and none failed on its "
+                "own: a hang in a collective, or a rank that stopped inside it; compare the "
+                "ranks' last steps and stacks"
+            )
+            others = []
         else:
             cause = (
                 f"no rank said why: none has reported for {quiet:.0f} s (typical step "
@@ -271,6 +291,8 @@ def _root_cause(job: JobState, fates: dict[int, list[Any]], named: int) -> tuple
     if stuck:
         return min(stuck)[1], "stuck"
     consequences = [(f[_T], r) for r, f in fates.items() if f[_KIND] != STUCK]
+    if len(consequences) > 1 and len({fates[r][_CLASS] for _, r in consequences}) == 1:
+        return None, "alike"
     if consequences:
         return min(consequences)[1], "first"
     return None, ""

@@ -168,3 +168,23 @@ def test_a_hang_then_its_timeouts_names_the_rank_stuck_outside_a_collective() ->
     assert stopped[0].evidence["root_cause"]["rank"] == 3
     assert stopped[0].evidence["root_cause"]["kind"] == "stuck"
     assert "train.py:50 in main" in stopped[0].summary
+
+
+def test_before_its_pace_is_known_a_quiet_job_may_be_compiling() -> None:
+    engine = Engine.with_builtin_detectors()
+    for rank in range(RANKS):  # one step: the first may compile and autotune for minutes
+        engine.process(StepEvent(job_id="j", rank=rank, step=0, timestamp=T0, world_size=RANKS))
+    assert not [a for a in _run_clock(engine, 1200) if a.rule == "job_stopped"]
+    assert [a.rule for a in _run_clock(engine, 700, start=1200)] == ["job_stopped"]
+
+
+def test_every_rank_timing_out_alike_names_no_rank_first() -> None:
+    engine = Engine.with_builtin_detectors()
+    _steps(engine, 40)
+    timeout = PEER.replace("Connection closed by peer [127.0.0.1]:29500",
+                           "Timed out waiting 60000ms for recv operation to complete")  # fmt: skip
+    for rank in range(RANKS):
+        engine.process(_log(rank, 80 + rank / 100, timeout))
+    (stopped,) = [a for a in _run_clock(engine, 10) if a.rule == "job_stopped"]
+    assert "root_cause" not in stopped.evidence
+    assert "none failed on its own" in stopped.summary and stopped.ranks == []
