@@ -81,6 +81,9 @@ class JobParams:
     lr_peak: float
     lr_warmup: int
     lr_schedule: str  # cosine | linear | constant
+    # Drawn from a stream of their own ([seed, 7]): the other draws stay as they were.
+    lr_declared: bool  # steps declare the schedule (lr_schedule, lr_warmup_steps, lr_total_steps)
+    lr_floor: float  # the decay ends at this fraction of the peak (a min LR; 0: none)
     grad_level: float
     grad_sigma: float
     grad_spike_p: float
@@ -177,6 +180,7 @@ def draw_job(
     report = rng.choice(["all", "percent", "none"], p=[0.7, 0.2, 0.1])
     fp16 = rng.random() < 0.3
     framework = str(rng.choice(["hf", "megatron", "deepspeed"]))
+    lr_rng = np.random.default_rng([seed, 7])
     util_rng = np.random.default_rng([seed, 3])
     grad_rng = np.random.default_rng([seed, 5])
     return JobParams(
@@ -210,6 +214,8 @@ def draw_job(
         lr_peak=_logu(rng, 1e-5, 1e-3),
         lr_warmup=int(u(0, 0.1) * n_steps),
         lr_schedule=str(rng.choice(["cosine", "linear", "constant"])),
+        lr_declared=lr_rng.random() < 0.7,
+        lr_floor=0.0 if lr_rng.random() < 0.4 else float(lr_rng.uniform(0.0, 0.1)),
         grad_level=_logu(rng, 0.1, 5),
         grad_sigma=u(0.1, 0.4),
         grad_spike_p=u(0.001, 0.01),
@@ -585,6 +591,7 @@ class SoakJob:
             "world_size": frame.world,
             "step": frame.step,
             "learning_rate": learning_rate(p, frame.step),
+            **(lr_declaration(p) if p.lr_declared else {}),
             "step_time_s": wall,
             "throughput_tokens_per_sec": p.tokens_per_step / wall,
         }
@@ -714,12 +721,18 @@ def learning_rate(p: JobParams, step: int) -> float:
     if step < p.lr_warmup:
         return p.lr_peak * (step + 1) / p.lr_warmup
     progress = min(1.0, (step - p.lr_warmup) / max(1, p.steps - p.lr_warmup))
-    low = 0.1 * p.lr_peak
+    low = p.lr_floor * p.lr_peak
     if p.lr_schedule == "cosine":
         return low + (p.lr_peak - low) * 0.5 * (1 + math.cos(math.pi * progress))
     if p.lr_schedule == "linear":
         return p.lr_peak - (p.lr_peak - low) * progress
     return p.lr_peak
+
+
+def lr_declaration(p: JobParams) -> dict[str, Any]:
+    """The schedule as the Hugging Face callback declares it (the Trainer's names)."""
+    name = "constant_with_warmup" if p.lr_schedule == "constant" and p.lr_warmup else p.lr_schedule
+    return {"lr_schedule": name, "lr_warmup_steps": p.lr_warmup, "lr_total_steps": p.steps}
 
 
 def loss_curve(p: JobParams, step: int) -> float:
