@@ -354,15 +354,18 @@ class GradientDesync:
             "agree": [0, 0],
             "r": {},
             "live": 0,
+            "dirty": 0,
         }
 
     def on_step(
         self, job: JobState, rank: RankState, state: dict[str, Any], event: StepEvent
     ) -> None:
-        norm, loss = event.gradient_norm, event.loss if self.config.check_loss else None
+        modes = state["mode"]
+        norm = None if modes[0] == _LOCAL else event.gradient_norm
+        loss = event.loss if self.config.check_loss and modes[1] != _LOCAL else None
         step = event.step
         if (norm is None and loss is None) or step <= state["done"]:
-            return
+            return  # nothing to compare (a job of local norms and losses costs this much)
         held: dict[int, dict[int, tuple[float | None, float | None]]] = state["p"]
         values = held.setdefault(step, {})
         values[rank.rank] = (norm, loss)
@@ -411,6 +414,13 @@ class GradientDesync:
         for k in range(self._metrics):
             if modes[k] == _LOCAL:
                 continue
+            column = [v[k] for v in values.values()]
+            first = column[0]
+            if first is not None and _isfinite(first) and column.count(first) == len(column):
+                # A synchronous job's usual step: every rank the very same value.
+                if len(column) > 1 and modes[k] == _LEARNING:
+                    self._learn(state, k, True)
+                continue
             reported: dict[int, float] = {}
             for r, v in values.items():
                 x = v[k]
@@ -424,20 +434,16 @@ class GradientDesync:
             agreeing = {r for r, x in reported.items() if _isfinite(x) and abs(x - center) <= tol}
             n = len(reported)
             if modes[k] == _LEARNING:
-                state["seen"][k] += 1
-                state["agree"][k] += len(agreeing) == n
-                if state["seen"][k] >= c.learn_steps:
-                    agreed = state["agree"][k] >= c.agree_fraction * state["seen"][k]
-                    modes[k] = _SYNC if agreed else _LOCAL
+                self._learn(state, k, len(agreeing) == n)
                 continue
             majority = 2 * len(agreeing) > n
             for r, x in reported.items():
                 if r not in off and not (majority and r in agreeing):
                     off[r] = (k, x, center, len(agreeing) if majority else 0, n)
-        if not any(m == _SYNC for m in modes[: self._metrics]):
-            return
+        if not off and not state.get("dirty"):
+            return  # nobody flagged now nor in any rank's window: no record changes
         ranks: dict[int, list[Any]] = state["r"]
-        mask = self._mask
+        mask, dirty = self._mask, 0
         for r in values:
             e = ranks.get(r)
             if e is None:
@@ -445,6 +451,7 @@ class GradientDesync:
             flagged = r in off
             before = e[_BITS]
             bits = e[_BITS] = ((before << 1) | flagged) & mask
+            dirty += (bits != 0) - (before != 0)
             if flagged:
                 if not before:
                     e[_FIRST] = step
@@ -457,6 +464,17 @@ class GradientDesync:
             elif flagged and bits.bit_count() >= c.min_flagged:
                 e[_STATUS] = _TO_FIRE
                 state["live"] = state.get("live", 0) + 1
+        # Ranks with a flag in their window (a firing rank has one until it resolves).
+        state["dirty"] = state.get("dirty", 0) + dirty
+
+    def _learn(self, state: dict[str, Any], k: int, all_agreed: bool) -> None:
+        """One compared step of metric ``k`` while the job is learned: decide after enough."""
+        c = self.config
+        state["seen"][k] += 1
+        state["agree"][k] += all_agreed
+        if state["seen"][k] >= c.learn_steps:
+            agreed = state["agree"][k] >= c.agree_fraction * state["seen"][k]
+            state["mode"][k] = _SYNC if agreed else _LOCAL
 
     def _finding(self, job: JobState, r: int, e: list[Any], now: float) -> Finding:
         c = self.config
