@@ -274,7 +274,10 @@ class LrSchedule:
         if not entries:
             return []
         out: list[Outcome] = []
-        bad = [r for r, e in entries.items() if e[_BAD]]
+        # A rank that stopped reporting (crashed, left an elastic job) keeps its last verdict;
+        # once its peers have reported twice since, it no longer keeps an incident open.
+        current = max(e[_PSTEP] for e in entries.values())
+        bad = [r for r, e in entries.items() if e[_BAD] and e[_STEP] >= current]
         self._schedule(job, state, entries, bad, now, out, wait)
         self._compare(state, entries, set(bad), now, out)
         return out
@@ -402,9 +405,10 @@ class LrSchedule:
             e[_BITS] = ((e[_BITS] << 1) | (abs(v - mid) > bar)) & self._mask
         a = state["a"]
         mask = self._mismatch_mask
-        firing = [r for r, e in entries.items() if e[_BITS] & mask == mask]
+        # Only the ranks compared now: one that stopped reporting keeps no incident open.
+        firing = [r for r in at if entries[r][_BITS] & mask == mask]
         if a[0]:
-            if not any(e[_BITS] & self._recover_mask for e in entries.values()):
+            if not any(entries[r][_BITS] & self._recover_mask for r in at):
                 a[0] = 0
                 out.append(
                     Resolution(

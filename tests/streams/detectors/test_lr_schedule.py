@@ -195,6 +195,13 @@ def test_a_rank_with_another_lr_is_named_alone() -> None:
     assert "different config" in a.summary
 
 
+def test_an_odd_rank_that_stops_reporting_keeps_no_incident_open() -> None:
+    good = curve("cosine", 20, 1000)
+    events = job(lambda r, s: good(r, s) * (2 if r == 3 else 1), range(1, 300), warmup=20)
+    alerts = run(e for e in events if e.rank != 3 or e.step < 100)  # rank 3 crashed
+    assert [(a.status, a.ranks) for a in alerts] == [("firing", [3]), ("resolved", [3])]
+
+
 def test_two_ranks_that_disagree_are_both_named() -> None:
     alerts = run(job(lambda r, s: 1e-4 * (1 + r), range(1, 50), ranks=2, schedule=None))
     [a] = firing(alerts)
