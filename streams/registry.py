@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from rankwatch.streams.detectors import crossrank, job_end, logs, loss_scale, metrics, stuck
+from rankwatch.streams.detectors import (
+    crossrank,
+    gradient_health,
+    job_end,
+    logs,
+    loss_scale,
+    metrics,
+    stuck,
+)
 from rankwatch.streams.engine import Detector
 
 
@@ -13,6 +21,8 @@ def builtin_detectors() -> list[Detector]:
         *logs.detectors(),
         *loss_scale.detectors(),
         *crossrank.detectors(),
+        gradient_health.GradientVanishing(),
+        gradient_health.GradientDesync(),
         *stuck.detectors(),
         *job_end.detectors(),
     ]

@@ -11,6 +11,8 @@ fault is chosen by ``$FAULT`` on rank ``$FAULT_RANK`` at step ``$FAULT_STEP``:
 - ``hang``: the rank blocks in its own code before the step's collectives (``time.sleep``);
   its peers wait in the all-reduce until gloo's timeout (``$GLOO_TIMEOUT_S``);
 - ``slow``: the rank's forward takes ``$SLOW_FACTOR`` times as long (a straggler);
+- ``desync``: from the fault step the rank skips the gradient all-reduce (it all-reduces zeros
+  instead, so nobody deadlocks): its replica drifts from its peers';
 - ``none``: a healthy run that ends cleanly.
 
 The forward's device time is a sleep, so four ranks sharing two cores do not slow each other
@@ -20,6 +22,7 @@ at random.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import time
@@ -27,6 +30,32 @@ from datetime import timedelta
 from typing import Any
 
 FORWARD_S = 0.03
+
+
+def skip_all_reduce_from(model: Any, fault_rank: int, fault_step: int, now: dict[str, int]) -> None:
+    """``desync``: from ``fault_step`` rank ``fault_rank`` skips the gradient all-reduce.
+
+    A DDP communication hook on every rank averages each gradient bucket as DDP does; on the
+    faulty rank, from ``fault_step``, it all-reduces zeros of the bucket's size instead (the
+    peers' collectives still match it: nobody deadlocks) and keeps its own gradients.
+    """
+    import torch
+    import torch.distributed as dist
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+
+    # Unannotated: DDP rejects a hook whose ``bucket`` annotation is not the dist.GradBucket
+    # class itself, and this module's annotations are strings.
+    def hook(state, bucket):  # type: ignore[no-untyped-def]
+        buf = bucket.buffer()
+        if rank == fault_rank and now["step"] >= fault_step:
+            fut = dist.all_reduce(torch.zeros_like(buf), async_op=True).get_future()
+            return fut.then(lambda _: buf)
+        buf.div_(world)
+        fut = dist.all_reduce(buf, async_op=True).get_future()
+        return fut.then(lambda f: f.value()[0])
+
+    model.register_comm_hook(None, hook)
 
 
 def main() -> None:
@@ -68,11 +97,15 @@ def main() -> None:
     torch.manual_seed(0)
     net = Net()
     model = DistributedDataParallel(net)
+    now = {"step": 0}
+    if fault == "desync":
+        skip_all_reduce_from(model, fault_rank, fault_step, now)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     target = torch.randn(16, 1, generator=torch.Generator().manual_seed(42))
     data = torch.Generator().manual_seed(1000 + rank)
     log.info("training %d steps on rank %d", steps, rank)
     for step in range(steps):
+        now["step"] = step
         if mine and step == fault_step:
             if fault == "sigkill":
                 rw.flush(5.0)
@@ -92,6 +125,9 @@ def main() -> None:
                 raise
             optimizer.zero_grad()
             loss.backward()
+            # The global norm (every rank's the same under DDP): what gradient_desync compares.
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=math.inf)
+            record.metrics["gradient_norm"] = norm.item()
             optimizer.step()
             record.loss = loss.item()
     log.info("done")

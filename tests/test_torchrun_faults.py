@@ -109,6 +109,7 @@ JOBS: dict[str, dict[str, str]] = {
     "hang": {"FAULT": "hang", "GLOO_TIMEOUT_S": "25"},
     "slow": {"FAULT": "slow", "STEPS": "160", "SLOW_FACTOR": "1.5"},
     "healthy": {"FAULT": "none"},
+    "desync": {"FAULT": "desync"},
 }
 
 
@@ -301,3 +302,17 @@ def test_a_healthy_job_that_ends_cleanly_raises_nothing(stack: Stack, jobs: dict
     assert sorted(e.rank for e in logs if e.lifecycle == "ended") == list(range(RANKS))
     time.sleep(8)  # longer than job_stopped's settle and the worker's clock tick
     assert [a.summary for a, _ in _alerts(stack, job)] == []
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_rank_that_skips_the_gradient_all_reduce_is_the_desync(
+    stack: Stack, jobs: dict[str, Job]
+) -> None:
+    job = jobs["desync"].job_id
+    assert jobs["desync"].finish() == 0, jobs["desync"].output.read_text()[-3000:]
+    time.sleep(4)
+    alerts = [a for a, _ in _alerts(stack, job) if a.status == "firing"]
+    assert [(a.rule, a.ranks) for a in alerts] == [("gradient_desync", [3])], [
+        a.summary for a in alerts
+    ]

@@ -33,6 +33,12 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError
 from rankwatch.schemas import Action, LogEvent, Severity, StepEvent
 from rankwatch.streams.detectors.base import JobState, RankState
 from rankwatch.streams.detectors.gradient import GradientExplosion, GradientExplosionConfig
+from rankwatch.streams.detectors.gradient_health import (
+    GradientDesync,
+    GradientDesyncConfig,
+    GradientVanishing,
+    GradientVanishingConfig,
+)
 from rankwatch.streams.detectors.job_end import JobStopped, JobStoppedConfig
 from rankwatch.streams.detectors.lifecycle import JobRestarted, JobRestartedConfig
 from rankwatch.streams.detectors.liveness import (
@@ -74,6 +80,8 @@ CONFIGS: dict[str, tuple[type[Any], ...]] = {
     "fatal_error": (FatalErrorConfig,),
     "crash": (CrashConfig,),
     "job_stopped": (JobStoppedConfig,),
+    "gradient_vanishing": (GradientVanishingConfig,),
+    "gradient_desync": (GradientDesyncConfig,),
     "job_restarted": (JobRestartedConfig,),
     "loss_scale_collapse": (LossScaleConfig,),
 }
@@ -185,6 +193,7 @@ def build_detectors(settings: Mapping[str, Mapping[str, Any]]) -> list[Detector]
         ("gradient_explosion", GradientExplosionConfig, GradientExplosion),
         ("throughput_drop", ThroughputDropConfig, ThroughputDrop),
         ("memory_growth", MemoryGrowthConfig, MemoryGrowth),
+        ("gradient_vanishing", GradientVanishingConfig, GradientVanishing),
     ):
         if on(rule):
             out.append(detector_cls(make(rule, config_cls)))
@@ -212,6 +221,8 @@ def build_detectors(settings: Mapping[str, Mapping[str, Any]]) -> list[Detector]
         out.append(Retagged(log_rules, muted, {"nccl_error": retag} if retag else {}))
     if on("straggler"):
         out.append(StragglerDetector(make("straggler", StragglerConfig)))
+    if on("gradient_desync"):
+        out.append(GradientDesync(make("gradient_desync", GradientDesyncConfig)))
     if on("rank_silent"):
         out.append(RankSilentDetector(make("rank_silent", RankSilentConfig)))
     if on("hang"):
