@@ -363,6 +363,11 @@ class GradientDesync:
         modes = state["mode"]
         norm = None if modes[0] == _LOCAL else event.gradient_norm
         loss = event.loss if self.config.check_loss and modes[1] != _LOCAL else None
+        # A non-finite value is loss_explosion's or gradient_explosion's news, not a desync.
+        if norm is not None and not _isfinite(norm):
+            norm = None
+        if loss is not None and not _isfinite(loss):
+            loss = None
         step = event.step
         if (norm is None and loss is None) or step <= state["done"]:
             return  # nothing to compare (a job of local norms and losses costs this much)
