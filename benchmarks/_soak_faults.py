@@ -77,7 +77,14 @@ KINDS: dict[str, FaultKind] = {
             "grad norm x k",
             ("loss_explosion",),
         ),
-        FaultKind("throughput_drop", "throughput_drop", "job", (0.2, 0.35, 0.5, 0.7), "drop", ()),
+        FaultKind(
+            "throughput_drop",
+            "throughput_drop",
+            "job",
+            (0.2, 0.35, 0.5, 0.7),
+            "drop",
+            ("input_bound", "gpu_utilization"),  # every rank waits on shared storage
+        ),
         FaultKind("rank_silent", "rank_silent", "rank", (1,), "one rank", ("hang",)),
         FaultKind(
             "hang",

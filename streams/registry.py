@@ -10,6 +10,7 @@ from rankwatch.streams.detectors import (
     loss_scale,
     metrics,
     stuck,
+    utilization,
 )
 from rankwatch.streams.engine import Detector
 
@@ -21,6 +22,7 @@ def builtin_detectors() -> list[Detector]:
         *logs.detectors(),
         *loss_scale.detectors(),
         *crossrank.detectors(),
+        *utilization.detectors(),
         gradient_health.GradientVanishing(),
         gradient_health.GradientDesync(),
         *stuck.detectors(),

@@ -11,6 +11,8 @@ fault is chosen by ``$FAULT`` on rank ``$FAULT_RANK`` at step ``$FAULT_STEP``:
 - ``hang``: the rank blocks in its own code before the step's collectives (``time.sleep``);
   its peers wait in the all-reduce until gloo's timeout (``$GLOO_TIMEOUT_S``);
 - ``slow``: the rank's forward takes ``$SLOW_FACTOR`` times as long (a straggler);
+- ``slow_data``: every rank's DataLoader takes 0.1 s a batch from step 0, three times its
+  forward (an input-bound job);
 - ``desync``: from the fault step the rank skips the gradient all-reduce (it all-reduces zeros
   instead, so nobody deadlocks): its replica drifts from its peers';
 - ``none``: a healthy run that ends cleanly.
@@ -103,6 +105,15 @@ def main() -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     target = torch.randn(16, 1, generator=torch.Generator().manual_seed(42))
     data = torch.Generator().manual_seed(1000 + rank)
+
+    class Batches(torch.utils.data.IterableDataset):  # type: ignore[misc,type-arg]
+        def __iter__(self) -> Any:
+            while True:
+                if fault == "slow_data":
+                    time.sleep(0.1)  # reading and decoding from slow storage
+                yield torch.randn(64, 16, generator=data)
+
+    batches = iter(torch.utils.data.DataLoader(Batches(), batch_size=None, num_workers=0))
     log.info("training %d steps on rank %d", steps, rank)
     for step in range(steps):
         now["step"] = step
@@ -116,7 +127,7 @@ def main() -> None:
             if fault in ("raise", "raise_logged"):
                 net.broken = True
         with watch_step(step, model=model) as record:
-            x = torch.randn(64, 16, generator=data)
+            x = next(batches)
             try:
                 loss = torch.nn.functional.mse_loss(model(x), x @ target)
             except RuntimeError:

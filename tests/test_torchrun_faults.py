@@ -68,12 +68,14 @@ def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         + "".join(f'[topics.{kind}]\nname = "{name}"\n' for kind, name in topics.items())
     )
     log = tmp / "worker.log"
+    rules = tmp / "rules.toml"
+    rules.write_text(RULES)
     rankwatch = str(Path(sys.executable).with_name("rankwatch"))
     with log.open("wb") as handle:
         worker = subprocess.Popen(
             [rankwatch, "worker", "--config", str(config), "--app-id",
              f"faults-{uuid.uuid4().hex[:8]}", "--data-dir", str(tmp / "data"),
-             "--snapshot-interval", "0.5"],
+             "--snapshot-interval", "0.5", "--rules", str(rules)],
             stdout=handle, stderr=subprocess.STDOUT, cwd=tmp,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )  # fmt: skip
@@ -110,7 +112,11 @@ JOBS: dict[str, dict[str, str]] = {
     "slow": {"FAULT": "slow", "STEPS": "160", "SLOW_FACTOR": "1.5"},
     "healthy": {"FAULT": "none"},
     "desync": {"FAULT": "desync"},
+    "slow_data": {"FAULT": "slow_data", "STEPS": "300"},
 }
+#: The worker's rules: input_bound judges 20 s of training instead of 2 minutes (its other
+#: settings as shipped), so the input-bound job can stay short.
+RULES = "[builtin.input_bound]\nsustain_s = 20.0\n"
 
 
 @dataclass
@@ -316,3 +322,18 @@ def test_a_rank_that_skips_the_gradient_all_reduce_is_the_desync(
     assert [(a.rule, a.ranks) for a in alerts] == [("gradient_desync", [3])], [
         a.summary for a in alerts
     ]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_job_starved_by_its_data_loader_from_step_0_is_input_bound(
+    stack: Stack, jobs: dict[str, Job]
+) -> None:
+    job = jobs["slow_data"].job_id
+    assert jobs["slow_data"].finish() == 0, jobs["slow_data"].output.read_text()[-3000:]
+    time.sleep(4)
+    alerts = [a for a, _ in _alerts(stack, job) if a.status == "firing"]
+    assert [(a.rule, a.scope) for a in alerts] == [("input_bound", "job")], [
+        a.summary for a in alerts
+    ]
+    assert alerts[0].evidence["data_share"] > 0.5

@@ -61,6 +61,12 @@ from rankwatch.streams.detectors.memory import MemoryGrowth, MemoryGrowthConfig
 from rankwatch.streams.detectors.straggler import StragglerConfig, StragglerDetector
 from rankwatch.streams.detectors.stuck import StuckConfig, StuckRanks
 from rankwatch.streams.detectors.throughput import ThroughputDrop, ThroughputDropConfig
+from rankwatch.streams.detectors.utilization import (
+    GpuUtilizationConfig,
+    GpuUtilizationDetector,
+    InputBoundConfig,
+    InputBoundDetector,
+)
 from rankwatch.streams.engine import Detector
 from rankwatch.streams.exceptions import DetectorConfigError
 from rankwatch.streams.findings import Finding, Outcome
@@ -82,6 +88,8 @@ CONFIGS: dict[str, tuple[type[Any], ...]] = {
     "job_stopped": (JobStoppedConfig,),
     "gradient_vanishing": (GradientVanishingConfig,),
     "gradient_desync": (GradientDesyncConfig,),
+    "input_bound": (InputBoundConfig,),
+    "gpu_utilization": (GpuUtilizationConfig,),
     "job_restarted": (JobRestartedConfig,),
     "loss_scale_collapse": (LossScaleConfig,),
 }
@@ -221,6 +229,10 @@ def build_detectors(settings: Mapping[str, Mapping[str, Any]]) -> list[Detector]
         out.append(Retagged(log_rules, muted, {"nccl_error": retag} if retag else {}))
     if on("straggler"):
         out.append(StragglerDetector(make("straggler", StragglerConfig)))
+    if on("input_bound"):
+        out.append(InputBoundDetector(make("input_bound", InputBoundConfig)))
+    if on("gpu_utilization"):
+        out.append(GpuUtilizationDetector(make("gpu_utilization", GpuUtilizationConfig)))
     if on("gradient_desync"):
         out.append(GradientDesync(make("gradient_desync", GradientDesyncConfig)))
     if on("rank_silent"):
