@@ -179,6 +179,9 @@ class LrSchedule:
         self._mismatch_mask = (1 << c.mismatch_reports) - 1
         self._recover_mask = (1 << c.recover_reports) - 1
         self._mask = self._mismatch_mask | self._recover_mask
+        # The declared curve around the last step judged: (key, lowest, at the step, highest).
+        self._memo: tuple[Any, float, float, float] = (None, 0.0, 0.0, 0.0)
+        self._decl: tuple[Any, Any, Any, str] = (None, None, None, "")  # and its key
 
     def new_job_state(self) -> dict[str, Any]:
         # r: rank -> entry; a/b: the ranks/schedule incident open (0/1), reported at (event
@@ -207,7 +210,10 @@ class LrSchedule:
                 e[_DECL:_BITS] = _new_entry()[_DECL:_BITS]
             return
         warmup = 0 if name == "constant" else event.lr_warmup_steps or 0
-        decl = f"{name}|{warmup}|{total}"
+        memo = self._decl
+        if memo[0] != name or memo[1] != warmup or memo[2] != total:
+            memo = self._decl = (name, warmup, total, f"{name}|{warmup}|{total}")
+        decl = memo[3]
         if decl != e[_DECL]:
             e[_DECL:_BITS] = [decl, *_new_entry()[_PEAK:_BITS]]
         self._judge(e, name, step, lr, warmup, total)
@@ -238,12 +244,18 @@ class LrSchedule:
             e[_EXP] = e[_LO] = e[_HI] = _NAN
             on = not (step < (total or 0) and e[_PSTEP] > warmup and lr == e[_PLR])
         else:
-            here = [multiplier(name, s, warmup, total) for s in (max(0, step - 1), step, step + 1)]
+            key = (name, step, warmup, total)
+            if key != self._memo[0]:  # every rank of a job reports the same step in turn
+                here = [
+                    multiplier(name, s, warmup, total) for s in (max(0, step - 1), step, step + 1)
+                ]
+                self._memo = (key, min(here), here[1], max(here))
+            _, low, mid, high = self._memo
             slack = c.peak_tolerance * peak
-            lo = peak * min(here) * (1 - c.tolerance) - slack
-            top = c.floor_ratio + (1 - c.floor_ratio) * max(here)
+            lo = peak * low * (1 - c.tolerance) - slack
+            top = c.floor_ratio + (1 - c.floor_ratio) * high
             hi = peak * top * (1 + c.tolerance) + slack
-            e[_EXP], e[_LO], e[_HI] = peak * here[1], lo, hi
+            e[_EXP], e[_LO], e[_HI] = peak * mid, lo, hi
             on = lo <= lr <= hi
         if on:
             e[_OFF] = 0
