@@ -12,6 +12,7 @@ from rankwatch.streams.detectors import (
     stuck,
     utilization,
 )
+from rankwatch.streams.detectors.lr_schedule import LrSchedule
 from rankwatch.streams.engine import Detector
 
 
@@ -27,4 +28,5 @@ def builtin_detectors() -> list[Detector]:
         gradient_health.GradientDesync(),
         *stuck.detectors(),
         *job_end.detectors(),
+        LrSchedule(),
     ]

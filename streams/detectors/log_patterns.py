@@ -301,9 +301,9 @@ def fatal_figures(message: str) -> dict[str, int | str]:
     m = _ROOT_RANK.search(message, root if root >= 0 else 0)
     if m:
         out["root_cause_rank"] = int(m.group(1))
-        code = _EXITCODE.search(message, m.end()) if root >= 0 else None
-        if code is not None:  # the root cause's exit code, not the first stopped rank's
-            exitcode = int(code.group(1))
+        found = _EXITCODE.search(message, m.end()) if root >= 0 else None
+        if found is not None:  # the root cause's exit code, not the first stopped rank's
+            exitcode = int(found.group(1))
             out["exitcode"] = exitcode
             out.pop("signal", None)
             if exitcode < 0:

@@ -57,6 +57,7 @@ from rankwatch.streams.detectors.logs import (
 )
 from rankwatch.streams.detectors.loss import LossExplosion, LossExplosionConfig
 from rankwatch.streams.detectors.loss_scale import LossScaleConfig, LossScaleDetector
+from rankwatch.streams.detectors.lr_schedule import LrSchedule, LrScheduleConfig
 from rankwatch.streams.detectors.memory import MemoryGrowth, MemoryGrowthConfig
 from rankwatch.streams.detectors.straggler import StragglerConfig, StragglerDetector
 from rankwatch.streams.detectors.stuck import StuckConfig, StuckRanks
@@ -89,6 +90,7 @@ CONFIGS: dict[str, tuple[type[Any], ...]] = {
     "gradient_vanishing": (GradientVanishingConfig,),
     "gradient_desync": (GradientDesyncConfig,),
     "input_bound": (InputBoundConfig,),
+    "lr_schedule": (LrScheduleConfig,),
     "gpu_utilization": (GpuUtilizationConfig,),
     "job_restarted": (JobRestartedConfig,),
     "loss_scale_collapse": (LossScaleConfig,),
@@ -229,6 +231,8 @@ def build_detectors(settings: Mapping[str, Mapping[str, Any]]) -> list[Detector]
         out.append(Retagged(log_rules, muted, {"nccl_error": retag} if retag else {}))
     if on("straggler"):
         out.append(StragglerDetector(make("straggler", StragglerConfig)))
+    if on("lr_schedule"):
+        out.append(LrSchedule(make("lr_schedule", LrScheduleConfig)))
     if on("input_bound"):
         out.append(InputBoundDetector(make("input_bound", InputBoundConfig)))
     if on("gpu_utilization"):

@@ -21,6 +21,7 @@ import rules_data
 from rankwatch.cli.main import main
 from rankwatch.schemas import Alert, LogEvent, StepEvent, decode, encode
 from rankwatch.streams.detectors.job_end import JobStoppedConfig
+from rankwatch.streams.engine import EngineConfig
 from rankwatch.streams.replay import topic_records
 
 pytestmark = [pytest.mark.broker]
@@ -168,13 +169,17 @@ def test_worker_and_replay_run_the_same_rules_and_reload(
                 return c if all(o >= h or h == 0 for o, h in zip(c, high, strict=True)) else None
 
             ends = _wait(drained, 30, proc, log)
-            # Where the topics merge the job's ENOSPC records after its last steps, the job
-            # ends on them: job_stopped, once it is quiet for job_stopped's settle_s on the
-            # worker's clock. Replay decides that at the end of its input.
-            time.sleep(JobStoppedConfig().settle_s + 2)
-            live = _alerts(b, names["alerts"])
             source = ["--topic", names["steps"], "--topic", names["logs"], "--config", str(config)]
             replayed, err = _replay(capsys, *source, "--rules", str(rules))
+            # Where the topics merge the job's ENOSPC records after its last steps, the job
+            # ends on them: the live worker decides what replay decides at the end of its
+            # input once the job is quiet on its clock (job_stopped after settle_s; the crash
+            # records' pending group after peer_lateness_s).
+            wait_s = EngineConfig().peer_lateness_s + JobStoppedConfig().settle_s + 10
+            live = _wait(
+                lambda: (a := _alerts(b, names["alerts"])) and _firing(a) == _firing(replayed) and a,
+                wait_s, proc, log,
+            )  # fmt: skip
             assert _firing(replayed) == _firing(live), err
             assert _committed(b, app_id, tps) == ends  # the live group's offsets did not move
 
