@@ -18,7 +18,6 @@ from rankwatch.producers.integrations import rankwatch_hf_callback
 from rankwatch.producers.testing import capture_events
 from rankwatch.schemas import Alert, StepEvent
 from rankwatch.streams import Engine
-from rankwatch.streams.detectors.lr_schedule import LrSchedule
 from rankwatch.streams.registry import builtin_detectors
 
 torch = pytest.importorskip("torch", reason="torch is a test extra (rankwatch[train])")
@@ -104,7 +103,7 @@ def _train(tmp_path: Path, trainer_cls: type[Any]) -> list[StepEvent]:
 
 
 def _alerts(events: list[StepEvent]) -> list[Alert]:
-    engine = Engine([*builtin_detectors(), LrSchedule()])
+    engine = Engine(builtin_detectors())  # lr_schedule is one of them
     return engine.process_many(events) + engine.flush()
 
 
