@@ -25,7 +25,7 @@ from rankwatch.producers._identity import Identity
 from rankwatch.producers._once import LogOnce
 from rankwatch.producers._scrub import Scrubber
 from rankwatch.producers._sender import Prepared, Sender
-from rankwatch.schemas import LogEvent, Phase, StepEvent, encode
+from rankwatch.schemas import KNOWN_LR_SCHEDULES, LogEvent, Phase, StepEvent, encode
 
 if TYPE_CHECKING:
     from rankwatch.config import Settings
@@ -49,16 +49,7 @@ _NUMERIC_FIELDS = (
 )
 #: The schedule names :meth:`RankwatchProducer.declare_lr_schedule` accepts (Hugging Face's
 #: ``lr_scheduler_type`` names; ``other`` for any schedule of the trainer's own).
-LR_SCHEDULES: tuple[str, ...] = (
-    "constant",
-    "constant_with_warmup",
-    "linear",
-    "cosine",
-    "cosine_with_restarts",
-    "polynomial",
-    "inverse_sqrt",
-    "other",
-)
+LR_SCHEDULES: tuple[str, ...] = (*KNOWN_LR_SCHEDULES, "other")
 
 
 def _steps(argument: str, value: Any, least: int) -> int | None:

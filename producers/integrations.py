@@ -37,21 +37,12 @@ from typing import Any
 
 from rankwatch.producers import _global
 from rankwatch.producers._producer import RankwatchProducer
+from rankwatch.schemas import KNOWN_LR_SCHEDULES
 
 _HF_KEYS = {"loss": "loss", "grad_norm": "gradient_norm", "learning_rate": "learning_rate"}
 # The Trainer's scheduler types with a name of rankwatch's own; the rest (reduce_lr_on_plateau,
 # cosine_with_min_lr, warmup_stable_decay...) are declared "other".
-_HF_SCHEDULES = frozenset(
-    {
-        "constant",
-        "constant_with_warmup",
-        "linear",
-        "cosine",
-        "cosine_with_restarts",
-        "polynomial",
-        "inverse_sqrt",
-    }
-)
+_HF_SCHEDULES = frozenset(KNOWN_LR_SCHEDULES)
 _log = logging.getLogger("rankwatch.producers")
 
 #: A declared schedule: name, warm-up steps, total steps (None: not known).

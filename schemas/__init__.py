@@ -15,7 +15,15 @@ from rankwatch.schemas.codec import (
     encode,
     to_wire_dict,
 )
-from rankwatch.schemas.events import EventBase, Lifecycle, LogEvent, LogLevel, Phase, StepEvent
+from rankwatch.schemas.events import (
+    KNOWN_LR_SCHEDULES,
+    EventBase,
+    Lifecycle,
+    LogEvent,
+    LogLevel,
+    Phase,
+    StepEvent,
+)
 from rankwatch.schemas.exceptions import EventDecodeError, FieldProblem, SchemaError
 from rankwatch.schemas.topics import ALERTS_TOPIC, DEADLETTER_TOPIC, LOGS_TOPIC, STEPS_TOPIC
 
@@ -24,6 +32,7 @@ __all__ = [
     "DEADLETTER_TOPIC",
     "JOB_ID_PATTERN",
     "KINDS",
+    "KNOWN_LR_SCHEDULES",
     "LOGS_TOPIC",
     "MAX_MESSAGE_BYTES",
     "STEPS_TOPIC",

@@ -18,6 +18,18 @@ Phase = Literal["train", "eval", "checkpoint"]
 #: its typical time by far, the main thread's stack in the message and ``step`` the step in
 #: progress; ``terminated`` the process was told to stop (SIGTERM, SIGINT: the signal named).
 Lifecycle = Literal["ended", "exception", "stuck", "terminated"]
+#: LR schedules whose curve is known, by Hugging Face's ``lr_scheduler_type`` names: what a
+#: step's ``lr_schedule`` may declare (``other``, or any name of the trainer's own, is taken
+#: too, and only its ranks' agreement is checked).
+KNOWN_LR_SCHEDULES: tuple[str, ...] = (
+    "constant",
+    "constant_with_warmup",
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "inverse_sqrt",
+)
 _LEVEL_ALIASES = {"WARN": "WARNING", "FATAL": "CRITICAL"}
 
 

@@ -44,24 +44,14 @@ from dataclasses import dataclass
 from statistics import median
 from typing import Any, ClassVar
 
-from rankwatch.schemas import Action, Severity, StepEvent
+from rankwatch.schemas import KNOWN_LR_SCHEDULES, Action, Severity, StepEvent
 from rankwatch.streams.detectors import _metric_config as check
 from rankwatch.streams.detectors.base import JobState, RankState
 from rankwatch.streams.exceptions import DetectorConfigError
 from rankwatch.streams.findings import Finding, Outcome, Resolution
 
 #: Declared names whose curve is judged; ``other`` and unknown names are not.
-JUDGED = frozenset(
-    {
-        "constant",
-        "constant_with_warmup",
-        "linear",
-        "cosine",
-        "cosine_with_restarts",
-        "polynomial",
-        "inverse_sqrt",
-    }
-)
+JUDGED = frozenset(KNOWN_LR_SCHEDULES)
 _NEEDS_TOTAL = frozenset({"linear", "cosine", "cosine_with_restarts", "polynomial"})
 
 
