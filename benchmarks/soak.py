@@ -101,9 +101,11 @@ def run_job(task: Task) -> Result:
     events = 0
     event: StepEvent | LogEvent | None = None
     next_tick = -math.inf
+    latest = 0.0  # the newest event time: when the end of input is (events come reordered)
     for event in job.events():
         t0 = clock()
         now = event.epoch
+        latest = max(latest, now)
         if now >= next_tick:
             # The worker's clock as replay feeds it: the job's silences (checkpoints, restarts,
             # evaluation pauses) are seen as the live worker would see them.
@@ -117,7 +119,7 @@ def run_job(task: Task) -> Result:
         if out:
             _keep(alerts, out, event.epoch)
     t0 = clock()
-    _keep(alerts, engine.flush(), event.epoch if event is not None else 0.0)
+    _keep(alerts, engine.flush(), latest)
     in_engine += clock() - t0
     total = clock() - started
     return {
