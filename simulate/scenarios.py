@@ -155,6 +155,8 @@ class GradientExplosion(Scenario):
 class InputStall(Scenario):
     name = "throughput_drop"
     description = "the input pipeline slows on every rank: throughput ~50% for good"
+    # Every rank now waits for data half its step: an input-bound job, as that rule says.
+    consequences = frozenset({"input_bound", "gpu_utilization"})
 
     def expectations(self, spec: JobSpec) -> tuple[Expectation, ...]:
         # The recent level (~5 steps) must stay low 3 steps and 5 s: ~10 steps of the slower job.
