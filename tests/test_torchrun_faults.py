@@ -109,7 +109,7 @@ JOBS: dict[str, dict[str, str]] = {
     "raise_logged": {"FAULT": "raise_logged"},
     "sigkill": {"FAULT": "sigkill"},
     "hang": {"FAULT": "hang", "GLOO_TIMEOUT_S": "25"},
-    "slow": {"FAULT": "slow", "STEPS": "160", "SLOW_FACTOR": "1.5"},
+    "slow": {"FAULT": "slow", "STEPS": "220", "SLOW_FACTOR": "1.5", "FORWARD_S": "0.06"},
     "healthy": {"FAULT": "none"},
     "desync": {"FAULT": "desync"},
     "slow_data": {"FAULT": "slow_data", "STEPS": "300"},
