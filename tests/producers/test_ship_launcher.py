@@ -18,6 +18,7 @@ torch whose launcher output reads differently fails here.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from datetime import UTC
@@ -299,6 +300,11 @@ def test_live_torchrun_failure_is_blamed_on_the_failing_rank(tmp_path: Path) -> 
             check=False,
         )
     assert finished.returncode == 1, log.read_text()[-3000:]
+    # Rank 3 exits with 1, or dies of SIGABRT (-6) when its process group aborts while the
+    # interpreter winds down (seen in about one run in ten here): rank 3 either way.
+    text = log.read_text()
+    root = re.search(r"exitcode\s*:\s*(-?\d+)", text[text.index("Root Cause") :])
+    assert root is not None and root.group(1) in ("1", "-6"), text[-3000:]
     logs = _ship(log, tmp_path)
-    _assert_rank3_blamed(logs, "1")
+    _assert_rank3_blamed(logs, root.group(1))
     assert [e.rank for e in logs if "IndexError" in e.message] == [3]
