@@ -151,8 +151,10 @@ class StuckRanks:
         mute: list[int] = []
         if not elsewhere and len(stuck) * 2 >= len(job.ranks):
             mute = sorted(r for r in job.ranks if r not in stuck and r not in failed)
-        if not elsewhere and not mute and failed:
-            return ()  # the peers wait for ranks that failed: those ranks' alerts say why
+        if not elsewhere and failed:
+            # The peers wait in a collective while ranks report failures: those ranks' alerts
+            # say why (a quiet rank may be one still on its way down).
+            return ()
         culprits = elsewhere or mute
         step = min(e[_STEP] for e in stuck.values())
         first = min(stuck, key=lambda r: stuck[r][_T])
