@@ -39,6 +39,11 @@ class RankState:
     got_step: int = -1  # highest step received: a step at or below it is a duplicate
     got_step_time: float = float("-inf")  # event time of that step
 
+    @property
+    def label(self) -> str:
+        """How summaries name the rank: ``rank 3 (gpu-node-007)``."""
+        return f"rank {self.rank}" + (f" ({self.host})" if self.host else "")
+
 
 @dataclass(slots=True)
 class JobState:
@@ -68,6 +73,11 @@ class JobState:
     #: Ranks whose producer said they ended cleanly (``lifecycle="ended"``); when every rank
     #: has, the job is over and its open incidents resolve.
     ended: set[int] = field(default_factory=set)
+
+    def label(self, rank: int) -> str:
+        """How summaries name one of the job's ranks (host where known)."""
+        rs = self.ranks.get(rank)
+        return rs.label if rs is not None else f"rank {rank}"
 
 
 @runtime_checkable

@@ -485,8 +485,7 @@ class GradientDesync:
         c = self.config
         metric, value, center = _METRICS[e[_METRIC]], e[_VALUE], e[_CENTER]
         apart = abs(value - center) / abs(center) if center else math.inf
-        rs = job.ranks.get(r)
-        where = f"rank {r}" + (f" ({rs.host})" if rs is not None and rs.host else "")
+        where = job.label(r)
         if e[_AGREE]:
             peers = f"{e[_AGREE]} of {e[_N]} ranks agree on {center:.6g}"
         else:

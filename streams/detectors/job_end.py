@@ -298,14 +298,8 @@ def _root_cause(job: JobState, fates: dict[int, list[Any]], named: int) -> tuple
     return None, ""
 
 
-def _where(job: JobState, rank: int) -> str:
-    rs = job.ranks.get(rank)
-    host = rs.host if rs is not None else None
-    return f"rank {rank}" + (f" ({host})" if host else "")
-
-
 def _cause_text(job: JobState, rank: int, fate: list[Any] | None, how: str) -> str:
-    where = _where(job, rank)
+    where = job.label(rank)
     if how == "silent" or fate is None:
         return (
             f"{where} went silent first without a word (killed from outside: SIGKILL, the "

@@ -188,7 +188,7 @@ class RankSilentDetector:
     def _rank_finding(
         self, job: JobState, rs: RankState, now: float, threshold: float, period: float
     ) -> Finding:
-        where = f"rank {rs.rank}" + (f" ({rs.host})" if rs.host else "")
+        where = rs.label
         gap = now - rs.last_seen
         behind = job.max_step - rs.last_step
         return Finding(

@@ -188,7 +188,7 @@ class EpisodeGatherer:
         entry = ep["ranks"][rank]
         line = next((ln for r, ln in ep["lines"] if r == rank), "")
         host = job.ranks[rank].host if rank in job.ranks else None
-        where = f"rank {rank}" + (f" ({host})" if host else "")
+        where = job.label(rank)
         kind = "timeout" if entry[_TIMEOUT] else "error"
         head = f"{self.what} {kind} on {where}" if self.what == "NCCL" else f"Hang on {where}"
         evidence: dict[str, Any] = {"line": line, "labels": dict(ep["labels"])}

@@ -183,7 +183,7 @@ class LogRulesDetector:
     @staticmethod
     def _crash(rank: RankState, event: LogEvent, failure: Failure, cfg: CrashConfig) -> Finding:
         cls = failure.failure_class
-        where = f"rank {rank.rank}" + (f" ({rank.host})" if rank.host else "")
+        where = rank.label
         at = f" at {failure.frame}" if failure.frame else ""
         step = f" in step {event.step}" if event.step is not None else ""
         evidence: dict[str, Any] = {
@@ -264,7 +264,7 @@ class LogRulesDetector:
         evidence.update(fatal_figures(event.message))
         if rank.host:
             evidence["host"] = rank.host
-        where = f"rank {rank.rank}" + (f" ({rank.host})" if rank.host else "")
+        where = rank.label
         severity = cfg.severity
         if "xid" in evidence:
             what = f"Xid {evidence['xid']} on {where}: {evidence['xid_meaning']}"

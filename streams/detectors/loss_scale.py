@@ -267,7 +267,7 @@ class LossScaleDetector:
         s["active"] = True
         s["reported"] = now
         line = line_at(m, hit.start(), self.max_line)
-        where = _where(rank)
+        where = rank.label
         summary = (
             f"{where}: the fp16 loss scale collapsed to {new:g} (its floor) after "
             f"{len(times)} overflow skips; nearly every step is skipped, so the run has stopped "
@@ -305,7 +305,7 @@ class LossScaleDetector:
         trainer = "fairseq" if floor is not None else "DeepSpeed"
         at_floor = f" ({floor:g})" if floor is not None else ""
         summary = (
-            f"{_where(rank)}: the fp16 loss scale is at its minimum{at_floor} and {trainer} is "
+            f"{rank.label}: the fp16 loss scale is at its minimum{at_floor} and {trainer} is "
             f"stopping the run: the loss or gradients overflow at every scale. Lower the "
             f"learning rate, check the data for bad samples, add gradient clipping, or switch "
             f"to bf16; restart from the last good checkpoint"
@@ -328,7 +328,7 @@ class LossScaleDetector:
             rule=LOSS_SCALE_COLLAPSE,
             rank=rank.rank,
             event_time=now,
-            summary=f"{_where(rank)}: the loss scale grew back to {before:g} (now {new:g})",
+            summary=f"{rank.label}: the loss scale grew back to {before:g} (now {new:g})",
         )
 
     # -- loss_explosion / gradient_explosion from the trainer's own checks -----------------
@@ -362,7 +362,7 @@ class LossScaleDetector:
             what = f"the trainer found a {value} gradient norm{step}"
             todo = "check the data batch, the learning rate and the loss scaler"
         paused = ", pausing the job" if cfg.action == "pause_job" else ""
-        summary = f"{_where(rank)}: {what} (log: {clip(line, 120)}); {todo}{paused}"
+        summary = f"{rank.label}: {what} (log: {clip(line, 120)}); {todo}{paused}"
         return (self._finding(rank, event, rule, summary, evidence, cfg.severity, cfg.action),)
 
     @staticmethod
@@ -389,10 +389,6 @@ class LossScaleDetector:
             evidence=evidence,
             action=action,
         )
-
-
-def _where(rank: RankState) -> str:
-    return f"rank {rank.rank}" + (f" ({rank.host})" if rank.host else "")
 
 
 def detectors() -> list[Any]:

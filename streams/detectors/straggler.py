@@ -252,7 +252,7 @@ class StragglerDetector:
         now: float,
     ) -> Finding:
         component, value, med, bar = verdict
-        where = f"rank {rs.rank}" + (f" ({rs.host})" if rs.host else "")
+        where = rs.label
         flagged = int(e[_BITS]).bit_count()
         window = self.config.window
         if component == "throughput":

@@ -324,12 +324,6 @@ class _JobShare:
             median(other) if other else _NAN,
         )
 
-    @staticmethod
-    def _where(job: JobState, r: int) -> str:
-        rs = job.ranks.get(r)
-        host = rs.host if rs is not None else None
-        return f"rank {r}" + (f" ({host})" if host else "")
-
 
 class InputBoundDetector(_JobShare):
     """Most ranks wait for data over a set share of their step, for minutes (job scope)."""
@@ -371,7 +365,7 @@ class InputBoundDetector(_JobShare):
         step_s = median(entries[r][_S] for r in ranks)
         data_s = median(entries[r][_V] for r in ranks)
         lasted = now - state["since"]
-        named = ", ".join(f"{self._where(job, r)} {v:.0%}" for r, v in worst)
+        named = ", ".join(f"{job.label(r)} {v:.0%}" for r, v in worst)
         summary = (
             f"input-bound: {len(bad)} of {world} ranks wait for data {share:.0%} of their step "
             f"(median {data_s:.3f} s of {step_s:.3f} s; worst: {named}) for {lasted / 60:.1f} "
@@ -450,7 +444,7 @@ class GpuUtilizationDetector(_JobShare):
         ranks = [r for r, _ in bad]
         step_s, data, other = self._breakdown(entries, ranks)
         lasted = now - state["since"]
-        named = ", ".join(f"{self._where(job, r)} {v:.0f}%" for r, v in worst)
+        named = ", ".join(f"{job.label(r)} {v:.0f}%" for r, v in worst)
         parts = []
         if data == data:
             parts.append(f"{data:.0%} waiting for data")
