@@ -28,7 +28,9 @@ def classified(
     last, width, match, failure = _last
     if last is event and width == max_line:
         return match, failure
-    match = classify(event.message, event.level, max_line=max_line)
-    failure = classify_failure(event.message, event.level, max_line=max_line)
+    message, level = event.message, event.level
+    low = message.lower()  # once for both
+    match = classify(message, level, max_line=max_line, low=low)
+    failure = classify_failure(message, level, max_line=max_line, low=low)
     _last = (event, max_line, match, failure)
     return match, failure

@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final
 
-from rankwatch.streams.detectors.log_patterns import clip, fatal_figures, line_at
+from rankwatch.streams.detectors.log_patterns import clip, fatal_figures, line_at, mentions
 from rankwatch.streams.detectors.tracebacks import (
     RANK_PREFIX,
     TRACEBACK_HEADER,
@@ -390,13 +390,12 @@ class Failure:
         return self.failure_class.consequence
 
 
-def classify_failure(message: str, level: str, *, max_line: int = 400) -> Failure | None:
-    """The failure a log record shows, or ``None`` for a benign record (the usual case)."""
-    low = message.lower()
-    for keyword in _KEYWORDS:
-        if keyword in low:
-            break
-    else:
+def classify_failure(
+    message: str, level: str, *, max_line: int = 400, low: str | None = None
+) -> Failure | None:
+    """The failure a log record shows, or ``None`` for a benign record (the usual case).
+    ``low``: ``message.lower()`` where the caller has it already."""
+    if not mentions(message.lower() if low is None else low, _KEYWORDS):
         return None
     has_tb = TRACEBACK_HEADER in message
     multiline = "\n" in message
