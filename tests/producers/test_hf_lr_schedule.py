@@ -1,10 +1,11 @@
 """The Hugging Face Trainer with a cosine schedule whose scheduler is broken fires lr_schedule.
 
 A real ``transformers.Trainer`` trains a tiny model on CPU with the rankwatch callback (as in
-``tests/producers/test_trainer_callbacks.py``), ``lr_scheduler_type="cosine"`` and 6 warm-up
+``test_trainer_callbacks.py``, whose model and data it reuses), ``lr_scheduler_type="cosine"`` and 6 warm-up
 steps of 60, logging every 2 steps (sparse, as the Trainer logs). Broken: a Trainer whose
 scheduler stops stepping once warm-up is over (the LR stays at its peak). The captured events
-go through the built-in rules plus ``lr_schedule``; the same Trainer unbroken fires nothing.
+go through the built-in rules (``lr_schedule`` among them); the same Trainer unbroken fires
+nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_trainer_callbacks import Regression, _dataset  # the same tiny model and data
 
 from rankwatch.producers.integrations import rankwatch_hf_callback
 from rankwatch.producers.testing import capture_events
@@ -24,29 +26,6 @@ torch = pytest.importorskip("torch", reason="torch is a test extra (rankwatch[tr
 transformers = pytest.importorskip("transformers", reason="a test extra (rankwatch[train])")
 
 MAX_STEPS, WARMUP, PEAK = 60, 6, 0.01
-
-
-class Regression(torch.nn.Module):  # type: ignore[misc,name-defined]
-    """What the Trainer expects of a model: a dict with ``loss`` when labels are given."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.linear = torch.nn.Linear(4, 1)
-
-    def forward(self, x: Any, labels: Any = None) -> dict[str, Any]:
-        out = self.linear(x)
-        loss = torch.nn.functional.mse_loss(out, labels) if labels is not None else None
-        return {"loss": loss, "logits": out}
-
-
-def _dataset(n: int) -> list[dict[str, Any]]:
-    generator = torch.Generator().manual_seed(0)
-    weights = torch.tensor([[1.0], [-2.0], [0.5], [3.0]])
-    rows = []
-    for _ in range(n):
-        x = torch.randn(4, generator=generator)
-        rows.append({"x": x, "labels": x @ weights})
-    return rows
 
 
 class WarmUpOnlyTrainer(transformers.Trainer):  # type: ignore[misc,name-defined]
