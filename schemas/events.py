@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
@@ -61,9 +62,10 @@ class EventBase(BaseModel):
         """Fields this version of the contract does not know, as they arrived."""
         return self.model_extra or {}
 
-    @property
+    @cached_property
     def epoch(self) -> float:
-        """Event time as epoch seconds: what detectors compute with."""
+        """Event time as epoch seconds: what detectors compute with. Computed once per event
+        (the engine and a dozen detectors read it; ``datetime.timestamp`` is not free)."""
         return self.timestamp.timestamp()
 
 
