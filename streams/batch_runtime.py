@@ -293,19 +293,7 @@ class BatchRuntime:
 
     def _at_end(self, topic: int, partition: int) -> bool:
         """Caught up with this input partition, or it holds nothing to consume."""
-        from confluent_kafka import TopicPartition
-
-        tp = TopicPartition(self.inputs[topic], partition)
-        try:
-            low, high = self.consumer.get_watermark_offsets(tp, cached=True)
-            (position,) = self.consumer.position([tp])
-        except Exception:
-            return False
-        if high < 0:
-            return False  # not fetched yet
-        if position.offset < 0:
-            return bool(high <= low)  # nothing consumed: caught up only when it is empty
-        return bool(position.offset >= high)
+        return bool(self._caught_up(topic, partition, empty_is_end=True))
 
     def _kafka_stats(self, raw: str) -> None:
         """librdkafka's statistics (every second): is any broker of the cluster up?"""
@@ -316,22 +304,23 @@ class BatchRuntime:
         up = any(b.get("state") == "UP" and b.get("nodeid", -1) >= 0 for b in brokers.values())
         self._brokers = (time.monotonic(), up)
 
-    def _caught_up(self, topic: int, partition: int) -> bool | None:
+    def _caught_up(self, topic: int, partition: int, *, empty_is_end: bool = False) -> bool | None:
         """Whether this input partition's position is at the end offset the last fetch
-        reported (no broker request); None while that end is not known yet."""
+        reported (no broker request); None while that end is not known yet. Before anything
+        was consumed it is not (its messages, or its end, are on their way), unless
+        ``empty_is_end`` and the partition holds nothing."""
         from confluent_kafka import TopicPartition
 
         tp = TopicPartition(self.inputs[topic], partition)
         try:
-            _, high = self.consumer.get_watermark_offsets(tp, cached=True)
+            low, high = self.consumer.get_watermark_offsets(tp, cached=True)
             (position,) = self.consumer.position([tp])
         except Exception:  # not fetched yet, or no longer assigned
             return None
         if high < 0:
             return None
         if position.offset < 0:
-            # Fetched, nothing consumed yet: its messages, or its end, are on their way.
-            return False
+            return empty_is_end and high <= low
         return bool(position.offset >= high)
 
     def snapshot(self) -> None:
