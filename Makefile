@@ -23,7 +23,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	@# mypy cannot follow the editable install's import hook: give it a tree of links.
-	@mkdir -p build/typecheck/rankwatch && for d in schemas config producers streams sinks infra cli simulate; \
+	@mkdir -p build/typecheck/rankwatch && for d in schemas config producers streams sinks infra cli simulate ui; \
 		do ln -sfn ../../../$$d build/typecheck/rankwatch/$$d; done
 	MYPYPATH=build/typecheck $(BIN)/python -m mypy -p rankwatch
 
