@@ -10,6 +10,7 @@ from rankwatch.sinks.exceptions import StoreError
 from rankwatch.sinks.storage.base import (
     LEVELS,
     METRICS,
+    Heatmap,
     JobSummary,
     LogQuery,
     LogRow,
@@ -30,7 +31,7 @@ def open_store(url: str = DEFAULT_DB, *, migrate: bool = True) -> SqlStore:
     >>> import tempfile, os
     >>> store = open_store("sqlite:///" + os.path.join(tempfile.mkdtemp(), "rw.db"))
     >>> store.schema_version(), store.counts()["steps"]
-    (2, 0)
+    (3, 0)
     >>> store.close()
     """
     store: SqlStore
@@ -59,6 +60,7 @@ __all__ = [
     "DEFAULT_DB",
     "LEVELS",
     "METRICS",
+    "Heatmap",
     "JobSummary",
     "LogQuery",
     "LogRow",

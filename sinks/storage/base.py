@@ -118,6 +118,22 @@ class StepQuery:
 
 
 @dataclass(frozen=True, slots=True)
+class Heatmap:
+    """A rank x step grid of one statistic of one metric, from the per-rank rollups.
+
+    Row ``i`` is rank ``ranks[i]``; column ``j`` covers steps ``[step_edges[j], step_edges[j+1])``;
+    ``values[i][j]`` is ``None`` where that rank has no (finite) value in that column.
+    """
+
+    job_id: str
+    metric: str  # one of METRICS
+    stat: str  # "min" | "median" | "max"
+    ranks: list[int]
+    step_edges: list[int]
+    values: list[list[float | None]]
+
+
+@dataclass(frozen=True, slots=True)
 class RetentionResult:
     """Rows deleted by :meth:`Store.delete_older_than`, per table."""
 
@@ -163,8 +179,30 @@ class Store(Protocol):
     def jobs(self) -> list[JobSummary]:
         """Every job seen, most recently active first."""
 
-    def delete_older_than(self, age_s: float, now: float | None = None) -> RetentionResult:
-        """Delete what is older than ``age_s`` seconds (event time); ``now`` defaults to now."""
+    def heatmap(
+        self,
+        job_id: str,
+        metric: str,
+        *,
+        stat: str = "max",
+        columns: int = 200,
+        step_from: int | None = None,
+        step_to: int | None = None,
+        ranks: Sequence[int] | None = None,
+    ) -> Heatmap:
+        """A rank x step grid of ``stat`` of ``metric`` over steps ``[step_from, step_to)`` in
+        at most ``columns`` columns, from the rollups; a bad argument is a ``StoreError``."""
+
+    def delete_older_than(
+        self,
+        age_s: float | None,
+        now: float | None = None,
+        *,
+        steps_age_s: float | None = None,
+        evidence_s: float = ...,
+    ) -> RetentionResult:
+        """Delete what is older than ``age_s`` seconds (event time), and raw steps older than
+        ``steps_age_s`` except around alerts (within ``evidence_s``); ``now`` defaults to now."""
 
     def close(self) -> None:
         """Release the connection."""

@@ -12,8 +12,9 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from rankwatch.sinks.exceptions import StoreError
+from rankwatch.sinks.storage import rollups
 from rankwatch.sinks.storage.base import METRICS
-from rankwatch.sinks.storage.sql import SqlStore
+from rankwatch.sinks.storage.sql import Migration, SqlStore, backfill_rollups
 
 if TYPE_CHECKING:
     import psycopg
@@ -60,10 +61,30 @@ V2: tuple[str, ...] = (
 )
 
 
+_ROLLUP_VALUES = ", ".join(
+    f"{name} {'integer NOT NULL' if name.endswith('_n') else 'double precision'}"
+    for name in rollups.VALUE_COLUMNS
+)
+
+#: Version 3: per-rank rollups of the step metrics per block of steps (see ``rollups``), filled
+#: from the steps already stored.
+V3: tuple[Migration, ...] = (
+    f"""CREATE TABLE step_rollups (
+        job_id text NOT NULL, width integer NOT NULL, rank integer NOT NULL,
+        block bigint NOT NULL, first_ts double precision NOT NULL,
+        last_ts double precision NOT NULL,
+        sealed integer NOT NULL DEFAULT 0, {_ROLLUP_VALUES},
+        PRIMARY KEY (job_id, width, rank, block))""",
+    # Block ranges across ranks: the heatmap's span, the write path's sealed blocks.
+    "CREATE INDEX step_rollups_blocks ON step_rollups (job_id, width, block)",
+    backfill_rollups,
+)
+
+
 class PostgresStore(SqlStore):
     """A store in a PostgreSQL database, given by a ``postgresql://`` URL (libpq syntax)."""
 
-    migrations = (V1, V2)
+    migrations = (V1, V2, V3)
     ph = "%s"
 
     def __init__(self, url: str, *, connect_timeout_s: int = 10) -> None:
@@ -126,6 +147,9 @@ class PostgresStore(SqlStore):
     def _grep_clause(self, text: str) -> tuple[str, list[Any]]:
         # Same expression as the GIN index, so the index serves it.
         return "to_tsvector('simple', message) @@ phraseto_tsquery('simple', %s)", [text]
+
+    def _rank_in_json(self, ranks: str, rank: str) -> str:
+        return f"{ranks}::jsonb @> to_jsonb({rank})"
 
     def close(self) -> None:
         self._conn.close()

@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
 from rankwatch.schemas import Alert, LogEvent, StepEvent
 from rankwatch.sinks.exceptions import QueryError, StoreError
-from rankwatch.sinks.storage import rows
+from rankwatch.sinks.storage import rollups, rows
 from rankwatch.sinks.storage.base import (
     LEVELS,
     METRICS,
+    Heatmap,
     JobSummary,
     LogQuery,
     LogRow,
@@ -30,13 +31,20 @@ from rankwatch.sinks.storage.base import (
 
 VERSION_TABLE = "rankwatch_schema_version"
 
+#: Raw steps this close in time to an alert (before its first, after its last sighting) on its
+#: job and ranks are kept past raw-step retention: they are the alert's evidence.
+EVIDENCE_WINDOW_S = 600.0
+
+#: A migration step: a SQL statement, or a function run on the store in the same transaction.
+Migration = str | Callable[["SqlStore"], None]
+
 
 class SqlStore(ABC):
     """A :class:`~rankwatch.sinks.storage.base.Store` over a DB-API connection."""
 
     url: str
     #: The migrations, in order: migration ``i`` brings the schema from version ``i`` to ``i+1``.
-    migrations: Sequence[Sequence[str]] = ()
+    migrations: Sequence[Sequence[Migration]] = ()
     ph = "?"  # the placeholder of the driver's paramstyle
 
     # ---- dialect hooks -------------------------------------------------------------------
@@ -72,6 +80,10 @@ class SqlStore(ABC):
         return None
 
     @abstractmethod
+    def _rank_in_json(self, ranks: str, rank: str) -> str:
+        """A condition: the integer column ``rank`` is in the JSON list column ``ranks``."""
+
+    @abstractmethod
     def close(self) -> None:
         """Release the connection."""
 
@@ -104,7 +116,10 @@ class SqlStore(ABC):
                 if self.schema_version() != version:  # another process migrated meanwhile
                     continue
                 for statement in self.migrations[version]:
-                    self._execute(statement)
+                    if isinstance(statement, str):
+                        self._execute(statement)
+                    else:
+                        statement(self)
                 self._execute(f"DELETE FROM {VERSION_TABLE}")
                 self._execute(
                     f"INSERT INTO {VERSION_TABLE} (version) VALUES ({self.ph})", (version + 1,)
@@ -158,6 +173,8 @@ class SqlStore(ABC):
                     f" last_ts = {g('job_ranks.last_ts', 'excluded.last_ts')}",
                     rows.job_rank_rows(steps, logs),
                 )
+            if steps:
+                self._write_rollups({(e.job_id, e.rank, rollups.block_of(e.step)) for e in steps})
         return WriteStats(
             received=len(steps) + len(logs) + len(alerts),
             steps=new_steps,
@@ -165,19 +182,117 @@ class SqlStore(ABC):
             alerts=new_alerts,
         )
 
-    def delete_older_than(self, age_s: float, now: float | None = None) -> RetentionResult:
-        """Delete steps, logs, alerts and per-rank summaries older than ``age_s`` (event time)."""
-        cutoff = (time.time() if now is None else now) - age_s
+    def _write_rollups(self, keys: Iterable[tuple[str, int, int]]) -> None:
+        """Recompute the rollups of the touched ``(job, rank, finest block)`` keys, every width.
+
+        Inside the caller's transaction; see :mod:`~rankwatch.sinks.storage.rollups` for why a
+        recomputation (never an increment) keeps a replayed batch from counting twice.
+        """
+        p = self.ph
+        finest = rollups.WIDTHS[0]
+        touched = set(keys)
+        for job_id in {job for job, _, _ in touched}:
+            blocks = [b for job, _, b in touched if job == job_id]
+            sealed = self._query(
+                f"SELECT rank, block FROM step_rollups WHERE job_id = {p} AND width = {p}"
+                f" AND sealed = 1 AND block >= {p} AND block <= {p}",
+                (job_id, finest, min(blocks), max(blocks)),
+            )
+            touched -= {(job_id, rank, block) for rank, block in sealed}
+        metrics = ", ".join(METRICS)
+        new_rows: list[tuple[Any, ...]] = []
+        for (job_id, block), ranks in rollups.group_by_block(touched).items():
+            found = self._query(
+                f"SELECT rank, ts, {metrics} FROM steps WHERE job_id = {p}"
+                f" AND rank IN ({', '.join([p] * len(ranks))}) AND step >= {p} AND step < {p}",
+                (job_id, *ranks, block * finest, (block + 1) * finest),
+            )
+            by_rank: dict[int, list[tuple[Any, ...]]] = {}
+            for row in found:
+                by_rank.setdefault(row[0], []).append(row[1:])
+            new_rows.extend(
+                rollups.rollup_from_raw((job_id, rank, block), raw) for rank, raw in by_rank.items()
+            )
+        self._upsert_rollups(new_rows)
+        values = ", ".join(rollups.VALUE_COLUMNS)
+        for finer, width in zip(rollups.WIDTHS, rollups.WIDTHS[1:], strict=False):
+            touched = {(job, rank, block // rollups.FANOUT) for job, rank, block in touched}
+            new_rows = []
+            for (job_id, block), ranks in rollups.group_by_block(touched).items():
+                found = self._query(
+                    f"SELECT rank, first_ts, last_ts, {values} FROM step_rollups"
+                    f" WHERE job_id = {p} AND width = {p}"
+                    f" AND rank IN ({', '.join([p] * len(ranks))}) AND block >= {p}"
+                    f" AND block < {p}",
+                    (job_id, finer, *ranks, block * rollups.FANOUT, (block + 1) * rollups.FANOUT),
+                )
+                by_rank = {}
+                for row in found:
+                    by_rank.setdefault(row[0], []).append(row[1:])
+                new_rows.extend(
+                    rollups.rollup_from_children((job_id, rank, block), width, children)
+                    for rank, children in by_rank.items()
+                )
+            self._upsert_rollups(new_rows)
+
+    def _upsert_rollups(self, new_rows: Sequence[tuple[Any, ...]]) -> None:
+        if not new_rows:
+            return
+        cols = rollups.ROLLUP_COLUMNS
+        self._executemany(
+            f"INSERT INTO step_rollups ({', '.join(cols)})"
+            f" VALUES ({', '.join([self.ph] * len(cols))})"
+            " ON CONFLICT (job_id, width, rank, block) DO UPDATE SET "
+            + ", ".join(f"{c} = excluded.{c}" for c in cols[4:]),
+            new_rows,
+        )
+
+    def delete_older_than(
+        self,
+        age_s: float | None,
+        now: float | None = None,
+        *,
+        steps_age_s: float | None = None,
+        evidence_s: float = EVIDENCE_WINDOW_S,
+    ) -> RetentionResult:
+        """Delete what is older than ``age_s`` (event time): steps, logs, alerts, per-rank
+        summaries and rollups; and raw steps older than ``steps_age_s``, keeping their rollups
+        and the steps within ``evidence_s`` of an alert on its job and ranks (its evidence).
+
+        Either age may be ``None`` (no such retention). Before raw rows go, the finest rollups
+        of their blocks are sealed: never recomputed from the rows that are left.
+        """
+        now = time.time() if now is None else now
         deleted: dict[str, int] = {}
+        p = self.ph
         with self._transaction():
-            for table, column in (
-                ("steps", "ts"),
-                ("logs", "ts"),
-                ("alerts", "last_seen"),
-                ("job_ranks", "last_ts"),
-            ):
-                deleted[table] = self._execute(
-                    f"DELETE FROM {table} WHERE {column} < {self.ph}", (cutoff,)
+            for age in (age_s, steps_age_s):
+                if age is not None:
+                    self._execute(
+                        f"UPDATE step_rollups SET sealed = 1 WHERE width = {p} AND sealed = 0"
+                        f" AND first_ts < {p}",
+                        (rollups.WIDTHS[0], now - age),
+                    )
+            if age_s is not None:
+                for table, column in (
+                    ("steps", "ts"),
+                    ("logs", "ts"),
+                    ("alerts", "last_seen"),
+                    ("job_ranks", "last_ts"),
+                    ("step_rollups", "last_ts"),
+                ):
+                    deleted[table] = self._execute(
+                        f"DELETE FROM {table} WHERE {column} < {p}", (now - age_s,)
+                    )
+            if steps_age_s is not None:
+                evidence = (
+                    "SELECT 1 FROM alerts a WHERE a.job_id = steps.job_id"
+                    f" AND steps.ts >= a.first_seen - {p} AND steps.ts <= a.last_seen + {p}"
+                    f" AND (a.ranks = '[]' OR {self._rank_in_json('a.ranks', 'steps.rank')})"
+                )
+                deleted["raw_steps"] = self._execute(
+                    f"DELETE FROM steps WHERE ts < {p} AND NOT EXISTS ({evidence})",
+                    (now - steps_age_s, evidence_s, evidence_s),
                 )
         return RetentionResult(deleted)
 
@@ -279,6 +394,115 @@ class SqlStore(ABC):
             for r in found
         ]
 
+    def heatmap(
+        self,
+        job_id: str,
+        metric: str,
+        *,
+        stat: str = "max",
+        columns: int = 200,
+        step_from: int | None = None,
+        step_to: int | None = None,
+        ranks: Sequence[int] | None = None,
+    ) -> Heatmap:
+        """A rank x step grid of one statistic of ``metric``, read from the rollups.
+
+        Steps ``[step_from, step_to)`` (default: the job's whole span) in at most ``columns``
+        columns of equal width, each a whole number of rollup blocks (edges aligned to them:
+        see :func:`~rankwatch.sinks.storage.rollups.plan_columns`). Rows: ``ranks`` if given,
+        else every rank that reported a step. A cell without data is ``None``. The median of a
+        column of several blocks is the median of their medians (an approximation).
+        """
+        if metric not in METRICS:
+            raise StoreError(f"unknown metric {metric!r} (one of {', '.join(METRICS)})")
+        if stat not in rollups.STATS:
+            raise StoreError(f"unknown stat {stat!r} (one of {', '.join(rollups.STATS)})")
+        if isinstance(columns, bool) or not isinstance(columns, int) or columns < 1:
+            raise StoreError(f"columns: expected a positive integer, got {columns!r}")
+        p = self.ph
+        if ranks is None:
+            rows_ = [
+                int(r[0])
+                for r in self._query(
+                    f"SELECT rank FROM job_ranks WHERE job_id = {p} AND last_step IS NOT NULL"
+                    " ORDER BY rank",
+                    (job_id,),
+                )
+            ]
+        else:
+            rows_ = sorted({int(r) for r in ranks})
+        lo, hi = step_from, step_to
+        if lo is None or hi is None:
+            first, last = self._step_span(job_id)
+            lo = first if lo is None else lo
+            hi = last if hi is None else hi
+        if lo is None or hi is None or not rows_:
+            return Heatmap(job_id, metric, stat, rows_, [], [[] for _ in rows_])
+        if hi <= lo:
+            raise StoreError(f"step_to ({hi}) must be greater than step_from ({lo})")
+        width, k, edges = rollups.plan_columns(lo, hi, columns)
+        first_block = edges[0] // width
+        last_block = edges[-1] // width
+        column = f"{metric}_{rollups.STATS[stat]}"
+        where = f"job_id = {p} AND width = {p} AND block >= {p} AND block < {p}"
+        params: list[Any] = [job_id, width, first_block, last_block]
+        if ranks is not None:
+            where += f" AND rank IN ({', '.join([p] * len(rows_))})"
+            params.extend(rows_)
+        cell = f"(block - {first_block}) / {k}"
+        if stat == "median" and k > 1:
+            found = self._query(
+                f"SELECT rank, {cell}, {column} FROM step_rollups WHERE {where}"
+                f" AND {column} IS NOT NULL",
+                params,
+            )
+            grouped: dict[tuple[int, int], list[float]] = {}
+            for rank, col, value in found:
+                grouped.setdefault((rank, col), []).append(value)
+            found = [(r, c, rollups.median(v)) for (r, c), v in grouped.items()]
+        elif k > 1:
+            found = self._query(
+                f"SELECT rank, {cell}, {stat}({column}) FROM step_rollups WHERE {where}"
+                f" GROUP BY rank, {cell}",
+                params,
+            )
+        else:
+            found = self._query(
+                f"SELECT rank, block - {first_block}, {column} FROM step_rollups WHERE {where}",
+                params,
+            )
+        index = {rank: i for i, rank in enumerate(rows_)}
+        values: list[list[float | None]] = [[None] * (len(edges) - 1) for _ in rows_]
+        for rank, col, value in found:
+            at = index.get(rank)
+            if at is not None and value is not None:
+                values[at][int(col)] = float(value)
+        return Heatmap(job_id, metric, stat, rows_, edges, values)
+
+    def _step_span(self, job_id: str) -> tuple[int | None, int | None]:
+        """The job's first step (block-aligned) and last step + 1, from its rollups."""
+        p = self.ph
+        coarse, finest = rollups.WIDTHS[-1], rollups.WIDTHS[0]
+        # The coarsest rollups are few; the first of them bounds where the finest ones start.
+        (found,) = self._query(
+            f"SELECT min(block), max(block) FROM step_rollups WHERE job_id = {p} AND width = {p}",
+            (job_id, coarse),
+        )
+        if found[0] is None:
+            return None, None
+        per = coarse // finest
+        bounds: list[int] = []
+        for block, agg in ((found[0], "min"), (found[1], "max")):
+            (edge,) = self._query(
+                f"SELECT {agg}(block) FROM step_rollups WHERE job_id = {p} AND width = {p}"
+                f" AND block >= {p} AND block < {p}",
+                (job_id, finest, block * per, (block + 1) * per),
+            )
+            bounds.append(int(edge[0]))
+        (last,) = self._query(f"SELECT max(last_step) FROM job_ranks WHERE job_id = {p}", (job_id,))
+        end = (bounds[1] + 1) * finest if last[0] is None else int(last[0]) + 1
+        return bounds[0] * finest, end
+
     def jobs(self) -> list[JobSummary]:
         """Every job seen, most recently active first, with its open (unresolved) alerts."""
         open_alerts = dict(
@@ -330,7 +554,7 @@ class SqlStore(ABC):
         """Rows per table: for tests, benchmarks and the sink's status line."""
         return {
             table: int(self._query(f"SELECT count(*) FROM {table}")[0][0])
-            for table in ("steps", "logs", "alerts", "job_ranks")
+            for table in ("steps", "logs", "alerts", "job_ranks", "step_rollups")
         }
 
     def __enter__(self) -> SqlStore:
@@ -338,6 +562,13 @@ class SqlStore(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def backfill_rollups(store: SqlStore) -> None:
+    """Migration step: the rollups of every step already stored (a store from before them)."""
+    finest = rollups.WIDTHS[0]
+    keys = store._query(f"SELECT DISTINCT job_id, rank, step / {finest} FROM steps")
+    store._write_rollups((job, int(rank), int(block)) for job, rank, block in keys)
 
 
 def iter_chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from rankwatch.sinks.exceptions import StoreError
+from rankwatch.sinks.storage import rollups
 from rankwatch.sinks.storage.base import METRICS
-from rankwatch.sinks.storage.sql import SqlStore
+from rankwatch.sinks.storage.sql import Migration, SqlStore, backfill_rollups
 
 _METRIC_COLUMNS = ", ".join(f"{name} REAL" for name in METRICS)
 
@@ -64,6 +65,25 @@ V2: tuple[str, ...] = (
 )
 
 
+_ROLLUP_VALUES = ", ".join(
+    f"{name} {'INTEGER NOT NULL' if name.endswith('_n') else 'REAL'}"
+    for name in rollups.VALUE_COLUMNS
+)
+
+#: Version 3: per-rank rollups of the step metrics per block of steps (see ``rollups``), filled
+#: from the steps already stored.
+V3: tuple[Migration, ...] = (
+    f"""CREATE TABLE step_rollups (
+        job_id TEXT NOT NULL, width INTEGER NOT NULL, rank INTEGER NOT NULL,
+        block INTEGER NOT NULL, first_ts REAL NOT NULL, last_ts REAL NOT NULL,
+        sealed INTEGER NOT NULL DEFAULT 0, {_ROLLUP_VALUES},
+        PRIMARY KEY (job_id, width, rank, block)) WITHOUT ROWID""",
+    # Block ranges across ranks: the heatmap's span, the write path's sealed blocks.
+    "CREATE INDEX step_rollups_blocks ON step_rollups (job_id, width, block)",
+    backfill_rollups,
+)
+
+
 def sqlite_path(url: str) -> Path:
     """The file of a ``sqlite:///relative.db`` or ``sqlite:////absolute.db`` URL.
 
@@ -78,7 +98,7 @@ def sqlite_path(url: str) -> Path:
 class SQLiteStore(SqlStore):
     """A store in one SQLite file (created, with its folder, if missing)."""
 
-    migrations = (V1, V2)
+    migrations = (V1, V2, V3)
     ph = "?"
 
     def __init__(self, url: str, *, timeout_s: float = 10.0) -> None:
@@ -131,6 +151,9 @@ class SQLiteStore(SqlStore):
         # One FTS5 phrase: the words in this order, punctuation ignored, case-insensitive.
         phrase = '"' + text.replace('"', '""') + '"'
         return "id IN (SELECT rowid FROM logs_fts WHERE logs_fts MATCH ?)", [phrase]
+
+    def _rank_in_json(self, ranks: str, rank: str) -> str:
+        return f"EXISTS (SELECT 1 FROM json_each({ranks}) WHERE json_each.value = {rank})"
 
     def close(self) -> None:
         self._conn.close()

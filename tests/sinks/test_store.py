@@ -54,7 +54,13 @@ def test_a_replayed_batch_adds_no_rows(store: SqlStore) -> None:
     again = store.write_batch(*batch)
     assert (first.steps, first.logs, first.alerts) == (80, 2, 1)
     assert (again.steps, again.logs) == (0, 0)
-    assert store.counts() == {"steps": 80, "logs": 2, "alerts": 1, "job_ranks": 4}
+    assert store.counts() == {
+        "steps": 80,
+        "logs": 2,
+        "alerts": 1,
+        "job_ranks": 4,
+        "step_rollups": 4 * (2 + 1 + 1),  # 20 steps: two 16-step blocks, one of each coarser
+    }
 
 
 def test_non_finite_metrics_survive_storage(store: SqlStore) -> None:
@@ -129,7 +135,13 @@ def test_retention_deletes_only_what_is_older(store: SqlStore) -> None:
         steps(ranks=1, n=10), [log(0, T0, "INFO", "old"), log(0, T0 + 9, "INFO", "new")], [alert()]
     )
     result = store.delete_older_than(5, now=T0 + 10)
-    assert result.deleted == {"steps": 5, "logs": 1, "alerts": 0, "job_ranks": 0}
+    assert result.deleted == {
+        "steps": 5,
+        "logs": 1,
+        "alerts": 0,
+        "job_ranks": 0,
+        "step_rollups": 0,  # the one block of each width holds a newer step too
+    }
     assert [r.message for r in store.logs(LogQuery("j1"))] == ["new"]
     assert store.logs(LogQuery("j1", grep="old")) == []  # gone from the text index too
     assert store.counts()["steps"] == 5
@@ -164,13 +176,15 @@ def test_migrate_upgrades_a_version_1_database_in_place(
     old.close()
 
     with open_store(url) as upgraded:  # migrates
-        assert upgraded.schema_version() == 2
+        assert upgraded.schema_version() == 3
         assert upgraded.counts()["steps"] == 80
         # Version 2's features work on the old rows: full-text search and the job summary.
         assert [r.rank for r in upgraded.logs(LogQuery("j1", grep="watchdog"))] == [3]
         (job,) = upgraded.jobs()
         assert (job.ranks, job.last_step, job.last_seen.timestamp()) == (4, 19, T0 + 30)
-        assert upgraded.migrate() == 2  # idempotent
+        # Version 3's rollups are filled from the old steps.
+        assert upgraded.heatmap("j1", "loss", stat="min", columns=4).values[3] == [1.85, 1.81]
+        assert upgraded.migrate() == 3  # idempotent
 
 
 def test_a_database_newer_than_the_code_is_refused(store: SqlStore) -> None:
