@@ -65,8 +65,8 @@ class StorageConfig(_Strict):
 class DestinationConfig(_Strict):
     """``[sinks.notify.destinations.NAME]``: one endpoint, its format and its manners."""
 
-    type: Literal["webhook", "slack", "dingtalk"]
-    url: str
+    type: Literal["webhook", "slack", "dingtalk", "alertmanager"]
+    url: str  # alertmanager: its base URL (the receiver posts to URL/api/v2/alerts)
     timeout: Duration = 5.0
     group_wait: Duration = 10.0
     max_group: int = Field(default=50, ge=1, strict=True)
@@ -75,11 +75,31 @@ class DestinationConfig(_Strict):
     max_attempts: int = Field(default=5, ge=1, strict=True)
     backoff: Duration = 0.5
     max_backoff: Duration = 30.0
+    # type = "alertmanager" only (see rankwatch.sinks.notify.alertmanager):
+    labels: dict[str, Annotated[str, Field(strict=True)]] = Field(default_factory=dict)
+    dashboard_url: str | None = None  # annotation and generatorURL: URL/alerts/ALERT_ID
+    resend_every: Duration = 60.0  # a firing alert is posted again this often
 
     @model_validator(mode="after")
     def _http_url(self) -> DestinationConfig:
         if not self.url.startswith(("http://", "https://")):
             raise ValueError(f"url: expected an http:// or https:// URL, got {self.url!r}")
+        if self.type != "alertmanager":
+            for key in ("labels", "dashboard_url", "resend_every"):
+                if key in self.model_fields_set:
+                    raise ValueError(f'{key}: only for type = "alertmanager"')
+            return self
+        from rankwatch.sinks.notify.alertmanager.labels import check_static_labels
+
+        check_static_labels(self.labels)  # ValueError("labels: ...") naming the bad one
+        if self.dashboard_url is not None and not self.dashboard_url.startswith(
+            ("http://", "https://")
+        ):
+            raise ValueError(
+                f"dashboard_url: expected an http:// or https:// URL, got {self.dashboard_url!r}"
+            )
+        if self.resend_every < 1:
+            raise ValueError(f"resend_every: must be at least 1s, got {self.resend_every:g}s")
         return self
 
 

@@ -1,4 +1,5 @@
-"""Real servers for tests and benchmarks: a throw-away PostgreSQL cluster, a webhook endpoint.
+"""Real servers for tests and benchmarks: a throw-away PostgreSQL cluster, a webhook endpoint,
+Debian's Alertmanager and Prometheus.
 
 Nothing here is a mock. :class:`PostgresServer` runs Debian's PostgreSQL (installing it with
 apt-get if it is missing) in a temporary folder on a free loopback port. :class:`WebhookServer`
@@ -300,3 +301,171 @@ class WebhookServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class ServerUnavailable(SinkError):
+    """A Debian server (Alertmanager, Prometheus) cannot be installed or started here."""
+
+
+def find_debian_binary(binary: str, package: str, install: bool = True) -> Path:
+    """``/usr/bin/BINARY``; as root, apt-get installs ``package`` if it is missing."""
+    path = Path("/usr/bin") / binary
+    if not path.exists() and install and shutil.which("apt-get") and os.geteuid() == 0:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for command in (["apt-get", "update"], ["apt-get", "install", "-y", package]):
+            done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+            if done.returncode != 0:
+                raise ServerUnavailable(f"{' '.join(command)} failed: {done.stderr.strip()[-500:]}")
+    if not path.exists():
+        why = "not root" if os.geteuid() != 0 else "apt-get could not install it"
+        raise ServerUnavailable(f"{path} is missing (Debian package {package}; {why})")
+    return path
+
+
+class _DebianServer:
+    """A server binary in a temporary folder on a free loopback port, stopped by ``stop()``."""
+
+    binary = ""
+    package = ""
+
+    def __init__(self) -> None:
+        self.port = _free_port()
+        self.root: Path | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self, binary: Path, root: Path) -> list[str]:
+        raise NotImplementedError
+
+    def start(self, timeout_s: float = 30.0) -> _DebianServer:
+        binary = find_debian_binary(self.binary, self.package)
+        self.root = Path(tempfile.mkdtemp(prefix=f"rankwatch-{self.binary}-"))
+        log = (self.root / "log").open("wb")
+        self._proc = subprocess.Popen(
+            self.command(binary, self.root), stdout=log, stderr=subprocess.STDOUT, cwd=self.root
+        )
+        log.close()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                break
+            try:
+                self.get("/-/ready")
+                return self
+            except OSError:
+                time.sleep(0.1)
+        text = self.log()[-1500:]
+        self.stop()
+        raise ServerUnavailable(f"{self.binary} did not become ready: {text}")
+
+    def get(self, path: str) -> Any:
+        """GET ``path`` and decode its JSON (``/-/ready`` answers text: returned as is)."""
+        import urllib.request
+
+        with urllib.request.urlopen(self.url + path, timeout=5) as response:
+            raw = response.read()
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return raw.decode(errors="replace")
+
+    def log(self) -> str:
+        if self.root is None or not (self.root / "log").exists():
+            return ""
+        return (self.root / "log").read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(10)
+            self._proc = None
+        if self.root is not None:
+            shutil.rmtree(self.root, ignore_errors=True)
+            self.root = None
+
+    def __enter__(self) -> _DebianServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class AlertmanagerServer(_DebianServer):
+    """Debian's Prometheus Alertmanager, alone (no cluster), routing every alert to one
+    receiver: ``webhook_url`` (firing and resolved notifications, grouped by alert, within
+    about a second), or nobody. Tests read its ``GET /api/v2/alerts`` and what it notified."""
+
+    binary = "prometheus-alertmanager"
+    package = "prometheus-alertmanager"
+
+    def __init__(self, webhook_url: str | None = None) -> None:
+        super().__init__()
+        self.webhook_url = webhook_url
+
+    def command(self, binary: Path, root: Path) -> list[str]:
+        receiver = '  - name: "hook"\n'
+        if self.webhook_url:
+            receiver += (
+                f"    webhook_configs:\n      - url: '{self.webhook_url}'\n"
+                "        send_resolved: true\n"
+            )
+        (root / "alertmanager.yml").write_text(
+            'route:\n  receiver: "hook"\n  group_by: ["alert_id"]\n'
+            "  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\n"
+            f"receivers:\n{receiver}"
+        )
+        return [
+            str(binary),
+            f"--config.file={root / 'alertmanager.yml'}",
+            f"--storage.path={root / 'data'}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+            "--cluster.listen-address=",  # alone: no gossip port
+        ]
+
+    def alerts(self, **filters: str) -> list[dict[str, Any]]:
+        """Its alerts (``active``, ``silenced``... as query parameters, "true"/"false")."""
+        from urllib.parse import urlencode
+
+        query = f"?{urlencode(filters)}" if filters else ""
+        found: list[dict[str, Any]] = self.get(f"/api/v2/alerts{query}")
+        return found
+
+
+class PrometheusServer(_DebianServer):
+    """Debian's Prometheus scraping ``targets`` (``host:port``) every second."""
+
+    binary = "prometheus"
+    package = "prometheus"
+
+    def __init__(self, targets: list[str]) -> None:
+        super().__init__()
+        self.targets = targets
+
+    def command(self, binary: Path, root: Path) -> list[str]:
+        targets = ", ".join(f"'{t}'" for t in self.targets)
+        (root / "prometheus.yml").write_text(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+            "scrape_configs:\n  - job_name: rankwatch\n"
+            f"    static_configs:\n      - targets: [{targets}]\n"
+        )
+        return [
+            str(binary),
+            f"--config.file={root / 'prometheus.yml'}",
+            f"--storage.tsdb.path={root / 'data'}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+        ]
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        """The result vector of an instant query (``/api/v1/query``)."""
+        from urllib.parse import quote
+
+        answer = self.get(f"/api/v1/query?query={quote(expr)}")
+        result: list[dict[str, Any]] = answer["data"]["result"]
+        return result

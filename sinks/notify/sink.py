@@ -32,8 +32,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("rankwatch.sinks.notify")
 
 
-def make_notifier(name: str, config: DestinationConfig) -> Notifier:
-    """The integration a destination's ``type`` names."""
+def make_notifier(name: str, config: DestinationConfig, state_db: str | None = None) -> Notifier:
+    """The integration a destination's ``type`` names (``state_db``: where Alertmanager's
+    open alerts are kept, to re-post them)."""
+    if config.type == "alertmanager":
+        from rankwatch.sinks.notify.alertmanager import AlertmanagerNotifier
+
+        return AlertmanagerNotifier(name, config, state_db)
     from rankwatch.sinks.notify.dingtalk import DingTalkNotifier
     from rankwatch.sinks.notify.slack import SlackNotifier
     from rankwatch.sinks.notify.webhook import WebhookNotifier
@@ -59,7 +64,12 @@ class NotifySink:
         self.delivered = DeliveredSet(config.state_db)
         self.workers = {
             name: DestinationWorker(
-                name, make_notifier(name, dest), dest, self.delivered, self._park, self._stop
+                name,
+                make_notifier(name, dest, config.state_db),
+                dest,
+                self.delivered,
+                self._park,
+                self._stop,
             )
             for name, dest in config.destinations.items()
         }

@@ -71,6 +71,8 @@ class DestinationWorker:
         self._inbox: queue.Queue[tuple[Alert, Done, float]] = queue.Queue()
         self._seq = itertools.count()
         self._thread = threading.Thread(target=self._run, name=f"notify-{name}", daemon=True)
+        #: Alertmanager's receiver re-posts firing alerts from this thread, between deliveries.
+        self._refresh: Callable[[], object] | None = getattr(notifier, "refresh", None)
 
     def submit(self, alert: Alert, done: Done, not_before: float = 0.0) -> None:
         """Queue ``alert``; ``done()`` is called once it is delivered, known, or parked.
@@ -108,6 +110,8 @@ class DestinationWorker:
             now = time.monotonic()
             for job in [j for j, g in groups.items() if g.deadline <= now]:
                 self._send(groups.pop(job).items)
+            if self._refresh is not None:
+                self._refresh()
         # Stopping: what is still queued or grouped is not done, so its offset is not
         # committed and the next run delivers it.
 

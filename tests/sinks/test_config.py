@@ -79,8 +79,8 @@ def test_no_file_means_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         ),
         (
             '[sinks.notify.destinations.a]\ntype = "teams"\nurl = "http://x"\n',
-            "sinks.notify.destinations.a.type: Input should be 'webhook', 'slack' or 'dingtalk', "
-            "got 'teams'",
+            "sinks.notify.destinations.a.type: Input should be 'webhook', 'slack', 'dingtalk' "
+            "or 'alertmanager', got 'teams'",
         ),
         (
             '[sinks.notify.destinations.a]\ntype = "slack"\nurl = "ftp://x"\n',
