@@ -20,6 +20,7 @@ from rankwatch.cli import (
     simulate_cmd,
     sink_cmd,
     topics_cmd,
+    ui_cmd,
     worker_cmd,
 )
 
@@ -41,6 +42,7 @@ def _command_modules() -> list[ModuleType]:
         sink_cmd,
         query_cmd,
         alerts_cmd,
+        ui_cmd,
         demo_cmd,
         schema_cmd,
     ]

@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # `rankwatch` is a namespace package mapped from the top-level folders: walk each one.
-PACKAGES = ["schemas", "config", "producers", "streams", "sinks", "infra", "cli", "simulate"]
+PACKAGES = ["schemas", "config", "producers", "streams", "sinks", "infra", "cli", "simulate", "ui"]
 
 
 def _modules() -> list[str]:
