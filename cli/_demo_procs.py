@@ -18,8 +18,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from rankwatch.schemas.rankwatch_error import RankwatchError
 
-class DemoError(Exception):
+
+class DemoError(RankwatchError):
     """The demo cannot go on: a child died, a broker is missing, a wait timed out."""
 
 

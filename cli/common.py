@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -16,6 +15,9 @@ Handler = Callable[[argparse.Namespace], int]
 # Exit status of a command stopped by bad configuration or an unreachable cluster, as argparse
 # itself uses for bad usage.
 EXIT_ERROR = 2
+#: The attribute a handler's function carries to name its error lines' prefix (a plain string,
+#: so rankwatch.sinks can set it without importing the CLI).
+ERROR_PREFIX = "error_prefix"
 
 
 def add_connection_args(parser: argparse.ArgumentParser) -> None:
@@ -47,19 +49,17 @@ def error(message: str) -> int:
 
 
 def reports_errors(handler: Handler) -> Handler:
-    """Turn rankwatch's own exceptions (config, infra) into a one-line error and exit status 2.
+    """Mark ``handler`` as a command whose errors read ``rankwatch: error: MESSAGE``.
 
-    Anything else is a bug and keeps its traceback.
+    It catches nothing: the CLI catches every :class:`RankwatchError` in one place
+    (:func:`rankwatch.cli.main.main`, exit status 2) and asks :func:`error_prefix` how to start
+    the line. Anything else is a bug and keeps its traceback.
     """
+    handler.__dict__[ERROR_PREFIX] = "rankwatch"
+    return handler
 
-    @functools.wraps(handler)
-    def wrapper(args: argparse.Namespace) -> int:
-        from rankwatch.config import ConfigError
-        from rankwatch.infra import InfraError
 
-        try:
-            return handler(args)
-        except (ConfigError, InfraError) as exc:
-            return error(str(exc))
-
-    return wrapper
+def error_prefix(handler: Handler, command: str) -> str:
+    """How the CLI's error line for ``handler`` starts: ``rankwatch COMMAND``, unless the handler
+    names its own (:func:`reports_errors`, :func:`rankwatch.sinks.query.cli.guarded`)."""
+    return str(handler.__dict__.get(ERROR_PREFIX, f"rankwatch {command}"))

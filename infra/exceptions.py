@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from rankwatch.schemas.rankwatch_error import RankwatchError
 
-class InfraError(Exception):
+
+class InfraError(RankwatchError):
     """Root of every error raised by rankwatch.infra; the message is meant for a person."""
 
 

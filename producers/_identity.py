@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from rankwatch.schemas import JOB_ID_PATTERN
+from rankwatch.schemas.rankwatch_error import RankwatchError
 
 #: Environment variables read for each field, first match wins. torchrun sets RANK/WORLD_SIZE/
 #: LOCAL_RANK; Slurm sets the SLURM_* ones (also for ranks started by srun without torchrun).
@@ -29,7 +30,7 @@ _JOB_ID = re.compile(JOB_ID_PATTERN)
 _MEANINGLESS_RUN_IDS = frozenset({"none", ""})
 
 
-class IdentityError(ValueError):
+class IdentityError(RankwatchError, ValueError):
     """No job id could be found, or a value from the environment is not usable."""
 
 

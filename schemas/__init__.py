@@ -25,6 +25,7 @@ from rankwatch.schemas.events import (
     StepEvent,
 )
 from rankwatch.schemas.exceptions import EventDecodeError, FieldProblem, SchemaError
+from rankwatch.schemas.rankwatch_error import RankwatchError
 from rankwatch.schemas.topics import ALERTS_TOPIC, DEADLETTER_TOPIC, LOGS_TOPIC, STEPS_TOPIC
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "LogEvent",
     "LogLevel",
     "Phase",
+    "RankwatchError",
     "SchemaError",
     "Scope",
     "Severity",

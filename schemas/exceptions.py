@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rankwatch.schemas.rankwatch_error import RankwatchError
 
-class SchemaError(Exception):
+
+class SchemaError(RankwatchError):
     """Root of every error raised by :mod:`rankwatch.schemas`."""
 
 

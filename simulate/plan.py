@@ -25,6 +25,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from rankwatch.schemas.rankwatch_error import RankwatchError
 from rankwatch.simulate.model import JobSpec
 from rankwatch.simulate.scenarios import SCENARIOS, Expectation, Scenario
 
@@ -39,7 +40,7 @@ _ITEM = re.compile(r"^(?P<name>[a-z_]+)(?:@(?P<step>\d+))?(?::(?P<rank>\d+))?$")
 _DEFAULT_RANKS = (3, 14, 25, 36, 47, 58)  # spread over hosts, distinct at 64 ranks
 
 
-class PlanError(ValueError):
+class PlanError(RankwatchError, ValueError):
     """A ``--scenario`` text that names an unknown fault or a step or rank the job lacks."""
 
 

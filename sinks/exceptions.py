@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from rankwatch.schemas.rankwatch_error import RankwatchError
 
-class SinkError(Exception):
+
+class SinkError(RankwatchError):
     """Root of every error raised by :mod:`rankwatch.sinks`; its message is for a person."""
 
 

@@ -1,7 +1,9 @@
 """Errors of the stream-processing package."""
 
+from rankwatch.schemas.rankwatch_error import RankwatchError
 
-class StreamsError(Exception):
+
+class StreamsError(RankwatchError):
     """Root of every error raised by :mod:`rankwatch.streams`."""
 
 

@@ -8,7 +8,6 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from rankwatch.sinks.exceptions import SinkError
 from rankwatch.sinks.storage.sql import SqlStore
 
 Handler = Callable[[argparse.Namespace], int]
@@ -47,22 +46,22 @@ def open_store_from_args(args: argparse.Namespace) -> SqlStore:
 
 
 def guarded(name: str) -> Callable[[Handler], Handler]:
-    """Our errors (and config errors) become one ``rankwatch NAME: error: ...`` line and rc 2."""
+    """Our errors read ``rankwatch NAME: error: ...`` (rc 2); a closed pipe ends quietly (rc 0).
+
+    The error line itself is printed by the CLI's one ``except RankwatchError``
+    (``rankwatch.cli.main``); this names its prefix in the handler's ``error_prefix``.
+    """
 
     def wrap(handler: Handler) -> Handler:
         @functools.wraps(handler)
         def run(args: argparse.Namespace) -> int:
-            from rankwatch.config import ConfigError
-
             try:
                 return handler(args)
-            except (SinkError, ConfigError) as error:
-                print(f"rankwatch {name}: error: {error}", file=sys.stderr)
-                return 2
             except BrokenPipeError:  # `rankwatch logs ... | head`
                 sys.stderr.close()
                 return 0
 
+        run.__dict__["error_prefix"] = f"rankwatch {name}"
         return run
 
     return wrap
