@@ -23,6 +23,8 @@ from rankwatch.cli import (
     ui_cmd,
     worker_cmd,
 )
+from rankwatch.cli.common import EXIT_ERROR, error_prefix
+from rankwatch.schemas.rankwatch_error import RankwatchError
 
 
 def _command_modules() -> list[ModuleType]:
@@ -72,19 +74,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except KeyboardInterrupt:
         return 130
-    except _user_errors() as error:
-        # Our own errors already say what is wrong and where: no traceback.
-        print(f"rankwatch {args.command}: error: {error}", file=sys.stderr)
-        return 2
-
-
-def _user_errors() -> tuple[type[Exception], ...]:
-    from rankwatch.config.exceptions import ConfigError
-    from rankwatch.infra.exceptions import InfraError
-    from rankwatch.schemas import SchemaError
-    from rankwatch.streams.exceptions import StreamsError
-
-    return (ConfigError, InfraError, SchemaError, StreamsError)
+    except RankwatchError as error:
+        # The one place our own errors are caught: they already say what is wrong and where, so
+        # no traceback. Anything else is a bug and keeps its traceback.
+        print(f"{error_prefix(handler, args.command)}: error: {error}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":
