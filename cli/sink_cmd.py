@@ -86,6 +86,7 @@ def _storage(args: argparse.Namespace) -> int:
             batch_size=args.batch_size or config.batch_size,
             linger_s=linger,
             retention_s=retention,
+            step_retention_s=config.step_retention,
             instance_id=args.instance_id or config.instance_id,
         )
         _stop_on_signals(sink.stop)

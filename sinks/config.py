@@ -54,12 +54,39 @@ class StorageConfig(_Strict):
     batch_size: int = Field(default=1000, ge=1, le=100_000, strict=True)
     linger: Duration = 1.0
     retention: Duration | None = None  # none: keep everything
+    # Raw steps older than this go (their per-rank rollups stay, and the steps around every
+    # alert stay as its evidence); none: keep them as long as ``retention`` keeps everything.
+    step_retention: Duration | None = None
 
     @model_validator(mode="after")
     def _known_scheme(self) -> StorageConfig:
         if not self.db.startswith(("sqlite:///", "postgresql://", "postgres://")):
             raise ValueError(f"db: expected sqlite:///PATH or postgresql://..., got {self.db!r}")
         return self
+
+    @model_validator(mode="after")
+    def _step_retention_within_retention(self) -> StorageConfig:
+        steps, everything = self.step_retention, self.retention
+        if steps is not None and steps <= 0:
+            raise ValueError("step_retention: must be longer than 0s (leave it out to keep them)")
+        if steps is not None and everything is not None and steps > everything:
+            raise ValueError(
+                f"step_retention: {_spoken(steps)} is longer than retention"
+                f" ({_spoken(everything)}), which deletes every step first"
+            )
+        return self
+
+
+def _spoken(seconds: float) -> str:
+    """A duration as it would be written in the file.
+
+    >>> _spoken(40 * 86400), _spoken(90), _spoken(0.5)
+    ('40d', '90s', '0.5s')
+    """
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
 
 
 class DestinationConfig(_Strict):

@@ -61,9 +61,11 @@ class StorageSink:
 
     ``batch_size`` and ``linger_s`` bound a batch: it is written when it holds ``batch_size``
     messages or its first message is ``linger_s`` old. ``retention_s`` (if set) deletes rows
-    older than that at start and every ``retention_every_s``. ``instance_id`` makes the sink a
-    static member of its group: restarted with the same id, it takes its partitions back at
-    once instead of waiting for the killed process's session to time out.
+    older than that at start and every ``retention_every_s``; ``step_retention_s`` (if set)
+    deletes raw steps older than that, keeping their rollups and the steps around every alert
+    (``SqlStore.delete_older_than``). ``instance_id`` makes the sink a static member of its
+    group: restarted with the same id, it takes its partitions back at once instead of waiting
+    for the killed process's session to time out.
     """
 
     def __init__(
@@ -77,6 +79,7 @@ class StorageSink:
         retention_s: float | None = None,
         retention_every_s: float = 3600.0,
         instance_id: str | None = None,
+        step_retention_s: float | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -85,6 +88,7 @@ class StorageSink:
         self.linger_s = linger_s
         self.retention_s = retention_s
         self.retention_every_s = retention_every_s
+        self.step_retention_s = step_retention_s
         self.instance_id = instance_id
         self.stats = SinkStats()
         self._stop = threading.Event()
@@ -206,11 +210,15 @@ class StorageSink:
         self._flush(consumer)
 
     def _maybe_retain(self) -> None:
-        if self.retention_s is None or time.monotonic() < self._next_retention:
+        if self.retention_s is None and self.step_retention_s is None:
+            return
+        if time.monotonic() < self._next_retention:
             return
         self._next_retention = time.monotonic() + self.retention_every_s
         try:
-            result = self.store.delete_older_than(self.retention_s)
+            result = self.store.delete_older_than(
+                self.retention_s, steps_age_s=self.step_retention_s
+            )
         except StoreError as exc:
             log.error("retention failed (will retry in %.0f s): %s", self.retention_every_s, exc)
             return

@@ -419,6 +419,8 @@ class SqlStore(ABC):
             raise StoreError(f"unknown stat {stat!r} (one of {', '.join(rollups.STATS)})")
         if isinstance(columns, bool) or not isinstance(columns, int) or columns < 1:
             raise StoreError(f"columns: expected a positive integer, got {columns!r}")
+        if step_from is not None and step_to is not None and step_to <= step_from:
+            raise StoreError(f"step_to ({step_to}) must be greater than step_from ({step_from})")
         p = self.ph
         if ranks is None:
             rows_ = [
@@ -436,10 +438,8 @@ class SqlStore(ABC):
             first, last = self._step_span(job_id)
             lo = first if lo is None else lo
             hi = last if hi is None else hi
-        if lo is None or hi is None or not rows_:
+        if lo is None or hi is None or hi <= lo or not rows_:
             return Heatmap(job_id, metric, stat, rows_, [], [[] for _ in rows_])
-        if hi <= lo:
-            raise StoreError(f"step_to ({hi}) must be greater than step_from ({lo})")
         width, k, edges = rollups.plan_columns(lo, hi, columns)
         first_block = edges[0] // width
         last_block = edges[-1] // width

@@ -17,6 +17,7 @@ bootstrap = "127.0.0.1:9092"
 [sinks.storage]
 db = "postgresql://rw@db.example/rankwatch"
 retention = "30d"
+step_retention = "7d"
 linger = "500ms"
 
 [sinks.notify.destinations.oncall]
@@ -45,6 +46,7 @@ def load(tmp_path: Path, text: str) -> object:
 def test_a_full_config_loads_and_kafka_settings_still_load_beside_it(tmp_path: Path) -> None:
     config = load(tmp_path, GOOD)
     assert config.storage.retention == 30 * 86400  # type: ignore[attr-defined]
+    assert config.storage.step_retention == 7 * 86400  # type: ignore[attr-defined]
     assert config.notify.destinations["oncall"].timeout == 3.0  # type: ignore[attr-defined]
     assert config.notify.routes[0].to == ("oncall", "ops-cn")  # type: ignore[attr-defined]
     assert load_settings(tmp_path / "rankwatch.toml").bootstrap == "127.0.0.1:9092"
@@ -72,6 +74,32 @@ def test_no_file_means_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         (
             "[sinks.storage]\nbatch_size = 0\n",
             "sinks.storage.batch_size: Input should be greater than or equal to 1, got 0",
+        ),
+        (
+            '[sinks.storage]\nstep_retention = "a week"\n',
+            "sinks.storage.step_retention: 'a week' is not a duration (expected a number and a "
+            "unit: 500ms, 10s, 5m, 2h, 7d, 1w)",
+        ),
+        (
+            "[sinks.storage]\nstep_retention = -5\n",
+            "sinks.storage.step_retention: Input should be greater than or equal to 0, got -5",
+        ),
+        (
+            "[sinks.storage]\nstep_retention = true\n",
+            'sinks.storage.step_retention: expected a duration string such as "10s", got True',
+        ),
+        (
+            '[sinks.storage]\nstep_retention = "0s"\n',
+            "sinks.storage.step_retention: must be longer than 0s (leave it out to keep them)",
+        ),
+        (
+            '[sinks.storage]\nretention = "30d"\nstep_retention = "40d"\n',
+            "sinks.storage.step_retention: 40d is longer than retention (30d), which deletes "
+            "every step first",
+        ),
+        (
+            '[sinks.storage]\nstep_retension = "7d"\n',
+            "sinks.storage: unknown key 'step_retension' (did you mean 'step_retention'?)",
         ),
         (
             '[sinks.storage]\ndb = "mysql://x"\n',

@@ -14,7 +14,9 @@ import pytest
 from confluent_kafka import Producer
 
 from rankwatch.schemas import Alert, LogEvent, StepEvent, encode
-from rankwatch.sinks.storage import LogQuery, SqlStore, open_store
+from rankwatch.sinks.storage import LogQuery, SqlStore, StepQuery, open_store
+from rankwatch.sinks.storage.consumer import StorageSink
+from rankwatch.sinks.storage.rollups import WIDTHS
 
 pytestmark = pytest.mark.broker
 
@@ -126,6 +128,8 @@ def test_a_run_is_stored_once_each_after_the_sink_is_killed_and_restarted(
         f'[topics.steps]\nname = "{topics["step"]}"\n'
         f'[topics.logs]\nname = "{topics["log"]}"\n'
         f'[topics.alerts]\nname = "{topics["alert"]}"\n'
+        # Runs at start through the CLI's wiring; deletes nothing of a run from 2025.
+        '[sinks.storage]\nstep_retention = "3650d"\n'
     )
     url = make_db_url(kind)
     group = f"storage-{tmp_path.name}"
@@ -171,7 +175,15 @@ def test_a_run_is_stored_once_each_after_the_sink_is_killed_and_restarted(
             "logs": STEPS // 10,
             "alerts": 8,
             "job_ranks": RANKS,
+            "step_rollups": RANKS * (25 + 4 + 1),  # 400 steps: blocks of 16, 128 and 1024
         }
+        # The rollups counted each step once through the kill and the re-read batches.
+        counted = store._query(
+            "SELECT width, sum(loss_n), min(loss_min) FROM step_rollups GROUP BY width"
+        )
+        assert sorted(counted) == [(w, RANKS * STEPS, 3.0 - (STEPS - 1) / 1000) for w in WIDTHS]
+        heatmap = store.heatmap("job-a", "loss", stat="max", columns=25)
+        assert heatmap.values == [[3.0 - block * 16 / 1000 for block in range(25)]] * RANKS
         logs = store.logs(LogQuery("job-a", limit=10_000))
         assert sorted(r.message for r in logs) == sorted(
             e.message for e in first_half + second_half if isinstance(e, LogEvent)
@@ -182,3 +194,27 @@ def test_a_run_is_stored_once_each_after_the_sink_is_killed_and_restarted(
         }
         (job,) = store.jobs()
         assert (job.ranks, job.last_step, job.open_alerts) == (RANKS, STEPS - 1, 0)
+
+
+def test_the_sinks_step_retention_keeps_the_evidence_and_the_rollups(tmp_path: Path) -> None:
+    from rankwatch.config import load_settings
+
+    events = run_events(0, 200)
+    store = open_store(f"sqlite:///{tmp_path / 'r.db'}")
+    try:
+        store.write_batch(
+            [e for e in events if isinstance(e, StepEvent)],
+            [],
+            [e for e in events if isinstance(e, Alert)],
+        )
+        before = store.heatmap("job-a", "loss", columns=13)
+        sink = StorageSink(
+            store, load_settings(None, bootstrap="127.0.0.1:1"), step_retention_s=60.0
+        )
+        sink._maybe_retain()  # what the run loop does at start and every hour
+        kept = {(p.rank, p.step) for p in store.steps(StepQuery("job-a", "loss"))}
+        # Only the steps within 10 minutes of the alerts at steps 50 and 150, on rank 3.
+        assert kept == {(3, s) for s in range(200)}
+        assert store.heatmap("job-a", "loss", columns=13) == before
+    finally:
+        store.close()
