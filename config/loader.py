@@ -12,7 +12,6 @@ the file or the environment variable the bad value came from.
 
 from __future__ import annotations
 
-import difflib
 import os
 import tomllib
 from collections.abc import Mapping
@@ -29,6 +28,7 @@ from rankwatch.config.settings import (
     TopicSettings,
     TopicsSettings,
 )
+from rankwatch.schemas.validation import CONFIG_STYLE, Loc, dotted, field_errors
 
 DEFAULT_FILE_NAME = "rankwatch.toml"
 CONFIG_ENV = "RANKWATCH_CONFIG"
@@ -120,9 +120,7 @@ def load_settings(
         return Settings.model_validate(_merged(_fields_tree(Settings()), data))
     except ValidationError as exc:
         fallback = str(path) if path is not None else "settings"
-        raise ConfigError(
-            "\n".join(_describe(error, sources, fallback) for error in exc.errors())
-        ) from None
+        raise ConfigError(_describe(exc, sources, fallback)) from None
 
 
 def with_producer(settings: Settings, overrides: Mapping[str, Any]) -> Settings:
@@ -144,11 +142,7 @@ def with_producer(settings: Settings, overrides: Mapping[str, Any]) -> Settings:
         producer = ProducerSettings.model_validate(data)
     except ValidationError as exc:
         sources = {f"producer.{key}": f"configure({key}=...)" for key in overrides}
-        lines = []
-        for error in exc.errors():
-            error = {**error, "loc": ("producer", *error["loc"])}
-            lines.append(_describe(error, sources, "configure()"))
-        raise ConfigError("\n".join(lines)) from None
+        raise ConfigError(_describe(exc, sources, "configure()", prefix=("producer",))) from None
     return settings.model_copy(update={"producer": producer})
 
 
@@ -227,63 +221,14 @@ def _source_of(key: str, sources: Mapping[str, str], fallback: str) -> str:
     return ", ".join(found) if found else fallback
 
 
-def _describe(error: Any, sources: Mapping[str, str], fallback: str) -> str:
-    loc = [str(part) for part in error["loc"]]
-    key = ".".join(loc)
-    kind = error["type"]
-    # Never echo a secret back, not even a mistyped one.
-    value = "<redacted>" if "password" in key else error.get("input")
-    if kind == "extra_forbidden":
-        message = f"unknown key {loc[-1]!r}{_suggestion(loc)}"
-        key = ".".join(loc[:-1]) or "(top level)"
-        return f"{_source_of('.'.join(loc), sources, fallback)}: {key}: {message}"
-    if kind == "literal_error":
-        message = f"must be one of {error['ctx']['expected']}, got {_show(value)}"
-    elif kind == "model_type" or kind == "model_attributes_type":
-        message = f"expected a table, got {_show(value)}"
-    elif kind in ("int_type", "int_parsing"):
-        message = f"expected an integer, got {_show(value)}"
-    elif kind == "string_type":
-        message = f"expected a string, got {_show(value)}"
-    elif kind in ("float_type", "float_parsing", "finite_number"):
-        message = f"expected a finite number, got {_show(value)}"
-    elif kind in ("bool_type", "bool_parsing"):
-        message = f"expected a boolean (true/false; env: 1/0, yes/no), got {_show(value)}"
-    elif kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
-        op = {
-            "greater_than_equal": ">=",
-            "greater_than": ">",
-            "less_than_equal": "<=",
-            "less_than": "<",
-        }[kind]
-        bound = next(iter(error["ctx"].values()))
-        message = f"must be {op} {bound}, got {_show(value)}"
-    elif kind == "value_error":
-        message = str(error["ctx"]["error"])
-    elif kind == "missing":
-        message = "is required"
-    else:
-        message = f"{error['msg']}, got {_show(value)}"
-    return f"{_source_of(key, sources, fallback)}: {key}: {message}"
-
-
-def _show(value: Any) -> str:
-    """A value as a person reads it in TOML terms, with its type."""
-    kinds = {
-        bool: "boolean",
-        int: "integer",
-        float: "float",
-        str: "string",
-        list: "array",
-        tuple: "array",
-        dict: "table",
-    }
-    kind = kinds.get(type(value), type(value).__name__)
-    if value == "<redacted>":
-        return "a value (not shown)"
-    if isinstance(value, dict):
-        return "a table"
-    return f"{kind} {value!r}"
+def _describe(
+    exc: ValidationError, sources: Mapping[str, str], fallback: str, prefix: Loc = ()
+) -> str:
+    """One line per problem, ``SOURCE: KEY: PROBLEM`` (the wording is schemas.validation's)."""
+    return "\n".join(
+        f"{_source_of(dotted(problem.loc), sources, fallback)}: {problem}"
+        for problem in field_errors(exc, CONFIG_STYLE, prefix=prefix, suggest=_keys)
+    )
 
 
 _MODELS: dict[str, type[BaseModel]] = {
@@ -294,11 +239,10 @@ _MODELS: dict[str, type[BaseModel]] = {
 }
 
 
-def _suggestion(loc: list[str]) -> str:
-    """`` (did you mean 'bootstrap'?)`` for a near-miss of a real key, else ''."""
-    parent = ".".join(loc[:-1])
-    model = _MODELS.get(parent, TopicSettings if parent.startswith("topics.") else None)
-    if model is None:
-        return ""
-    close = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+def _keys(parent: Loc) -> list[str]:
+    """The keys the table at ``parent`` may have: near misses of them get a suggestion."""
+    dotted_parent = dotted(parent)
+    model = _MODELS.get(
+        dotted_parent, TopicSettings if dotted_parent.startswith("topics.") else None
+    )
+    return list(model.model_fields) if model is not None else []

@@ -15,7 +15,6 @@ destination that does not exist is a :class:`SinkConfigError`, one line per prob
 
 from __future__ import annotations
 
-import difflib
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from rankwatch.schemas import Severity
+from rankwatch.schemas.validation import SINKS_STYLE, Loc, dotted, field_errors, model_keys
 from rankwatch.sinks.durations import parse_duration
 from rankwatch.sinks.exceptions import SinkConfigError
 from rankwatch.sinks.storage import DEFAULT_DB
@@ -198,25 +198,8 @@ def parse_sinks_config(table: Any, *, source: str = "config") -> SinksConfig:
     try:
         return SinksConfig.model_validate(table)
     except ValidationError as exc:
-        lines = [_describe(error, source) for error in exc.errors(include_url=False)]
-        raise SinkConfigError("\n".join(lines)) from None
-
-
-def _describe(error: Any, source: str) -> str:
-    loc = ["sinks", *(str(part) for part in error["loc"])]
-    kind = error["type"]
-    if kind == "extra_forbidden":
-        return f"{source}: {'.'.join(loc[:-1])}: unknown key {loc[-1]!r}{_suggest(loc)}"
-    if kind == "value_error":
-        message = str(error["ctx"]["error"])
-        # A model validator names the sub-key itself ("url: ..."): keep the path in one place.
-        head, sep, rest = message.partition(": ")
-        if sep and " " not in head:
-            return f"{source}: {'.'.join(loc)}.{head}: {rest}"
-        return f"{source}: {'.'.join(loc)}: {message}"
-    if kind == "missing":
-        return f"{source}: {'.'.join(loc)}: is required"
-    return f"{source}: {'.'.join(loc)}: {error['msg']}, got {error.get('input')!r}"
+        problems = field_errors(exc, SINKS_STYLE, prefix=("sinks",), suggest=_keys)
+        raise SinkConfigError("\n".join(f"{source}: {problem}" for problem in problems)) from None
 
 
 _FIELDS: dict[str, type[BaseModel]] = {
@@ -226,15 +209,12 @@ _FIELDS: dict[str, type[BaseModel]] = {
 }
 
 
-def _suggest(loc: list[str]) -> str:
-    parent = ".".join(loc[:-1])
+def _keys(loc: Loc) -> list[str]:
+    """The keys the table at ``loc`` may have: near misses of them get a suggestion."""
+    parent = dotted(loc)
     model = _FIELDS.get(parent)
     if model is None and parent.startswith("sinks.notify.destinations."):
         model = DestinationConfig
     if model is None and parent.startswith("sinks.notify.routes."):
         model = RouteConfig
-    if model is None:
-        return ""
-    names = [f.alias or name for name, f in model.model_fields.items()]
-    close = difflib.get_close_matches(loc[-1], names, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return model_keys(model) if model is not None else []

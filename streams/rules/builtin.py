@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from rankwatch.schemas import Action, LogEvent, Severity, StepEvent
+from rankwatch.schemas.validation import RULE_SETTING_STYLE, field_errors
 from rankwatch.streams.detectors.base import JobState, RankState
 from rankwatch.streams.detectors.gradient import GradientExplosion, GradientExplosionConfig
 from rankwatch.streams.detectors.gradient_health import (
@@ -120,20 +121,8 @@ def _adapter(hint: Any) -> TypeAdapter[Any]:
     return TypeAdapter(hint, config=_STRICT)
 
 
-_WANT = {
-    "float_type": "a number (float)",
-    "int_type": "an integer",
-    "bool_type": "true or false",
-    "string_type": "a string",
-}
-
-
 def _type_problem(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    if err["type"] in _WANT:
-        want = _WANT[err["type"]]
-        return f"expected {want}, got {type(err['input']).__name__}"
-    return str(err["msg"])
+    return field_errors(exc, RULE_SETTING_STYLE)[0].message
 
 
 def check_settings(rule: str, settings: Mapping[str, Any]) -> list[tuple[str, str]]:

@@ -38,6 +38,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from rankwatch.schemas.validation import RULES_STYLE, dotted, field_errors
 from rankwatch.streams.engine import Detector, Engine, EngineConfig
 from rankwatch.streams.exceptions import DetectorConfigError
 from rankwatch.streams.incidents import IncidentPolicy
@@ -152,10 +153,7 @@ def parse_rules(text: str, source: str = "<rules>") -> RuleSet:
 
 
 def _dotted(loc: Loc) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
+    return dotted(loc, brackets=True)
 
 
 class _Parser:
@@ -170,16 +168,9 @@ class _Parser:
         self.problems.append(Problem(line, _dotted(loc), message))
 
     def pydantic(self, prefix: Loc, exc: ValidationError, tag: str | None = None) -> None:
-        for err in exc.errors():
-            loc = list(err["loc"])
-            if tag is not None and loc and loc[0] == tag:
-                loc = loc[1:]  # the discriminated union's own level
-            message = str(err["msg"]).removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                message = "unknown key"
-            elif err["type"] == "missing":
-                message = "required key is missing"
-            self.problem([*prefix, *loc], message)
+        # ``tag``: the discriminated union's own level, not a key of the file.
+        for problem in field_errors(exc, RULES_STYLE, prefix=tuple(prefix), drop=tag):
+            self.problem(problem.loc, problem.message)
 
     def fail(self) -> RulesFileError:
         self.problems.sort(key=lambda p: (p.line or 0, p.field))
