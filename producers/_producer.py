@@ -25,7 +25,7 @@ from rankwatch.producers._identity import Identity
 from rankwatch.producers._once import LogOnce
 from rankwatch.producers._scrub import Scrubber
 from rankwatch.producers._sender import Prepared, Sender
-from rankwatch.schemas import KNOWN_LR_SCHEDULES, LogEvent, Phase, StepEvent, encode
+from rankwatch.schemas import KNOWN_LR_SCHEDULES, STEP_METRICS, LogEvent, Phase, StepEvent, encode
 
 if TYPE_CHECKING:
     from rankwatch.config import Settings
@@ -33,20 +33,7 @@ if TYPE_CHECKING:
 _now = time.time
 _monotonic = time.monotonic
 _PHASES: tuple[str, ...] = get_args(Phase)
-_NUMERIC_FIELDS = (
-    "step",
-    "loss",
-    "learning_rate",
-    "gradient_norm",
-    "gpu_memory_usage",
-    "gpu_memory_allocated_mb",
-    "gpu_memory_reserved_mb",
-    "throughput_tokens_per_sec",
-    "step_time_s",
-    "data_time_s",
-    "compute_time_s",
-    "gpu_utilization",
-)
+_NUMERIC_FIELDS = ("step", *STEP_METRICS)
 #: The schedule names :meth:`RankwatchProducer.declare_lr_schedule` accepts (Hugging Face's
 #: ``lr_scheduler_type`` names; ``other`` for any schedule of the trainer's own).
 LR_SCHEDULES: tuple[str, ...] = (*KNOWN_LR_SCHEDULES, "other")

@@ -17,6 +17,7 @@ from rankwatch.schemas.codec import (
 )
 from rankwatch.schemas.events import (
     KNOWN_LR_SCHEDULES,
+    STEP_METRICS,
     EventBase,
     Lifecycle,
     LogEvent,
@@ -37,6 +38,7 @@ __all__ = [
     "LOGS_TOPIC",
     "MAX_MESSAGE_BYTES",
     "STEPS_TOPIC",
+    "STEP_METRICS",
     "Action",
     "Alert",
     "Event",

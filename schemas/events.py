@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
@@ -104,6 +105,23 @@ class StepEvent(EventBase):
         if self.world_size is not None and self.rank >= self.world_size:
             raise ValueError(f"rank {self.rank} is not below world_size {self.world_size}")
         return self
+
+
+def _is_float(annotation: Any) -> bool:
+    """``float``, ``float | None``, ``Annotated[float, ...] | None``: a number, not an id."""
+    if get_origin(annotation) is Annotated:
+        return _is_float(get_args(annotation)[0])
+    if get_origin(annotation) in (Union, UnionType):
+        members = [a for a in get_args(annotation) if a is not type(None)]
+        return len(members) == 1 and _is_float(members[0])
+    return annotation is float
+
+
+#: The step metrics: every float field of :class:`StepEvent`, in the contract's order. The one
+#: list of them: the producer's ``log_step`` keywords, the simulator and storage read it.
+STEP_METRICS: tuple[str, ...] = tuple(
+    name for name, info in StepEvent.model_fields.items() if _is_float(info.annotation)
+)
 
 
 class LogEvent(EventBase):

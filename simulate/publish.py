@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Protocol
 
-from rankwatch.schemas import LogEvent, StepEvent, encode
+from rankwatch.schemas import STEP_METRICS, LogEvent, StepEvent, encode
 
 if TYPE_CHECKING:
     from rankwatch.config import Settings
@@ -35,18 +35,6 @@ if TYPE_CHECKING:
 SimEvent = StepEvent | LogEvent
 #: The most ranks sent through one producer each (see the module docstring).
 MAX_PRODUCERS = 512
-_METRICS = (
-    "loss",
-    "learning_rate",
-    "gradient_norm",
-    "gpu_memory_usage",
-    "gpu_memory_allocated_mb",
-    "gpu_memory_reserved_mb",
-    "throughput_tokens_per_sec",
-    "step_time_s",
-    "data_time_s",
-    "compute_time_s",
-)
 
 
 class Destination(Protocol):
@@ -122,7 +110,7 @@ class RankProducers:
         producer = self._producer(event)
         # timestamp= overrides the producer's clock: the simulated time is the event time.
         if isinstance(event, StepEvent):
-            metrics = {name: getattr(event, name) for name in _METRICS}
+            metrics = {name: getattr(event, name) for name in STEP_METRICS}
             producer.log_step(
                 event.step,
                 timestamp=event.epoch,

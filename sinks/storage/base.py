@@ -11,21 +11,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 
-from rankwatch.schemas import Alert, LogEvent, StepEvent
+from rankwatch.schemas import STEP_METRICS, Alert, LogEvent, StepEvent
 
-#: Step metrics that ``rankwatch steps --metric`` can show: the numeric fields of a StepEvent.
-METRICS: tuple[str, ...] = (
-    "loss",
-    "learning_rate",
-    "gradient_norm",
-    "gpu_memory_usage",
-    "gpu_memory_allocated_mb",
-    "gpu_memory_reserved_mb",
-    "throughput_tokens_per_sec",
-    "step_time_s",
-    "data_time_s",
-    "compute_time_s",
-)
+#: Step metrics that storage keeps and ``rankwatch steps --metric`` can show: the contract's
+#: STEP_METRICS but gpu_utilization, which joined the contract after the first schema and has no
+#: column yet. The migrations build their columns from this tuple, so adding one needs the
+#: earlier migrations' column lists frozen first, then a migration that adds the column.
+METRICS: tuple[str, ...] = tuple(name for name in STEP_METRICS if name != "gpu_utilization")
 
 #: Log levels in order; ``--level WARNING`` selects WARNING and everything above it.
 LEVELS: dict[str, int] = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
