@@ -138,14 +138,44 @@ def configure(
     return producer
 
 
-def log_step(step: int, **metrics: Any) -> None:
-    """:meth:`RankwatchProducer.log_step` on the configured producer; before :func:`configure`
-    it does nothing (warned once). Never raises."""
+def log_step(
+    step: int,
+    *,
+    loss: float | None = None,
+    learning_rate: float | None = None,
+    gradient_norm: float | None = None,
+    gpu_memory_usage: float | None = None,
+    gpu_memory_allocated_mb: float | None = None,
+    gpu_memory_reserved_mb: float | None = None,
+    throughput_tokens_per_sec: float | None = None,
+    step_time_s: float | None = None,
+    data_time_s: float | None = None,
+    compute_time_s: float | None = None,
+    gpu_utilization: float | None = None,
+    **extra: Any,
+) -> None:
+    """:meth:`RankwatchProducer.log_step` on the configured producer, with its signature (a
+    test holds the two equal); before :func:`configure` it does nothing (warned once). Never
+    raises."""
     producer = _producer
     if producer is None:
         _warn_unconfigured()
         return
-    producer.log_step(step, **metrics)
+    producer.log_step(
+        step,
+        loss=loss,
+        learning_rate=learning_rate,
+        gradient_norm=gradient_norm,
+        gpu_memory_usage=gpu_memory_usage,
+        gpu_memory_allocated_mb=gpu_memory_allocated_mb,
+        gpu_memory_reserved_mb=gpu_memory_reserved_mb,
+        throughput_tokens_per_sec=throughput_tokens_per_sec,
+        step_time_s=step_time_s,
+        data_time_s=data_time_s,
+        compute_time_s=compute_time_s,
+        gpu_utilization=gpu_utilization,
+        **extra,
+    )
 
 
 def declare_lr_schedule(
