@@ -40,12 +40,28 @@ def register(sub: Any) -> None:
         default=None,
         help="delete what is older than this (e.g. 30d; default: keep all)",
     )
+    _add_metrics_args(storage)
     storage.set_defaults(handler=_storage)
 
     notify = kinds.add_parser("notify", help="deliver alerts to webhooks (Slack, DingTalk, JSON)")
     notify.add_argument("--config", default=None, metavar="FILE", help="rankwatch TOML config")
     notify.add_argument("--bootstrap", default=None, help="Kafka bootstrap servers")
+    _add_metrics_args(notify)
     notify.set_defaults(handler=_notify)
+
+
+def _add_metrics_args(parser: Any) -> None:
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve Prometheus /metrics on this port (0: any free one; default: the config "
+        "file's metrics_port, else off)",
+    )
+    parser.add_argument(
+        "--metrics-host", default=None, help="address /metrics binds to (default 127.0.0.1)"
+    )
 
 
 def _stop_on_signals(stop: Any) -> None:
@@ -58,6 +74,17 @@ def _stop_on_signals(stop: Any) -> None:
 
 def _logging(name: str) -> None:
     logging.basicConfig(level=logging.INFO, format=f"rankwatch sink {name} | %(message)s")
+
+
+def _serve_metrics(sink: Any, args: argparse.Namespace, config: Any) -> None:
+    """/metrics for the sink if a port is given (flag first, then config); off otherwise."""
+    from rankwatch.sinks.exceptions import SinkConfigError
+    from rankwatch.sinks.metrics import serve_sink_metrics
+
+    port = args.metrics_port if args.metrics_port is not None else config.metrics_port
+    if port is not None and not 0 <= port <= 65535:
+        raise SinkConfigError(f"--metrics-port: expected 0..65535, got {port}")
+    serve_sink_metrics(sink, args.metrics_host or config.metrics_host, port)
 
 
 @guarded("sink storage")
@@ -90,6 +117,7 @@ def _storage(args: argparse.Namespace) -> int:
             instance_id=args.instance_id or config.instance_id,
         )
         _stop_on_signals(sink.stop)
+        _serve_metrics(sink, args, config)
         log = logging.getLogger("rankwatch.sinks.storage")
         where = store.url.split("@")[-1]  # never log a password in the URL
         log.info("consuming %s into %s (group %s)", ", ".join(sink.topics), where, sink.group_id)
@@ -111,5 +139,6 @@ def _notify(args: argparse.Namespace) -> int:
     config = load_sinks_config(args.config).notify
     sink = NotifySink(config, settings)
     _stop_on_signals(sink.stop)
+    _serve_metrics(sink, args, config)
     sink.run()
     return 0

@@ -2,7 +2,7 @@
 
     rankwatch worker [--bootstrap HOST:PORT] [--config FILE] [--app-id ID]
                      [--runtime batch|faust] [--loglevel info] [--data-dir DIR]
-                     [--rules RULES.toml]
+                     [--rules RULES.toml] [--metrics-port PORT]
 
 Consumes the steps and logs topics, runs every detector, writes alerts to the alerts topic
 and undecodable messages to the dead-letter topic. Its state is kept in a changelog topic, so
@@ -87,6 +87,25 @@ def register(sub: Any) -> None:
         metavar="FILE",
         help="rules file: tune built-in rules, add your own; reloaded when it changes",
     )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus /metrics on this port (0: any free one, logged; default: off; "
+        "batch runtime)",
+    )
+    parser.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address /metrics binds to (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--metrics-max-jobs",
+        type=int,
+        default=50,
+        metavar="N",
+        help="per-job series for at most N jobs, the most alerting first (default: %(default)s)",
+    )
     parser.set_defaults(handler=common.reports_errors(_run))
 
 
@@ -105,7 +124,14 @@ def _run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         session_timeout_s=args.session_timeout,
         rules_file=args.rules,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
+        metrics_max_jobs=args.metrics_max_jobs,
     )
+    if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
+        raise SystemExit("rankwatch worker: --metrics-port must be 0..65535")
+    if args.metrics_port is not None and args.runtime == "faust":
+        raise SystemExit("rankwatch worker: --metrics-port needs the batch runtime")
     settings = common.settings_from_args(args)
     if args.runtime == "faust":
         from rankwatch.streams.worker import run_worker

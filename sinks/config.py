@@ -41,6 +41,10 @@ def _duration(value: Any) -> Any:
 Duration = Annotated[float, BeforeValidator(_duration), Field(ge=0)]
 
 
+#: A TCP port for ``/metrics`` (0: any free one, logged), or None: no metrics served.
+MetricsPort = Annotated[int | None, Field(strict=True, ge=0, le=65535)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -53,6 +57,8 @@ class StorageConfig(_Strict):
     instance_id: str | None = None  # static group membership: a restart resumes at once
     batch_size: int = Field(default=1000, ge=1, le=100_000, strict=True)
     linger: Duration = 1.0
+    metrics_port: MetricsPort = None  # Prometheus /metrics (rankwatch.sinks.metrics); none: off
+    metrics_host: str = "127.0.0.1"
     retention: Duration | None = None  # none: keep everything
     # Raw steps older than this go (their per-rank rollups stay, and the steps around every
     # alert stay as its evidence); none: keep them as long as ``retention`` keeps everything.
@@ -151,6 +157,8 @@ class NotifyConfig(_Strict):
     state_db: str = ".rankwatch/notify.db"
     retry_topic: str = "rankwatch.alerts.retry"
     park_for: Duration = 60.0  # how long a parked alert waits before it is tried again
+    metrics_port: MetricsPort = None  # Prometheus /metrics (rankwatch.sinks.metrics); none: off
+    metrics_host: str = "127.0.0.1"
     destinations: dict[str, DestinationConfig] = Field(default_factory=dict)
     routes: tuple[RouteConfig, ...] = ()
 

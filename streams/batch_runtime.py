@@ -129,6 +129,8 @@ class BatchRuntime:
         self.unacked = 0  # events processed since the last commit
         self.counters = Counters()
         self.stats = StatsLine()
+        #: Prometheus metrics (rankwatch.streams.metrics) when --metrics-port is given.
+        self.metrics: Any = None
         self.stop = Stop()  # run() gets the one the signal handlers set
         self.broken = False  # an error stopped the loop: persist and commit nothing more
         #: (monotonic time of librdkafka's last statistics, whether a broker was up then).
@@ -249,6 +251,8 @@ class BatchRuntime:
             log_alert(alert)
             self._send(self.layout.alerts, encode(alert), alert.job_id.encode())
             self.counters.alerts += 1
+            if self.metrics is not None:
+                self.metrics.on_alert(alert)
 
     # -- the worker's clock ----------------------------------------------------------------
 
@@ -298,9 +302,12 @@ class BatchRuntime:
     def _kafka_stats(self, raw: str) -> None:
         """librdkafka's statistics (every second): is any broker of the cluster up?"""
         try:
-            brokers = json.loads(raw).get("brokers", {})
+            stats = json.loads(raw)
         except ValueError:
             return
+        brokers = stats.get("brokers", {})
+        if self.metrics is not None:
+            self.metrics.on_kafka_stats(stats)
         up = any(b.get("state") == "UP" and b.get("nodeid", -1) >= 0 for b in brokers.values())
         self._brokers = (time.monotonic(), up)
 
@@ -342,6 +349,8 @@ class BatchRuntime:
         committed = self._commit()
         self.counters.snapshots += 1
         self.counters.snapshot_bytes += written
+        if self.metrics is not None:
+            self.metrics.on_snapshot(time.perf_counter() - started)
         log.debug(
             "snapshot: %d jobs, %d bytes, %d events %s, %.1f ms",
             len(dirty),
@@ -416,6 +425,8 @@ class BatchRuntime:
         if not partitions:
             return
         gone = self.pipeline.forget_partitions(partitions)
+        for job_id in gone:
+            self.store.forget(job_id)
         self.kv.drop(partitions)
         log.info("partitions %s gone: dropped %d jobs", sorted(partitions), len(gone))
 
@@ -465,12 +476,15 @@ class BatchRuntime:
         offsets = [tp for tp in positions if tp.offset >= 0]
         if not offsets:
             return True
+        started = time.perf_counter()
         try:
             self.consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
             # A rebalance under way: the revocation that follows commits these positions.
             log.warning("commit failed, retried at the next snapshot: %s", exc.args[0])
             return False
+        if self.metrics is not None:
+            self.metrics.on_commit(time.perf_counter() - started)
         return True
 
     def _consumer_error(self, msg: Any) -> None:

@@ -38,6 +38,7 @@ from typing import Any
 
 from rankwatch.streams.batch_runtime import BatchRuntime, Stop
 from rankwatch.streams.changelog import ensure_changelog
+from rankwatch.streams.metrics import start_worker_metrics
 from rankwatch.streams.worker_common import (
     KafkaUnreachable,
     TopicLayout,
@@ -102,6 +103,7 @@ def run_batch_worker(settings: Any, options: WorkerOptions) -> int:
         if layout is None:
             return 0
         runtime = BatchRuntime(settings, options, layout, rules)
+        start_worker_metrics(runtime, options)  # --metrics-port; serves until the process ends
         tune_gc()
         ensure_changelog(settings.confluent_config(), runtime.kv.topic, layout)
         runtime.run(stop)

@@ -47,6 +47,10 @@ class WorkerOptions:
     rules_file: str | None = None
     #: How often the rules file's modification time is checked for a live reload.
     rules_poll_s: float = 2.0
+    #: Prometheus /metrics on this port (None: off; rankwatch.streams.metrics), on this host.
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    metrics_max_jobs: int = 50
 
 
 @dataclass(frozen=True, slots=True)

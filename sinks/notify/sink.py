@@ -75,6 +75,8 @@ class NotifySink:
         }
         self._producer: Producer | None = None
         self._ready = threading.Event()
+        #: Prometheus metrics (rankwatch.sinks.metrics) when --metrics-port is given.
+        self.metrics: Any = None
 
     @property
     def alerts_topic(self) -> str:
@@ -102,6 +104,7 @@ class NotifySink:
                 "auto.offset.reset": "earliest",
                 "session.timeout.ms": 10_000,
                 "log_level": 3,
+                **(self.metrics.kafka_config() if self.metrics is not None else {}),
             }
         )
         consumer.subscribe(

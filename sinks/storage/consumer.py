@@ -95,6 +95,8 @@ class StorageSink:
         self._batch = _Batch()
         self._bad = RateLimitedLog("skipped a message that is not a valid event", emit=log.warning)
         self._next_retention = 0.0
+        #: Prometheus metrics (rankwatch.sinks.metrics) when --metrics-port is given.
+        self.metrics: Any = None
 
     @property
     def topics(self) -> list[str]:
@@ -120,6 +122,8 @@ class StorageSink:
         }
         if self.instance_id:
             config["group.instance.id"] = self.instance_id
+        if self.metrics is not None:
+            config.update(self.metrics.kafka_config())  # librdkafka's statistics: the lag
         consumer = Consumer(config)
         consumer.subscribe(self.topics, on_revoke=self._on_revoke)
         try:
@@ -178,6 +182,7 @@ class StorageSink:
         if not batch.size:
             return
         delay = 0.5
+        started = time.perf_counter()
         while True:
             try:
                 written = self.store.write_batch(batch.steps, batch.logs, batch.alerts)
@@ -191,6 +196,9 @@ class StorageSink:
                 if self._stop.wait(delay):
                     return  # stopping: uncommitted, so the next run reads the batch again
                 delay = min(delay * 2, 30.0)
+        if self.metrics is not None:
+            self.metrics.write_seconds.observe(time.perf_counter() - started)
+            started = time.perf_counter()
         self.stats.batches += 1
         self.stats.new_steps += written.steps
         self.stats.new_logs += written.logs
@@ -199,6 +207,8 @@ class StorageSink:
         self._batch = _Batch()
         try:
             consumer.commit(offsets=offsets, asynchronous=False)
+            if self.metrics is not None:
+                self.metrics.commit_seconds.observe(time.perf_counter() - started)
         except KafkaException as exc:
             # The rows are stored; an uncommitted batch is only read (and ignored) again.
             log.warning(
