@@ -1,4 +1,5 @@
-"""``rankwatch schema export DIR`` and ``rankwatch validate --input FILE.jsonl``."""
+"""``rankwatch schema export DIR``, ``rankwatch schema markdown`` and ``rankwatch validate
+--input FILE.jsonl``."""
 
 from __future__ import annotations
 
@@ -16,6 +17,13 @@ def register(sub: Any) -> None:
     export = schema_sub.add_parser("export", help="write one JSON Schema file per event kind")
     export.add_argument("directory", type=Path, metavar="DIR")
     export.set_defaults(handler=_export)
+    markdown = schema_sub.add_parser(
+        "markdown", help="the contract as Markdown, generated from the models (docs/CONTRACT.md)"
+    )
+    markdown.add_argument(
+        "--output", "-o", type=Path, metavar="FILE", help="write it there (default: stdout)"
+    )
+    markdown.set_defaults(handler=_markdown)
 
     validate = sub.add_parser(
         "validate",
@@ -42,6 +50,17 @@ def _export(args: argparse.Namespace) -> int:
 
     for path in export_json_schemas(args.directory):
         print(path)
+    return 0
+
+
+def _markdown(args: argparse.Namespace) -> int:
+    from rankwatch.schemas.contract_doc import contract_markdown
+
+    text = contract_markdown()
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        args.output.write_text(text, encoding="utf-8")
     return 0
 
 

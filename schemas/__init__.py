@@ -1,4 +1,4 @@
-"""The rankwatch wire contract (../shared/CONTRACT.md, version 1), as pydantic models.
+"""The rankwatch wire contract (docs/CONTRACT.md, version 1), as pydantic models.
 
 This package is the only place that knows the contract's field names. Producers, streams and
 sinks import it; it imports nothing of theirs.

@@ -51,7 +51,7 @@ def _loads(data: bytes | str) -> Any:
 
 
 def _infer_kind(obj: Mapping[str, Any]) -> str | None:
-    # Structured per-step logs written by trainers (seeds/001) carry no `kind`: they replay
+    # Structured per-step logs written by trainers (docs/CONTRACT.md) carry no `kind`: they replay
     # as they are, recognised by their fields.
     if "alert_id" in obj:
         return "alert"

@@ -23,7 +23,8 @@ def json_schemas() -> dict[str, dict[str, Any]]:
     for kind, model in (("step", StepEvent), ("log", LogEvent), ("alert", Alert)):
         schema = model.model_json_schema(mode="validation")
         schema["$schema"] = SCHEMA_DIALECT
-        schema["$id"] = f"https://rankwatch.dev/schema/v1/{kind}.schema.json"
+        # A name, not an address: rankwatch publishes no schema on the web.
+        schema["$id"] = f"urn:rankwatch:schema:v1:{kind}"
         # The models allow extra fields; say so explicitly for other languages' validators.
         schema["additionalProperties"] = True
         schema["description"] = (model.__doc__ or "").strip().split("\n\n")[0]

@@ -172,7 +172,7 @@ def test_levels_in_any_case_and_aliases(alias: str, level: str) -> None:
 
 
 def test_seeds_style_step_log_replays_with_a_default_job_id() -> None:
-    # The structured per-step log of seeds/001 has neither kind nor job_id.
+    # A trainer's structured per-step log (docs/CONTRACT.md, Encoding) has neither kind nor job_id.
     line = (
         b'{"step": 1200, "loss": 2.15, "learning_rate": 1.5e-5, "gpu_memory_usage": 87.3,'
         b' "gradient_norm": 0.42, "throughput_tokens_per_sec": 78400,'

@@ -126,7 +126,7 @@ SAMPLES: list[tuple[str, str, str, str | None]] = [
     # mazurowski-lab/segmentation-guided-diffusion issue #1
     ("ERROR", r"OSError: Error no file named config.json found in directory ddim-breast_mri-256\unet.",
      "model_download", "OSError"),
-    # -- cuda_oom -- the rankwatch seed article (shared/seeds/000_*.txt)
+    # -- cuda_oom -- the OOM record of the article rankwatch started from
     ("ERROR", "ERROR 2025-04-05 10:23:45,123 model_loader - CUDA out of memory. Tried to allocate "
      "2.30 GiB.", "cuda_oom", None),
     # -- host_oom -- hezhangsprinter/DCPDN issue #12
