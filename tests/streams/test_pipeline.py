@@ -1,0 +1,153 @@
+"""rankwatch.streams.pipeline on its own: raw messages in, alerts and dead letters out, with the
+real decoder and the real built-in detectors (no broker)."""
+
+from __future__ import annotations
+
+import base64
+
+import orjson
+import pytest
+
+from rankwatch.schemas import Alert, decode, encode
+from rankwatch.streams import Engine, JobState
+from rankwatch.streams.pipeline import MAX_DEAD_PAYLOAD, DeadLetter, Pipeline
+
+T0 = 1_700_000_000
+
+
+def step(rank: int, n: int, loss: float | str = 2.0, job: str = "job-1") -> bytes:
+    return orjson.dumps(
+        {"kind": "step", "job_id": job, "rank": rank, "world_size": 4, "step": n,
+         "timestamp": T0 + n, "loss": loss}
+    )  # fmt: skip
+
+
+def job_with_nan_loss() -> list[bytes]:
+    """Four ranks, 40 healthy steps, then NaN on every rank: loss_explosion must fire."""
+    out = [step(rank, n, 2.0 - n * 0.01) for n in range(40) for rank in range(4)]
+    out += [step(rank, n, "nan") for n in range(40, 45) for rank in range(4)]
+    return out
+
+
+def run(messages: list[bytes]) -> list[Alert]:
+    pipeline = Pipeline(Engine.with_builtin_detectors())
+    alerts: list[Alert] = []
+    for message in messages:
+        result = pipeline.handle(message)
+        assert not isinstance(result, DeadLetter), result.error
+        alerts += result
+    return alerts + pipeline.flush()
+
+
+def test_the_same_input_gives_the_same_alerts_ids_included() -> None:
+    first, second = run(job_with_nan_loss()), run(job_with_nan_loss())
+    assert any(a.rule == "loss_explosion" and a.status == "firing" for a in first)
+    # Compared on the wire (a NaN in the evidence is not equal to itself as a float).
+    assert [encode(a) for a in first] == [encode(a) for a in second]
+
+
+def test_a_bad_message_is_a_dead_letter_with_the_reason_and_processing_goes_on() -> None:
+    pipeline = Pipeline(Engine([]))
+    bad = b'{"kind":"step","job_id":"j","rank":-1,"step":1,"timestamp":0}'
+    dead = pipeline.handle(bad, topic="rankwatch.steps", partition=2, offset=41, key=b"j")
+    assert isinstance(dead, DeadLetter)
+    assert dead.error.startswith("rank: ") and [p.field for p in dead.problems] == ["rank"]
+    assert (dead.topic, dead.partition, dead.offset, dead.key) == ("rankwatch.steps", 2, 41, b"j")
+    assert pipeline.handle(step(0, 1)) == []
+    assert (pipeline.stats.events, pipeline.stats.bad) == (1, 1)
+
+
+def test_not_json_is_a_dead_letter_too() -> None:
+    dead = Pipeline(Engine([])).handle(b"loss=nan at step 3")
+    assert isinstance(dead, DeadLetter) and "not valid JSON" in dead.error
+
+
+def test_an_alert_on_the_input_is_not_an_input_event() -> None:
+    alert = Alert(
+        alert_id="a1", job_id="j", rule="cuda_oom", severity="critical", scope="rank",
+        first_seen=T0, last_seen=T0, summary="x",
+    )  # fmt: skip
+    dead = Pipeline(Engine([])).handle(orjson.dumps(alert.model_dump(mode="json")))
+    assert isinstance(dead, DeadLetter)
+    assert dead.error == "kind: 'alert' is not an input event (step or log)"
+
+
+def test_a_dead_letter_is_a_json_object_that_keeps_the_payload() -> None:
+    dead = DeadLetter("bad", [], b'{"x": 1}', "t", 0, 7, b"k")
+    record = orjson.loads(dead.to_bytes())
+    assert record["payload"] == '{"x": 1}' and record["payload_encoding"] == "utf-8"
+    assert record["key"] == "k" and record["offset"] == 7 and "payload_truncated" not in record
+
+
+def test_a_binary_payload_travels_as_base64() -> None:
+    raw = b"\xff\xfe\x00garbage"
+    record = DeadLetter("bad", [], raw).to_json()
+    assert record["payload_encoding"] == "base64"
+    assert base64.b64decode(record["payload"]) == raw
+
+
+def test_a_huge_payload_is_cut_so_the_dead_letter_still_fits_a_request() -> None:
+    raw = b"x" * (MAX_DEAD_PAYLOAD * 3)
+    record = DeadLetter("too big", [], raw).to_json()
+    assert len(record["payload"]) == MAX_DEAD_PAYLOAD
+    assert record["payload_truncated"] is True and record["payload_bytes"] == len(raw)
+
+
+def test_an_engine_failure_dead_letters_the_event_and_the_stream_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    engine = Engine([])
+    pipeline = Pipeline(engine)
+    real = engine.process
+
+    def process(event: object) -> list[Alert]:
+        if getattr(event, "step", None) == 2:
+            raise ZeroDivisionError("a detector bug")
+        return real(event)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(engine, "process", process)
+    dead = pipeline.handle(step(0, 2), offset=5)
+    assert isinstance(dead, DeadLetter)
+    assert "internal error in the detector engine" in dead.error and "a detector bug" in dead.error
+    assert pipeline.handle(step(0, 3)) == []
+    assert (pipeline.stats.events, pipeline.stats.bad) == (1, 1)
+
+
+def test_restore_is_asked_once_per_job_for_its_saved_state() -> None:
+    asked: list[str] = []
+    saved = JobState(job_id="job-1", world_size=4, max_step=99)
+
+    def restore(job_id: str) -> JobState | None:
+        asked.append(job_id)
+        return saved if job_id == "job-1" else None
+
+    engine = Engine([])
+    pipeline = Pipeline(engine, restore=restore)
+    for message in (step(0, 100), step(1, 100), step(0, 1, job="job-2"), step(2, 101)):
+        assert pipeline.handle(message) == []
+    assert asked == ["job-1", "job-2"]
+    assert engine.jobs["job-1"].max_step >= 99  # the saved state carried on
+
+
+def test_take_dirty_names_the_touched_jobs_and_rank_chunks_once() -> None:
+    pipeline = Pipeline(Engine([]), ranks_per_chunk=2)
+    for message in (step(0, 1), step(3, 1), step(1, 1, job="job-2")):
+        pipeline.handle(message)
+    assert pipeline.take_dirty() == {"job-1": {0, 1}, "job-2": {0}}
+    assert pipeline.take_dirty() == {}
+
+
+def test_jobs_of_revoked_partitions_are_forgotten() -> None:
+    engine = Engine([])
+    pipeline = Pipeline(engine)
+    pipeline.handle(step(0, 1), partition=0)
+    pipeline.handle(step(0, 1, job="job-2"), partition=1)
+    assert pipeline.forget_partitions({1}) == ["job-2"]
+    assert "job-2" not in engine.jobs and "job-1" in engine.jobs
+    assert pipeline.partition_of == {"job-1": 0}
+
+
+def test_defaults_fill_fields_a_line_lacks() -> None:
+    line = b'{"step": 3, "loss": 2.5, "timestamp": 1700000000, "rank": 0}'
+    assert Pipeline(Engine([])).handle(line, defaults={"job_id": "from-file"}) == []
+    assert decode(line, defaults={"job_id": "from-file"}).job_id == "from-file"
