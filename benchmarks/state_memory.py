@@ -7,8 +7,9 @@ the log rules a trail of memory readings per rank). Measured, in the same run:
 - tracemalloc: the memory the engine holds at the end (traced allocations still alive after
   the events are dropped and a gc), per rank; and what one event-sized Python object costs,
   for scale;
-- the pickled size per rank through ``streams/state_codec.py`` (what the worker writes to its
-  changelog): raw pickle and the zlib-compressed parts (head + chunks of 512 ranks).
+- the stored size per rank through ``streams/state_codec.py`` (what the worker writes to its
+  changelog: the head and chunks of 512 ranks), the head's size and the largest record; the
+  raw pickle of the whole job for scale.
 
     .venv/bin/python benchmarks/state_memory.py [--ranks 16384] [--steps 40]
 
@@ -36,11 +37,7 @@ def main() -> None:
 
     from rankwatch.schemas import decode
     from rankwatch.streams import Engine
-    from rankwatch.streams.state_codec import (
-        DEFAULT_RANKS_PER_CHUNK,
-        encode_chunk,
-        encode_head,
-    )
+    from rankwatch.streams.state_codec import Layout, encode_parts
 
     job_id = "bench-state"
     with _bench.LoadSampler() as load:
@@ -66,11 +63,13 @@ def main() -> None:
         fed_s = time.perf_counter() - started
         job = engine.jobs[job_id]
         raw = len(pickle.dumps(job, pickle.HIGHEST_PROTOCOL))
-        head = len(encode_head(job))
-        chunks = range((args.ranks + DEFAULT_RANKS_PER_CHUNK - 1) // DEFAULT_RANKS_PER_CHUNK)
         started = time.perf_counter()
-        stored = sum(len(encode_chunk(job, c)) for c in chunks)
+        head_bytes, parts = encode_parts(job, Layout.of(engine, job_id))
         encode_s = time.perf_counter() - started
+        head = len(head_bytes)
+        chunks = list(parts)
+        stored = sum(map(len, parts.values()))
+        largest = max(head, *map(len, parts.values()))
         slot_sizes: dict[str, Any] = {}
         sample = job.ranks[args.ranks // 2]
         for name, slot in sample.slots.items():
@@ -91,6 +90,8 @@ def main() -> None:
         "stored_bytes_per_rank": (head + stored) / n,
         "stored_total_bytes": head + stored,
         "encode_all_chunks_s": encode_s,
+        "head_bytes": head,
+        "largest_record_bytes": largest,
         "pickled_rank_slot_bytes": slot_sizes,
         "pickled_job_slot_bytes_per_rank": job_slots,
         "feed_s": fed_s,
@@ -102,7 +103,10 @@ def main() -> None:
     print(f"| pickled (state_codec, raw) | {raw / n:,.0f} | {raw / n / 4096:.2f} |")
     print(f"| stored (head + zlib chunks) | {(head + stored) / n:,.0f} | "
           f"{(head + stored) / n / 4096:.2f} |")  # fmt: skip
-    print(f"encoding all {len(chunks)} chunks: {encode_s * 1000:.0f} ms (a full snapshot)")
+    print(
+        f"encoding the head and all {len(chunks)} chunks: {encode_s * 1000:.0f} ms (one snapshot)"
+    )
+    print(f"head {head:,} bytes; largest record {largest:,} bytes")
     print("pickled per-rank slots (bytes):", slot_sizes)
     print("job-level slots (pickled bytes per rank):", {k: round(v) for k, v in job_slots.items()})
     _bench.write_results("state_memory", results)

@@ -112,7 +112,14 @@ def delete_stack(stack: Stack) -> None:
 class WorkerProcess:
     """``rankwatch worker`` as a subprocess, its output in a file."""
 
-    def __init__(self, stack: Stack, name: str, *, session_timeout_s: float = 6.0) -> None:
+    def __init__(
+        self,
+        stack: Stack,
+        name: str,
+        *,
+        session_timeout_s: float = 6.0,
+        snapshot_interval_s: float = 0.5,
+    ) -> None:
         self.name = name
         self.log = stack.tmp / f"{name}.log"
         self._handle = self.log.open("ab")
@@ -127,7 +134,7 @@ class WorkerProcess:
                 "--data-dir",
                 str(stack.tmp / f"data-{name}"),
                 "--snapshot-interval",
-                "0.5",
+                str(snapshot_interval_s),
                 "--session-timeout",
                 str(session_timeout_s),
             ],

@@ -21,12 +21,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from reliability import faults  # noqa: E402
+from reliability import big_job, faults  # noqa: E402
 from reliability.fuzz import corpus, run_fuzz  # noqa: E402
 from reliability.harness import Tally  # noqa: E402
 
 START, END = "<!-- reliability-table:start -->", "<!-- reliability-table:end -->"
-FAULTS = ("crash", "scale", "broker", "cluster3", "badinput", "fuzz", "webhook", "postgres")
+FAULTS = (
+    "crash",
+    "scale",
+    "broker",
+    "cluster3",
+    "badinput",
+    "fuzz",
+    "webhook",
+    "postgres",
+    "bigjob",
+)
 
 
 def table(rows: list[Tally]) -> str:
@@ -95,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         step("fuzz", lambda: [fuzz_row(b, tmp, 2_000 if q else 100_000)])
         step("webhook", lambda: [faults.webhook_outage(b, tmp, down_s=10 if q else 120)])
         step("postgres", lambda: [faults.postgres_restart(b, tmp, seconds=8, down_s=3 if q else 8)])
+        step("bigjob", lambda: big_job.big_job_restart(b, tmp, ranks=8_192 if q else 131_072))
     step(
         "broker", lambda: faults.broker_restart(tmp, seconds=10 if q else 16, down_s=4 if q else 10)
     )

@@ -105,7 +105,9 @@ def run_batch_worker(settings: Any, options: WorkerOptions) -> int:
         runtime = BatchRuntime(settings, options, layout, rules)
         start_worker_metrics(runtime, options)  # --metrics-port; serves until the process ends
         tune_gc()
-        ensure_changelog(settings.confluent_config(), runtime.kv.topic, layout)
+        runtime.store.fit_limit(
+            ensure_changelog(settings.confluent_config(), runtime.kv.topic, layout)
+        )
         runtime.run(stop)
     finally:
         for sig, handler in previous.items():

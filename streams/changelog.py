@@ -23,8 +23,11 @@ from rankwatch.streams.worker_common import TopicLayout
 log = logging.getLogger("rankwatch.worker")
 
 
-def ensure_changelog(config: dict[str, str], name: str, layout: TopicLayout) -> None:
-    """Create the compacted changelog topic if missing; refuse one of another partition count."""
+def ensure_changelog(config: dict[str, str], name: str, layout: TopicLayout) -> int | None:
+    """Create the compacted changelog topic if missing; refuse one of another partition count.
+
+    Returns the topic's ``max.message.bytes`` (the largest state record it takes), None where
+    the broker would not say."""
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient
     from confluent_kafka.cimpl import NewTopic
@@ -38,7 +41,7 @@ def ensure_changelog(config: dict[str, str], name: str, layout: TopicLayout) -> 
                 f"inputs have {layout.partitions}: state would land on the wrong worker; "
                 "delete it (its state is lost) or use another --app-id"
             )
-        return
+        return _max_message_bytes(admin, name)
     topic = NewTopic(
         name,
         num_partitions=layout.partitions,
@@ -51,6 +54,19 @@ def ensure_changelog(config: dict[str, str], name: str, layout: TopicLayout) -> 
         if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:  # another worker was first
             raise StreamsError(f"cannot create changelog topic {name!r}: {exc.args[0]}") from None
     log.info("created changelog topic %s (%d partitions)", name, layout.partitions)
+    return _max_message_bytes(admin, name)
+
+
+def _max_message_bytes(admin: Any, name: str) -> int | None:
+    from confluent_kafka.admin import ConfigResource  # type: ignore[attr-defined]
+
+    try:
+        resource = ConfigResource(ConfigResource.Type.TOPIC, name)
+        configs = admin.describe_configs([resource])[resource].result(15)
+        return int(configs["max.message.bytes"].value)
+    except Exception as exc:  # an old broker, or no right to describe: the default applies
+        log.warning("changelog %s: cannot read max.message.bytes (%s)", name, exc)
+        return None
 
 
 class ChangelogKV:

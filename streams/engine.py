@@ -172,6 +172,21 @@ class Engine:
             job, _ = self._enter(job_id)
         return job
 
+    def adopt(self, job: JobState) -> None:
+        """Take over a job's state from elsewhere (a snapshot): it replaces what the engine
+        had of that job, fitted to the job's detectors (slots of rules added since are made,
+        those of rules removed dropped) and its held steps ordered anew."""
+        self.jobs[job.job_id] = job
+        self._bound.pop(job.job_id, None)
+        self._orders.pop(job.job_id, None)
+        self._enter(job.job_id)
+
+    def release(self, job_id: str) -> JobState | None:
+        """Forget a job (another worker owns it now); returns its state, if it had one."""
+        self._bound.pop(job_id, None)
+        self._orders.pop(job_id, None)
+        return self.jobs.pop(job_id, None)
+
     def _kinds_for(self, job_id: str) -> _Kinds:
         if self._resolve is None:
             return self._default

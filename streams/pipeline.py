@@ -158,7 +158,7 @@ class Pipeline:
         if self.restore is not None and job_id not in engine.jobs:
             restored = self.restore(job_id)
             if restored is not None:
-                engine.jobs[job_id] = restored
+                engine.adopt(restored)
         chunks = self.dirty.get(job_id)
         if chunks is None:
             chunks = self.dirty[job_id] = set()
@@ -220,7 +220,7 @@ class Pipeline:
         """Drop the jobs of ``partitions`` (now owned by another worker); return their ids."""
         gone = [j for j, p in self.partition_of.items() if p in partitions]
         for job_id in gone:
-            self.engine.jobs.pop(job_id, None)
+            self.engine.release(job_id)
             self.dirty.pop(job_id, None)
             del self.partition_of[job_id]
         return gone

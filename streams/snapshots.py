@@ -1,31 +1,57 @@
-"""Engine state persisted per job in a key-value table (the worker's Faust table).
+"""Engine state persisted per job in a key-value table (the worker's changelog or Faust table).
 
-Layout (see :mod:`rankwatch.streams.state_codec`): key ``JOB`` holds the job's head,
-``JOB#N`` its chunk of ranks number N. Each value is written to the changelog partition that
-the job's events come from, so a worker assigned that partition recovers exactly its jobs.
+Layout (see :mod:`rankwatch.streams.state_codec`): key ``JOB`` holds the job's head, ``JOB#N``
+its chunk of ranks number N. Each value is written to the changelog partition that the job's
+events come from, so a worker assigned that partition recovers exactly its jobs.
 
-This module knows nothing of Faust: it takes any :class:`KeyValue`, which keeps it testable
-with a dict.
+Every record stays well under the changelog's message limit whatever the job's size: the head
+holds nothing per rank, and a job whose chunks come out larger than a quarter of the limit gets
+fewer ranks per chunk (from then on). A record that would still be over the limit is refused
+with :class:`StateTooLarge`, naming the job, the key and the sizes, before anything of that
+snapshot is committed.
+
+A saved job is encoded whole, and only the records whose bytes changed since they were last
+written or read are written: a job whose one rank logged rewrites that rank's chunk and the head.
+
+This module knows nothing of Kafka or Faust: it takes any :class:`KeyValue`, which keeps it
+testable with a dict.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterable
 from typing import Protocol
 
-from rankwatch.streams.detectors.base import JobDetector, JobState, StepDetector
+from rankwatch.streams.detectors.base import JobState
 from rankwatch.streams.engine import Engine
+from rankwatch.streams.exceptions import StreamsError
 from rankwatch.streams.state_codec import (
     DEFAULT_RANKS_PER_CHUNK,
+    Layout,
     StateCodecError,
-    decode_head,
-    encode_chunk,
-    encode_head,
+    encode_parts,
     join_parts,
+    read_head,
 )
 
 log = logging.getLogger(__name__)
+
+#: What Kafka takes by default: the producer's ``message.max.bytes`` (1,000,000) is below the
+#: broker's ``message.max.bytes``/topic ``max.message.bytes`` (1,048,588).
+DEFAULT_MAX_RECORD_BYTES = 1_000_000
+
+
+class StateTooLarge(StreamsError):
+    """A state record over the changelog's message limit: it cannot be written."""
+
+    def __init__(self, job_id: str, key: bytes, size: int, limit: int) -> None:
+        super().__init__(
+            f"job {job_id}: state record {key.decode(errors='replace')!r} is {size:,} bytes, over "
+            f"the changelog's limit of {limit:,} bytes; nothing of this snapshot is committed"
+        )
+        self.job_id, self.key, self.size, self.limit = job_id, key, size, limit
 
 
 class KeyValue(Protocol):
@@ -60,63 +86,108 @@ def chunk_key(job_id: str, chunk: int) -> bytes:
     return f"{job_id}#{chunk}".encode()
 
 
+def _digest(value: bytes) -> bytes:
+    return hashlib.blake2b(value, digest_size=16).digest()
+
+
 class SnapshotStore:
     """Saves and loads engine job states in parts; see the module docstring."""
 
     def __init__(
-        self, kv: KeyValue, engine: Engine, ranks_per_chunk: int = DEFAULT_RANKS_PER_CHUNK
+        self,
+        kv: KeyValue,
+        engine: Engine,
+        ranks_per_chunk: int = DEFAULT_RANKS_PER_CHUNK,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
     ) -> None:
+        if max_record_bytes < 4096:
+            raise StreamsError(f"max_record_bytes must be at least 4096, got {max_record_bytes}")
         self.kv = kv
         self.engine = engine
         self.ranks_per_chunk = ranks_per_chunk
+        self.max_record_bytes = max_record_bytes
+        #: The largest record written so far (bytes), for the worker's figures.
+        self.largest_record = 0
+        self._chunking: dict[str, int] = {}  # job -> ranks per chunk, once it had to shrink
+        self._digests: dict[bytes, bytes] = {}  # key -> digest of what it holds now
+
+    def fit_limit(self, topic_limit: int | None) -> None:
+        """Keep records within the changelog topic's ``max.message.bytes`` too (the producer's
+        own limit, the default, is usually the lower one)."""
+        if topic_limit is not None and 4096 <= topic_limit < self.max_record_bytes:
+            self.max_record_bytes = topic_limit
+
+    @property
+    def chunk_bytes(self) -> int:
+        """A chunk larger than this is split: a quarter of the limit leaves room for growth
+        between snapshots (a rank's state grows slowly, never by a factor of four)."""
+        return self.max_record_bytes // 4
 
     def save(self, job: JobState, chunks: Iterable[int] | None, partition: int | None) -> int:
-        """Write the head and the given rank chunks (all of them if None); return bytes written."""
-        per = self.ranks_per_chunk
-        if chunks is None:
-            chunks = {r // per for r in job.ranks}
-        written = 0
-        for chunk in sorted(chunks):
-            value = encode_chunk(job, chunk, per)
-            self.kv.put(chunk_key(job.job_id, chunk), value, partition)
-            written += len(value)
+        """Write the records of ``job`` that changed since last written; return bytes written.
+
+        ``chunks`` (the chunks whose ranks had events) is accepted for the runtimes' sake and
+        not relied on: a cross-rank rule may change a quiet rank's entries at a tick, so the
+        whole job is encoded and compared.
+        """
+        del chunks
+        layout = Layout.of(
+            self.engine, job.job_id, self._chunking.get(job.job_id, self.ranks_per_chunk)
+        )
+        head, parts = encode_parts(job, layout)
+        while parts and max(map(len, parts.values())) > self.chunk_bytes:
+            if layout.ranks_per_chunk == 1:
+                break  # one rank's state alone: the limit check below decides
+            layout = layout.with_chunk(max(1, layout.ranks_per_chunk // 2))
+            head, parts = encode_parts(job, layout)
+        if layout.ranks_per_chunk != self.ranks_per_chunk:
+            self._chunking[job.job_id] = layout.ranks_per_chunk
+        records = [(chunk_key(job.job_id, c), v) for c, v in sorted(parts.items())]
         # The head last: it names the chunks, and a reader never sees a head ahead of them.
-        head = encode_head(job, per)
-        self.kv.put(head_key(job.job_id), head, partition)
-        return written + len(head)
+        records.append((head_key(job.job_id), head))
+        for key, value in records:
+            if len(value) > self.max_record_bytes:
+                raise StateTooLarge(job.job_id, key, len(value), self.max_record_bytes)
+        written = 0
+        for key, value in records:
+            digest = _digest(value)
+            if self._digests.get(key) == digest:
+                continue
+            self.kv.put(key, value, partition)
+            self._digests[key] = digest
+            written += len(value)
+            self.largest_record = max(self.largest_record, len(value))
+        return written
 
     def load(self, job_id: str) -> JobState | None:
-        """The job as last saved, fitted to this engine's detectors; None if never saved."""
+        """The job as last saved (fitted to the detectors by :meth:`Engine.adopt`); None if
+        never saved, or unreadable (logged: the job starts afresh)."""
         head = self.kv.get(head_key(job_id))
         if head is None:
             return None
         try:
-            _, chunk_ids, _ = decode_head(head)
+            chunk_ids, per = read_head(head)
             parts = {}
             for chunk in chunk_ids:
-                value = self.kv.get(chunk_key(job_id, chunk))
+                key = chunk_key(job_id, chunk)
+                value = self.kv.get(key)
                 if value is not None:
                     parts[chunk] = value
-            job = join_parts(head, parts)
+                    self._digests[key] = _digest(value)
+            job = join_parts(head, parts, Layout.of(self.engine, job_id, per))
         except StateCodecError as exc:
             # State from an incompatible version must not wedge the worker: start the job
             # afresh (its incidents may alert once more, under the same deterministic ids).
             log.warning("job %s: stored state unreadable, starting afresh: %s", job_id, exc)
             return None
-        self._fit(job)
+        self._digests[head_key(job_id)] = _digest(head)
+        if per != self.ranks_per_chunk:
+            self._chunking[job_id] = per
         return job
 
-    def _fit(self, job: JobState) -> None:
-        """Add slots for detectors added since the state was saved; drop removed ones."""
-        names: set[str] = set()
-        for d in self.engine.detectors_for(job.job_id):  # per-job rules: its own set
-            names.add(d.name)
-            # The engine's own classification order: JobDetector, then StepDetector, then log.
-            if isinstance(d, StepDetector) and not isinstance(d, JobDetector):
-                for rank in job.ranks.values():
-                    if d.name not in rank.slots:
-                        rank.slots[d.name] = d.new_rank_state()
-            elif d.name not in job.slots:
-                job.slots[d.name] = d.new_job_state()
-        for key in [k for k in job.slots if k not in names]:
-            del job.slots[key]
+    def forget(self, job_id: str) -> None:
+        """Drop what is remembered of a job another worker owns now."""
+        self._chunking.pop(job_id, None)
+        prefix = job_id.encode()
+        for key in [k for k in self._digests if k == prefix or k.startswith(prefix + b"#")]:
+            del self._digests[key]

@@ -1,135 +1,418 @@
 """Engine state <-> bytes, for the worker's changelog-backed table.
 
-The format is internal: only the worker reads what it wrote, through its own changelog topic.
-So it is a pickle of the engine's slotted dataclasses (fast, and it keeps ``set``,
-``array('d')`` and :class:`~rankwatch.streams.findings.Finding` as they are), compressed with
-zlib and prefixed with a magic and a format version so that a future format can be told apart.
+Only the worker reads what it wrote, through its own changelog topic, but a worker of a newer
+version must read what an older one wrote. So the format names no Python class: it is
+MessagePack of plain values (maps, arrays, numbers, strings) with field *names*, compressed
+with zlib and prefixed with a magic and a format version. A detector's state is rebuilt from
+the state a fresh detector starts with (its *template*): a field added since takes its default,
+a field removed is dropped, and a class renamed or moved changes nothing. Old formats are
+upgraded in one place, :func:`_read` (format 1 was a pickle of the engine's classes).
 
-A job of 16,384 ranks holds megabytes of state, more than one Kafka message may carry and
-more than a worker should rewrite for one event. So a job is stored in *parts*: a *head* (the
-job-level fields and slots, incidents included, and which rank chunks exist) and one part per
-chunk of ``ranks_per_chunk`` consecutive ranks. The worker rewrites only the chunks whose ranks
-had events since its last snapshot.
+A job is stored in *parts* so that no record grows with the number of ranks:
 
->>> from rankwatch.streams import JobState, RankState
+- the *head*: the job-level fields, the detectors' job-level slots *without* their rank-keyed
+  tables, the incident book (rank sets as ranges), and the layout (which chunks exist, how many
+  ranks a chunk holds);
+- one *chunk* per ``ranks_per_chunk`` consecutive ranks: each rank's own state, plus that rank's
+  entries of every rank-keyed table of the job (a detector names its tables in
+  ``rank_keyed``; the engine's own are the pending findings per rank and the ranks that ended).
+
+>>> from rankwatch.streams import Engine, JobState, RankState
+>>> engine = Engine.with_builtin_detectors()
 >>> job = JobState("j", world_size=2, ranks={0: RankState(0, "h0", last_step=5)})
->>> decode_job(encode_job(job)) == job
+>>> head, chunks = encode_parts(job, Layout.of(engine, "j"))
+>>> join_parts(head, chunks, Layout.of(engine, "j")) == job
 True
 """
 
 from __future__ import annotations
 
 import dataclasses
-import pickle
 import zlib
-from collections.abc import Mapping
+from array import array
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from rankwatch.streams.detectors.base import JobState, RankState
+import msgspec
+
+from rankwatch.schemas import decode_object, to_wire_dict
+from rankwatch.streams.detectors.base import JobDetector, JobState, RankState, StepDetector
 from rankwatch.streams.exceptions import StreamsError
+from rankwatch.streams.findings import Finding, Resolution
 
-_MAGIC = b"RWS1"
+if TYPE_CHECKING:
+    from rankwatch.streams.engine import Engine
+
+_MAGIC = b"RWS"
+#: The format written. 1: a pickle of the engine's classes (read, upgraded, never written).
+FORMAT = 2
 _LEVEL = 1  # zlib level 1: most of the gain (the state is repetitive) at a fraction of the cost
 
-#: Ranks per stored chunk. At well under 1 KB of state per rank, a chunk stays far below
-#: Kafka's default 1 MiB message limit even before compression.
+#: Ranks per stored chunk to begin with; a job whose ranks carry more state gets fewer per chunk
+#: (see :mod:`rankwatch.streams.snapshots`).
 DEFAULT_RANKS_PER_CHUNK = 512
+
+_EXT_ARRAY = 1  # array.array: its typecode, then its machine bytes
 
 
 class StateCodecError(StreamsError, ValueError):
-    """Bytes that are not engine state of this format (corrupt, or from another version)."""
+    """Bytes that are not engine state of a known format (corrupt, or from another product)."""
 
 
-def _dump(obj: object) -> bytes:
-    return _MAGIC + zlib.compress(pickle.dumps(obj, pickle.HIGHEST_PROTOCOL), _LEVEL)
+# -- plain values <-> bytes ----------------------------------------------------------------------
 
 
-def _load(data: bytes) -> object:
-    if not data.startswith(_MAGIC):
+def _enc_hook(obj: Any) -> Any:
+    if isinstance(obj, array):
+        return msgspec.msgpack.Ext(_EXT_ARRAY, obj.typecode.encode() + obj.tobytes())
+    raise TypeError(f"engine state holds a {type(obj).__name__}, which is not plain data")
+
+
+def _ext_hook(code: int, data: memoryview) -> Any:
+    if code == _EXT_ARRAY:
+        out = array(chr(data[0]))
+        out.frombytes(data[1:])
+        return out
+    raise StateCodecError(f"unknown extension type {code} in engine state")
+
+
+_ENCODER = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
+_DECODER = msgspec.msgpack.Decoder(ext_hook=_ext_hook)
+
+
+def _dump(kind: str, obj: Any) -> bytes:
+    return _MAGIC + bytes([FORMAT]) + zlib.compress(_ENCODER.encode([kind, obj]), _LEVEL)
+
+
+def _read(data: bytes) -> tuple[int, Any]:
+    """``(format, value)`` of a stored record, of any format this version reads."""
+    if len(data) < 4 or not data.startswith(_MAGIC):
         raise StateCodecError(f"not rankwatch engine state (starts with {data[:4]!r})")
+    version = data[3] - ord("0") if data[3:4] == b"1" else data[3]
     try:
-        # pickle is safe here only because the changelog is written by this worker alone;
-        # never point this at a topic that others can write to.
-        return pickle.loads(zlib.decompress(data[len(_MAGIC) :]))
-    except Exception as exc:  # zlib.error, UnpicklingError, AttributeError of a moved class
+        raw = zlib.decompress(data[4:])
+        if version == 1:
+            import pickle
+
+            # Format 1, written by this worker alone before it stopped pickling: read once and
+            # rewritten in format 2 at the next snapshot.
+            return 1, pickle.loads(raw)
+        if version == FORMAT:
+            return FORMAT, _DECODER.decode(raw)
+    except Exception as exc:  # zlib.error, msgpack errors, a moved class in format 1
         raise StateCodecError(f"cannot decode engine state: {exc!r}") from None
+    raise StateCodecError(f"engine state of format {version}; this version reads 1 and {FORMAT}")
 
 
-def _upgrade(job: JobState) -> JobState:
-    """Fields added to :class:`JobState` since the state was written take their defaults
-    (unpickling a slotted dataclass leaves a slot it did not know unset)."""
-    for f in _JOB_FIELDS:
-        try:
-            getattr(job, f.name)
-        except AttributeError:
-            value = (
-                f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-            )
-            setattr(job, f.name, value)
-    return job
+# -- what a job's state looks like ---------------------------------------------------------------
+
+_RANK_FIELDS = tuple(f.name for f in dataclasses.fields(RankState) if f.name not in ("slots",))
+_JOB_FIELDS = tuple(
+    f.name
+    for f in dataclasses.fields(JobState)
+    if f.name not in ("ranks", "slots", "incidents", "pending", "ended")
+)
 
 
-_JOB_FIELDS = dataclasses.fields(JobState)
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """How one job's state is laid out: the detectors' templates and rank-keyed tables."""
+
+    #: slot name -> the type of a fresh per-rank state (to rebuild it by field name)
+    rank_types: Mapping[str, type]
+    #: slot name -> the type of a fresh job-level state
+    job_types: Mapping[str, type]
+    #: slot name -> paths of its rank-keyed tables ("r", "nccl.ep.ranks", "p.*", "" = the slot)
+    rank_keyed: Mapping[str, tuple[str, ...]]
+    ranks_per_chunk: int = DEFAULT_RANKS_PER_CHUNK
+
+    @classmethod
+    def of(
+        cls, engine: Engine, job_id: str, ranks_per_chunk: int = DEFAULT_RANKS_PER_CHUNK
+    ) -> Layout:
+        rank_types: dict[str, type] = {}
+        job_types: dict[str, type] = {}
+        keyed: dict[str, tuple[str, ...]] = {}
+        for d in engine.detectors_for(job_id):
+            # The engine's own classification order: JobDetector, then StepDetector, then log.
+            if isinstance(d, StepDetector) and not isinstance(d, JobDetector):
+                rank_types[d.name] = type(d.new_rank_state())
+            else:
+                job_types[d.name] = type(d.new_job_state())
+                keyed[d.name] = tuple(getattr(d, "rank_keyed", ()))
+        return cls(rank_types, job_types, keyed, ranks_per_chunk)
+
+    def with_chunk(self, ranks_per_chunk: int) -> Layout:
+        return dataclasses.replace(self, ranks_per_chunk=ranks_per_chunk)
 
 
-def encode_job(job: JobState) -> bytes:
-    """The whole state of one job as one value (fine for small jobs and for tests)."""
-    return _dump(job)
+Path = tuple[Any, ...]
 
 
-def decode_job(data: bytes) -> JobState:
-    job = _load(data)
-    if not isinstance(job, JobState):
-        raise StateCodecError(f"expected a JobState, got {type(job).__name__}")
-    return _upgrade(job)
+def _expand(node: Any, parts: Sequence[str], at: Path) -> Iterator[tuple[Path, dict[int, Any]]]:
+    if not isinstance(node, dict):
+        return
+    if not parts:
+        yield at, node
+        return
+    head, rest = parts[0], parts[1:]
+    if head == "*":
+        for key, value in node.items():
+            yield from _expand(value, rest, (*at, key))
+    elif head in node:
+        yield from _expand(node[head], rest, (*at, head))
 
 
-def chunk_of(rank: int, ranks_per_chunk: int = DEFAULT_RANKS_PER_CHUNK) -> int:
-    return rank // ranks_per_chunk
+def rank_tables(job: JobState, layout: Layout) -> list[tuple[Path, dict[int, Any]]]:
+    """Every rank-keyed table of the job, with its path from the job's ``slots``/``pending``."""
+    found: list[tuple[Path, dict[int, Any]]] = []
+    for name, paths in layout.rank_keyed.items():
+        slot = job.slots.get(name)
+        for path in paths:
+            found.extend(_expand(slot, path.split(".") if path else (), ("slots", name)))
+    found.extend(_expand(job.pending, ("*", "findings"), ("pending",)))
+    return found
 
 
-def encode_head(job: JobState, ranks_per_chunk: int = DEFAULT_RANKS_PER_CHUNK) -> bytes:
-    """The job without its ranks, plus the list of chunks that hold them."""
-    chunks = sorted({chunk_of(r, ranks_per_chunk) for r in job.ranks})
-    # replace() is a shallow copy: the job-level slots are shared, not duplicated.
-    return _dump((dataclasses.replace(job, ranks={}), chunks, ranks_per_chunk))
+def _ranges(ranks: set[int]) -> list[int]:
+    """A set of ranks as flat ``[first, last, first, last, ...]``: 131,072 ranks in 2 numbers.
+
+    >>> _ranges({0, 1, 2, 7, 9, 10})
+    [0, 2, 7, 7, 9, 10]
+    """
+    out: list[int] = []
+    for r in sorted(ranks):
+        if out and r == out[-1] + 1:
+            out[-1] = r
+        else:
+            out += [r, r]
+    return out
 
 
-def decode_head(data: bytes) -> tuple[JobState, list[int], int]:
-    """``(job without ranks, chunk numbers, ranks_per_chunk)``."""
-    value = _load(data)
-    if not (isinstance(value, tuple) and len(value) == 3 and isinstance(value[0], JobState)):
-        raise StateCodecError("expected a job head (JobState, chunks, ranks_per_chunk)")
-    job, chunks, per_chunk = value
-    return _upgrade(job), list(chunks), int(per_chunk)
+def _from_ranges(flat: Sequence[int]) -> set[int]:
+    out: set[int] = set()
+    for i in range(0, len(flat), 2):
+        out.update(range(flat[i], flat[i + 1] + 1))
+    return out
 
 
-def encode_chunk(
-    job: JobState, chunk: int, ranks_per_chunk: int = DEFAULT_RANKS_PER_CHUNK
-) -> bytes:
-    """The ranks of one chunk of ``job``."""
-    lo = chunk * ranks_per_chunk
-    hi = lo + ranks_per_chunk
-    if len(job.ranks) <= ranks_per_chunk * 4:
-        ranks = {r: s for r, s in job.ranks.items() if lo <= r < hi}
-    else:  # a big job: look the chunk's ranks up instead of scanning every rank
-        ranks = {r: job.ranks[r] for r in range(lo, hi) if r in job.ranks}
-    return _dump(ranks)
+def _outcome(o: Finding | Resolution) -> list[Any]:
+    kind = "F" if isinstance(o, Finding) else "R"
+    return [kind, {f.name: getattr(o, f.name) for f in dataclasses.fields(o)}]
 
 
-def decode_chunk(data: bytes) -> dict[int, RankState]:
-    ranks = _load(data)
-    if not isinstance(ranks, dict):
-        raise StateCodecError(f"expected a chunk of ranks, got {type(ranks).__name__}")
-    return ranks
+def _from_outcome(value: Sequence[Any]) -> Finding | Resolution:
+    if value[0] == "F":
+        return msgspec.convert(value[1], Finding)
+    return msgspec.convert(value[1], Resolution)
 
 
-def join_parts(head: bytes, chunks: Mapping[int, bytes]) -> JobState:
+# -- encode --------------------------------------------------------------------------------------
+
+
+def encode_parts(job: JobState, layout: Layout) -> tuple[bytes, dict[int, bytes]]:
+    """The job as ``(head, {chunk number: chunk})``; see the module docstring."""
+    per = layout.ranks_per_chunk
+    tables = rank_tables(job, layout)
+    # The head is written with the rank-keyed tables emptied in place and refilled after (one
+    # thread owns the engine): no copy of a job's largest structures per snapshot.
+    saved = [dict(t) for _, t in tables]
+    for _, t in tables:
+        t.clear()
+    try:
+        head = _dump("head", _head_value(job, per))
+    finally:
+        for (_, t), entries in zip(tables, saved, strict=True):
+            t.update(entries)
+    buckets: dict[int, dict[str, Any]] = {}
+    for rank, rs in job.ranks.items():
+        bucket = buckets.setdefault(rank // per, {"ranks": [], "tables": {}})
+        bucket["ranks"].append(_rank_value(rs, rank in job.ended))
+    for i, (path, _) in enumerate(tables):
+        pending = path[0] == "pending"  # a Finding: stored as its kind and fields
+        for rank, entry in saved[i].items():
+            if pending:
+                entry = _outcome(entry)
+            bucket = buckets.setdefault(rank // per, {"ranks": [], "tables": {}})
+            bucket["tables"].setdefault(i, [list(path), {}])[1][rank] = entry
+    chunks = {}
+    for c, bucket in buckets.items():
+        chunks[c] = _dump(
+            "chunk", {"ranks": bucket["ranks"], "tables": list(bucket["tables"].values())}
+        )
+    return head, chunks
+
+
+def _head_value(job: JobState, per: int) -> dict[str, Any]:
+    incidents = {
+        key: {**inc, "ranks": _ranges(inc["ranks"]), "firing": _ranges(inc["firing"])}
+        for key, inc in job.incidents.items()
+    }
+    pending = {
+        key: {**group, "findings": {r: _outcome(f) for r, f in group["findings"].items()}}
+        for key, group in job.pending.items()
+    }
+    chunks = sorted({r // per for r in job.ranks} | {r // per for r in job.ended})
+    return {
+        "job": {name: getattr(job, name) for name in _JOB_FIELDS},
+        "slots": job.slots,
+        "incidents": incidents,
+        "pending": pending,
+        "chunks": chunks,
+        "ranks_per_chunk": per,
+    }
+
+
+def _rank_value(rs: RankState, ended: bool) -> dict[str, Any]:
+    value = {name: getattr(rs, name) for name in _RANK_FIELDS}
+    value["held"] = [
+        [t, rank, step, seq, to_wire_dict(event), [_outcome(o) for o in found]]
+        for t, rank, step, seq, event, found in rs.held
+    ]
+    value["slots"] = rs.slots
+    value["ended"] = ended
+    return value
+
+
+def encode_job(job: JobState, layout: Layout | None = None) -> bytes:
+    """The whole state of one job as one value (small jobs, tests); see :func:`decode_job`."""
+    head, chunks = encode_parts(job, layout or _builtin_layout(job.job_id))
+    return _dump("job", {"head": head, "chunks": chunks})
+
+
+def decode_job(data: bytes, layout: Layout | None = None) -> JobState:
+    """A job from :func:`encode_job`; ``layout`` defaults to the built-in detectors'."""
+    value = _expect(_read(data)[1], "job")
+    return join_parts(value["head"], value["chunks"], layout or _builtin_layout(""))
+
+
+def _builtin_layout(job_id: str) -> Layout:
+    from rankwatch.streams.engine import Engine
+
+    return Layout.of(Engine.with_builtin_detectors(), job_id)
+
+
+# -- decode --------------------------------------------------------------------------------------
+
+
+def read_head(data: bytes) -> tuple[list[int], int]:
+    """``(chunk numbers, ranks_per_chunk)`` of a stored head, of any format."""
+    version, value = _read(data)
+    if version == 1:
+        _, chunks, per = _v1_head(value)
+        return list(chunks), int(per)
+    head = _expect(value, "head")
+    return list(head["chunks"]), int(head["ranks_per_chunk"])
+
+
+def join_parts(head: bytes, chunks: Mapping[int, bytes], layout: Layout) -> JobState:
     """Rebuild a job from its head and whichever of its chunks were found.
 
     A chunk that is missing (a crash between writing parts) leaves its ranks out; they start
     afresh at their next event, which at worst delays a per-rank rule by a window.
     """
-    job, _, _ = decode_head(head)
+    version, value = _read(head)
+    if version == 1:
+        return _v1_join(value, chunks)
+    head_value = _expect(value, "head")
+    job = JobState(head_value["job"]["job_id"])
+    for name in _JOB_FIELDS:
+        if name in head_value["job"]:
+            setattr(job, name, head_value["job"][name])
+    if job.restart is not None:
+        job.restart = dict(job.restart)
+    job.slots = {
+        name: _rebuild(state, layout.job_types.get(name))
+        for name, state in head_value["slots"].items()
+    }
+    job.incidents = {
+        key: {**inc, "ranks": _from_ranges(inc["ranks"]), "firing": _from_ranges(inc["firing"])}
+        for key, inc in head_value["incidents"].items()
+    }
+    job.pending = {
+        key: {**g, "findings": {int(r): _from_outcome(f) for r, f in g["findings"].items()}}
+        for key, g in head_value["pending"].items()
+    }
     for data in chunks.values():
-        job.ranks.update(decode_chunk(data))
+        chunk = _expect(_read(data)[1], "chunk")
+        for value in chunk["ranks"]:
+            rs = _rank_from(value, layout)
+            job.ranks[rs.rank] = rs
+            if value.get("ended"):
+                job.ended.add(rs.rank)
+        for path, entries in chunk["tables"]:
+            table = _locate(job, path)
+            if table is not None:
+                if path[0] == "pending":
+                    entries = {r: _from_outcome(f) for r, f in entries.items()}
+                table.update(entries)
+    return job
+
+
+def _expect(value: Any, kind: str) -> dict[str, Any]:
+    if not (isinstance(value, list) and len(value) == 2 and value[0] == kind):
+        got = value[0] if isinstance(value, list) and value else type(value).__name__
+        raise StateCodecError(f"expected a job {kind}, got {got!r}")
+    return value[1]  # type: ignore[no-any-return]
+
+
+def _rebuild(value: Any, template: type | None) -> Any:
+    """A detector's state from its stored fields, by the type a fresh one has."""
+    if template is not None and dataclasses.is_dataclass(template) and isinstance(value, dict):
+        try:
+            return msgspec.convert(value, template)
+        except msgspec.ValidationError as exc:
+            raise StateCodecError(f"stored {template.__name__} does not fit: {exc}") from None
+    return value
+
+
+def _rank_from(value: Mapping[str, Any], layout: Layout) -> RankState:
+    rs = RankState(value["rank"])
+    for name in _RANK_FIELDS:
+        if name in value and name != "held":
+            setattr(rs, name, value[name])
+    rs.held = [
+        (t, rank, step, seq, decode_object(event), tuple(_from_outcome(o) for o in found))
+        for t, rank, step, seq, event, found in value.get("held", ())
+    ]
+    rs.slots = {
+        name: _rebuild(state, layout.rank_types.get(name)) for name, state in value["slots"].items()
+    }
+    return rs
+
+
+def _locate(job: JobState, path: Sequence[Any]) -> dict[int, Any] | None:
+    node: Any = job.slots if path[0] == "slots" else job.pending
+    for key in path[1:]:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node if isinstance(node, dict) else None
+
+
+# -- format 1 (a pickle), read for the upgrade -----------------------------------------------------
+
+
+def _v1_head(value: Any) -> tuple[JobState, list[int], int]:
+    if not (isinstance(value, tuple) and len(value) == 3 and isinstance(value[0], JobState)):
+        raise StateCodecError("expected a job head (JobState, chunks, ranks_per_chunk)")
+    return value
+
+
+def _v1_join(head: Any, chunks: Mapping[int, bytes]) -> JobState:
+    job, _, _ = _v1_head(head)
+    for f in dataclasses.fields(JobState):  # fields added since: their defaults
+        try:
+            getattr(job, f.name)
+        except AttributeError:
+            default = (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            )
+            setattr(job, f.name, default)
+    for data in chunks.values():
+        version, ranks = _read(data)
+        if version != 1 or not isinstance(ranks, dict):
+            raise StateCodecError("a format-1 head with chunks of another format")
+        job.ranks.update(ranks)
     return job

@@ -224,6 +224,8 @@ class Runtime:
 
     def _drop(self, partitions: set[int]) -> None:
         gone = self.pipeline.forget_partitions(partitions)
+        for job_id in gone:
+            self.store.forget(job_id)
         # Not acked, so not committed: the new owner processes them again.
         self.pending = [e for e in self.pending if e.message.partition not in partitions]
         if gone:

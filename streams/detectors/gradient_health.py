@@ -337,6 +337,8 @@ class GradientDesync:
     """The ``gradient_desync`` rule (a cross-rank job detector)."""
 
     name: ClassVar[str] = "gradient_desync"
+    #: Its job state's tables keyed by rank: stored with their ranks, not in the job's head.
+    rank_keyed: ClassVar[tuple[str, ...]] = ("r", "p.*")
 
     def __init__(self, config: GradientDesyncConfig | None = None) -> None:
         self.config = c = config or GradientDesyncConfig()
@@ -345,7 +347,8 @@ class GradientDesync:
         self._metrics = 2 if c.check_loss else 1
 
     def new_job_state(self) -> dict[str, Any]:
-        # p: step -> {rank: (norm, loss)} held until compared; mode/seen/agree: per metric.
+        # p: step -> {rank: [norm, loss]} held until compared (a list: plain data that stored
+        # state gives back as it was); mode/seen/agree: per metric.
         return {
             "p": {},
             "done": -1,
@@ -371,9 +374,9 @@ class GradientDesync:
         step = event.step
         if (norm is None and loss is None) or step <= state["done"]:
             return  # nothing to compare (a job of local norms and losses costs this much)
-        held: dict[int, dict[int, tuple[float | None, float | None]]] = state["p"]
+        held: dict[int, dict[int, list[float | None]]] = state["p"]
         values = held.setdefault(step, {})
-        values[rank.rank] = (norm, loss)
+        values[rank.rank] = [norm, loss]
         if len(values) >= (job.world_size or len(job.ranks)):
             self._compare_up_to(state, step)
         elif len(held) > 1:
@@ -412,7 +415,7 @@ class GradientDesync:
             state["done"] = max(state["done"], step)
 
     def _compare(
-        self, state: dict[str, Any], step: int, values: dict[int, tuple[float | None, ...]]
+        self, state: dict[str, Any], step: int, values: dict[int, list[float | None]]
     ) -> None:
         c = self.config
         modes, off = state["mode"], {}

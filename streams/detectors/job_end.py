@@ -89,6 +89,8 @@ class JobStopped:
     """Each rank's fate from its records; ``job_stopped`` once the whole job is quiet."""
 
     name: ClassVar[str] = "job_end"
+    #: Its job state's tables keyed by rank: stored with their ranks, not in the job's head.
+    rank_keyed: ClassVar[tuple[str, ...]] = ("fates",)
     rule: ClassVar[str] = RULE
 
     def __init__(self, config: JobStoppedConfig | None = None) -> None:

@@ -105,6 +105,8 @@ class RankSilentDetector:
     """
 
     name: ClassVar[str] = "rank_silent"
+    #: Its job state's tables keyed by rank: stored with their ranks, not in the job's head.
+    rank_keyed: ClassVar[tuple[str, ...]] = ("silent", "suspect")
     rule: ClassVar[str] = "rank_silent"
 
     def __init__(self, config: RankSilentConfig | None = None) -> None:

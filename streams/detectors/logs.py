@@ -136,6 +136,8 @@ class LogRulesDetector:
     """
 
     name: ClassVar[str] = "log_rules"
+    #: Its job state's tables keyed by rank: stored with their ranks, not in the job's head.
+    rank_keyed: ClassVar[tuple[str, ...]] = ("mem", "nccl.ep.ranks", "hang.ep.ranks")
 
     def __init__(self, config: LogRulesConfig | None = None) -> None:
         self.config = cfg = config or LogRulesConfig()

@@ -139,6 +139,8 @@ class LossScaleDetector:
     """
 
     name: ClassVar[str] = "loss_scale"
+    #: Its job state's tables keyed by rank: stored with their ranks, not in the job's head.
+    rank_keyed: ClassVar[tuple[str, ...]] = ("",)
 
     def __init__(
         self,

@@ -162,6 +162,8 @@ class LrSchedule:
     """The ``lr_schedule`` rule (a job detector: ranks compared, one job-scope alert each)."""
 
     name: ClassVar[str] = "lr_schedule"
+    #: Its job state's tables keyed by rank: stored with their ranks, not in the job's head.
+    rank_keyed: ClassVar[tuple[str, ...]] = ("r",)
     rule: ClassVar[str] = "lr_schedule"
 
     def __init__(self, config: LrScheduleConfig | None = None) -> None:

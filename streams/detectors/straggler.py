@@ -129,6 +129,8 @@ class StragglerDetector:
     """One rank's own compute or data time far above its peers' (rank scope)."""
 
     name: ClassVar[str] = "straggler"
+    #: Its job state's tables keyed by rank: stored with their ranks, not in the job's head.
+    rank_keyed: ClassVar[tuple[str, ...]] = ("r",)
     rule: ClassVar[str] = "straggler"
 
     def __init__(self, config: StragglerConfig | None = None) -> None:

@@ -76,6 +76,8 @@ class StuckRanks:
     """Stuck-step records across ranks: one ``hang`` naming the rank that is elsewhere."""
 
     name: ClassVar[str] = "stuck_ranks"
+    #: Its job state's tables keyed by rank: stored with their ranks, not in the job's head.
+    rank_keyed: ClassVar[tuple[str, ...]] = ("stuck",)
     rule: ClassVar[str] = RULE
 
     def __init__(self, config: StuckConfig | None = None) -> None:

@@ -193,6 +193,8 @@ class _JobShare:
     """The machinery both rules share: per-rank EWMAs, a job-level streak, one incident."""
 
     name: ClassVar[str]
+    #: Its job state's tables keyed by rank: stored with their ranks, not in the job's head.
+    rank_keyed: ClassVar[tuple[str, ...]] = ("r",)
     rule: ClassVar[str]
     config: Any
 
