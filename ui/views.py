@@ -32,6 +32,7 @@ RULE_METRIC: dict[str, str] = {
     "lr_schedule": "learning_rate",
     "loss_scale_collapse": "loss",
 }
+_INF = float("inf")
 #: How many alerts the jobs page and an alert lookup read at most (alerts are rare: incidents).
 ALERT_SCAN = 50_000
 
@@ -59,33 +60,33 @@ def band_and_deviation(
     >>> out["median"], out["marked"]
     ([1.05, 1.05], 3)
     """
-    columns = len(values[0]) if values else 0
     median: list[float | None] = []
     p10: list[float | None] = []
     p90: list[float | None] = []
-    spread: list[float] = []
-    for c in range(columns):
-        col = sorted(v for row in values if (v := row[c]) is not None and math.isfinite(v))
+    inverse: list[float] = []  # 1 / the column's unit of deviation
+    for column in zip(*values, strict=True):
+        col = sorted(v for v in column if v is not None and -_INF < v < _INF)  # finite only
         if not col:
             median.append(None)
             p10.append(None)
             p90.append(None)
-            spread.append(1.0)
+            inverse.append(0.0)
             continue
         m, lo, hi = quantile(col, 0.5), quantile(col, 0.1), quantile(col, 0.9)
         median.append(m)
         p10.append(lo)
         p90.append(hi)
         # A column where every rank agrees still needs a unit: a small share of its level.
-        spread.append(max(hi - lo, abs(m) * 1e-3, 1e-12))
+        inverse.append(1.0 / max(hi - lo, abs(m) * 1e-3, 1e-12))
     deviation: list[float | None] = []
     for row in values:
         total, n = 0.0, 0
-        for c, v in enumerate(row):
-            mid = median[c]
+        for v, mid, k in zip(row, median, inverse, strict=True):
             if v is None or mid is None:
                 continue
-            total += abs(v - mid) / spread[c] if math.isfinite(v) else 100.0
+            d = abs(v - mid) * k
+            # NaN or infinity: as far from its peers as a value can be.
+            total += d if d < _INF else 100.0
             n += 1
         deviation.append(round(total / n, 3) if n else None)
     scored = [(d, r) for d, r in zip(deviation, ranks, strict=True) if d is not None]
