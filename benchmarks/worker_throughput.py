@@ -13,10 +13,12 @@ pre-filled with ``--ranks`` x ``--steps`` healthy step events of one large job (
    and the last one made while a backlog remained, over the time between them (start-up and
    the commit lag at both ends cancel), and the worker's own snapshot and commit cadence is
    included as it runs live;
-3. with ``--baseline REV``: the worker of commit REV on the same topic (before/after).
+3. with ``--baseline REV``: the worker of commit REV on the same topic (before/after);
+4. with ``--metrics``: the batch runtime again with ``--metrics-port``, its ``/metrics``
+   scraped every second meanwhile (as Prometheus would), beside the run without.
 
     .venv/bin/python benchmarks/worker_throughput.py [--ranks 16384] [--steps 64]
-        [--runtimes batch,faust] [--baseline REV] [--profile FILE]
+        [--runtimes batch,faust] [--baseline REV] [--metrics] [--profile FILE]
 
 Writes ``benchmarks/results/worker_throughput.json``. Figures: ``RESULTS.md``, "Worker".
 """
@@ -27,10 +29,12 @@ import argparse
 import gc
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -102,6 +106,7 @@ def run_worker(
     profile: Path | None = None,
     direct: bool = False,
     runtime: str | None = None,
+    metrics: bool = False,
 ) -> dict[str, Any]:
     from confluent_kafka.admin import AdminClient
 
@@ -119,6 +124,9 @@ def run_worker(
     ]
     if runtime is not None:  # None: the tree's default (a baseline may predate --runtime)
         args += ["--runtime", runtime]
+    scraper = Scraper() if metrics else None
+    if scraper is not None:
+        args += ["--metrics-port", str(scraper.port)]
     if direct:  # the experiment: Faust's fetcher without wait_first per message
         argv = _bench.python_argv(tree, [str(Path(__file__).with_name("_faust_direct.py")), *args])
     else:
@@ -130,6 +138,8 @@ def run_worker(
     partitions = sorted(_bench.end_offsets(bootstrap, topic))
     with log_path.open("wb") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    if scraper is not None:
+        scraper.start()
     points: list[tuple[float, int]] = []
     cpu: list[float] = []  # the worker's CPU seconds at each point: immune to a busy machine
     launched = time.perf_counter()
@@ -150,6 +160,8 @@ def run_worker(
         else:
             raise SystemExit(f"worker did not finish in {timeout_s} s: {points[-1:]}")
     finally:
+        if scraper is not None:
+            scraper.stop()
         stop(proc)
     # Timed from the first commit to the last one made while a backlog remained: the final
     # commit waits for the next snapshot after the worker ran dry, idle time that is not
@@ -170,10 +182,38 @@ def run_worker(
         "all_done_after_s": t1 - launched,
         "commits": len(points),
         "commits_timed": last + 1,
+        **({"scrapes": scraper.scrapes, "scrape_failures": scraper.failures} if scraper else {}),
     }
 
 
+class Scraper(threading.Thread):
+    """GET the worker's ``/metrics`` every second, as a Prometheus scraping it would."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = int(sock.getsockname()[1])
+        self.scrapes = self.failures = 0
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        import urllib.request
+
+        while not self._done.wait(1.0):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5):
+                    self.scrapes += 1
+            except OSError:
+                self.failures += 1  # not listening yet, at start
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join(10)
+
+
 FAUST_DIRECT = "experiment: Faust fetcher without wait_first"
+WITH_METRICS = "batch runtime, this tree, --metrics-port scraped 1/s"
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -212,6 +252,11 @@ def main() -> None:
         action="store_true",
         help="also the experiment benchmarks/_faust_direct.py (Faust without wait_first)",
     )
+    parser.add_argument(
+        "--metrics",
+        action="store_true",
+        help="also the batch runtime with --metrics-port, scraped every second",
+    )
     parser.add_argument("--profile", metavar="FILE", help="pyinstrument the worker: text report")
     args = parser.parse_args()
 
@@ -229,6 +274,10 @@ def main() -> None:
         trees[f"baseline {args.baseline}"] = (_bench.baseline_tree(args.baseline), None)
     if args.faust_direct:
         trees[FAUST_DIRECT] = (None, None)
+    if args.metrics:  # alternated twice: a shared machine's load drifts between runs
+        trees[WITH_METRICS] = (None, "batch")
+        trees["batch runtime, this tree (again)"] = (None, "batch")
+        trees[f"{WITH_METRICS} (again)"] = (None, "batch")
     profiled = next(iter(trees))
     total = args.ranks * args.steps
     job = "bench-big-job"
@@ -271,6 +320,7 @@ def main() -> None:
                             profile,
                             direct=name == FAUST_DIRECT,
                             runtime=runtime,
+                            metrics=name.startswith(WITH_METRICS),
                         )
                         workers[name] = w
                         print(
