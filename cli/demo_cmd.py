@@ -1,7 +1,7 @@
 """``rankwatch demo``: the README's main command, rankwatch end to end on this machine.
 
     rankwatch demo [--ranks 64] [--duration 120 | --steps N] [--step-time 0.5]
-                   [--port 9092 | --bootstrap HOST:PORT] [--keep-broker]
+                   [--port 9092 | --bootstrap HOST:PORT] [--keep-broker] [--ui-port 8765] [--keep]
 
 It starts (or reuses) a local Kafka broker and creates the topics; starts ``rankwatch worker``
 (the detectors) and ``rankwatch sink storage`` (into ``$RANKWATCH_HOME/demo.db``, SQLite) as
@@ -9,8 +9,10 @@ child processes; then runs a simulated data-parallel job in real time, every ran
 own real producer, with four faults: a rank leaking GPU memory, a throttled GPU (a
 straggler), a lone InfiniBand error, and finally the leaking rank running out of memory. The
 alerts are printed as they fire; the summary says what was caught, where the data is, what to
-query next, and writes a plot. Every process it started is stopped at the end, also on Ctrl-C
-(and the broker too, unless ``--keep-broker`` or it was already running).
+query next, and writes a plot. The dashboard (``rankwatch ui``, on loopback) serves the store
+while the job runs, and with ``--keep`` until Ctrl-C. Every process it started is stopped at
+the end, also on Ctrl-C (and the broker too, unless ``--keep-broker`` or it was already
+running).
 """
 
 from __future__ import annotations
@@ -77,6 +79,17 @@ def register(sub: Any) -> None:
         action="store_true",
         help="leave the broker running at the end (stop it: rankwatch broker stop)",
     )
+    demo.add_argument(
+        "--ui-port",
+        type=int,
+        default=8765,
+        help="port of the dashboard on 127.0.0.1 (default 8765; a free one if taken)",
+    )
+    demo.add_argument(
+        "--keep",
+        action="store_true",
+        help="after the job, keep the dashboard serving until Ctrl-C",
+    )
     demo.set_defaults(handler=_run)
 
 
@@ -110,6 +123,7 @@ class Demo:
         self.settings: Any = None
         self.children: list[Child] = []
         self.follower: AlertFollower | None = None
+        self.dashboard = ""
 
     # ----- set-up ----------------------------------------------------------------------------
 
@@ -167,6 +181,28 @@ class Demo:
         sink.wait_for("consuming", 60)
         worker.wait_for(f"worker {self.app_id}:", 90)
         self.console.say(f"worker and sink ready ({time.monotonic() - t0:.1f} s)")
+        self.start_dashboard()
+
+    def start_dashboard(self) -> None:
+        """``rankwatch ui`` over the demo's store, on loopback, stopped with the other children."""
+        port = _free_or_any(self.args.ui_port)
+        ui = Child(
+            "rankwatch ui",
+            ["ui", "--db", self.db_url, "--host", "127.0.0.1", "--port", str(port)],
+            self.run_dir / "ui.log",
+        )
+        self.children.append(ui)
+        ui.start()
+        ui.wait_for("dashboard over", 30)
+        self.dashboard = f"http://127.0.0.1:{port}/jobs/{self.job_id}"
+        self.console.say(f"dashboard (live, this job's heatmaps and alerts): {self.dashboard}")
+
+    def keep_serving(self) -> None:
+        """``--keep``: the dashboard stays up until Ctrl-C (or SIGTERM)."""
+        self.console.say(f"the dashboard keeps serving at {self.dashboard}; Ctrl-C stops it")
+        with contextlib.suppress(KeyboardInterrupt):
+            while all(child.alive() for child in self.children):
+                time.sleep(0.5)
 
     # ----- the job ---------------------------------------------------------------------------
 
@@ -368,6 +404,18 @@ def _check(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _free_or_any(port: int) -> int:
+    """``port`` if nothing listens there on loopback, else a free one."""
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
@@ -391,6 +439,8 @@ def _run(args: argparse.Namespace) -> int:
         missing = demo.wait_for_alerts(spec, plan)
         demo.wait_for_store(spec, sent.last_step)
         demo.summary(spec, plan, missing)
+        if args.keep:
+            demo.keep_serving()
         return 1 if missing or sent.undelivered else 0
     except KeyboardInterrupt:
         console.end_progress()
