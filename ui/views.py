@@ -9,9 +9,12 @@ each rank's row sits from them) are computed here from the store's rollup heatma
 from __future__ import annotations
 
 import math
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
 
 from rankwatch.schemas import Alert
 from rankwatch.sinks.storage import METRICS, LogQuery, SqlStore
@@ -60,35 +63,34 @@ def band_and_deviation(
     >>> out["median"], out["marked"]
     ([1.05, 1.05], 3)
     """
-    median: list[float | None] = []
-    p10: list[float | None] = []
-    p90: list[float | None] = []
-    inverse: list[float] = []  # 1 / the column's unit of deviation
-    for column in zip(*values, strict=True):
-        col = sorted(v for v in column if v is not None and -_INF < v < _INF)  # finite only
-        if not col:
-            median.append(None)
-            p10.append(None)
-            p90.append(None)
-            inverse.append(0.0)
-            continue
-        m, lo, hi = quantile(col, 0.5), quantile(col, 0.1), quantile(col, 0.9)
-        median.append(m)
-        p10.append(lo)
-        p90.append(hi)
-        # A column where every rank agrees still needs a unit: a small share of its level.
-        inverse.append(1.0 / max(hi - lo, abs(m) * 1e-3, 1e-12))
-    deviation: list[float | None] = []
-    for row in values:
-        total, n = 0.0, 0
-        for v, mid, k in zip(row, median, inverse, strict=True):
-            if v is None or mid is None:
-                continue
-            d = abs(v - mid) * k
-            # NaN or infinity: as far from its peers as a value can be.
-            total += d if d < _INF else 100.0
-            n += 1
-        deviation.append(round(total / n, 3) if n else None)
+    if not values:
+        return {"median": [], "p10": [], "p90": [], "deviation": [], "marked": None}
+    # numpy: a 1,024 x 200 heatmap is 200k cells, a second of Python and a millisecond here.
+    grid = np.array(values, dtype=float)  # None -> NaN
+    present = ~np.isnan(grid)
+    for r in np.flatnonzero(~present.all(axis=1)).tolist():  # rows with a gap or a real NaN
+        present[r] = [v is not None for v in values[r]]
+    finite = np.where(np.isfinite(grid), grid, np.nan)  # the band is of finite values only
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: no band
+        lo, mid, hi = np.nanquantile(finite, [0.1, 0.5, 0.9], axis=0)
+    unit = np.maximum(np.maximum(hi - lo, np.abs(mid) * 1e-3), 1e-12)
+    # A column where every rank agrees still needs a unit: a small share of its level.
+    counted = present & ~np.isnan(mid)[None, :]
+    with np.errstate(invalid="ignore", over="ignore"):
+        d = np.abs(grid - mid[None, :]) / unit[None, :]
+    # NaN or infinity: as far from its peers as a value can be.
+    d = np.where(np.isfinite(d), d, 100.0)
+    total = np.where(counted, d, 0.0).sum(axis=1)
+    n = counted.sum(axis=1)
+
+    def col(a: Any) -> list[float | None]:
+        return [None if math.isnan(x) else float(x) for x in a.tolist()]
+
+    median, p10, p90 = col(mid), col(lo), col(hi)
+    deviation = [
+        round(t / k, 3) if k else None for t, k in zip(total.tolist(), n.tolist(), strict=True)
+    ]
     scored = [(d, r) for d, r in zip(deviation, ranks, strict=True) if d is not None]
     marked = max(scored)[1] if len(scored) >= 3 else None
     return {"median": median, "p10": p10, "p90": p90, "deviation": deviation, "marked": marked}
