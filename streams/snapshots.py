@@ -10,8 +10,9 @@ fewer ranks per chunk (from then on). A record that would still be over the limi
 with :class:`StateTooLarge`, naming the job, the key and the sizes, before anything of that
 snapshot is committed.
 
-A saved job is encoded whole, and only the records whose bytes changed since they were last
-written or read are written: a job whose one rank logged rewrites that rank's chunk and the head.
+A save encodes the head, the chunks whose ranks had events, and any other chunk whose entries
+in the job's rank-keyed tables changed; of those, only records whose bytes differ from what the
+key holds are written: a job whose one rank logged rewrites that rank's chunk and the head.
 
 This module knows nothing of Kafka or Faust: it takes any :class:`KeyValue`, which keeps it
 testable with a dict.
@@ -29,9 +30,9 @@ from rankwatch.streams.engine import Engine
 from rankwatch.streams.exceptions import StreamsError
 from rankwatch.streams.state_codec import (
     DEFAULT_RANKS_PER_CHUNK,
+    JobParts,
     Layout,
     StateCodecError,
-    encode_parts,
     join_parts,
     read_head,
 )
@@ -110,6 +111,7 @@ class SnapshotStore:
         self.largest_record = 0
         self._chunking: dict[str, int] = {}  # job -> ranks per chunk, once it had to shrink
         self._digests: dict[bytes, bytes] = {}  # key -> digest of what it holds now
+        self._tables: dict[bytes, bytes] = {}  # chunk key -> digest of its table entries
 
     def fit_limit(self, topic_limit: int | None) -> None:
         """Keep records within the changelog topic's ``max.message.bytes`` too (the producer's
@@ -126,25 +128,20 @@ class SnapshotStore:
     def save(self, job: JobState, chunks: Iterable[int] | None, partition: int | None) -> int:
         """Write the records of ``job`` that changed since last written; return bytes written.
 
-        ``chunks`` (the chunks whose ranks had events) is accepted for the runtimes' sake and
-        not relied on: a cross-rank rule may change a quiet rank's entries at a tick, so the
-        whole job is encoded and compared.
+        ``chunks``: the chunks (of ``ranks_per_chunk`` ranks, as the runtimes count them) whose
+        ranks had events since the last save, or None for all. Those are encoded whole; of
+        every other chunk only its entries in the job's rank-keyed tables are, and it is
+        encoded whole too when they changed (a cross-rank rule marked a quiet rank at a tick).
         """
-        del chunks
-        layout = Layout.of(
-            self.engine, job.job_id, self._chunking.get(job.job_id, self.ranks_per_chunk)
-        )
-        head, parts = encode_parts(job, layout)
-        while parts and max(map(len, parts.values())) > self.chunk_bytes:
-            if layout.ranks_per_chunk == 1:
+        per = self._chunking.get(job.job_id, self.ranks_per_chunk)
+        records = self._records(job, per, chunks)
+        while any(len(v) > self.chunk_bytes for k, v in records if k != head_key(job.job_id)):
+            if per == 1:
                 break  # one rank's state alone: the limit check below decides
-            layout = layout.with_chunk(max(1, layout.ranks_per_chunk // 2))
-            head, parts = encode_parts(job, layout)
-        if layout.ranks_per_chunk != self.ranks_per_chunk:
-            self._chunking[job.job_id] = layout.ranks_per_chunk
-        records = [(chunk_key(job.job_id, c), v) for c, v in sorted(parts.items())]
-        # The head last: it names the chunks, and a reader never sees a head ahead of them.
-        records.append((head_key(job.job_id), head))
+            per = max(1, per // 2)  # a new layout: every chunk is written anew
+            records = self._records(job, per, None)
+        if per != self.ranks_per_chunk:
+            self._chunking[job.job_id] = per
         for key, value in records:
             if len(value) > self.max_record_bytes:
                 raise StateTooLarge(job.job_id, key, len(value), self.max_record_bytes)
@@ -158,6 +155,30 @@ class SnapshotStore:
             written += len(value)
             self.largest_record = max(self.largest_record, len(value))
         return written
+
+    def _records(
+        self, job: JobState, per: int, dirty: Iterable[int] | None
+    ) -> list[tuple[bytes, bytes]]:
+        """(key, value) of the chunks to write, then the head (last: it names the chunks,
+        and a reader never sees a head ahead of them)."""
+        parts = JobParts(job, Layout.of(self.engine, job.job_id, per))
+        wanted: set[int] | None = None
+        if dirty is not None and per == self.ranks_per_chunk:
+            wanted = set(dirty)
+        elif dirty is not None:  # the job's chunks are smaller than the runtime's
+            base = self.ranks_per_chunk
+            wanted = {
+                c for d in dirty for c in range(d * base // per, ((d + 1) * base - 1) // per + 1)
+            }
+        records = []
+        for c in parts.numbers:
+            key = chunk_key(job.job_id, c)
+            tables = parts.tables_digest(c)
+            if wanted is None or c in wanted or self._tables.get(key) != tables:
+                records.append((key, parts.chunk(c)))
+                self._tables[key] = tables
+        records.append((head_key(job.job_id), parts.head))
+        return records
 
     def load(self, job_id: str) -> JobState | None:
         """The job as last saved (fitted to the detectors by :meth:`Engine.adopt`); None if
@@ -191,3 +212,4 @@ class SnapshotStore:
         prefix = job_id.encode()
         for key in [k for k in self._digests if k == prefix or k.startswith(prefix + b"#")]:
             del self._digests[key]
+            self._tables.pop(key, None)

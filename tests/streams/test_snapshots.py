@@ -164,3 +164,49 @@ def test_unreadable_state_starts_afresh() -> None:
 def test_a_limit_below_any_record_is_refused() -> None:
     with pytest.raises(Exception, match="max_record_bytes must be at least 4096, got 100"):
         SnapshotStore(DictKeyValue(), Engine([]), max_record_bytes=100)
+
+
+@pytest.mark.parametrize("name", ["rank_silent", "hang", "nccl_timeout", "straggler"])
+def test_snapshots_of_the_changed_chunks_give_the_live_state(name: str) -> None:
+    """What the runtimes do: after each interval, save only the chunks whose ranks had events
+    (the pipeline's record) and the chunks whose table entries a rule changed at a tick (a
+    silent rank marked); a worker that restores from that at any snapshot has the live state."""
+    from rankwatch.schemas import encode
+    from rankwatch.simulate.job import JobSpec, Timeline, simulate
+    from rankwatch.simulate.scenarios import SCENARIOS
+    from rankwatch.streams.pipeline import Pipeline
+    from rankwatch.streams.testing import state_difference
+
+    spec = JobSpec(job_id=f"dirty-{name}", ranks=24, steps=200, seed=3)
+    engine = Engine.with_builtin_detectors()
+    pipeline = Pipeline(engine, ranks_per_chunk=4)
+    pipeline.feed_clock_from_events()  # quiet ticks: rules change quiet ranks' entries
+    kv = DictKeyValue()
+    store = SnapshotStore(kv, engine, ranks_per_chunk=4)
+    checked = 0
+    for i, event in enumerate(
+        simulate(spec, [SCENARIOS[name](at_step=100, rank=5)], timeline=Timeline())
+    ):
+        pipeline.handle(encode(event))
+        if i % 211 == 0:
+            for job_id, chunks in pipeline.take_dirty().items():
+                store.save(engine.jobs[job_id], chunks, partition=0)
+            if i % (211 * 5) == 0 and spec.job_id in engine.jobs:
+                restored = SnapshotStore(kv, Engine.with_builtin_detectors(), 4).load(spec.job_id)
+                assert state_difference(restored, engine.jobs[spec.job_id]) is None
+                checked += 1
+    assert checked >= 3
+
+
+def test_a_quiet_ranks_table_entry_changed_at_a_tick_is_written() -> None:
+    engine = Engine.with_builtin_detectors()
+    engine.process_many(_steps(64, range(10), job="j"))
+    kv = DictKeyValue()
+    store = SnapshotStore(kv, engine, ranks_per_chunk=16)
+    store.save(engine.jobs["j"], None, partition=0)
+    engine.jobs["j"].slots["straggler"]["r"][50][0] = 123.0  # as a rule's tick would
+    writes: list[bytes] = []
+    put = kv.put
+    kv.put = lambda k, v, p: (writes.append(k), put(k, v, p))  # type: ignore[method-assign]
+    store.save(engine.jobs["j"], set(), partition=0)  # no rank had events
+    assert writes == [chunk_key("j", 3)]

@@ -25,6 +25,7 @@ from rankwatch.streams.state_codec import (
     join_parts,
     read_head,
 )
+from rankwatch.streams.testing import state_difference
 
 
 def _busy_engine(ranks: int = 40, steps: int = 30) -> Engine:
@@ -61,37 +62,7 @@ def _busy_engine(ranks: int = 40, steps: int = 30) -> Engine:
 
 
 def _same(a: object, b: object) -> bool:
-    return _difference(a, b) is None
-
-
-def _difference(a: Any, b: Any, path: str = "job") -> str | None:
-    """Where two states first differ, type for type (a tuple is not a list), NaN equal to NaN;
-    a dict's order is not compared (a rank-keyed table comes back in chunk order)."""
-    if type(a) is not type(b):
-        return f"{path}: {type(a).__name__} != {type(b).__name__}"
-    if isinstance(a, dict):
-        if a.keys() != b.keys():
-            return f"{path}: keys {sorted(map(repr, a))[:8]} != {sorted(map(repr, b))[:8]}"
-        items = [(f"{path}[{k!r}]", a[k], b[k]) for k in a]
-    elif hasattr(a, "__dataclass_fields__"):
-        items = [(f"{path}.{k}", getattr(a, k), getattr(b, k)) for k in a.__dataclass_fields__]
-    elif isinstance(a, list | tuple):
-        if len(a) != len(b):
-            return f"{path}: {len(a)} items != {len(b)}"
-        items = [(f"{path}[{i}]", x, y) for i, (x, y) in enumerate(zip(a, b, strict=True))]
-    else:
-        # Leaves by repr: NaN equals NaN; pydantic's UTC (a parsed number) and the datetime
-        # module's (a parsed ISO string) are the same offset.
-        if _norm(repr(a)) == _norm(repr(b)):
-            return None
-        return f"{path}: {repr(a)[:200]} != {repr(b)[:200]}"
-    return next((d for p, x, y in items if (d := _difference(x, y, p))), None)
-
-
-def _norm(text: str) -> str:
-    return text.replace("TzInfo(0)", "datetime.timezone.utc").replace(
-        "TzInfo(UTC)", "datetime.timezone.utc"
-    )
+    return state_difference(a, b) is None
 
 
 def test_job_round_trip_keeps_every_field() -> None:
@@ -118,7 +89,7 @@ def test_every_scenario_round_trips_at_every_cut(name: str) -> None:
             before = repr(job)
             head, chunks = encode_parts(job, layout)
             assert repr(job) == before, "encoding must leave the live state as it was"
-            assert _difference(join_parts(head, chunks, layout), job) is None
+            assert state_difference(join_parts(head, chunks, layout), job) is None
             cuts += 1
     assert cuts > 5
 
