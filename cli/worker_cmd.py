@@ -110,7 +110,7 @@ def register(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from rankwatch.streams.worker_common import WorkerOptions
+    from rankwatch.streams.runtime.common import WorkerOptions
 
     if args.snapshot_interval <= 0 or args.batch_size < 1:
         raise SystemExit("rankwatch worker: --snapshot-interval and --batch-size must be > 0")

@@ -87,7 +87,7 @@ def big_job_restart(
     bootstrap: str, tmp: Path, *, ranks: int = 131_072, steps: int = 10, seed: int = 3
 ) -> list[Tally]:
     """kill -9 the worker after it snapshotted a ``ranks``-rank job; restart; compare."""
-    from rankwatch.streams.worker_common import changelog_topic
+    from rankwatch.streams.runtime.common import changelog_topic
 
     row = Tally(f"{ranks:,}-rank job, worker kill -9 after a snapshot → alerts topic")
     job_id = f"big-{ranks}"

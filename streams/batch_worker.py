@@ -11,7 +11,7 @@ idempotent ``acks=all`` producer.
 State, and what a crash costs
 -----------------------------
 Engine state lives in the compacted topic ``<app-id>-engine-state-changelog``, the Faust
-table's changelog with its very keys and values (:mod:`rankwatch.streams.changelog`), so
+table's changelog with its very keys and values (:mod:`rankwatch.streams.runtime.changelog`), so
 switching runtimes keeps the state. On assignment the new partitions of the changelog are read
 to their end before their events are processed; jobs then load lazily from it.
 
@@ -19,7 +19,8 @@ Snapshot, then commit: every ``snapshot_interval_s`` (or after ``max_unacked`` e
 producer is flushed (alerts on the brokers first: once the state records an incident as
 alerted, its alert must exist), the dirty rank chunks of each touched job are written to the
 job's changelog partition and flushed, and only then are the consumer's positions committed,
-synchronously. The committed offset never runs ahead of the persisted state, so a crash
+synchronously (:class:`~rankwatch.streams.runtime.checkpoint.Checkpoint`, the protocol the
+Faust runtime shares). The committed offset never runs ahead of the persisted state, so a crash
 replays at most one interval; the replay re-fires nothing the state already records.
 
 On revocation the same snapshot and commit run before the partitions go, so the new owner
@@ -36,13 +37,14 @@ import logging
 import signal
 from typing import Any
 
-from rankwatch.streams.batch_runtime import BatchRuntime, Stop
-from rankwatch.streams.changelog import ensure_changelog
 from rankwatch.streams.metrics import start_worker_metrics
-from rankwatch.streams.worker_common import (
+from rankwatch.streams.runtime.batch import BatchRuntime, Stop
+from rankwatch.streams.runtime.changelog import ensure_changelog
+from rankwatch.streams.runtime.common import (
     KafkaUnreachable,
     TopicLayout,
     WorkerOptions,
+    changelog_topic,
     inspect_topics,
     load_rules_file,
 )
@@ -102,11 +104,11 @@ def run_batch_worker(settings: Any, options: WorkerOptions) -> int:
         layout = wait_for_kafka(settings, stop)
         if layout is None:
             return 0
-        runtime = BatchRuntime(settings, options, layout, rules)
+        runtime = BatchRuntime.connect(settings, options, layout, rules)
         start_worker_metrics(runtime, options)  # --metrics-port; serves until the process ends
         tune_gc()
         runtime.store.fit_limit(
-            ensure_changelog(settings.confluent_config(), runtime.kv.topic, layout)
+            ensure_changelog(settings.confluent_config(), changelog_topic(options.app_id), layout)
         )
         runtime.run(stop)
     finally:

@@ -103,7 +103,7 @@ class _Collected:
 
 
 class WorkerMetrics:
-    """The worker's registry; ``runtime`` is a :class:`~rankwatch.streams.batch_runtime.
+    """The worker's registry; ``runtime`` is a :class:`~rankwatch.streams.runtime.batch.
     BatchRuntime` (its ``pipeline``, ``engine``, ``counters`` and ``inputs`` are read at
     scrape time; the runtime calls the ``on_*`` methods)."""
 

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from rankwatch.streams.alignment import InputAligner
+from rankwatch.streams.runtime.alignment import InputAligner
 
 STEPS, LOGS = 0, 1
 

@@ -19,9 +19,9 @@ from confluent_kafka import OFFSET_BEGINNING, Producer, TopicPartition
 
 from rankwatch.config import Settings
 from rankwatch.schemas import Alert, LogEvent, StepEvent, decode, encode
-from rankwatch.streams.batch_runtime import BatchRuntime
-from rankwatch.streams.changelog import ensure_changelog
-from rankwatch.streams.worker_common import TopicLayout, WorkerOptions, changelog_topic
+from rankwatch.streams.runtime.batch import BatchRuntime, ConsumerOffsets
+from rankwatch.streams.runtime.changelog import ensure_changelog
+from rankwatch.streams.runtime.common import TopicLayout, WorkerOptions, changelog_topic
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(90)]
 
@@ -142,12 +142,13 @@ def rig(kafka_bootstrap: str, make_topic: Callable[..., str]) -> Iterator[Callab
             layout.steps: "steps", layout.logs: "logs", layout.alerts: "alerts",
             layout.deadletter: "dead", changelog: "changelog",
         }  # fmt: skip
-        runtime = BatchRuntime(settings, options, layout)
+        runtime = BatchRuntime.connect(settings, options, layout)
         journal = Journal(roles)
-        producer = SpyProducer(runtime.producer, journal)
+        producer = SpyProducer(runtime.outbox.producer, journal)
         consumer = SpyConsumer(runtime.consumer, journal)
-        runtime.producer = runtime.kv.producer = producer
+        runtime.outbox.producer = producer  # the changelog store writes through it too
         runtime.consumer = consumer
+        runtime.checkpoint.offsets = ConsumerOffsets(consumer)
         runtime.owned = set(range(PARTITIONS))
         send = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 0})
         made.append(Rig(runtime, journal, producer, consumer, layout, send))
@@ -174,8 +175,8 @@ def test_alerts_flushed_then_state_written_and_flushed_then_offsets_committed(
     r.put("logs", 1, _oom(), 100_000)
     r.put("logs", 1, b"junk", 100_001)
     r.read(["steps", "logs"], [0, 1])
-    r.runtime.process(r.take(2))
-    r.runtime.snapshot()
+    r.runtime.process_batch(r.take(2))
+    r.runtime.checkpoint.commit()
     assert r.journal.kinds() == [
         "produce:alerts",
         "produce:dead",
@@ -191,7 +192,7 @@ def test_alerts_flushed_then_state_written_and_flushed_then_offsets_committed(
     alert = decode(r.producer.values[0])
     assert isinstance(alert, Alert) and alert.rule == "cuda_oom"
     assert r.runtime.unacked == 0
-    r.runtime.snapshot()  # nothing new: nothing written, nothing committed
+    r.runtime.checkpoint.commit()  # nothing new: nothing written, nothing committed
     assert len(r.journal.calls) == 7
 
 
@@ -199,14 +200,14 @@ def test_an_alert_already_on_the_topic_is_not_sent_again(rig: Callable[[], Rig])
     first = rig()
     first.put("logs", 1, _oom(), 100_000)
     first.read(["steps", "logs"], [0, 1])
-    first.runtime.process(first.take(1))
+    first.runtime.process_batch(first.take(1))
     alert = decode(first.producer.values[0])
     assert isinstance(alert, Alert)
 
     again = rig()  # a restart replaying the same event
     again.runtime.published = {(alert.alert_id, alert.status)}
     again.read(["steps", "logs"], [0, 1])
-    again.runtime.process(again.take(1))
+    again.runtime.process_batch(again.take(1))
     assert again.journal.kinds() == []
     assert again.runtime.counters.alerts == 0
 
@@ -215,7 +216,7 @@ def test_lost_partitions_are_dropped_without_a_commit(rig: Callable[[], Rig]) ->
     r = rig()
     r.put("logs", 1, _oom(), 100_000)
     r.read(["steps", "logs"], [0, 1])
-    r.runtime.process(r.take(1))
+    r.runtime.process_batch(r.take(1))
     r.runtime._lost(
         r.consumer, [TopicPartition(r.layout.logs, 1), TopicPartition(r.layout.steps, 1)]
     )
@@ -228,7 +229,7 @@ def test_after_an_error_a_revocation_persists_and_commits_nothing(rig: Callable[
     r = rig()
     r.put("logs", 1, _oom(), 100_000)
     r.read(["steps", "logs"], [0, 1])
-    r.runtime.process(r.take(1))
+    r.runtime.process_batch(r.take(1))
     r.runtime.broken = True
     r.runtime._revoked(r.consumer, r.consumer.assignment())
     assert r.journal.kinds() == ["produce:alerts"]
@@ -245,19 +246,19 @@ def test_a_record_ahead_of_its_steps_is_held_and_not_committed(rig: Callable[[],
     # The logs first, steps[1] not read yet: nothing is known of it, so the OOM record (more
     # than the 20 s slack ahead of any step seen) waits for the steps before it.
     r.read(["logs"], [0, 1])
-    assert r.runtime.process(r.take(1)) == 1
-    r.runtime.snapshot()  # nothing processed: nothing committed
+    assert r.runtime.process_batch(r.take(1)) == 1
+    r.runtime.checkpoint.commit()  # nothing processed: nothing committed
     assert r.journal.kinds() == []
     r.read(["steps"], [1])
     # The step at 50 s goes through; the record still waits: the one at 101 s is fetched, not
     # consumed yet (the consumer's position is behind the end offset the fetch reported).
-    held = r.runtime.process(r.take(1, to_end=False))
+    held = r.runtime.process_batch(r.take(1, to_end=False))
     assert held == 1 and r.runtime.unacked == 1
-    r.runtime.snapshot()
+    r.runtime.checkpoint.commit()
     assert "produce:alerts" not in r.journal.kinds()
     assert r.journal.calls[-1] == ("commit", [("logs", 1, 0), ("steps", 1, 1)])
-    assert r.runtime.process(r.take(1, to_end=False)) == 0  # at 101 s: the record goes first
-    r.runtime.snapshot()
+    assert r.runtime.process_batch(r.take(1, to_end=False)) == 0  # at 101 s: the record goes first
+    r.runtime.checkpoint.commit()
     assert r.journal.kinds().count("produce:alerts") == 1
     assert r.journal.calls[-1] == ("commit", [("logs", 1, 1), ("steps", 1, 2)])
 
@@ -266,6 +267,6 @@ def test_revoked_partitions_forget_what_they_held(rig: Callable[[], Rig]) -> Non
     r = rig()
     r.put("logs", 1, _oom(), 100_000)
     r.read(["logs"], [0, 1])
-    assert r.runtime.process(r.take(1)) == 1
+    assert r.runtime.process_batch(r.take(1)) == 1
     r.runtime._revoked(r.consumer, [TopicPartition(r.layout.logs, 1)])
     assert r.runtime.aligner.held() == 0  # read again from the commit by the next owner

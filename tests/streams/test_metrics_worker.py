@@ -27,7 +27,7 @@ from rankwatch.schemas import StepEvent, encode
 from rankwatch.streams import Engine
 from rankwatch.streams.metrics import WorkerMetrics
 from rankwatch.streams.pipeline import DeadLetter, Pipeline
-from rankwatch.streams.worker_common import Counters
+from rankwatch.streams.runtime.common import Counters
 
 T0 = 1_743_848_595.0
 

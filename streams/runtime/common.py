@@ -1,8 +1,8 @@
 """What both worker runtimes share: options, the topic check, rules reload, the stats line.
 
 The runtimes (:mod:`rankwatch.streams.batch_worker`, the default, and the Faust one in
-:mod:`rankwatch.streams.worker`) differ only in how messages reach the
-:class:`~rankwatch.streams.pipeline.Pipeline` and how offsets and state are persisted.
+:mod:`rankwatch.streams.worker`) differ only in how messages reach the shared core
+(:mod:`rankwatch.streams.runtime.core`) and how their consumer commits.
 """
 
 from __future__ import annotations

@@ -1,10 +1,14 @@
-"""Engine state in a compacted Kafka topic, for the batch worker runtime.
+"""Engine state in a compacted Kafka topic, and what a worker reads back from Kafka.
 
 The topic is the one Faust keeps its ``engine-state`` table in
 (``<app-id>-engine-state-changelog``), with the same raw bytes as key and value, so a worker
 switched between ``--runtime faust`` and ``--runtime batch`` keeps its state. Partition N of
 the changelog holds the jobs whose events arrive on partition N of the inputs: a worker
 assigned input partition N reads changelog partition N, and nothing else.
+
+:class:`KafkaReads` holds the reads a worker makes when it takes partitions over (the alerts
+already published, whether the group has uncommitted input): the runtime gets it as an
+argument, so its tests pass a fake.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Any
 from confluent_kafka import Consumer, TopicPartition
 
 from rankwatch.streams.exceptions import StreamsError
-from rankwatch.streams.worker_common import TopicLayout
+from rankwatch.streams.runtime.common import TopicLayout
 
 log = logging.getLogger("rankwatch.worker")
 
@@ -78,6 +82,7 @@ class ChangelogKV:
     """
 
     def __init__(self, config: dict[str, str], topic: str, producer: Any) -> None:
+        # producer: anything with produce(topic, value, key, partition=) (an Outbox).
         self.config = config
         self.topic = topic
         self.producer = producer
@@ -204,6 +209,48 @@ def published_alerts(
     finally:
         consumer.close()
     return seen
+
+
+class KafkaReads:
+    """The reads of a worker taking input partitions over, on their own short-lived clients:
+    the alerts already on the alerts topic, and whether the group left input uncommitted."""
+
+    def __init__(
+        self, config: dict[str, str], group_id: str, inputs: tuple[str, ...], alerts: str
+    ) -> None:
+        self.config = config
+        self.group_id = group_id
+        self.inputs = inputs
+        self.alerts = alerts
+
+    def published_alerts(self, since_ms: int | None) -> set[tuple[str, str]]:
+        return published_alerts(self.config, self.alerts, since_ms)
+
+    def uncommitted(self, partitions: set[int]) -> bool:
+        """Whether any of these input partitions has events past the group's commit (True
+        when Kafka would not say: reading back too much costs time, too little duplicates)."""
+        from confluent_kafka import KafkaException
+
+        try:
+            return any(start < high for start, high in self.starts(partitions).values())
+        except KafkaException as exc:
+            log.warning("partitions %s: %s; reading back every alert", sorted(partitions), exc)
+            return True
+
+    def starts(self, partitions: set[int]) -> dict[tuple[str, int], tuple[int, int]]:
+        """(topic, partition) -> (where the group will start reading, the end offset)."""
+        tps = [TopicPartition(t, p) for t in self.inputs for p in sorted(partitions)]
+        consumer = Consumer(
+            {**self.config, "group.id": self.group_id, "enable.auto.commit": False, "log_level": 0}
+        )
+        out: dict[tuple[str, int], tuple[int, int]] = {}
+        try:
+            for tp in consumer.committed(tps, timeout=30):
+                low, high = consumer.get_watermark_offsets(tp, timeout=30)
+                out[(tp.topic, tp.partition)] = (max(tp.offset, low), high)  # no commit: low
+        finally:
+            consumer.close()
+        return out
 
 
 def _watermarks(consumer: Any, tp: TopicPartition, timeout_s: float) -> tuple[int, int]:

@@ -1,0 +1,202 @@
+"""The one commit protocol of both worker runtimes: flush, persist, flush, commit.
+
+A worker may commit an input offset only once everything that offset covers is safe on the
+brokers: the alerts and dead letters its events caused (a state that records an incident as
+alerted must never meet a topic without the alert), and the state of every job those events
+changed. :meth:`Checkpoint.commit` does it in that order, and nothing else in the worker
+commits:
+
+1. flush the producer: every alert and dead letter sent so far is on the brokers;
+2. write the state of the jobs that changed (:meth:`SnapshotStore.save`, the chunks the
+   pipeline marked dirty) to the changelog, through the same producer;
+3. flush again: the state is on the brokers;
+4. commit the consumer's positions, each no further than the first message the steps/logs
+   merge still holds for that topic partition (:meth:`InputAligner.first_held`): a held
+   message was consumed, not processed, and a restart must read it again.
+
+A flush that does not complete (stopping while Kafka is away) or a delivery that failed, and a
+state record over the changelog's limit (:class:`~rankwatch.streams.snapshots.StateTooLarge`),
+commit nothing; the jobs stay marked for the next checkpoint. The clients are protocols
+(:class:`Producer`, :class:`Offsets`): the batch runtime passes confluent-kafka's, the Faust
+runtime an adapter of its consumer, and the tests fakes that write down the order of calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from rankwatch.streams.exceptions import StreamsError
+from rankwatch.streams.pipeline import Pipeline
+from rankwatch.streams.runtime.alignment import InputAligner
+from rankwatch.streams.runtime.common import Counters
+from rankwatch.streams.snapshots import SnapshotStore
+
+log = logging.getLogger("rankwatch.worker")
+
+#: (topic, partition): an input topic partition, by name.
+TopicPartitionKey = tuple[str, int]
+
+
+class Producer(Protocol):
+    """What the runtime asks of a producer (confluent-kafka's ``Producer`` has it)."""
+
+    def produce(
+        self, topic: str, value: bytes, key: bytes | None = None, partition: int = -1
+    ) -> None: ...
+
+    def poll(self, timeout: float) -> int: ...
+
+    def flush(self, timeout: float) -> int: ...
+
+
+class Offsets(Protocol):
+    """The consumer's side of a checkpoint: where it is, and committing there."""
+
+    def positions(self) -> dict[TopicPartitionKey, int]:
+        """Next offset to read per assigned input topic partition (consumed, maybe held)."""
+        ...
+
+    def commit(self, offsets: dict[TopicPartitionKey, int]) -> bool:
+        """Commit synchronously; False if it could not be done now (retried next time)."""
+        ...
+
+
+class Outbox:
+    """Alerts, dead letters and state records through one producer.
+
+    ``delivered`` is the producer's delivery callback: the first failed delivery is kept,
+    and the next :meth:`flush` raises instead of letting a commit skip the lost message.
+    """
+
+    def __init__(self, producer: Producer | None, stopping: Callable[[], bool]) -> None:
+        self.producer: Producer = producer  # type: ignore[assignment]  # set by connect()
+        self.stopping = stopping
+        self.failed: str | None = None
+
+    def produce(
+        self, topic: str, value: bytes, key: bytes | None = None, partition: int = -1
+    ) -> None:
+        while True:
+            try:
+                self.producer.produce(topic, value, key, partition=partition)
+                return
+            except BufferError:  # the local queue is full: let deliveries drain it
+                self.producer.poll(0.1)
+
+    def delivered(self, error: Any, msg: Any) -> None:
+        if error is not None and self.failed is None:
+            self.failed = f"{msg.topic()}[{msg.partition()}]: {error}"
+
+    def flush(self) -> bool:
+        """Wait until every message sent is on the brokers; False if stopping meanwhile."""
+        waited = 0
+        while left := self.producer.flush(1.0):
+            if self.stopping():  # Kafka away at shutdown: no commit, the restart replays
+                return False
+            waited += 1
+            if waited % 30 == 0:
+                log.warning("%d messages still waiting for Kafka after %d s", left, waited)
+        if self.failed:
+            # Committing now could skip an alert that never reached the brokers: stop, and
+            # let the restart replay from the last commit.
+            raise StreamsError(f"producer could not deliver: {self.failed}")
+        return True
+
+
+class Checkpoint:
+    """Flush, persist the changed jobs, flush, commit: see the module docstring.
+
+    ``pending`` counts the events processed since the last commit (the runtimes add to it);
+    a checkpoint with none does nothing.
+    """
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        store: SnapshotStore,
+        outbox: Outbox,
+        offsets: Offsets,
+        aligner: InputAligner,
+        inputs: Sequence[str],
+        counters: Counters,
+    ) -> None:
+        self.pipeline = pipeline
+        self.store = store
+        self.outbox = outbox
+        self.offsets = offsets
+        self.aligner = aligner
+        self.inputs = tuple(inputs)
+        self.counters = counters
+        self.pending = 0
+        #: Prometheus hooks (``on_snapshot``, ``on_commit``), when the worker serves metrics.
+        self.metrics: Any = None
+
+    def commit(self) -> bool:
+        """One checkpoint; True when the offsets were committed (or nothing was pending)."""
+        if not self.pending:
+            return True
+        started = time.perf_counter()
+        pipeline = self.pipeline
+        dirty = pipeline.take_dirty()
+        written = 0
+        try:
+            # Alerts and dead letters before the state that records them as sent.
+            if not self.outbox.flush():
+                self._keep(dirty)
+                return False
+            jobs, partition_of = pipeline.engine.jobs, pipeline.partition_of
+            for job_id, chunks in dirty.items():
+                job = jobs.get(job_id)
+                if job is not None:
+                    written += self.store.save(job, chunks, partition_of.get(job_id))
+            if not self.outbox.flush():
+                self._keep(dirty)
+                return False
+        except BaseException:
+            self._keep(dirty)
+            raise
+        offsets = self.positions()
+        committed = True
+        if offsets:
+            began = time.perf_counter()
+            committed = self.offsets.commit(offsets)
+            if committed and self.metrics is not None:
+                self.metrics.on_commit(time.perf_counter() - began)
+        self.counters.snapshots += 1
+        self.counters.snapshot_bytes += written
+        if self.metrics is not None:
+            self.metrics.on_snapshot(time.perf_counter() - started)
+        log.debug(
+            "snapshot: %d jobs, %d bytes, %d events %s, %.1f ms",
+            len(dirty),
+            written,
+            self.pending,
+            "committed" if committed else "NOT committed",
+            (time.perf_counter() - started) * 1000,
+        )
+        if committed:
+            self.pending = 0
+        return committed
+
+    def positions(self) -> dict[TopicPartitionKey, int]:
+        """The consumer's positions, each moved back to the first message still held."""
+        positions = self.offsets.positions()
+        held = self.aligner.first_held()
+        if held:
+            inputs = self.inputs
+            for (topic, partition), first in held.items():
+                key = (inputs[topic], partition)
+                known = positions.get(key)
+                # Only partitions still assigned: one that moved on is not ours to commit.
+                if known is not None and (known < 0 or first < known):
+                    positions[key] = first
+        return {k: v for k, v in positions.items() if v >= 0}
+
+    def _keep(self, dirty: dict[str, set[int]]) -> None:
+        """Put the jobs of a checkpoint that did not complete back for the next one."""
+        marks = self.pipeline.dirty
+        for job_id, chunks in dirty.items():
+            marks.setdefault(job_id, set()).update(chunks)
