@@ -1,39 +1,26 @@
 """The Faust worker runtime (`rankwatch worker --runtime faust`): steps and logs from Kafka
 through the engine, alerts back to Kafka. The default runtime is
-:mod:`rankwatch.streams.batch_worker` (same pipeline and state, without Faust).
+:mod:`rankwatch.streams.batch_worker` (same core and state, without Faust's per-message cost).
 
 One Faust app, one agent over BOTH input topics (one engine must see a job's steps and its
 logs in one place; the producers key both by job_id, so a job's two streams share a partition
-number and land on the same worker). Messages are taken in batches (``noack_take``) to
-amortise Faust's per-event cost, decoded with the contract's own ``decode`` (raw bytes, never
-Faust models), and run through :class:`~rankwatch.streams.pipeline.Pipeline`. Alerts go to the
-alerts topic keyed by job_id; messages that do not decode go to the dead-letter topic with the
-reason, and the worker carries on.
+number and land on the same worker). Faust only consumes: its agent takes messages in batches
+(``noack_take``) and hands them to the runtime core the batch runtime runs on
+(:class:`~rankwatch.streams.runtime.core.StreamCore`): steps and logs merged by timestamp,
+the pipeline, alerts and dead letters through one confluent-kafka producer, engine state in
+the changelog topic ``<app-id>-engine-state-changelog`` (:mod:`~rankwatch.streams.runtime.
+changelog`, the very topic and format Faust's table used: switching runtimes keeps the state).
 
-State and restarts
-------------------
-Engine state is persisted per job in a Faust table (``engine-state``, a compacted changelog
-topic ``<app-id>-engine-state-changelog``) in parts: a head per job and one value per chunk of
-512 ranks, written to the changelog partition the job's events come from.
+Commits: the same :class:`~rankwatch.streams.runtime.checkpoint.Checkpoint` as the batch
+runtime, every ``snapshot_interval`` seconds and before partitions are revoked: alerts
+flushed, the changed jobs' state written and flushed, then the offsets of what was processed
+(no further than a message still held for the merge) committed through Faust's consumer.
+Events are never acked, so Faust itself commits nothing. The checkpoint runs on a thread
+(its flushes block), holding the lock that keeps the agent and the clock out meanwhile.
 
-Persisting is periodic, not per event: a 16,384-rank job holds megabytes of state, and
-rewriting it for each of its 16k events a second is out of the question. Every
-``snapshot_interval`` seconds the worker (1) flushes the producer, so the alerts already
-emitted are on the brokers before any state that records them as sent, (2) writes the head and
-the dirty rank chunks of each job that had events, and (3) only then acks the events those
-snapshots cover. Faust commits only acked offsets, and flushes the producer (the snapshots)
-before it commits. So the committed offset never runs ahead of the persisted state.
-
-The trade-off: a crash loses the in-memory state since the last snapshot, and the restarted
-worker replays at most the events since then (``snapshot_interval`` seconds' worth, plus the
-commit interval). Replaying them is a no-op for the state (a rank drops steps at or below its
-last applied step; recent log records are recognised) and any alert re-fired in the gap has
-the same deterministic ``alert_id``, which sinks deduplicate. A shorter interval means less
-replay and more write load; the unacked events in between are held in memory.
-
-Restoring is lazy: Faust recovers the table's partitions on assignment before the agent gets
-events, and the first event of a job the engine does not hold loads the job from the table.
-On revocation the jobs of the revoked partitions are dropped (their new owner loads them).
+Partitions assigned: their changelog partitions are read and the alerts published since their
+last snapshot read back, as in the batch runtime, so a restart or a rebalance publishes no
+alert twice; revoked: checkpoint first, then the jobs of partitions not assigned back go.
 """
 
 from __future__ import annotations
@@ -43,140 +30,166 @@ import logging
 import time
 from typing import Any
 
-from rankwatch.schemas import encode
-from rankwatch.streams.pipeline import DeadLetter, Pipeline
-from rankwatch.streams.snapshots import SnapshotStore
-from rankwatch.streams.worker_common import (
-    TABLE_NAME,
-    Counters,
-    RulesWatcher,
-    StatsLine,
+from rankwatch.streams.runtime.changelog import ChangelogKV, KafkaReads, ensure_changelog
+from rankwatch.streams.runtime.checkpoint import Outbox, TopicPartitionKey
+from rankwatch.streams.runtime.common import (
     TopicLayout,
     WorkerOptions,
+    changelog_topic,
     inspect_topics,
     load_rules_file,
-    log_alert,
-    new_engine,
-    restore_job,
 )
+from rankwatch.streams.runtime.core import Reads, StateTable, StreamCore
 
 __all__ = ["Runtime", "TopicLayout", "WorkerOptions", "build_app", "inspect_topics", "run_worker"]
 
 log = logging.getLogger("rankwatch.worker")
 
 
-class _TableKV:
-    """:class:`~rankwatch.streams.snapshots.KeyValue` over a Faust table of raw bytes.
+class _Message:
+    """A Faust event seen as a confluent-kafka ``Message``: what the core reads of one."""
 
-    Writes go to an explicit changelog partition (the job's input partition) rather than
-    through ``table[key] = value``, which takes the partition from the *current* event: in a
-    batch that is the last event of the batch, possibly another job's partition.
-    """
+    __slots__ = ("_key", "_offset", "_partition", "_topic", "_ts", "_value")
 
-    def __init__(self, table: Any) -> None:
-        self.table = table
+    def __init__(self, event: Any) -> None:
+        message = event.message
+        self._value = event.value
+        self._topic = message.topic
+        self._partition = message.partition
+        self._offset = message.offset
+        self._key = message.key
+        # Faust gives the Kafka timestamp in seconds; the merge orders by milliseconds.
+        self._ts = round(message.timestamp * 1000)
 
-    def get(self, key: bytes) -> bytes | None:
-        value = self.table.data.get(key)
-        return value if isinstance(value, bytes) else None
+    def value(self) -> bytes:
+        return self._value  # type: ignore[no-any-return]
 
-    def put(self, key: bytes, value: bytes, partition: int | None) -> None:
-        self.table.send_changelog(partition, key, value)
-        self.table.data[key] = value
+    def topic(self) -> str:
+        return self._topic  # type: ignore[no-any-return]
+
+    def partition(self) -> int:
+        return self._partition  # type: ignore[no-any-return]
+
+    def offset(self) -> int:
+        return self._offset  # type: ignore[no-any-return]
+
+    def key(self) -> bytes | None:
+        return self._key  # type: ignore[no-any-return]
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, self._ts)
+
+    def error(self) -> None:
+        return None
 
 
-class Runtime:
-    """The worker's state between Faust callbacks: engine, pipeline, unacked events."""
+class FaustOffsets:
+    """:class:`~rankwatch.streams.runtime.checkpoint.Offsets` over Faust's consumer: positions
+    are what the agent received; commits go through the consumer, from the checkpoint's
+    thread into the app's loop."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def positions(self) -> dict[TopicPartitionKey, int]:
+        assigned = {(tp.topic, tp.partition) for tp in self.runtime.app.consumer.assignment()}
+        return {k: v for k, v in self.runtime.received.items() if k in assigned}
+
+    def commit(self, offsets: dict[TopicPartitionKey, int]) -> bool:
+        from faust.types import TP
+
+        runtime = self.runtime
+        tps = {TP(t, p): o for (t, p), o in offsets.items()}
+        done = asyncio.run_coroutine_threadsafe(runtime.app.consumer._commit(tps), runtime.loop)
+        try:
+            return bool(done.result(60))
+        except Exception as exc:  # a rebalance under way: the revocation commits
+            log.warning("commit failed, retried at the next snapshot: %r", exc)
+            return False
+
+
+class Runtime(StreamCore):
+    """The core between Faust's callbacks; see the module docstring."""
 
     def __init__(
         self,
         app: Any,
-        table: Any,
-        alerts: Any,
-        dead: Any,
         layout: TopicLayout,
         options: WorkerOptions,
+        *,
+        outbox: Outbox,
+        table: StateTable,
+        reads: Reads,
         rules: Any = None,
     ) -> None:
-        self.app = app
-        self.alerts = alerts
-        self.dead = dead
-        self.layout = layout
-        self.options = options
-        # rules: a RuleSet (rankwatch.streams.rules), loaded and checked before start-up.
-        self.rules = RulesWatcher(options.rules_file, rules)
-        self.engine = new_engine(rules)
-        self.store = SnapshotStore(_TableKV(table), self.engine, options.ranks_per_chunk)
-        self.pipeline = Pipeline(
-            self.engine, restore=self._restore, ranks_per_chunk=options.ranks_per_chunk
+        super().__init__(
+            options,
+            layout,
+            outbox=outbox,
+            table=table,
+            offsets=FaustOffsets(self),
+            reads=reads,
+            rules=rules,
         )
-        self.stream: Any = None
-        self.pending: list[Any] = []  # events processed but not acked: no snapshot covers them
+        self.app = app
+        self.loop: Any = None  # the app's event loop, once running
         self.lock = asyncio.Lock()
-        self.counters = Counters()
-        self.stats = StatsLine()
+        #: (topic, partition) -> the offset after the last message the agent received.
+        self.received: dict[TopicPartitionKey, int] = {}
+        #: (topic, partition) -> (the group's start offset there, its end) at assignment.
+        self.starts: dict[TopicPartitionKey, tuple[int, int]] = {}
+        self.stopping = False
 
-    def _restore(self, job_id: str) -> Any:
-        return restore_job(self.store, job_id)
-
-    async def on_batch(self, stream: Any, events: list[Any]) -> None:
-        """Process one batch; alerts and dead letters are sent, events wait for a snapshot."""
-        self.stream = stream
-        handle = self.pipeline.handle
+    async def on_batch(self, events: list[Any]) -> None:
+        """Take one batch through the core; alerts and dead letters are sent, not flushed."""
         async with self.lock:
             # Events of partitions revoked while they sat in Faust's buffers belong to the new
             # owner now: processing them here would rebuild their jobs from nothing.
             assigned = self.app.consumer.assignment()
-            kept: list[Any] = []
+            received = self.received
+            messages = []
             for event in events:
                 message = event.message
-                if message.tp not in assigned:
-                    continue
-                kept.append(event)
-                result = handle(
-                    event.value,
-                    topic=message.topic,
-                    partition=message.partition,
-                    offset=message.offset,
-                    key=message.key,
-                )
-                if isinstance(result, DeadLetter):
-                    log.warning(
-                        "dead letter %s[%d]@%d: %s",
-                        message.topic,
-                        message.partition,
-                        message.offset,
-                        result.error,
-                    )
-                    await self.dead.send(key=message.key, value=result.to_bytes())
-                    self.counters.dead += 1
-                    continue
-                for alert in result:
-                    log_alert(alert)
-                    await self.alerts.send(key=alert.job_id.encode(), value=encode(alert))
-                    self.counters.alerts += 1
-            self.pending.extend(kept)
-        if len(self.pending) >= self.options.max_unacked:
+                if message.tp in assigned:
+                    messages.append(_Message(event))
+                    received[(message.topic, message.partition)] = message.offset + 1
+            self.process(messages, time.monotonic(), self._caught_up)
+        if self.checkpoint.pending >= self.options.max_unacked:
             await self.snapshot()
 
-    async def tick_clock(self) -> None:
-        """Judge the jobs that went quiet on the wall clock (see ``Engine.advance_clock``),
-        counting only time in which this worker is caught up and reaches the brokers."""
-        healthy = await self._caught_up()
-        async with self.lock:
-            alerts = self.engine.advance_clock(time.time(), healthy=healthy)
-            self.pipeline.note_released()
-            for alert in alerts:
-                self.pipeline.dirty.setdefault(alert.job_id, set())  # persist what changed
-                log_alert(alert)
-                await self.alerts.send(key=alert.job_id.encode(), value=encode(alert))
-                self.counters.alerts += 1
+    def _caught_up(self, topic: int, partition: int) -> bool | None:
+        """Whether the agent has received all the broker had on this input partition at the
+        consumer's last fetch; None while that is not known."""
+        from faust.types import TP
 
-    async def _caught_up(self) -> bool:
+        name = self.inputs[topic]
+        try:
+            high = self.app.consumer.highwater(TP(name, partition))
+        except Exception:  # not fetched yet, or no longer assigned
+            return None
+        if high is None or high < 0:
+            return None
+        seen = self.received.get((name, partition))
+        if seen is None:
+            start = self.starts.get((name, partition))
+            return None if start is None else start[0] >= high
+        return bool(seen >= high)
+
+    async def clock(self) -> None:
+        """Hand on what waited for the merge, then judge the jobs that went quiet on the wall
+        clock, counting only time in which this worker is caught up and reaches the brokers."""
+        healthy = await self._all_caught_up()
+        async with self.lock:
+            if self.aligner.held():
+                self.process([], time.monotonic(), self._caught_up)
+                healthy = healthy and not self.aligner.held()
+            self.tick_clock(healthy)
+
+    async def _all_caught_up(self) -> bool:
         """Every owned input partition read to its end, as the brokers say now (a request:
         no answer within two seconds means cut off, and then no silence counts)."""
         consumer = self.app.consumer
-        inputs = {self.layout.steps, self.layout.logs}
+        inputs = set(self.inputs)
         tps = [tp for tp in consumer.assignment() if tp.topic in inputs]
         try:
             highs = await asyncio.wait_for(consumer.highwaters(*tps), timeout=2.0)
@@ -189,57 +202,36 @@ class Runtime:
         return True
 
     async def snapshot(self) -> None:
-        """Persist the jobs touched since the last snapshot, then ack the events it covers."""
+        """The checkpoint (:class:`~rankwatch.streams.runtime.checkpoint.Checkpoint`), on a
+        thread: its flushes block, the app's loop must not."""
         async with self.lock:
-            if not self.pending:
-                return
-            started = time.perf_counter()
-            pending, self.pending = self.pending, []
-            dirty = self.pipeline.take_dirty()
-            # Alerts first: once the state says an incident was alerted, the alert must be
-            # on the brokers, or a crash would lose it for good.
-            await self.app.producer.flush()
-            written = 0
-            for job_id, chunks in dirty.items():
-                job = self.engine.jobs.get(job_id)
-                if job is not None:
-                    written += self.store.save(job, chunks, self.pipeline.partition_of.get(job_id))
-            stream = self.stream
-            for event in pending:
-                await stream.ack(event)
-            self.counters.snapshots += 1
-            self.counters.snapshot_bytes += written
-            log.debug(
-                "snapshot: %d jobs, %d bytes, %d events acked, %.1f ms",
-                len(dirty),
-                written,
-                len(pending),
-                (time.perf_counter() - started) * 1000,
-            )
+            if self.checkpoint.pending:
+                await asyncio.to_thread(self.checkpoint.commit)
+
+    async def on_assigned(self, partitions: set[int]) -> None:
+        """Read the state and published alerts of partitions new here (Faust holds their
+        events back until this returns)."""
+        async with self.lock:
+            await asyncio.to_thread(self._assign, partitions)
+
+    def _assign(self, partitions: set[int]) -> None:
+        added = partitions - self.owned
+        self.assign(partitions)
+        self.received = {k: v for k, v in self.received.items() if k[1] in partitions}
+        if added:
+            try:
+                self.starts.update(self.reads.starts(added))
+            except Exception as exc:  # the merge then waits up to its limit instead
+                log.warning("partitions %s: start offsets unknown: %r", sorted(added), exc)
 
     async def on_revoked(self, partitions: set[int]) -> None:
-        """Forget the jobs of partitions now owned by another worker."""
-        async with self.lock:  # not in the middle of a batch or a snapshot
-            self._drop(partitions)
+        """Checkpoint while the partitions are still ours; forget what is held for them."""
+        async with self.lock:
+            await asyncio.to_thread(self.revoke, partitions)
 
-    def _drop(self, partitions: set[int]) -> None:
-        gone = self.pipeline.forget_partitions(partitions)
-        for job_id in gone:
-            self.store.forget(job_id)
-        # Not acked, so not committed: the new owner processes them again.
-        self.pending = [e for e in self.pending if e.message.partition not in partitions]
-        if gone:
-            log.info("partitions %s revoked: dropped %d jobs", sorted(partitions), len(gone))
-
-    async def reload_rules(self) -> None:
-        """Use the rules file anew if it changed (and validates)."""
-        new = self.rules.changed()
-        if new is not None:
-            async with self.lock:  # between batches: no event sees half the rules
-                new.install(self.engine)
-
-    def log_stats(self) -> None:
-        self.stats.log(self.pipeline.stats.events, len(self.engine.jobs), self.counters)
+    async def reload_rules_async(self) -> None:
+        async with self.lock:  # between batches: no event sees half the rules
+            self.reload_rules()
 
 
 def build_app(
@@ -260,37 +252,28 @@ def build_app(
         topic_partitions=layout.partitions,
         topic_replication_factor=layout.replication,
         table_standby_replicas=0,
-        producer_acks=-1,
         # Faust's default waits, at shutdown and at each rebalance, until every event taken is
-        # acked; ours are acked by snapshots, which have stopped by then: it would wait forever.
-        # Without it, only acked (= persisted) offsets are committed, which is what we want.
+        # acked; ours are never acked (the checkpoint commits): it would wait forever.
         stream_wait_empty=False,
         broker_session_timeout=options.session_timeout_s,
         broker_heartbeat_interval=min(3.0, options.session_timeout_s / 3),
     )
-
-    def raw_topic(*names: str) -> Any:
-        # Raw bytes both ways: values are decoded by the contract's codec, never Faust models.
-        return app.topic(
-            *names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
-        )
-
-    source = raw_topic(layout.steps, layout.logs)
-    alerts = raw_topic(layout.alerts)
-    dead = raw_topic(layout.deadletter)
-    table = app.Table(
-        TABLE_NAME,
-        partitions=layout.partitions,
-        # bytes both ways makes Faust use its raw codec: values are state_codec's bytes.
+    # Raw bytes: values are decoded by the contract's codec, never Faust models.
+    source = app.topic(
+        layout.steps,
+        layout.logs,
         key_type=bytes,
         value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
     )
-    runtime = Runtime(app, table, alerts, dead, layout, options, rules)
+    runtime = connect(app, settings, options, layout, rules)
 
     @app.agent(source, name="detect")
     async def detect(stream: Any) -> None:
+        runtime.loop = asyncio.get_running_loop()
         async for events in stream.noack_take(options.batch_size, within=options.batch_within_s):
-            await runtime.on_batch(stream, events)
+            await runtime.on_batch(events)
 
     @app.timer(options.snapshot_interval_s, name="snapshot")  # type: ignore[untyped-decorator]
     async def snapshot() -> None:
@@ -300,21 +283,34 @@ def build_app(
 
         @app.timer(options.rules_poll_s, name="rules")  # type: ignore[untyped-decorator]
         async def rules_timer() -> None:
-            await runtime.reload_rules()
+            await runtime.reload_rules_async()
 
     @app.timer(1.0, name="clock")  # type: ignore[untyped-decorator]
     async def clock() -> None:
-        await runtime.tick_clock()
+        await runtime.clock()
 
     @app.timer(options.stats_interval_s, name="stats")  # type: ignore[untyped-decorator]
     async def stats() -> None:
         runtime.log_stats()
 
+    inputs = {layout.steps, layout.logs}
+
+    async def on_assigned(sender: Any, assigned: Any, **_: Any) -> None:
+        runtime.loop = asyncio.get_running_loop()
+        await runtime.on_assigned({tp.partition for tp in assigned if tp.topic in inputs})
+
     async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
-        inputs = {layout.steps, layout.logs}
         await runtime.on_revoked({tp.partition for tp in revoked if tp.topic in inputs})
 
+    async def on_shutdown(sender: Any, **_: Any) -> None:
+        # The consumer has stopped: nothing more is committed; what was sent is flushed
+        # (a flush that cannot complete gives up, the restart replays).
+        runtime.stopping = True
+        await asyncio.to_thread(runtime.outbox.producer.flush, 10)
+
+    app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
     app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
+    app.on_before_shutdown.connect(on_shutdown)  # type: ignore[arg-type]
 
     @app.task  # type: ignore[untyped-decorator]
     async def hello() -> None:
@@ -332,11 +328,41 @@ def build_app(
     return app, runtime
 
 
+def connect(
+    app: Any, settings: Any, options: WorkerOptions, layout: TopicLayout, rules: Any
+) -> Runtime:
+    """The runtime with its confluent-kafka producer and the changelog store, as the batch
+    runtime has them (:meth:`~rankwatch.streams.runtime.batch.BatchRuntime.connect`)."""
+    from confluent_kafka import Producer
+
+    config = settings.confluent_config()
+    holder: list[Runtime] = []
+    outbox = Outbox(None, lambda: bool(holder) and holder[0].stopping)
+    outbox.producer = Producer(
+        {
+            **config,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            "on_delivery": outbox.delivered,
+            "logger": logging.getLogger("rankwatch.worker.kafka"),
+        }
+    )
+    table = ChangelogKV(config, changelog_topic(options.app_id), outbox)
+    reads = KafkaReads(config, options.app_id, (layout.steps, layout.logs), layout.alerts)
+    runtime = Runtime(app, layout, options, outbox=outbox, table=table, reads=reads, rules=rules)
+    holder.append(runtime)
+    return runtime
+
+
 def run_worker(settings: Any, options: WorkerOptions) -> int:
     """Run the Faust runtime until SIGTERM/SIGINT; return the exit status."""
     rules = load_rules_file(options.rules_file)  # an invalid file: refuse to start, say why
     layout = inspect_topics(settings)
-    app, _ = build_app(settings, options, layout, rules)
+    app, runtime = build_app(settings, options, layout, rules)
+    runtime.store.fit_limit(
+        ensure_changelog(settings.confluent_config(), changelog_topic(options.app_id), layout)
+    )
     from faust import Worker
 
     if options.loglevel != "debug":
