@@ -26,6 +26,8 @@ from typing import Any
 from rankwatch.schemas import Alert, LogEvent, StepEvent, decode, encode
 
 RANKWATCH = str(Path(sys.executable).with_name("rankwatch"))
+#: The worker runtime every fault runs (``run.py --runtime``): batch (the default) or faust.
+RUNTIME = "batch"
 Key = tuple[str, str]  # (alert_id, status)
 Event = StepEvent | LogEvent
 
@@ -137,6 +139,8 @@ class WorkerProcess:
                 str(snapshot_interval_s),
                 "--session-timeout",
                 str(session_timeout_s),
+                "--runtime",
+                RUNTIME,
             ],
             stdout=self._handle,
             stderr=subprocess.STDOUT,

@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from reliability import big_job, faults  # noqa: E402
+from reliability import big_job, faults, harness  # noqa: E402
 from reliability.fuzz import corpus, run_fuzz  # noqa: E402
 from reliability.harness import Tally  # noqa: E402
 
@@ -70,12 +70,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=",".join(FAULTS), help=f"comma list of {FAULTS}")
     parser.add_argument("--write", action="store_true", help="write RELIABILITY.md (--quick)")
     parser.add_argument("--seed", type=int, default=8)
+    parser.add_argument(
+        "--runtime",
+        choices=("batch", "faust"),
+        default="batch",
+        help="the worker runtime the faults run (rows of faust are named so; default: batch)",
+    )
     args = parser.parse_args(argv)
     only = set(args.only.split(","))
     unknown = only - set(FAULTS)
     if unknown:
         parser.error(f"unknown faults {sorted(unknown)}; known: {', '.join(FAULTS)}")
     q = args.quick
+    harness.RUNTIME = args.runtime
     tmp = Path(tempfile.mkdtemp(prefix="rankwatch-reliability-"))
     rows: list[Tally] = []
     began = time.monotonic()
@@ -90,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # a fault that crashes the harness is a failed row, not a hang
             got = [Tally(name, notes=[f"harness error: {exc!r}"], lost=1)]
         for row in got:
+            if args.runtime != "batch":  # its own rows: the batch runtime's stay beside them
+                row.fault += f" (--runtime {args.runtime})"
             print(f"   {row}", flush=True)
         print(f"   ({time.monotonic() - t:.0f} s)", flush=True)
         rows.extend(got)
@@ -135,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
             lines = text.splitlines(keepends=True)
             stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
             mode = "--quick" if q else "full run"
+            if args.runtime != "batch":
+                mode += f" --runtime {args.runtime}"
             if only != set(FAULTS):  # say which rows are new; the others keep their runs
                 mode += f" of {', '.join(f for f in FAULTS if f in only)} (other rows earlier)"
             doc.write_text(

@@ -1,8 +1,10 @@
 """The batch runtime against a real broker: crash and restart, scale out and in, start-up.
 
-Alerts and dead letters of both runtimes: ``test_worker_broker.py``. Here, what is particular
-to the batch runtime: every expected alert exactly once on the alerts topic across a kill -9
-and across partitions moving between two workers, and a start while Kafka is unreachable.
+Alerts and dead letters of both runtimes: ``test_worker_broker.py``. Here: every expected
+alert exactly once on the alerts topic across a kill -9 (both runtimes: they share the commit
+protocol and the read-back of published alerts) and across partitions moving between two
+workers, a drained backlog merged into the produced order (both runtimes), and a start while
+Kafka is unreachable.
 """
 
 from __future__ import annotations
@@ -48,21 +50,22 @@ def all_alerts(s: Setup) -> list[Alert]:
 @pytest.mark.broker
 @pytest.mark.slow
 @pytest.mark.timeout(150)
+@pytest.mark.parametrize("runtime", ["batch", "faust"])
 def test_kill9_after_an_alert_restart_publishes_it_once(
-    setup: Setup, workers: list[WorkerProcess]
+    setup: Setup, workers: list[WorkerProcess], runtime: str
 ) -> None:
     s = setup
     job = f"job-{uuid.uuid4().hex[:6]}"
     # OOM at step 20 before the crash window; rank 2's loss is NaN from step 30, in it.
     first, crash_window, second = events(job, 0, 26), events(job, 26, 40), events(job, 40, 60)
     produce(s, first)
-    before = WorkerProcess(s, "before")
+    before = WorkerProcess(s, "before", runtime=runtime)
     workers.append(before)
     wait_drained(s, before)  # the OOM incident is in the persisted state
     before.stop()
 
     # No snapshot for a minute: the loss alert goes out, its state is never persisted.
-    crashy = WorkerProcess(s, "crashy", "--snapshot-interval", "60")
+    crashy = WorkerProcess(s, "crashy", "--snapshot-interval", "60", runtime=runtime)
     workers.append(crashy)
     produce(s, crash_window)
     deadline = time.monotonic() + 40
@@ -72,7 +75,7 @@ def test_kill9_after_an_alert_restart_publishes_it_once(
     crashy.kill9()
 
     produce(s, second)
-    again = WorkerProcess(s, "after")
+    again = WorkerProcess(s, "after", runtime=runtime)
     workers.append(again)
     wait_drained(s, again)
     log = again.text()
@@ -176,8 +179,9 @@ def test_missing_topics_are_an_error_naming_the_fix(kafka_bootstrap: str, tmp_pa
 @pytest.mark.broker
 @pytest.mark.slow
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("runtime", ["batch", "faust"])
 def test_a_drained_backlog_gives_the_alerts_of_the_live_order(
-    setup: Setup, workers: list[WorkerProcess]
+    setup: Setup, workers: list[WorkerProcess], runtime: str
 ) -> None:
     """Steps and logs wait on two topics; a worker that starts behind reads the small logs
     topic in its first fetch and the steps over many. Merged by timestamp, the engine still
@@ -202,7 +206,7 @@ def test_a_drained_backlog_gives_the_alerts_of_the_live_order(
     # In event-time order and timestamped as the ranks produced them live.
     produce(s, items, event_timestamps=True)
 
-    worker = WorkerProcess(s, "behind")
+    worker = WorkerProcess(s, "behind", runtime=runtime)
     workers.append(worker)
     wait_drained(s, worker)
     want = replayed(items)
