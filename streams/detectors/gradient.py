@@ -28,9 +28,9 @@ from typing import ClassVar
 
 from rankwatch.schemas import Action, Severity, StepEvent
 from rankwatch.streams.detectors import _metric_config as check
-from rankwatch.streams.detectors._calm import settled
+from rankwatch.streams.detectors._per_rank import PerRankRule, settled
 from rankwatch.streams.detectors.base import JobState, RankState
-from rankwatch.streams.findings import Finding, Outcome, Resolution
+from rankwatch.streams.findings import Finding, Outcome
 
 _isfinite = math.isfinite
 _NOTHING: tuple[()] = ()
@@ -101,16 +101,12 @@ class GradientState:
     reported_at: float = -math.inf
 
 
-class GradientExplosion:
+class GradientExplosion(PerRankRule[GradientExplosionConfig, GradientState]):
     """The ``gradient_explosion`` rule (a per-rank step detector)."""
 
     name: ClassVar[str] = "gradient_explosion"
-
-    def __init__(self, config: GradientExplosionConfig | None = None) -> None:
-        self.config = config or GradientExplosionConfig()
-
-    def new_rank_state(self) -> GradientState:
-        return GradientState()
+    config_type = GradientExplosionConfig
+    state_type = GradientState
 
     def on_step(
         self, job: JobState, rank: RankState, state: GradientState, event: StepEvent
@@ -164,13 +160,9 @@ class GradientExplosion:
     ) -> Iterable[Outcome]:
         """The step confirms an explosion: open the incident, or refresh an open one."""
         now = event.epoch
-        if s.active:
-            if now - s.reported_at < self.config.refresh_s:
-                return _NOTHING
-        else:
-            s.active = True
-        s.reported_at = now
-        return (self._finding(rank, s, g, event, start, now),)
+        if self._due(s, now):
+            return (self._finding(rank, s, g, event, start, now),)
+        return _NOTHING
 
     def _recovering(
         self, rank: RankState, s: GradientState, g: float, event: StepEvent
@@ -181,16 +173,11 @@ class GradientExplosion:
             return _NOTHING
         if not settled(s, c.recover_steps):
             return _NOTHING
-        return (
-            Resolution(
-                rule=self.name,
-                rank=rank.rank,
-                event_time=event.epoch,
-                summary=(
-                    f"rank {rank.rank}: gradient norm back to {g:.4g} (level {s.level:.4g}) "
-                    f"for {c.recover_steps} steps at step {event.step}"
-                ),
-            ),
+        return self._resolution(
+            rank,
+            event,
+            f"gradient norm back to {g:.4g} (level {s.level:.4g}) for {c.recover_steps} steps "
+            f"at step {event.step}",
         )
 
     def _finding(
@@ -202,8 +189,6 @@ class GradientExplosion:
         start: int,
         now: float,
     ) -> Finding:
-        c = self.config
-        r = rank.rank
         level = s.level if s.n else math.nan
         loss = event.loss
         if not _isfinite(g):
@@ -211,33 +196,30 @@ class GradientExplosion:
                 why = f"with a {loss} loss"
             else:
                 why = f"for {s.nonfinite} consecutive steps, more than loss-scale overflow skips"
-            summary = (
-                f"rank {r}: gradient norm is {g} at step {event.step} {why} (was "
+            what = (
+                f"gradient norm is {g} at step {event.step} {why} (was "
                 f"{s.last_ok:.4g}); check the data batch, the learning rate and the loss scaler"
             )
             consecutive = s.nonfinite
         else:
-            summary = (
-                f"rank {r}: gradient norm {g:.4g} is {g / level:.0f}x its recent level "
+            what = (
+                f"gradient norm {g:.4g} is {g / level:.0f}x its recent level "
                 f"{level:.4g} for {s.spikes} steps since step {start}; lower the learning "
                 f"rate or tighten gradient clipping"
             )
             consecutive = s.spikes
-        return Finding(
-            rule=self.name,
-            rank=r,
-            severity=c.severity,
-            event_time=now,
-            summary=summary,
-            step=start,
-            evidence={
+        return self._report(
+            rank,
+            now,
+            start,
+            what,
+            {
                 "gradient_norm": g,
                 "step": event.step,
                 "loss": loss,
                 "previous_gradient_norm": s.last_ok,
                 "baseline_gradient_norm": level,
-                "threshold": level * c.ratio,
+                "threshold": level * self.config.ratio,
                 "consecutive_steps": consecutive,
             },
-            action=c.action,
         )

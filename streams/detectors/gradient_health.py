@@ -58,7 +58,7 @@ from typing import Any, ClassVar
 
 from rankwatch.schemas import Action, Severity, StepEvent
 from rankwatch.streams.detectors import _metric_config as check
-from rankwatch.streams.detectors._calm import settled
+from rankwatch.streams.detectors._per_rank import PerRankRule, settled, warmed_up
 from rankwatch.streams.detectors.base import JobState, RankState
 from rankwatch.streams.findings import Finding, Outcome, Resolution
 
@@ -149,19 +149,20 @@ class VanishingState:
     reported_at: float = -math.inf
 
 
-class GradientVanishing:
+class GradientVanishing(PerRankRule[GradientVanishingConfig, VanishingState]):
     """The ``gradient_vanishing`` rule (a per-rank step detector)."""
 
     name: ClassVar[str] = "gradient_vanishing"
+    config_type = GradientVanishingConfig
+    state_type = VanishingState
+    names_host = True
 
     def __init__(self, config: GradientVanishingConfig | None = None) -> None:
-        self.config = c = config or GradientVanishingConfig()
+        super().__init__(config)
+        c = self.config
         self._log_ratio = math.log(c.ratio)
         self._log_recover = math.log(c.recover_ratio)
         self._log_clip = math.log(c.clip)
-
-    def new_rank_state(self) -> VanishingState:
-        return VanishingState()
 
     def on_step(
         self, job: JobState, rank: RankState, state: VanishingState, event: StepEvent
@@ -181,29 +182,26 @@ class GradientVanishing:
         if not _isfinite(g) or g < 0:
             return _NOTHING  # an fp16 overflow skip: neither collapsed nor normal
         if not s.ready:
-            self._warm_up(s, g)
+            # The level is seeded with the median log norm after the warm-up (zeros left out).
+            seed = warmed_up(s, math.log(g) if g > 0 else None, c.warmup_steps, c.seed_steps)
+            if seed:
+                s.level = median(seed)
             return _NOTHING
         lg = math.log(g) if g > 0 else -math.inf
         if s.active:
             if lg < s.level - self._log_recover:
                 s.calm = 0
-                if event.epoch - s.reported_at >= c.refresh_s:
-                    s.reported_at = event.epoch
+                if self._due(s, event.epoch):
                     return (self._finding(rank, s, g, event),)
                 return _NOTHING
             if not settled(s, c.recover_steps):
                 return _NOTHING
             s.low = 0
-            return (
-                Resolution(
-                    rule=self.name,
-                    rank=rank.rank,
-                    event_time=event.epoch,
-                    summary=(
-                        f"rank {rank.rank}: gradient norm back to {g:.3g} (level "
-                        f"{math.exp(s.level):.3g}) at step {event.step}"
-                    ),
-                ),
+            return self._resolution(
+                rank,
+                event,
+                f"gradient norm back to {g:.3g} (level {math.exp(s.level):.3g}) at step "
+                f"{event.step}",
             )
         if lg >= s.level - self._log_ratio:
             # The common path: a normal norm ends any streak and feeds the level.
@@ -231,20 +229,8 @@ class GradientVanishing:
         if ref - mean > max(c.min_loss_improvement * abs(ref), noise):
             return _NOTHING  # still learning: healthy convergence
         s.last_block = mean
-        s.active, s.calm, s.reported_at = True, 0, event.epoch
+        self._due(s, event.epoch)  # not open here: this opens it
         return (self._finding(rank, s, g, event, ref),)
-
-    def _warm_up(self, s: VanishingState, g: float) -> None:
-        c = self.config
-        if s.seen < c.warmup_steps:
-            s.seen += 1
-            return
-        if g > 0:
-            s.seed.append(math.log(g))
-        if len(s.seed) >= c.seed_steps:
-            s.level = median(s.seed)
-            s.ready = True
-            s.seed.clear()
 
     def _finding(
         self,
@@ -254,35 +240,28 @@ class GradientVanishing:
         event: StepEvent,
         loss_ref: float = math.nan,
     ) -> Finding:
-        c = self.config
         level = math.exp(s.level)
-        where = f" ({rank.host})" if rank.host else ""
         norm = f"{g:.3g} ({level / g:.0f}x below its level {level:.3g})" if g > 0 else "0"
         loss = (
             f"the loss not improving ({loss_ref:.4g} -> {s.last_block:.4g})"
             if loss_ref == loss_ref
             else f"the loss still not improving ({s.last_block:.4g})"
         )
-        return Finding(
-            rule=self.name,
-            rank=rank.rank,
-            severity=c.severity,
-            event_time=event.epoch,
-            step=s.low_start,
-            summary=(
-                f"rank {rank.rank}{where}: gradient norm {norm} for {s.low} steps since step "
-                f"{s.low_start}, with {loss}: training has stalled; {_ADVICE_VANISHING}"
-            ),
-            evidence={
+        return self._report(
+            rank,
+            event.epoch,
+            s.low_start,
+            f"gradient norm {norm} for {s.low} steps since step {s.low_start}, with {loss}: "
+            f"training has stalled; {_ADVICE_VANISHING}",
+            {
                 "gradient_norm": g,
                 "level": level,
-                "threshold": level / c.ratio,
+                "threshold": level / self.config.ratio,
                 "collapsed_steps": s.low,
                 "loss_before": loss_ref,
                 "loss_now": s.last_block,
                 "step": event.step,
             },
-            action=c.action,
         )
 
 

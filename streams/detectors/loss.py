@@ -27,9 +27,9 @@ from typing import ClassVar
 
 from rankwatch.schemas import Action, Severity, StepEvent
 from rankwatch.streams.detectors import _metric_config as check
-from rankwatch.streams.detectors._calm import settled
+from rankwatch.streams.detectors._per_rank import PerRankRule, settled
 from rankwatch.streams.detectors.base import JobState, RankState
-from rankwatch.streams.findings import Finding, Outcome, Resolution
+from rankwatch.streams.findings import Finding, Outcome
 
 _isfinite = math.isfinite
 _INF = math.inf
@@ -98,16 +98,12 @@ class LossState:
     reported_at: float = -math.inf  # event time of the last finding
 
 
-class LossExplosion:
+class LossExplosion(PerRankRule[LossExplosionConfig, LossState]):
     """The ``loss_explosion`` rule (a :class:`~rankwatch.streams.detectors.base.StepDetector`)."""
 
     name: ClassVar[str] = "loss_explosion"
-
-    def __init__(self, config: LossExplosionConfig | None = None) -> None:
-        self.config = config or LossExplosionConfig()
-
-    def new_rank_state(self) -> LossState:
-        return LossState()
+    config_type = LossExplosionConfig
+    state_type = LossState
 
     def threshold(self, s: LossState) -> float:
         """The loss above which a step counts as too high, given the rank's level now."""
@@ -162,14 +158,8 @@ class LossExplosion:
         s.nonfinite = 0 if finite else s.nonfinite + 1
         s.calm = 0
         now = event.epoch
-        if s.active:
-            if now - s.reported_at >= c.refresh_s:
-                s.reported_at = now
-                return (self._finding(rank, s, loss, event, now),)
-            return _NOTHING
-        if s.nonfinite >= c.nonfinite_steps or s.bad >= c.sustain_steps:
-            s.active = True
-            s.reported_at = now
+        confirmed = s.active or s.nonfinite >= c.nonfinite_steps or s.bad >= c.sustain_steps
+        if confirmed and self._due(s, now):
             return (self._finding(rank, s, loss, event, now),)
         return _NOTHING
 
@@ -194,45 +184,36 @@ class LossExplosion:
             return _NOTHING
         if not settled(s, c.recover_steps):
             return _NOTHING
-        return (
-            Resolution(
-                rule=self.name,
-                rank=rank.rank,
-                event_time=event.epoch,
-                summary=(
-                    f"rank {rank.rank}: loss back to {loss:.4g} (level {level:.4g}) "
-                    f"for {c.recover_steps} steps at step {event.step}"
-                ),
-            ),
+        return self._resolution(
+            rank,
+            event,
+            f"loss back to {loss:.4g} (level {level:.4g}) for {c.recover_steps} steps at step "
+            f"{event.step}",
         )
 
     def _finding(
         self, rank: RankState, s: LossState, loss: float, event: StepEvent, now: float
     ) -> Finding:
-        c = self.config
-        r = rank.rank
         level = s.level if s.n else math.nan
-        paused = ", pausing the job" if c.action == "pause_job" else ""
+        paused = ", pausing the job" if self.config.action == "pause_job" else ""
         if not _isfinite(loss):
-            summary = (
-                f"rank {r}: loss is {loss} at step {event.step} (was {s.last_ok:.4g}); "
+            what = (
+                f"loss is {loss} at step {event.step} (was {s.last_ok:.4g}); "
                 f"check the data batch and learning rate{paused}"
             )
         else:
-            summary = (
-                f"rank {r}: loss {loss:.4g} has stayed above {self.threshold(s):.4g} for "
+            what = (
+                f"loss {loss:.4g} has stayed above {self.threshold(s):.4g} for "
                 f"{s.bad} steps since step {s.start_step} (recent level {level:.4g}); the run "
                 f"is diverging: lower the learning rate or restart from the last good "
                 f"checkpoint{paused}"
             )
-        return Finding(
-            rule=self.name,
-            rank=r,
-            severity=c.severity,
-            event_time=now,
-            summary=summary,
-            step=s.start_step,
-            evidence={
+        return self._report(
+            rank,
+            now,
+            s.start_step,
+            what,
+            {
                 "loss": loss,
                 "step": event.step,
                 "previous_loss": s.last_ok,
@@ -241,5 +222,4 @@ class LossExplosion:
                 "consecutive_steps": s.bad,
                 "nonfinite_steps": s.nonfinite,
             },
-            action=c.action,
         )

@@ -31,9 +31,10 @@ from typing import ClassVar
 
 from rankwatch.schemas import Action, Severity, StepEvent
 from rankwatch.streams.detectors import _metric_config as check
+from rankwatch.streams.detectors._per_rank import PerRankRule, settled
 from rankwatch.streams.detectors.base import JobState, RankState
 from rankwatch.streams.exceptions import DetectorConfigError
-from rankwatch.streams.findings import Finding, Outcome, Resolution
+from rankwatch.streams.findings import Finding, Outcome
 
 _NOTHING: tuple[()] = ()
 _INF = math.inf
@@ -139,16 +140,12 @@ class MemoryState:
     reported_at: float = -math.inf
 
 
-class MemoryGrowth:
+class MemoryGrowth(PerRankRule[MemoryGrowthConfig, MemoryState]):
     """The ``memory_growth`` rule (a per-rank step detector)."""
 
     name: ClassVar[str] = "memory_growth"
-
-    def __init__(self, config: MemoryGrowthConfig | None = None) -> None:
-        self.config = config or MemoryGrowthConfig()
-
-    def new_rank_state(self) -> MemoryState:
-        return MemoryState()
+    config_type = MemoryGrowthConfig
+    state_type = MemoryState
 
     def on_step(
         self, job: JobState, rank: RankState, state: MemoryState, event: StepEvent
@@ -219,10 +216,8 @@ class MemoryGrowth:
             recent_slope = _trend(recent)[0] if len(minima) > _MIN_FIT else slope
             if recent_slope > 0 and recent_slope * (_MIN_FIT - 1) >= 2.0 * noise:
                 s.calm = 0
-            else:
-                s.calm += 1
-                if s.calm >= c.recover_windows:
-                    return self._resolve(rank, s, low, event)
+            elif settled(s, c.recover_windows):
+                return self._resolve(rank, s, low, event)
         percent = s.series == _PERCENT
         need = c.min_total_pct if percent else max(c.min_total_mb, c.min_total_fraction * low)
         significant = slope > 0 and rise >= c.noise_z * noise and _leads_somewhere(minima, slope)
@@ -253,13 +248,8 @@ class MemoryGrowth:
         if total < need or not (s.steady_fits >= 2 or s.trend_fits >= c.persist_windows):
             return _NOTHING  # (twice steady: one window low from the top of its tail is not)
         now = event.epoch
-        if s.active:
-            if now - s.reported_at < c.refresh_s:
-                return _NOTHING
-        else:
-            s.active = True
-            s.calm = 0
-        s.reported_at = now
+        if not self._due(s, now):
+            return _NOTHING
         return (self._finding(rank, s, low, low_step, slope, total, event, now),)
 
     @staticmethod
@@ -282,24 +272,17 @@ class MemoryGrowth:
     def _resolve(
         self, rank: RankState, s: MemoryState, low: float, event: StepEvent
     ) -> Iterable[Outcome]:
-        s.active = False
-        s.calm = 0
-        s.reported_at = -math.inf
-        # A new incident needs a new rise: the lows of this one leave the fit.
+        """The incident is closed (``settled``): a new one needs a new rise, so the lows of
+        this one leave the fit."""
         del s.minima[:-1]
         s.trend_from = math.nan
         s.trend_fits = s.steady_fits = 0
         unit = "%" if s.series == _PERCENT else " MB"
-        return (
-            Resolution(
-                rule=self.name,
-                rank=rank.rank,
-                event_time=event.epoch,
-                summary=(
-                    f"rank {rank.rank}: GPU memory stopped growing (low {low:.0f}{unit} "
-                    f"for {self.config.recover_windows} windows) at step {event.step}"
-                ),
-            ),
+        return self._resolution(
+            rank,
+            event,
+            f"GPU memory stopped growing (low {low:.0f}{unit} for "
+            f"{self.config.recover_windows} windows) at step {event.step}",
         )
 
     def _finding(
@@ -314,27 +297,24 @@ class MemoryGrowth:
         now: float,
     ) -> Finding:
         c = self.config
-        r = rank.rank
         steps = low_step - s.trend_step
         per_step = total / steps if steps > 0 else slope / c.window_steps
         series = _SERIES[s.series]
         unit = "%" if s.series == _PERCENT else " MB"
         start = s.trend_from
-        summary = (
-            f"rank {r}: GPU memory lows rising steadily since step {s.trend_step}, "
+        what = (
+            f"GPU memory lows rising steadily since step {s.trend_step}, "
             f"{start:.0f}{unit} -> {low:.0f}{unit} (+{per_step:.3g}{unit}/step, {series}, "
             f"{total / s.noise if s.noise > 0 else math.inf:.0f}x its noise); likely a leak: "
             f"tensors kept across steps (a loss without .item(), a growing cache or list), it "
             f"will run out of memory"
         )
-        return Finding(
-            rule=self.name,
-            rank=r,
-            severity=c.severity,
-            event_time=now,
-            summary=summary,
-            step=s.trend_step,
-            evidence={
+        return self._report(
+            rank,
+            now,
+            s.trend_step,
+            what,
+            {
                 "series": series,
                 "window_minima": list(s.minima),
                 "window_steps": c.window_steps,
@@ -345,7 +325,6 @@ class MemoryGrowth:
                 "minima_noise_sd": s.noise,
                 "step": event.step,
             },
-            action=c.action,
         )
 
 

@@ -27,9 +27,9 @@ from typing import ClassVar
 
 from rankwatch.schemas import Action, Severity, StepEvent
 from rankwatch.streams.detectors import _metric_config as check
-from rankwatch.streams.detectors._calm import settled
+from rankwatch.streams.detectors._per_rank import PerRankRule, settled, warmed_up
 from rankwatch.streams.detectors.base import JobState, RankState
-from rankwatch.streams.findings import Finding, Outcome, Resolution
+from rankwatch.streams.findings import Finding, Outcome
 
 _NOTHING: tuple[()] = ()
 
@@ -97,16 +97,12 @@ class ThroughputState:
     low_since: float = math.inf  # event time of the first low step of the streak
 
 
-class ThroughputDrop:
+class ThroughputDrop(PerRankRule[ThroughputDropConfig, ThroughputState]):
     """The ``throughput_drop`` rule (a per-rank step detector)."""
 
     name: ClassVar[str] = "throughput_drop"
-
-    def __init__(self, config: ThroughputDropConfig | None = None) -> None:
-        self.config = config or ThroughputDropConfig()
-
-    def new_rank_state(self) -> ThroughputState:
-        return ThroughputState()
+    config_type = ThroughputDropConfig
+    state_type = ThroughputState
 
     def on_step(
         self, job: JobState, rank: RankState, state: ThroughputState, event: StepEvent
@@ -117,7 +113,10 @@ class ThroughputDrop:
         s = state
         c = self.config
         if not s.ready:
-            self._warm_up(s, x)
+            # The baseline is seeded with the median of the reports after the warm-up.
+            seed = warmed_up(s, x, c.warmup_steps, c.seed_steps)
+            if seed:
+                s.mean = s.recent = seed[len(seed) // 2]
             return _NOTHING
         mean = s.mean
         recent = s.recent + c.recent_alpha * (max(x, mean * c.floor) - s.recent)
@@ -143,73 +142,44 @@ class ThroughputDrop:
         if len(lows) >= c.drop_steps:
             del lows[0]
         lows.append(x)
-        if s.low < c.drop_steps or now - s.low_since < c.drop_s:
+        if s.low < c.drop_steps or now - s.low_since < c.drop_s or not self._due(s, now):
             return _NOTHING
-        if s.active:
-            if now - s.reported_at < c.refresh_s:
-                return _NOTHING
-        else:
-            s.active = True
-        s.reported_at = now
         return (self._finding(rank, s, x, event, now),)
-
-    def _warm_up(self, s: ThroughputState, x: float) -> None:
-        c = self.config
-        if s.seen < c.warmup_steps:
-            s.seen += 1
-            return
-        s.seed.append(x)
-        if len(s.seed) >= c.seed_steps:
-            ordered = sorted(s.seed)
-            s.mean = s.recent = ordered[len(ordered) // 2]
-            s.ready = True
-            s.seed.clear()
 
     def _recovering(
         self, rank: RankState, s: ThroughputState, x: float, event: StepEvent
     ) -> Iterable[Outcome]:
         if not settled(s, self.config.recover_steps):
             return _NOTHING
-        return (
-            Resolution(
-                rule=self.name,
-                rank=rank.rank,
-                event_time=event.epoch,
-                summary=(
-                    f"rank {rank.rank}: throughput back to {s.recent:.0f} tokens/s (mean "
-                    f"{s.mean:.0f}) at step {event.step}"
-                ),
-            ),
+        return self._resolution(
+            rank,
+            event,
+            f"throughput back to {s.recent:.0f} tokens/s (mean {s.mean:.0f}) at step {event.step}",
         )
 
     def _finding(
         self, rank: RankState, s: ThroughputState, x: float, event: StepEvent, now: float
     ) -> Finding:
-        c = self.config
-        r = rank.rank
         mean = s.mean
         where = f" on {rank.host}" if rank.host else ""
-        summary = (
-            f"rank {r}: throughput {s.recent:.0f} tokens/s over its recent steps is "
+        what = (
+            f"throughput {s.recent:.0f} tokens/s over its recent steps is "
             f"{s.recent / mean:.0%} of its mean {mean:.0f}, for {s.low} steps "
             f"({now - s.low_since:.0f} s) since step {s.low_start}; look for NCCL timeouts, "
             f"a slow data loader or a throttled GPU{where}"
         )
-        return Finding(
-            rule=self.name,
-            rank=r,
-            severity=c.severity,
-            event_time=now,
-            summary=summary,
-            step=s.low_start,
-            evidence={
+        return self._report(
+            rank,
+            now,
+            s.low_start,
+            what,
+            {
                 "throughput_tokens_per_sec": x,
                 "recent_level": s.recent,
                 "recent_mean": mean,
-                "threshold": mean * c.drop_ratio,
+                "threshold": mean * self.config.drop_ratio,
                 "recent_values": list(s.recent_low),
                 "consecutive_steps": s.low,
                 "step": event.step,
             },
-            action=c.action,
         )
