@@ -8,7 +8,8 @@ memory leaking) by a bulk path: the raw rows are exactly what ``write_batch`` st
 rollups are computed with numpy by the rules of ``rankwatch.sinks.storage.rollups``; before the
 big fill the script checks, on a small job, that the bulk path and the real write path leave
 identical ``steps`` and ``step_rollups`` tables. The real write path's own rate is measured
-separately (batches of one step per rank, as a live sink sees them), with and without rollups.
+separately (batches of one step per rank, as a live sink sees them), with and without rollups,
+alternated on fresh stores: median and p99 batch latency and the ratio of the rates.
 
 Then ``SqlStore.heatmap()`` of the leaking metric (200 columns asked, every rank) is timed:
 median and p99 over ``--repeat`` calls after a warm-up, beside a reference measured in the same
@@ -34,6 +35,7 @@ from rankwatch.schemas import StepEvent
 from rankwatch.sinks.storage import SqlStore, open_store
 from rankwatch.sinks.storage import rollups as R
 from rankwatch.sinks.storage.base import METRICS
+from rankwatch.sinks.storage.postgres import PostgresStore
 from rankwatch.sinks.storage.rows import STEP_COLUMNS
 from rankwatch.sinks.testing import PostgresServer
 
@@ -149,6 +151,10 @@ def fill_job(
         )
         for start in range(0, len(rows), 50_000):
             store._executemany(insert, rows[start : start + 50_000])
+    if isinstance(store, PostgresStore):
+        # What autovacuum does soon after a bulk load: without statistics, the planner reads
+        # the two-rank heatmap through the block index (every rank's rows) instead of the key.
+        store._execute("ANALYZE step_rollups")
     return leak_rank
 
 
@@ -179,20 +185,64 @@ def check_bulk_path(make_store: Callable[[], SqlStore]) -> None:
             assert a == b, f"bulk path differs from write_batch in {name}"
 
 
-def write_rate(store: SqlStore, *, rollups: bool, ranks: int = 1024, steps: int = 64) -> float:
-    """Steps per second through ``write_batch``, a batch being one step of every rank."""
+def write_times(
+    store: SqlStore, *, rollups: bool, ranks: int = 1024, steps: int = 64
+) -> list[float]:
+    """Milliseconds of each ``write_batch``, a batch being one step of every rank (as a live
+    sink sees them), ``steps`` batches; ``rollups=False`` skips the rollups (raw rows only)."""
     values = job_values(ranks, steps, leak_rank=0, seed=9)
     batches = [[_events("w", values, r, s) for r in range(ranks)] for s in range(steps)]
     saved = type(store)._write_rollups
     if not rollups:
-        store._write_rollups = lambda keys: None  # type: ignore[method-assign]
+        store._write_rollups = lambda *args, **kwargs: None  # type: ignore[method-assign]
     try:
-        start = time.perf_counter()
+        times = []
         for batch in batches:
+            start = time.perf_counter()
             store.write_batch(batch, [], [])
-        return ranks * steps / (time.perf_counter() - start)
+            times.append((time.perf_counter() - start) * 1000)
+        return times
     finally:
         store._write_rollups = saved.__get__(store)  # type: ignore[method-assign]
+
+
+def write_rate(store: SqlStore, *, rollups: bool, ranks: int = 1024, steps: int = 64) -> float:
+    """Steps per second through ``write_batch`` (see :func:`write_times`)."""
+    return (
+        ranks * steps / (sum(write_times(store, rollups=rollups, ranks=ranks, steps=steps)) / 1000)
+    )
+
+
+def percentiles(times: list[float]) -> tuple[float, float]:
+    """(median, p99) of a list of times."""
+    ordered = sorted(times)
+    return statistics.median(ordered), ordered[
+        min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))
+    ]
+
+
+def bench_writes(name: str, make_store: Callable[[], SqlStore], args: argparse.Namespace) -> None:
+    """Batch latency with and without rollups, fresh stores, the two alternated
+    ``--write-rounds`` times so that the machine's load falls on both alike."""
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(args.write_rounds):
+        for rollups in (True, False):
+            with make_store() as store:
+                times[rollups] += write_times(store, rollups=rollups, steps=args.write_steps)
+    print(
+        f"\n{name}: write_batch, 1,024 steps a batch (one per rank), {args.write_steps} batches"
+        f" x {args.write_rounds} rounds each, alternated:"
+    )
+    (med_r, p99_r), (med_w, p99_w) = percentiles(times[False]), percentiles(times[True])
+    for label, med, p99 in (("raw rows only", med_r, p99_r), ("with rollups", med_w, p99_w)):
+        print(
+            f"  {label:<14} batch median {med:6.1f} ms ({1024 / med * 1000:7,.0f} steps/s)"
+            f"  p99 {p99:6.1f} ms ({1024 / p99 * 1000:7,.0f} steps/s)"
+        )
+    print(
+        f"  with/without rollups: rate at the median {med_r / med_w:.2f},"
+        f" at p99 {p99_r / p99_w:.2f}"
+    )
 
 
 def timed(run: Callable[[], Any], repeat: int) -> tuple[float, float]:
@@ -209,12 +259,9 @@ def timed(run: Callable[[], Any], repeat: int) -> tuple[float, float]:
 
 def bench(name: str, make_store: Callable[[], SqlStore], args: argparse.Namespace) -> None:
     check_bulk_path(make_store)
-    with make_store() as store:
-        with_r = write_rate(store, rollups=True)
-    with make_store() as store:
-        without_r = write_rate(store, rollups=False)
-    print(f"\n{name}: write_batch, 1,024 steps a batch (one per rank), 64 batches:")
-    print(f"  {with_r:,.0f} steps/s with rollups, {without_r:,.0f} steps/s raw rows only")
+    bench_writes(name, make_store, args)
+    if args.write_only:
+        return
     with make_store() as store:
         start = time.perf_counter()
         leak = fill_job(store, ranks=args.ranks, steps=args.steps)
@@ -255,6 +302,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20_000)
     parser.add_argument("--repeat", type=int, default=40)
     parser.add_argument("--reference-repeat", type=int, default=3)
+    parser.add_argument("--write-steps", type=int, default=160, help="batches a write round")
+    parser.add_argument("--write-rounds", type=int, default=2)
+    parser.add_argument("--write-only", action="store_true", help="skip the 20M-row heatmap")
     args = parser.parse_args()
     if args.backend in ("sqlite", "both"):
         folder = Path(tempfile.mkdtemp(prefix="rankwatch-heatmap-"))

@@ -31,7 +31,7 @@ def open_store(url: str = DEFAULT_DB, *, migrate: bool = True) -> SqlStore:
     >>> import tempfile, os
     >>> store = open_store("sqlite:///" + os.path.join(tempfile.mkdtemp(), "rw.db"))
     >>> store.schema_version(), store.counts()["steps"]
-    (3, 0)
+    (4, 0)
     >>> store.close()
     """
     store: SqlStore

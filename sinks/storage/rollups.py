@@ -14,6 +14,18 @@ their finest rollups ``sealed``, and a sealed rollup is never recomputed again (
 gone), so a step that arrives for a sealed block (a replay, or a very late step) is stored raw but
 left out of the rollups.
 
+How a write stays cheap (a live sink writes every rank's open blocks, three widths, every
+batch): a store keeps in memory (:class:`RollupCache`) the open blocks it last wrote: each
+finest block's steps and values, each coarser block's children's cells. It uses them only while
+they are provably what the database holds: in the write transaction it checks that it is still
+the job's last rollup writer (``rollup_writers``: the generation it wrote last time); another
+store's write, retention (which clears that table) or a rolled-back transaction make it read
+the blocks back. Held blocks then take the batch's new rows (a step already held is a replay:
+the raw insert kept the stored row, and the block adds nothing), and each coarser block moves
+the one child that changed (:meth:`CoarseBlock.update`): the same numbers as recomputing from
+the rows, without the reads. Only the columns of the metrics that changed are written; those
+without a value in a block are empty in its rollup, as stored.
+
 The median is exact for the finest width (the median of the block's values, the mean of the
 middle two for an even count). A coarser block's median is the median of its finer blocks'
 medians: an approximation, always between the block's min and max, and exact when every value
@@ -26,11 +38,13 @@ raw (and are the alerts' business), so a block of only NaN losses has no loss ro
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from rankwatch.sinks.storage.base import METRICS
+from rankwatch.sinks.storage.rows import STEP_COLUMNS
 
 #: How many blocks of one width make a block of the next.
 FANOUT = 8
@@ -79,47 +93,247 @@ def stats(values: Sequence[float]) -> Stats:
     return min(values), median(values), max(values), len(values)
 
 
-def rollup_from_raw(key: tuple[str, int, int], raw: Sequence[Sequence[Any]]) -> tuple[Any, ...]:
-    """The finest-width rollup row of one block from its raw rows ``(ts, *METRICS)``."""
-    cells: list[Any] = []
-    for index in range(len(METRICS)):
-        values = [
-            float(row[1 + index])
-            for row in raw
-            if row[1 + index] is not None and math.isfinite(row[1 + index])
-        ]
-        cells.extend(stats(values))
-    times = [row[0] for row in raw]
-    job_id, rank, block = key
-    return (job_id, WIDTHS[0], rank, block, min(times), max(times), 0, *cells)
+def reported(step_rows: Sequence[Sequence[Any]]) -> list[str]:
+    """The metrics that at least one of these ``steps`` rows (``rows.STEP_COLUMNS``) holds.
 
-
-def rollup_from_children(
-    key: tuple[str, int, int], width: int, children: Sequence[Sequence[Any]]
-) -> tuple[Any, ...]:
-    """A coarser rollup row from its finer rollups, each ``(first_ts, last_ts, *VALUE_COLUMNS)``.
-
-    Min, max and count are exact; the median is the median of the children's medians.
+    >>> from rankwatch.schemas import StepEvent
+    >>> from rankwatch.sinks.storage.rows import step_row
+    >>> reported([step_row(StepEvent(job_id="j", rank=0, step=1, timestamp=0.0, loss=2.0))])
+    ['loss']
     """
-    cells: list[Any] = []
-    for index in range(len(METRICS)):
-        at = 2 + 4 * index
-        present = [c for c in children if c[at + 3]]
-        if not present:
-            cells.extend((None, None, None, 0))
-            continue
-        cells.extend(
-            (
-                min(c[at] for c in present),
-                median([c[at + 1] for c in present]),
-                max(c[at + 2] for c in present),
-                sum(int(c[at + 3]) for c in present),
-            )
-        )
-    job_id, rank, block = key
-    first = min(c[0] for c in children)
-    last = max(c[1] for c in children)
-    return (job_id, width, rank, block, first, last, 0, *cells)
+    if not step_rows:
+        return []
+    columns = list(zip(*step_rows, strict=True))
+    return [
+        metric
+        for at, metric in enumerate(METRICS, start=FIRST_METRIC)
+        if columns[at].count(None) != len(step_rows)
+    ]
+
+
+#: Where the metrics start in a ``steps`` row.
+FIRST_METRIC = STEP_COLUMNS.index(METRICS[0])
+_EMPTY: Stats = (None, None, None, 0)
+
+#: A rollup's cells: ``(first_ts, last_ts, *VALUE_COLUMNS)``, the row less its key and flag.
+Cells = tuple[Any, ...]
+
+
+def metric_indexes(metrics: Iterable[str]) -> list[int]:
+    """Positions in :data:`METRICS` (and in a block's cells, by fours after the times)."""
+    return [METRICS.index(metric) for metric in metrics]
+
+
+class FineBlock:
+    """What one rank's finest block holds: its steps, their time span, each metric's finite
+    values in order. Its :meth:`cells` are exactly the rollup of those rows.
+
+    >>> b = FineBlock(0)
+    >>> [b.add(3, 10.0, [2.0], only=[0]), b.add(3, 10.0, [2.0], only=[0])]
+    [True, False]
+    >>> [b.add(4, 11.0, [1.0], only=[0]), b.add(5, 9.0, [None], only=[0])]
+    [True, True]
+    >>> b.cells()[:6]
+    (9.0, 11.0, 1.0, 1.5, 2.0, 2)
+    """
+
+    __slots__ = ("_cells", "block", "first", "last", "steps", "values")
+
+    def __init__(self, block: int) -> None:
+        self.block = block
+        self.steps: set[int] = set()
+        self.first = math.inf
+        self.last = -math.inf
+        self.values: list[list[float]] = [[] for _ in METRICS]
+        self._cells: list[Any] | None = None
+
+    def add(
+        self,
+        step: int,
+        ts: float,
+        row: Sequence[Any],
+        at: int = 0,
+        only: Iterable[int] | None = None,
+    ) -> bool:
+        """Add one raw row, its metrics at ``row[at:]`` (only those of ``only`` if given: the
+        others are None); False (nothing done) for a step it already holds."""
+        if step in self.steps:
+            return False
+        self.steps.add(step)
+        if ts < self.first:
+            self.first = ts
+        if ts > self.last:
+            self.last = ts
+        for index in range(len(METRICS)) if only is None else only:
+            value = row[at + index]
+            if value is not None and math.isfinite(value):
+                bisect.insort(self.values[index], value)
+        return True
+
+    def cells(self, only: Sequence[int] | None = None) -> Cells:
+        """The rollup cells; ``only`` recomputes just those metrics (the others have had no
+        value added since the last call)."""
+        out = self._cells
+        if out is None or only is None:
+            out = self._cells = [None, None, *([None] * 4 * len(METRICS))]
+            only = range(len(METRICS))
+        out[0], out[1] = self.first, self.last
+        for index in only:
+            values = self.values[index]
+            at = 2 + 4 * index
+            n = len(values)
+            if not n:
+                out[at : at + 4] = _EMPTY
+                continue
+            middle = n // 2
+            mid = values[middle] if n % 2 else (values[middle - 1] + values[middle]) / 2
+            out[at : at + 4] = (values[0], mid, values[-1], n)
+        return tuple(out)
+
+
+class CoarseBlock:
+    """One rank's coarser block: the cells of each finer block under it, by block number.
+
+    >>> c = CoarseBlock(0, {0: (0.0, 1.0, 1.0, 1.0, 1.0, 2), 1: (2.0, 3.0, 0.0, 5.0, 9.0, 3)})
+    >>> c.cells(metrics=1)
+    (0.0, 3.0, 0.0, 3.0, 9.0, 5)
+    >>> c.update(2, (4.0, 5.0, 7.0, 7.0, 7.0, 1), [0])
+    (0.0, 5.0, 0.0, 5.0, 9.0, 6)
+    >>> c.update(2, (4.0, 6.0, 6.0, 6.5, 7.0, 2), [0])
+    (0.0, 6.0, 0.0, 5.0, 9.0, 7)
+    """
+
+    __slots__ = ("_cells", "_medians", "block", "children")
+
+    def __init__(self, block: int, children: dict[int, Cells] | None = None) -> None:
+        self.block = block
+        self.children: dict[int, Cells] = {} if children is None else children
+        self._cells: list[Any] | None = None
+        #: Per metric, the medians of the children that have values, in order.
+        self._medians: list[list[float]] = []
+
+    def cells(self, metrics: int = len(METRICS)) -> Cells:
+        """Min of mins, median of medians, max of maxes, sum of counts; the time span."""
+        kids = list(self.children.values())
+        out = self._cells = [None] * (2 + 4 * metrics)
+        out[0] = min([k[0] for k in kids])
+        out[1] = max([k[1] for k in kids])
+        self._medians = []
+        for index in range(metrics):
+            at = 2 + 4 * index
+            present = [k for k in kids if k[at + 3]]
+            medians = sorted([k[at + 1] for k in present])
+            self._medians.append(medians)
+            if not present:
+                out[at : at + 4] = _EMPTY
+                continue
+            out[at] = min([k[at] for k in present])
+            out[at + 1] = _middle(medians)
+            out[at + 2] = max([k[at + 2] for k in present])
+            out[at + 3] = sum([k[at + 3] for k in present])
+        return tuple(out)
+
+    def update(self, child: int, cells: Cells, only: Sequence[int]) -> Cells:
+        """Set one child's cells, which hold every value its old cells held and more only in
+        the metrics ``only`` (a finer block only ever gains rows), and return the new cells.
+
+        Exactly what :meth:`cells` would compute, in a few steps: a min only falls, a max
+        only rises, a count changes by the child's, and one median moves in the sorted list.
+        """
+        children = self.children
+        old = children.get(child)
+        children[child] = cells
+        out = self._cells
+        if out is None:
+            return self.cells(len(cells) // 4)
+        if old is None:  # a new child: as if it had been there, empty
+            old = (math.inf, -math.inf, *(_EMPTY * (len(cells) // 4)))
+        if cells[0] < out[0]:
+            out[0] = cells[0]
+        if cells[1] > out[1]:
+            out[1] = cells[1]
+        all_medians = self._medians
+        insort = bisect.insort
+        for index in only:  # plain comparisons, no calls: this runs for every rank and batch
+            at = 2 + 4 * index
+            had, has = old[at + 3], cells[at + 3]
+            if has == had:
+                continue
+            medians = all_medians[index]
+            if had:
+                medians.remove(old[at + 1])
+            insort(medians, cells[at + 1])
+            if out[at + 3]:
+                if cells[at] < out[at]:
+                    out[at] = cells[at]
+                if cells[at + 2] > out[at + 2]:
+                    out[at + 2] = cells[at + 2]
+            else:
+                out[at], out[at + 2] = cells[at], cells[at + 2]
+            half = len(medians) >> 1
+            if len(medians) & 1:
+                out[at + 1] = medians[half]
+            else:
+                out[at + 1] = (medians[half - 1] + medians[half]) / 2
+            out[at + 3] += has - had
+        return tuple(out)
+
+
+def _middle(ordered: Sequence[float]) -> float:
+    """The median of a sorted non-empty list, as :func:`median` computes it."""
+    middle = len(ordered) // 2
+    if len(ordered) % 2:
+        return ordered[middle]
+    return (ordered[middle - 1] + ordered[middle]) / 2
+
+
+class RollupCache:
+    """The open blocks of the ranks a store last wrote: one finest block and one block of each
+    coarser width per ``(job, rank)``, so a batch needs no read of what it already knows.
+
+    It is only ever used while it is provably the database's state: the store checks that it
+    was the last writer of the job's rollups (``rollup_writers``) in the write transaction, and
+    drops the cache on any failed transaction and on retention.
+    """
+
+    def __init__(self, max_ranks: int = 1 << 17) -> None:
+        self.max_ranks = max_ranks
+        self.fine: dict[tuple[str, int], FineBlock] = {}
+        self.coarse: list[dict[tuple[str, int], CoarseBlock]] = [{} for _ in WIDTHS[1:]]
+        #: job -> the generation this store last wrote to ``rollup_writers``.
+        self.generation: dict[str, int] = {}
+
+    def clear(self) -> None:
+        self.fine.clear()
+        for level in self.coarse:
+            level.clear()
+        self.generation.clear()
+
+    def drop(self, job_id: str) -> None:
+        """Forget one job (another writer wrote it since)."""
+        self.generation.pop(job_id, None)
+        for key in [k for k in self.fine if k[0] == job_id]:
+            del self.fine[key]
+        for level in self.coarse:
+            for key in [k for k in level if k[0] == job_id]:
+                del level[key]
+
+    def keep_fine(self, job_id: str, rank: int, block: FineBlock) -> None:
+        held = self.fine.get((job_id, rank))
+        if held is None or held.block <= block.block:  # the newest block is the open one
+            self.fine[(job_id, rank)] = block
+
+    def keep_coarse(self, level: int, job_id: str, rank: int, block: CoarseBlock) -> None:
+        held = self.coarse[level].get((job_id, rank))
+        if held is None or held.block <= block.block:
+            self.coarse[level][(job_id, rank)] = block
+
+    def trim(self) -> None:
+        """Bound the memory: past ``max_ranks`` open blocks, start again from the database."""
+        if len(self.fine) > self.max_ranks:
+            generation = dict(self.generation)
+            self.clear()
+            self.generation.update(generation)
 
 
 def group_by_block(

@@ -6,10 +6,14 @@ Both speak ``INSERT ... ON CONFLICT``, so idempotent writes are the same stateme
 
 from __future__ import annotations
 
+import functools
+import itertools
+import operator
 import time
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from rankwatch.schemas import Alert, LogEvent, StepEvent
@@ -34,6 +38,13 @@ VERSION_TABLE = "rankwatch_schema_version"
 #: Raw steps this close in time to an alert (before its first, after its last sighting) on its
 #: job and ranks are kept past raw-step retention: they are the alert's evidence.
 EVIDENCE_WINDOW_S = 600.0
+
+#: Rollup writer generations: unique in this process (with the store's random writer id, unique
+#: across processes).
+_GENERATIONS = itertools.count(1)
+
+#: At most this many ranks in one ``rank IN (...)`` list (both drivers cap the parameters).
+_IN_LIST = 1000
 
 #: A migration step: a SQL statement, or a function run on the store in the same transaction.
 Migration = str | Callable[["SqlStore"], None]
@@ -87,6 +98,16 @@ class SqlStore(ABC):
     def close(self) -> None:
         """Release the connection."""
 
+    @functools.cached_property
+    def _rollup_cache(self) -> rollups.RollupCache:
+        """The open blocks this store last wrote (see :meth:`_write_rollups`)."""
+        return rollups.RollupCache()
+
+    @functools.cached_property
+    def _writer(self) -> str:
+        """This store's name in ``rollup_writers``: random, so no two stores share one."""
+        return uuid.uuid4().hex
+
     # ---- schema --------------------------------------------------------------------------
     def schema_version(self) -> int:
         """The schema version of the database (0: empty)."""
@@ -137,13 +158,15 @@ class SqlStore(ABC):
         p = self.ph
         g = self._greatest
         new_steps = new_logs = new_alerts = 0
-        with self._transaction():
+        step_rows: list[tuple[Any, ...]] = []
+        with self._rollups_kept(), self._transaction():
             if steps:
                 cols = rows.STEP_COLUMNS
+                step_rows = [rows.step_row(e) for e in steps]
                 new_steps = self._executemany(
                     f"INSERT INTO steps ({', '.join(cols)}) VALUES ({', '.join([p] * len(cols))})"
                     " ON CONFLICT (job_id, rank, step) DO NOTHING",
-                    [rows.step_row(e) for e in steps],
+                    step_rows,
                 )
             if logs:
                 cols = rows.LOG_COLUMNS
@@ -174,7 +197,9 @@ class SqlStore(ABC):
                     rows.job_rank_rows(steps, logs),
                 )
             if steps:
-                self._write_rollups({(e.job_id, e.rank, rollups.block_of(e.step)) for e in steps})
+                self._write_rollups(
+                    {(e.job_id, e.rank, rollups.block_of(e.step)) for e in steps}, step_rows
+                )
         return WriteStats(
             received=len(steps) + len(logs) + len(alerts),
             steps=new_steps,
@@ -182,69 +207,245 @@ class SqlStore(ABC):
             alerts=new_alerts,
         )
 
-    def _write_rollups(self, keys: Iterable[tuple[str, int, int]]) -> None:
+    @contextmanager
+    def _rollups_kept(self) -> Iterator[None]:
+        """Drop the rollup cache if the transaction inside fails: it may hold uncommitted rows."""
+        try:
+            yield
+        except BaseException:
+            self._rollup_cache.clear()
+            raise
+
+    def _write_rollups(
+        self,
+        keys: Iterable[tuple[str, int, int]],
+        step_rows: Sequence[Sequence[Any]] = (),
+        *,
+        claim: bool = True,
+    ) -> None:
         """Recompute the rollups of the touched ``(job, rank, finest block)`` keys, every width.
 
         Inside the caller's transaction; see :mod:`~rankwatch.sinks.storage.rollups` for why a
         recomputation (never an increment) keeps a replayed batch from counting twice.
+        ``step_rows`` are the batch's ``steps`` rows (already inserted): a block this store
+        holds in its :class:`~rankwatch.sinks.storage.rollups.RollupCache` (while it is the
+        job's last writer) takes the rows it lacks from them instead of re-reading the block;
+        any other block, and any coarser block not held, is read from the database.
+        ``claim=False`` (the migration's backfill, before ``rollup_writers`` exists) reads
+        every block and must be followed by clearing the cache.
         """
+        cache = self._rollup_cache
+        keys = set(keys)
+        for job_id in sorted({job for job, _, _ in keys}):
+            if claim:
+                self._claim_rollups(job_id)
+            else:
+                cache.drop(job_id)
+        finest = rollups.WIDTHS[0]
+        held: dict[tuple[str, int, int], rollups.FineBlock] = {}
+        for job_id, rank, block in keys:
+            state = cache.fine.get((job_id, rank))
+            if state is not None and state.block == block:
+                held[(job_id, rank, block)] = state
+        loaded = self._load_fine(self._unsealed(keys - held.keys()))
+        reported = rollups.reported(step_rows)
+        only = rollups.metric_indexes(reported)
+        grown: set[tuple[str, int, int]] = set()
+        at = rollups.FIRST_METRIC
+        for row in step_rows:
+            key = (row[0], row[1], row[2] // finest)
+            state = held.get(key)
+            if state is not None and state.add(row[2], row[3], row, at, only):
+                grown.add(key)
+        # A block read back is recomputed whole; its metrics without a value have an empty
+        # rollup, which is what is stored (or a new row's default), so they need no writing.
+        touched: Sequence[str] = [
+            metric
+            for index, metric in enumerate(METRICS)
+            if metric in reported or any(state.values[index] for state in loaded.values())
+        ]
+        changed = {key: state.cells() for key, state in loaded.items()}
+        self._upsert_rollups(finest, changed, touched)
+        cells = {key: held[key].cells(only) for key in grown}
+        self._upsert_rollups(finest, cells, reported, existing=True)
+        changed.update(cells)
+        for (job_id, rank, _), state in loaded.items():  # the held ones are there already
+            cache.keep_fine(job_id, rank, state)
+        for level, (finer, width) in enumerate(
+            zip(rollups.WIDTHS, rollups.WIDTHS[1:], strict=False)
+        ):
+            changed, touched = self._write_coarse(level, finer, width, changed, touched)
+        cache.trim()
+
+    def _write_coarse(
+        self,
+        level: int,
+        finer: int,
+        width: int,
+        children: dict[tuple[str, int, int], rollups.Cells],
+        touched: Sequence[str],
+    ) -> tuple[dict[tuple[str, int, int], rollups.Cells], Sequence[str]]:
+        """Recompute the ``width`` blocks over the finer blocks whose cells changed (only in
+        the ``touched`` metrics); return their cells and the metrics they changed in."""
+        cache = self._rollup_cache.coarse[level]
+        fan = rollups.FANOUT
+        only = rollups.metric_indexes(touched)
+        cells: dict[tuple[str, int, int], rollups.Cells] = {}
+        later: list[tuple[tuple[str, int, int], int, rollups.Cells]] = []
+        for (job_id, rank, child), child_cells in children.items():
+            block = child // fan
+            state = cache.get((job_id, rank))
+            if state is not None and state.block == block:
+                cells[(job_id, rank, block)] = state.update(child, child_cells, only)
+            else:
+                later.append(((job_id, rank, block), child, child_cells))
+        loaded = self._load_coarse(finer, {key for key, _, _ in later})
+        for key, child, child_cells in later:
+            loaded[key].children[child] = child_cells
+        # A block read back is recomputed whole and written whole, and then so is the next
+        # width up (the read-back block may differ in any metric from what was stored).
+        out = {key: state.cells() for key, state in loaded.items()}
+        self._upsert_rollups(width, out, METRICS)
+        self._upsert_rollups(width, cells, touched, existing=True)
+        out.update(cells)
+        for (job_id, rank, _), state in loaded.items():  # the held ones are there already
+            self._rollup_cache.keep_coarse(level, job_id, rank, state)
+        return out, METRICS if loaded else touched
+
+    def _claim_rollups(self, job_id: str) -> None:
+        """Make this store the job's last rollup writer; drop its cache of the job unless it
+        already was (nobody else wrote the job's rows since its last commit)."""
+        p = self.ph
+        cache = self._rollup_cache
+        generation = next(_GENERATIONS)
+        last = cache.generation.get(job_id)
+        if last is None or not self._execute(
+            f"UPDATE rollup_writers SET generation = {p}"
+            f" WHERE job_id = {p} AND writer = {p} AND generation = {p}",
+            (generation, job_id, self._writer, last),
+        ):
+            cache.drop(job_id)
+            self._execute(
+                "INSERT INTO rollup_writers (job_id, writer, generation)"
+                f" VALUES ({p}, {p}, {p}) ON CONFLICT (job_id) DO UPDATE SET"
+                " writer = excluded.writer, generation = excluded.generation",
+                (job_id, self._writer, generation),
+            )
+        cache.generation[job_id] = generation
+
+    def _load_fine(
+        self, keys: set[tuple[str, int, int]]
+    ) -> dict[tuple[str, int, int], rollups.FineBlock]:
+        """The finest blocks of ``keys`` from their raw rows, one read per block."""
         p = self.ph
         finest = rollups.WIDTHS[0]
-        touched = set(keys)
+        out: dict[tuple[str, int, int], rollups.FineBlock] = {}
+        for (job_id, block), ranks in rollups.group_by_block(keys).items():
+            for chunk in iter_chunks(ranks, _IN_LIST):
+                found = self._query(
+                    f"SELECT rank, step, ts, {', '.join(METRICS)} FROM steps WHERE job_id = {p}"
+                    f" AND rank IN ({', '.join([p] * len(chunk))}) AND step >= {p} AND step < {p}",
+                    (job_id, *chunk, block * finest, (block + 1) * finest),
+                )
+                for row in found:
+                    key = (job_id, row[0], block)
+                    state = out.get(key)
+                    if state is None:
+                        state = out[key] = rollups.FineBlock(block)
+                    state.add(row[1], row[2], row, 3)
+        return out
+
+    def _load_coarse(
+        self, finer: int, keys: set[tuple[str, int, int]]
+    ) -> dict[tuple[str, int, int], rollups.CoarseBlock]:
+        """The coarser blocks of ``keys`` with their finer rollups, one read per block."""
+        p = self.ph
+        fan = rollups.FANOUT
+        out = {key: rollups.CoarseBlock(key[2]) for key in keys}
+        values = ", ".join(rollups.VALUE_COLUMNS)
+        for (job_id, block), ranks in rollups.group_by_block(keys).items():
+            for chunk in iter_chunks(ranks, _IN_LIST):
+                found = self._query(
+                    f"SELECT rank, block, first_ts, last_ts, {values} FROM step_rollups"
+                    f" WHERE job_id = {p} AND width = {p}"
+                    f" AND rank IN ({', '.join([p] * len(chunk))}) AND block >= {p}"
+                    f" AND block < {p}",
+                    (job_id, finer, *chunk, block * fan, (block + 1) * fan),
+                )
+                for row in found:
+                    out[(job_id, row[0], block)].children[row[1]] = tuple(row[2:])
+        return out
+
+    def _unsealed(self, touched: set[tuple[str, int, int]]) -> set[tuple[str, int, int]]:
+        """``touched`` less the keys whose finest rollup is sealed (never recomputed)."""
+        p = self.ph
         for job_id in {job for job, _, _ in touched}:
             blocks = [b for job, _, b in touched if job == job_id]
             sealed = self._query(
                 f"SELECT rank, block FROM step_rollups WHERE job_id = {p} AND width = {p}"
                 f" AND sealed = 1 AND block >= {p} AND block <= {p}",
-                (job_id, finest, min(blocks), max(blocks)),
+                (job_id, rollups.WIDTHS[0], min(blocks), max(blocks)),
             )
             touched -= {(job_id, rank, block) for rank, block in sealed}
-        metrics = ", ".join(METRICS)
-        new_rows: list[tuple[Any, ...]] = []
-        for (job_id, block), ranks in rollups.group_by_block(touched).items():
-            found = self._query(
-                f"SELECT rank, ts, {metrics} FROM steps WHERE job_id = {p}"
-                f" AND rank IN ({', '.join([p] * len(ranks))}) AND step >= {p} AND step < {p}",
-                (job_id, *ranks, block * finest, (block + 1) * finest),
-            )
-            by_rank: dict[int, list[tuple[Any, ...]]] = {}
-            for row in found:
-                by_rank.setdefault(row[0], []).append(row[1:])
-            new_rows.extend(
-                rollups.rollup_from_raw((job_id, rank, block), raw) for rank, raw in by_rank.items()
-            )
-        self._upsert_rollups(new_rows)
-        values = ", ".join(rollups.VALUE_COLUMNS)
-        for finer, width in zip(rollups.WIDTHS, rollups.WIDTHS[1:], strict=False):
-            touched = {(job, rank, block // rollups.FANOUT) for job, rank, block in touched}
-            new_rows = []
-            for (job_id, block), ranks in rollups.group_by_block(touched).items():
-                found = self._query(
-                    f"SELECT rank, first_ts, last_ts, {values} FROM step_rollups"
-                    f" WHERE job_id = {p} AND width = {p}"
-                    f" AND rank IN ({', '.join([p] * len(ranks))}) AND block >= {p}"
-                    f" AND block < {p}",
-                    (job_id, finer, *ranks, block * rollups.FANOUT, (block + 1) * rollups.FANOUT),
-                )
-                by_rank = {}
-                for row in found:
-                    by_rank.setdefault(row[0], []).append(row[1:])
-                new_rows.extend(
-                    rollups.rollup_from_children((job_id, rank, block), width, children)
-                    for rank, children in by_rank.items()
-                )
-            self._upsert_rollups(new_rows)
+        return touched
 
-    def _upsert_rollups(self, new_rows: Sequence[tuple[Any, ...]]) -> None:
-        if not new_rows:
+    def _upsert_rollups(
+        self,
+        width: int,
+        cells: dict[tuple[str, int, int], rollups.Cells],
+        metrics: Sequence[str],
+        *,
+        existing: bool = False,
+    ) -> None:
+        """Upsert the ``width`` rollups ``(job, rank, block) -> cells``, only the columns of
+        ``metrics`` (and the times): the others are a new row's empty defaults, and an
+        existing row's own values (unchanged: no row of the batch holds those metrics).
+        ``existing``: every row is known to be there (a back-end may update, not upsert)."""
+        if not cells:
             return
-        cols = rollups.ROLLUP_COLUMNS
+        picks = [0, 1]
+        for metric in metrics:
+            at = 2 + 4 * METRICS.index(metric)
+            picks.extend(range(at, at + 4))
+        pick = operator.itemgetter(*picks)
+        if existing:  # one search of the key, not an insert that conflicts and then updates
+            self._executemany(
+                self._update_sql(tuple(metrics)),
+                [
+                    (*pick(row), job_id, width, rank, block)
+                    for (job_id, rank, block), row in cells.items()
+                ],
+            )
+            return
         self._executemany(
-            f"INSERT INTO step_rollups ({', '.join(cols)})"
-            f" VALUES ({', '.join([self.ph] * len(cols))})"
+            self._upsert_sql(tuple(metrics)),
+            [
+                (job_id, width, rank, block, *pick(row))
+                for (job_id, rank, block), row in cells.items()
+            ],
+        )
+
+    @functools.cache  # noqa: B019 (a few statement texts per store, for its lifetime)
+    def _update_sql(self, metrics: tuple[str, ...]) -> str:
+        p = self.ph
+        given = ["first_ts", "last_ts"]
+        given += [f"{m}_{s}" for m in metrics for s in ("min", "med", "max", "n")]
+        return (
+            f"UPDATE step_rollups SET {', '.join(f'{c} = {p}' for c in given)}"
+            f" WHERE job_id = {p} AND width = {p} AND rank = {p} AND block = {p}"
+        )
+
+    @functools.cache  # noqa: B019 (a few statement texts per store, for its lifetime)
+    def _upsert_sql(self, metrics: tuple[str, ...]) -> str:
+        given = ["first_ts", "last_ts"]
+        given += [f"{m}_{s}" for m in metrics for s in ("min", "med", "max", "n")]
+        empty = [f"{m}_n" for m in METRICS if m not in metrics]  # NOT NULL: 0 for a new row
+        values = [self.ph] * (4 + len(given)) + ["0"] * (1 + len(empty))
+        return (
+            f"INSERT INTO step_rollups (job_id, width, rank, block, {', '.join(given)}, sealed"
+            f"{''.join(', ' + c for c in empty)}) VALUES ({', '.join(values)})"
             " ON CONFLICT (job_id, width, rank, block) DO UPDATE SET "
-            + ", ".join(f"{c} = excluded.{c}" for c in cols[4:]),
-            new_rows,
+            + ", ".join(f"{c} = excluded.{c}" for c in given)
         )
 
     def delete_older_than(
@@ -265,7 +466,10 @@ class SqlStore(ABC):
         now = time.time() if now is None else now
         deleted: dict[str, int] = {}
         p = self.ph
-        with self._transaction():
+        with self._rollups_kept(), self._transaction():
+            # Sealing and deleting change rollups under every writer's cache: none is valid now.
+            self._execute("DELETE FROM rollup_writers")
+            self._rollup_cache.clear()
             for age in (age_s, steps_age_s):
                 if age is not None:
                     self._execute(
@@ -568,7 +772,16 @@ def backfill_rollups(store: SqlStore) -> None:
     """Migration step: the rollups of every step already stored (a store from before them)."""
     finest = rollups.WIDTHS[0]
     keys = store._query(f"SELECT DISTINCT job_id, rank, step / {finest} FROM steps")
-    store._write_rollups((job, int(rank), int(block)) for job, rank, block in keys)
+    store._write_rollups(((job, int(rank), int(block)) for job, rank, block in keys), claim=False)
+    store._rollup_cache.clear()
+
+
+#: The migration step that lets a store keep its open rollup blocks in memory: the last writer
+#: of each job's rollups (see ``SqlStore._claim_rollups``). Same text on both back-ends.
+ROLLUP_WRITERS = (
+    "CREATE TABLE rollup_writers (job_id TEXT NOT NULL PRIMARY KEY, writer TEXT NOT NULL,"
+    " generation BIGINT NOT NULL)"
+)
 
 
 def iter_chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:

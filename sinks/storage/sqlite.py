@@ -15,7 +15,7 @@ from typing import Any
 from rankwatch.sinks.exceptions import StoreError
 from rankwatch.sinks.storage import rollups
 from rankwatch.sinks.storage.base import METRICS
-from rankwatch.sinks.storage.sql import Migration, SqlStore, backfill_rollups
+from rankwatch.sinks.storage.sql import ROLLUP_WRITERS, Migration, SqlStore, backfill_rollups
 
 _METRIC_COLUMNS = ", ".join(f"{name} REAL" for name in METRICS)
 
@@ -83,6 +83,9 @@ V3: tuple[Migration, ...] = (
     backfill_rollups,
 )
 
+#: Version 4: each job's last rollup writer, so a store may keep its open blocks in memory.
+V4: tuple[str, ...] = (ROLLUP_WRITERS,)
+
 
 def sqlite_path(url: str) -> Path:
     """The file of a ``sqlite:///relative.db`` or ``sqlite:////absolute.db`` URL.
@@ -98,7 +101,7 @@ def sqlite_path(url: str) -> Path:
 class SQLiteStore(SqlStore):
     """A store in one SQLite file (created, with its folder, if missing)."""
 
-    migrations = (V1, V2, V3)
+    migrations = (V1, V2, V3, V4)
     ph = "?"
 
     def __init__(self, url: str, *, timeout_s: float = 10.0) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from rankwatch.schemas import Alert, StepEvent
 from rankwatch.sinks.exceptions import StoreError
-from rankwatch.sinks.storage import SqlStore, StepQuery
+from rankwatch.sinks.storage import SqlStore, StepQuery, open_store
 from rankwatch.sinks.storage.rollups import FANOUT, ROLLUP_COLUMNS, VALUE_COLUMNS, WIDTHS, median
 
 T0 = 1_750_000_000.0
@@ -205,3 +205,78 @@ def test_raw_step_retention_keeps_rollups_and_the_alert_windows(store: SqlStore)
     # Per rank: the 16-step blocks that end before step 200, and the first 128-step block.
     assert result.deleted["step_rollups"] == 4 * (12 + 1)
     assert store.heatmap("job", "gpu_memory_allocated_mb", columns=25).step_edges[0] == 192
+
+
+def assert_rollups_match_raw(store: SqlStore, metric: str = "gpu_memory_allocated_mb") -> None:
+    at = 3 + VALUE_COLUMNS.index(f"{metric}_min")
+    got = {
+        (width, rank, block): tuple(row[at : at + 4])
+        for (_, width, rank, block), row in rollup_table(store).items()
+        if row[at + 3]
+    }
+    want = expected_rollups(store, metric)
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        assert got[key][3] == value[3], key
+        assert got[key][:3] == pytest.approx(value[:3], rel=1e-12), key
+
+
+def test_two_writers_of_one_job_keep_the_rollups_exact(store: SqlStore) -> None:
+    # Each store keeps the blocks it last wrote in memory; a second store writing the same
+    # blocks in between must make the first read them back, not trust what it holds.
+    other = open_store(store.url)
+    try:
+        events = noisy_steps(ranks=4, n=300)
+        batches = [events[i : i + 4] for i in range(0, len(events), 4)]  # a step of each rank
+        for i, batch in enumerate(batches):
+            (store if i % 3 else other).write_batch(batch, [], [])
+            if i % 7 == 0:
+                (other if i % 3 else store).write_batch(batches[max(0, i - 5)], [], [])
+        for metric in ("loss", "gpu_memory_allocated_mb"):
+            assert_rollups_match_raw(store, metric)
+    finally:
+        other.close()
+
+
+def test_a_failed_batch_leaves_nothing_behind_in_the_writer(
+    store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events = noisy_steps(ranks=3, n=120)
+    batches = [events[i : i + 3] for i in range(0, len(events), 3)]
+    for batch in batches[:20]:
+        store.write_batch(batch, [], [])
+    upsert = type(store)._upsert_rollups
+
+    def fail_above_the_finest(self: SqlStore, width: int, *args: Any, **kwargs: Any) -> None:
+        if width > WIDTHS[0]:
+            raise StoreError("the database went away")
+        upsert(self, width, *args, **kwargs)
+
+    monkeypatch.setattr(type(store), "_upsert_rollups", fail_above_the_finest)
+    with pytest.raises(StoreError):
+        store.write_batch(batches[20], [], [])  # rolled back after the finest rollups
+    monkeypatch.undo()
+    for batch in batches[20:]:  # the sink writes the failed batch again, then goes on
+        store.write_batch(batch, [], [])
+    assert_rollups_match_raw(store)
+    assert_rollups_match_raw(store, "loss")
+
+
+def test_retention_by_another_process_freezes_the_blocks_for_this_writer(
+    store: SqlStore,
+) -> None:
+    events = noisy_steps(ranks=3, n=200)
+    store.write_batch(events[:450], [], [])  # steps 0-149
+    before = rollup_table(store)
+    with open_store(store.url) as other:  # `rankwatch` retention run beside the sink
+        other.delete_older_than(None, now=T0 + 1000, steps_age_s=1000 - 100, evidence_s=0)
+    store.write_batch(events[:300], [], [])  # replayed: steps 0-99, now sealed or raw-less
+    after = rollup_table(store)
+    sealed = {k for k, v in after.items() if v[2]}
+    assert sealed and all(k[1] == WIDTHS[0] and k[3] < 100 // WIDTHS[0] + 1 for k in sealed)
+    assert {k: v[:2] + v[3:] for k, v in after.items()} == {
+        k: v[:2] + v[3:] for k, v in before.items()
+    }
+    store.write_batch(events[450:], [], [])  # and the job goes on from where it was
+    got = store.heatmap("job", "gpu_memory_allocated_mb", columns=25)
+    assert got.step_edges[-1] == 208 and all(v is not None for v in got.values[2][-3:])

@@ -176,7 +176,7 @@ def test_migrate_upgrades_a_version_1_database_in_place(
     old.close()
 
     with open_store(url) as upgraded:  # migrates
-        assert upgraded.schema_version() == 3
+        assert upgraded.schema_version() == 4
         assert upgraded.counts()["steps"] == 80
         # Version 2's features work on the old rows: full-text search and the job summary.
         assert [r.rank for r in upgraded.logs(LogQuery("j1", grep="watchdog"))] == [3]
@@ -184,7 +184,7 @@ def test_migrate_upgrades_a_version_1_database_in_place(
         assert (job.ranks, job.last_step, job.last_seen.timestamp()) == (4, 19, T0 + 30)
         # Version 3's rollups are filled from the old steps.
         assert upgraded.heatmap("j1", "loss", stat="min", columns=4).values[3] == [1.85, 1.81]
-        assert upgraded.migrate() == 3  # idempotent
+        assert upgraded.migrate() == 4  # idempotent
 
 
 def test_a_database_newer_than_the_code_is_refused(store: SqlStore) -> None:
