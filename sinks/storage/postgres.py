@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import operator
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -170,6 +170,7 @@ class PostgresStore(SqlStore):
         metrics: Sequence[str],
         *,
         existing: bool = False,
+        steady: Collection[tuple[str, int, int]] = (),
     ) -> None:
         """One statement per job for all its rows, a column an array: a statement a row
         (``executemany``) costs the server more than the rollups themselves. The arrays are
@@ -178,34 +179,32 @@ class PostgresStore(SqlStore):
         rounded, so every value arrives exactly."""
         if not cells:
             return
-        picks = [0, 1]
-        for metric in metrics:
-            at = 2 + 4 * METRICS.index(metric)
-            picks.extend(range(at, at + 4))
-        pick = operator.itemgetter(*picks)
-        by_job: dict[str, list[tuple[Any, ...]]] = {}
-        for (job_id, rank, block), row in cells.items():
-            by_job.setdefault(job_id, []).append((rank, block, *pick(row)))
-        sql = _upsert_array_sql(tuple(metrics), existing)
-        for job_id, matrix in by_job.items():
-            columns = zip(*matrix, strict=True)
-            arrays = [orjson.dumps(c).translate(_TO_ARRAY).decode() for c in columns]
-            key = (job_id, width)
-            with self._conn.cursor() as cursor:
-                # Never prepared: a generic plan cannot see how many rows the arrays hold, and
-                # chooses scans that take seconds; the custom plan takes milliseconds.
-                cursor.execute(
-                    sql.encode(), (*arrays, *key) if existing else (*key, *arrays), prepare=False
-                )
+        if existing:
+            groups = rollups.update_groups(cells, metrics, steady)
+        else:
+            groups = [(cells, rollups.written_columns(metrics))]
+        for group, columns in groups:
+            pick = operator.itemgetter(*rollups.cell_positions(columns))
+            by_job: dict[str, list[tuple[Any, ...]]] = {}
+            for (job_id, rank, block), row in group.items():
+                by_job.setdefault(job_id, []).append((rank, block, *pick(row)))
+            sql = _upsert_array_sql(tuple(metrics), columns, existing)
+            for job_id, matrix in by_job.items():
+                arrays = [
+                    orjson.dumps(c).translate(_TO_ARRAY).decode() for c in zip(*matrix, strict=True)
+                ]
+                key = (job_id, width)
+                with self._conn.cursor() as cursor:
+                    # Never prepared: a generic plan cannot see how many rows the arrays
+                    # hold, and chooses scans that take seconds; a custom plan, milliseconds.
+                    cursor.execute(
+                        sql.encode(),
+                        (*arrays, *key) if existing else (*key, *arrays),
+                        prepare=False,
+                    )
 
     def close(self) -> None:
         self._conn.close()
-
-
-def _given_columns(metrics: tuple[str, ...]) -> list[str]:
-    return ["first_ts", "last_ts"] + [
-        f"{m}_{s}" for m in metrics for s in ("min", "med", "max", "n")
-    ]
 
 
 #: JSON lists to PostgreSQL array braces (``null`` is read as NULL in any case).
@@ -213,11 +212,10 @@ _TO_ARRAY = bytes.maketrans(b"[]", b"{}")
 
 
 @functools.cache
-def _upsert_array_sql(metrics: tuple[str, ...], existing: bool) -> str:
+def _upsert_array_sql(metrics: tuple[str, ...], given: tuple[str, ...], existing: bool) -> str:
     """``INSERT ... SELECT FROM unnest(arrays)`` of the columns ``(rank, block, *given)``,
     ``ON CONFLICT DO UPDATE`` of the given columns (parameters: job, width, the arrays); for
     rows known to exist, a plain ``UPDATE ... FROM unnest(...)`` (no speculative insert)."""
-    given = _given_columns(metrics)
     empty = [f"{m}_n" for m in METRICS if m not in metrics]  # NOT NULL: 0 for a new row
     names = ["rank", "block", *given]
     types = ["integer", "bigint"] + [

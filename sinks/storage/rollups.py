@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 from rankwatch.sinks.storage.base import METRICS
@@ -137,7 +137,7 @@ class FineBlock:
     (9.0, 11.0, 1.0, 1.5, 2.0, 2)
     """
 
-    __slots__ = ("_cells", "block", "first", "last", "steps", "values")
+    __slots__ = ("_cells", "block", "first", "last", "moved", "steps", "values")
 
     def __init__(self, block: int) -> None:
         self.block = block
@@ -146,6 +146,9 @@ class FineBlock:
         self.last = -math.inf
         self.values: list[list[float]] = [[] for _ in METRICS]
         self._cells: list[Any] | None = None
+        #: Whether ``first_ts`` or a min or max moved since the caller last cleared it (most
+        #: of a live block's new rows move only ``last_ts``, the medians and the counts).
+        self.moved = True
 
     def add(
         self,
@@ -162,12 +165,16 @@ class FineBlock:
         self.steps.add(step)
         if ts < self.first:
             self.first = ts
+            self.moved = True
         if ts > self.last:
             self.last = ts
         for index in range(len(METRICS)) if only is None else only:
             value = row[at + index]
             if value is not None and math.isfinite(value):
-                bisect.insort(self.values[index], value)
+                values = self.values[index]
+                if not values or value < values[0] or value > values[-1]:
+                    self.moved = True
+                bisect.insort(values, value)
         return True
 
     def cells(self, only: Sequence[int] | None = None) -> Cells:
@@ -203,18 +210,21 @@ class CoarseBlock:
     (0.0, 6.0, 0.0, 5.0, 9.0, 7)
     """
 
-    __slots__ = ("_cells", "_medians", "block", "children")
+    __slots__ = ("_cells", "_medians", "block", "children", "moved")
 
     def __init__(self, block: int, children: dict[int, Cells] | None = None) -> None:
         self.block = block
         self.children: dict[int, Cells] = {} if children is None else children
         self._cells: list[Any] | None = None
+        #: As :attr:`FineBlock.moved`: ``first_ts``, a min or a max moved.
+        self.moved = True
         #: Per metric, the medians of the children that have values, in order.
         self._medians: list[list[float]] = []
 
     def cells(self, metrics: int = len(METRICS)) -> Cells:
         """Min of mins, median of medians, max of maxes, sum of counts; the time span."""
         kids = list(self.children.values())
+        self.moved = True
         out = self._cells = [None] * (2 + 4 * metrics)
         out[0] = min([k[0] for k in kids])
         out[1] = max([k[1] for k in kids])
@@ -250,6 +260,7 @@ class CoarseBlock:
             old = (math.inf, -math.inf, *(_EMPTY * (len(cells) // 4)))
         if cells[0] < out[0]:
             out[0] = cells[0]
+            self.moved = True
         if cells[1] > out[1]:
             out[1] = cells[1]
         all_medians = self._medians
@@ -266,10 +277,13 @@ class CoarseBlock:
             if out[at + 3]:
                 if cells[at] < out[at]:
                     out[at] = cells[at]
+                    self.moved = True
                 if cells[at + 2] > out[at + 2]:
                     out[at + 2] = cells[at + 2]
+                    self.moved = True
             else:
                 out[at], out[at + 2] = cells[at], cells[at + 2]
+                self.moved = True
             half = len(medians) >> 1
             if len(medians) & 1:
                 out[at + 1] = medians[half]
@@ -285,6 +299,39 @@ def _middle(ordered: Sequence[float]) -> float:
     if len(ordered) % 2:
         return ordered[middle]
     return (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def written_columns(metrics: Iterable[str], steady: bool = False) -> tuple[str, ...]:
+    """The rollup columns a write of ``metrics`` sends: the times and every statistic, or for
+    a ``steady`` row (first time, mins and maxes as stored) the last time, medians and counts.
+
+    >>> written_columns(["loss"], steady=True)
+    ('last_ts', 'loss_med', 'loss_n')
+    """
+    if steady:
+        return ("last_ts", *(f"{m}_{s}" for m in metrics for s in ("med", "n")))
+    return (
+        "first_ts",
+        "last_ts",
+        *(f"{m}_{s}" for m in metrics for s in ("min", "med", "max", "n")),
+    )
+
+
+def cell_positions(columns: Iterable[str]) -> list[int]:
+    """Where each column is in a block's cells ``(first_ts, last_ts, *VALUE_COLUMNS)``."""
+    return [ROLLUP_COLUMNS.index(c) - 4 - (c not in ("first_ts", "last_ts")) for c in columns]
+
+
+def update_groups(
+    cells: dict[tuple[str, int, int], Cells],
+    metrics: Sequence[str],
+    steady: Collection[tuple[str, int, int]],
+) -> list[tuple[dict[tuple[str, int, int], Cells], tuple[str, ...]]]:
+    """The rows to update in two groups, each with the columns it needs written."""
+    calm = {key: row for key, row in cells.items() if key in steady}
+    rest = {key: row for key, row in cells.items() if key not in steady}
+    groups = [(calm, written_columns(metrics, steady=True)), (rest, written_columns(metrics))]
+    return [(group, columns) for group, columns in groups if group]
 
 
 class RollupCache:

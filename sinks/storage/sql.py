@@ -12,7 +12,7 @@ import operator
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
@@ -266,8 +266,17 @@ class SqlStore(ABC):
         ]
         changed = {key: state.cells() for key, state in loaded.items()}
         self._upsert_rollups(finest, changed, touched)
-        cells = {key: held[key].cells(only) for key in grown}
-        self._upsert_rollups(finest, cells, reported, existing=True)
+        cells: dict[tuple[str, int, int], rollups.Cells] = {}
+        steady: set[tuple[str, int, int]] = set()
+        for key in grown:
+            state = held[key]
+            cells[key] = state.cells(only)
+            if not state.moved:
+                steady.add(key)
+            state.moved = False
+        for state in loaded.values():
+            state.moved = False
+        self._upsert_rollups(finest, cells, reported, existing=True, steady=steady)
         changed.update(cells)
         for (job_id, rank, _), state in loaded.items():  # the held ones are there already
             cache.keep_fine(job_id, rank, state)
@@ -291,12 +300,16 @@ class SqlStore(ABC):
         fan = rollups.FANOUT
         only = rollups.metric_indexes(touched)
         cells: dict[tuple[str, int, int], rollups.Cells] = {}
+        moved: set[tuple[str, int, int]] = set()
         later: list[tuple[tuple[str, int, int], int, rollups.Cells]] = []
         for (job_id, rank, child), child_cells in children.items():
             block = child // fan
             state = cache.get((job_id, rank))
             if state is not None and state.block == block:
                 cells[(job_id, rank, block)] = state.update(child, child_cells, only)
+                if state.moved:
+                    moved.add((job_id, rank, block))
+                    state.moved = False
             else:
                 later.append(((job_id, rank, block), child, child_cells))
         loaded = self._load_coarse(finer, {key for key, _, _ in later})
@@ -305,8 +318,11 @@ class SqlStore(ABC):
         # A block read back is recomputed whole and written whole, and then so is the next
         # width up (the read-back block may differ in any metric from what was stored).
         out = {key: state.cells() for key, state in loaded.items()}
+        for state in loaded.values():
+            state.moved = False
         self._upsert_rollups(width, out, METRICS)
-        self._upsert_rollups(width, cells, touched, existing=True)
+        steady = cells.keys() - moved
+        self._upsert_rollups(width, cells, touched, existing=True, steady=steady)
         out.update(cells)
         for (job_id, rank, _), state in loaded.items():  # the held ones are there already
             self._rollup_cache.keep_coarse(level, job_id, rank, state)
@@ -396,42 +412,41 @@ class SqlStore(ABC):
         metrics: Sequence[str],
         *,
         existing: bool = False,
+        steady: Collection[tuple[str, int, int]] = (),
     ) -> None:
         """Upsert the ``width`` rollups ``(job, rank, block) -> cells``, only the columns of
         ``metrics`` (and the times): the others are a new row's empty defaults, and an
         existing row's own values (unchanged: no row of the batch holds those metrics).
-        ``existing``: every row is known to be there (a back-end may update, not upsert)."""
+        ``existing``: every row is known to be there (a back-end may update, not upsert);
+        ``steady``: rows whose ``first_ts``, mins and maxes are as stored (not written)."""
         if not cells:
             return
-        picks = [0, 1]
-        for metric in metrics:
-            at = 2 + 4 * METRICS.index(metric)
-            picks.extend(range(at, at + 4))
-        pick = operator.itemgetter(*picks)
-        if existing:  # one search of the key, not an insert that conflicts and then updates
+        if not existing:
+            columns = rollups.written_columns(metrics)
+            pick = operator.itemgetter(*rollups.cell_positions(columns))
             self._executemany(
-                self._update_sql(tuple(metrics)),
+                self._upsert_sql(tuple(metrics)),
                 [
-                    (*pick(row), job_id, width, rank, block)
+                    (job_id, width, rank, block, *pick(row))
                     for (job_id, rank, block), row in cells.items()
                 ],
             )
             return
-        self._executemany(
-            self._upsert_sql(tuple(metrics)),
-            [
-                (job_id, width, rank, block, *pick(row))
-                for (job_id, rank, block), row in cells.items()
-            ],
-        )
+        for group, columns in rollups.update_groups(cells, metrics, steady):
+            pick = operator.itemgetter(*rollups.cell_positions(columns))
+            self._executemany(
+                self._update_sql(columns),
+                [
+                    (*pick(row), job_id, width, rank, block)
+                    for (job_id, rank, block), row in group.items()
+                ],
+            )
 
     @functools.cache  # noqa: B019 (a few statement texts per store, for its lifetime)
-    def _update_sql(self, metrics: tuple[str, ...]) -> str:
+    def _update_sql(self, columns: tuple[str, ...]) -> str:
         p = self.ph
-        given = ["first_ts", "last_ts"]
-        given += [f"{m}_{s}" for m in metrics for s in ("min", "med", "max", "n")]
         return (
-            f"UPDATE step_rollups SET {', '.join(f'{c} = {p}' for c in given)}"
+            f"UPDATE step_rollups SET {', '.join(f'{c} = {p}' for c in columns)}"
             f" WHERE job_id = {p} AND width = {p} AND rank = {p} AND block = {p}"
         )
 
