@@ -9,6 +9,11 @@ A detector keeps its state in the slot the engine gives it (``rank.slots[name]``
 plain data (numbers, strings, lists, dicts, ``array('d')``) so the worker can persist it to a
 changelog and a restarted worker resumes where it was. Keep it small: O(1) per event, and
 well under 1 KB per rank per detector (16,384 ranks must fit in memory).
+
+Stored state is MessagePack by field name (:mod:`rankwatch.streams.state_codec`): use lists,
+not tuples or sets, inside a job-level slot (they come back as lists), and name every table of
+the job-level state that is keyed by rank in the detector's ``rank_keyed`` (paths such as
+``("r", "p.*")``), so that it is stored with its ranks' chunks and no record grows with the job.
 """
 
 from __future__ import annotations
