@@ -20,7 +20,6 @@ testable with a dict.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Iterable
 from typing import Protocol
@@ -33,6 +32,7 @@ from rankwatch.streams.state_codec import (
     JobParts,
     Layout,
     StateCodecError,
+    digest,
     join_parts,
     read_head,
 )
@@ -87,10 +87,6 @@ def chunk_key(job_id: str, chunk: int) -> bytes:
     return f"{job_id}#{chunk}".encode()
 
 
-def _digest(value: bytes) -> bytes:
-    return hashlib.blake2b(value, digest_size=16).digest()
-
-
 class SnapshotStore:
     """Saves and loads engine job states in parts; see the module docstring."""
 
@@ -134,8 +130,8 @@ class SnapshotStore:
         encoded whole too when they changed (a cross-rank rule marked a quiet rank at a tick).
         """
         per = self._chunking.get(job.job_id, self.ranks_per_chunk)
-        records = self._records(job, per, chunks)
-        while any(len(v) > self.chunk_bytes for k, v in records if k != head_key(job.job_id)):
+        records = self._records(job, per, chunks)  # the chunks, then the head
+        while any(len(v) > self.chunk_bytes for _, v in records[:-1]):
             if per == 1:
                 break  # one rank's state alone: the limit check below decides
             per = max(1, per // 2)  # a new layout: every chunk is written anew
@@ -147,11 +143,11 @@ class SnapshotStore:
                 raise StateTooLarge(job.job_id, key, len(value), self.max_record_bytes)
         written = 0
         for key, value in records:
-            digest = _digest(value)
-            if self._digests.get(key) == digest:
+            seen = digest(value)
+            if self._digests.get(key) == seen:
                 continue
             self.kv.put(key, value, partition)
-            self._digests[key] = digest
+            self._digests[key] = seen
             written += len(value)
             self.largest_record = max(self.largest_record, len(value))
         return written
@@ -194,14 +190,14 @@ class SnapshotStore:
                 value = self.kv.get(key)
                 if value is not None:
                     parts[chunk] = value
-                    self._digests[key] = _digest(value)
+                    self._digests[key] = digest(value)
             job = join_parts(head, parts, Layout.of(self.engine, job_id, per))
         except StateCodecError as exc:
             # State from an incompatible version must not wedge the worker: start the job
             # afresh (its incidents may alert once more, under the same deterministic ids).
             log.warning("job %s: stored state unreadable, starting afresh: %s", job_id, exc)
             return None
-        self._digests[head_key(job_id)] = _digest(head)
+        self._digests[head_key(job_id)] = digest(head)
         if per != self.ranks_per_chunk:
             self._chunking[job_id] = per
         return job

@@ -90,7 +90,8 @@ def _read(data: bytes) -> tuple[int, Any]:
     """``(format, value)`` of a stored record, of any format this version reads."""
     if len(data) < 4 or not data.startswith(_MAGIC):
         raise StateCodecError(f"not rankwatch engine state (starts with {data[:4]!r})")
-    version = data[3] - ord("0") if data[3:4] == b"1" else data[3]
+    # Format 1 wrote its version as the character "1"; later formats write it as a byte.
+    version = 1 if data[3:4] == b"1" else data[3]
     try:
         raw = zlib.decompress(data[4:])
         if version == 1:
@@ -218,6 +219,12 @@ def encode_parts(job: JobState, layout: Layout) -> tuple[bytes, dict[int, bytes]
     return parts.head, {c: parts.chunk(c) for c in parts.numbers}
 
 
+def digest(value: bytes) -> bytes:
+    """What tells a record's bytes from any other's: the snapshot store writes a record only
+    when this changed."""
+    return hashlib.blake2b(value, digest_size=16).digest()
+
+
 class JobParts:
     """One job split for a snapshot: the head at once, each chunk when asked for.
 
@@ -258,8 +265,7 @@ class JobParts:
 
     def tables_digest(self, chunk: int) -> bytes:
         """A digest of the chunk's entries in the rank-keyed tables alone."""
-        raw = _ENCODER.encode(list(self._tables.get(chunk, {}).values()))
-        return hashlib.blake2b(raw, digest_size=16).digest()
+        return digest(_ENCODER.encode(list(self._tables.get(chunk, {}).values())))
 
     def chunk(self, chunk: int) -> bytes:
         job, per = self.job, self.per
