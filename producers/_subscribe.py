@@ -106,13 +106,19 @@ class AlertSubscription:
             consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in info.partitions])
             return True
         try:
+            # The ends first, then the search by time: an alert published between the two is
+            # found by the search or lies past the end taken before it, never skipped.
+            ends = {
+                p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5.0)[1]
+                for p in info.partitions
+            }
             found = consumer.offsets_for_times(
                 [TopicPartition(topic, p, self._since_ms) for p in info.partitions], timeout=5.0
             )
             assignment = []
             for tp in found:
-                if tp.offset < 0:  # nothing published since: start at the end, resolved now
-                    _, tp.offset = consumer.get_watermark_offsets(tp, timeout=5.0)
+                if tp.offset < 0:  # nothing published since: start at the end taken before
+                    tp.offset = ends[tp.partition]
                 assignment.append(tp)
         except KafkaException as error:
             self._once.warning(
@@ -137,6 +143,8 @@ class AlertSubscription:
                     continue
                 if message.key() not in (self._key, None):
                     continue  # another job's alert: not even decoded
+                if not self._from_beginning and 0 <= message.timestamp()[1] < self._since_ms:
+                    continue  # published before subscribe(), read because it was near the end
                 self._handle(message.value())
         except Exception as error:
             self.errors += 1

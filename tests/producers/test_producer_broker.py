@@ -6,6 +6,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -178,3 +179,47 @@ def test_subscribe_sees_alerts_raised_while_it_connects_but_not_older_ones(
             time.sleep(0.05)
         time.sleep(0.3)
     assert [a.alert_id for a in received] == ["during"]
+
+
+@pytest.mark.broker
+def test_subscribe_keeps_an_alert_published_while_it_positions_itself(
+    topic_settings: Settings,
+    pause_alert: Callable[[str, str], bytes],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An alert that lands just after the search by time found nothing (the race CI hit: a
+    pause published as the trainer's subscription was being positioned was skipped)."""
+    from confluent_kafka import Producer
+
+    from rankwatch.producers import _subscribe, subscribe
+    from rankwatch.schemas import Alert
+
+    producer = Producer({"bootstrap.servers": topic_settings.bootstrap})
+    topic = topic_settings.topics.alerts.name
+    made = _subscribe.AlertSubscription._consumer
+
+    class PublishAfterSearch:
+        """The real consumer; its search by time is followed at once by a published alert."""
+
+        def __init__(self, consumer: Any) -> None:
+            self._consumer = consumer
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._consumer, name)
+
+        def offsets_for_times(self, *args: Any, **kwargs: Any) -> Any:
+            found = self._consumer.offsets_for_times(*args, **kwargs)
+            producer.produce(topic, pause_alert("in-between", "job-z"), b"job-z")
+            assert producer.flush(10) == 0
+            return found
+
+    monkeypatch.setattr(
+        _subscribe.AlertSubscription, "_consumer", lambda self: PublishAfterSearch(made(self))
+    )
+    received: list[Alert] = []
+    with subscribe("job-z", received.append, settings=topic_settings) as subscription:
+        assert subscription.wait_ready(20)
+        deadline = time.monotonic() + 15
+        while not received and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert [a.alert_id for a in received] == ["in-between"]

@@ -399,11 +399,12 @@ def torchrun_job(tmp: Path, dtype: str, fault_step: int, steps: int = 40) -> Ite
         "DTYPE": dtype,
         "OMP_NUM_THREADS": "1",
     }
-    subprocess.run(
+    done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
          "4", str(script), str(tmp)],
-        env=env, check=True, timeout=240, capture_output=True,
+        env=env, timeout=240, capture_output=True, text=True,
     )  # fmt: skip
+    assert done.returncode == 0, f"torchrun exited {done.returncode}:\n{done.stderr[-6000:]}"
     rows = []
     for rank in range(4):
         for line in (tmp / f"rank{rank}.jsonl").read_text().splitlines():
