@@ -6,8 +6,8 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pytest
 
