@@ -23,13 +23,16 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
+
+import numpy as np
 
 from rankwatch.schemas import Action, Severity, StepEvent
 from rankwatch.streams.detectors import _metric_config as check
 from rankwatch.streams.detectors._per_rank import PerRankRule, settled
 from rankwatch.streams.detectors.base import JobState, RankState
 from rankwatch.streams.findings import Finding, Outcome
+from rankwatch.streams.frames import FrameFindings, RankTable, StepFrame, gather, scalar_rows
 
 _isfinite = math.isfinite
 _INF = math.inf
@@ -162,6 +165,38 @@ class LossExplosion(PerRankRule[LossExplosionConfig, LossState]):
         if confirmed and self._due(s, now):
             return (self._finding(rank, s, loss, event, now),)
         return _NOTHING
+
+    def on_frame(self, job: JobState, table: RankTable[Any], frame: StepFrame) -> FrameFindings:
+        """``on_step`` for every row of a frame: the healthy rows of ranks with no open
+        incident in vector operations (the same arithmetic, in the same order), the rest by
+        ``on_step`` itself."""
+        column = frame.metric("loss")
+        if column is None:
+            return []
+        loss, present = column
+        c = self.config
+        ranks = frame.ranks
+        level, n, active = gather(table, frame, "level", "n", "active")
+        with np.errstate(invalid="ignore", over="ignore"):
+            finite = present & np.isfinite(loss) & ~active
+            warm = n >= c.warmup_steps
+            high = np.maximum(level * c.ratio, level + c.min_rise)
+            high = np.where((high > c.ceiling) & (level < c.ceiling), c.ceiling, high)
+            steady = finite & warm & (level > 0.0) & (loss <= high)
+            early = finite & ~warm & ((n == 0) | (loss <= c.ceiling) | (level >= c.ceiling))
+            cap = level * c.clip
+            x = np.where((level > 0.0) & (loss > cap), cap, loss)
+            new_level = np.where(
+                steady, level + c.alpha * (x - level), level + (loss - level) / (n + 1)
+            )
+        common = steady | early
+        rows = ranks[common]
+        table.column("level")[rows] = new_level[common]
+        table.column("n")[ranks[early]] = n[early] + 1
+        table.column("bad")[rows] = 0
+        table.column("nonfinite")[rows] = 0
+        table.column("last_ok")[rows] = loss[common]
+        return scalar_rows(self, job, table, frame, np.flatnonzero(present & ~common))
 
     def _healthy(
         self, rank: RankState, s: LossState, loss: float, event: StepEvent

@@ -151,3 +151,54 @@ def test_state_is_small_and_plain() -> None:
     synth.drive(LossExplosion(), synth.steps_of([*_flat(100), {"loss": NAN}]), state)
     assert len(pickle.dumps(state)) < 500
     assert pickle.loads(pickle.dumps(state)) == state
+
+
+# -- the frame path (issue 14): same outcomes and state as on_step ----------------------------
+
+
+def _losses(fault_rank: int, fault_at: int) -> object:
+    def value(rng: object, rank: int, step: int) -> dict[str, float | None]:
+        import random
+
+        assert isinstance(rng, random.Random)
+        if rng.random() < 0.03:
+            return {"loss": None}
+        base = 3.0 * math.exp(-step / 80) + 1.0 + rng.gauss(0, 0.05 + 0.02 * (rank % 3))
+        if rng.random() < 0.01:
+            base *= rng.choice([2.5, 4.0, 0.2])  # one odd batch
+        if rank % 7 == 5:
+            base -= 3.0  # a loss that goes negative (an ELBO, a reward)
+        if rank == fault_rank and fault_at <= step:
+            kind = fault_at % 4
+            if kind == 0:
+                base = NAN if step < fault_at + 3 else base  # a NaN run that passes
+            elif kind == 1:
+                base *= 6.0 if step < fault_at + 40 else 1.0  # diverges, then recovers
+            elif kind == 2:
+                base = 5e3  # above the ceiling for good
+            else:
+                base = INF if rng.random() < 0.5 else base
+        return {"loss": base}
+
+    return value
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_frame_path_finds_what_on_step_finds(seed: int) -> None:
+    import noisy_steps
+
+    from rankwatch.streams.frames.testing import assert_frames_match_scalar
+
+    events = noisy_steps.noisy_job(seed, _losses(2 + seed % 5, 60 + 13 * seed), ranks=12)  # type: ignore[arg-type]
+    found = assert_frames_match_scalar(LossExplosion(), events)
+    assert found > 0  # the fault was seen both ways, not merely nothing both ways
+
+
+def test_the_frame_path_with_a_tight_config() -> None:
+    import noisy_steps
+
+    from rankwatch.streams.frames.testing import assert_frames_match_scalar
+
+    config = LossExplosionConfig(ceiling=4.0, sustain_steps=2, nonfinite_steps=2, warmup_steps=5)
+    events = noisy_steps.noisy_job(99, _losses(3, 40), ranks=8)  # type: ignore[arg-type]
+    assert assert_frames_match_scalar(LossExplosion(config), events) > 0

@@ -1,0 +1,185 @@
+"""A per-step frame: the step events of one job released together, as columns.
+
+Every rank of a job reports every step, so a released step is a column of values across ranks.
+A :class:`StepFrame` holds such rows in the order the engine applies them (event time, then
+rank), with **each rank at most once**: a rule can then update the state of every rank of the
+frame with one vector operation, and no two updates of one rank's state can collide.
+:func:`frames_of` cuts a sequence of rows into such frames.
+
+A metric is read as ``(values, present)``: float64 values, and a mask of the rows that carry
+the metric at all. A missing value and a NaN loss are different facts (one says nothing, the
+other is an explosion), so a missing value is never written as NaN alone.
+
+Rules keep a scalar path for the rare rows (a warm-up, a step that confirms an incident); it
+reads :meth:`StepFrame.row`, a light object with the attributes of a
+:class:`~rankwatch.schemas.StepEvent` that rules read (``step``, ``epoch``, the metrics), so
+the scalar rule code runs unchanged on it.
+
+>>> from rankwatch.schemas import StepEvent
+>>> events = [StepEvent(job_id="j", rank=r, step=5, timestamp=100 + r, loss=2.0 + r)
+...           for r in (1, 0)]
+>>> frame = StepFrame.from_events(events)
+>>> frame.ranks.tolist(), frame.steps.tolist()
+([1, 0], [5, 5])
+>>> values, present = frame.metric("loss")
+>>> values.tolist(), present.tolist(), frame.metric("gradient_norm") is None
+([3.0, 2.0], [True, True], True)
+>>> frame.row(1).loss, frame.row(1).gradient_norm, frame.row(1).epoch
+(2.0, None, 100.0)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from rankwatch.schemas import STEP_METRICS, StepEvent
+
+__all__ = ["METRICS", "StepFrame", "StepRow", "frames_of"]
+
+#: The metrics a frame can carry: every float field of the contract's step event.
+METRICS: tuple[str, ...] = STEP_METRICS
+
+Floats = npt.NDArray[np.float64]
+Ints = npt.NDArray[np.int64]
+Mask = npt.NDArray[np.bool_]
+
+
+class StepRow:
+    """One row of a frame, read like a :class:`~rankwatch.schemas.StepEvent` by the scalar
+    rule code: ``job_id``, ``rank``, ``step``, ``epoch`` and every metric (``None`` where the
+    row has none). Made only for the rows that take a rule's slow path."""
+
+    __slots__ = ("epoch", "job_id", "rank", "step", *METRICS)
+
+    def __init__(self, job_id: str, rank: int, step: int, epoch: float) -> None:
+        self.job_id = job_id
+        self.rank = rank
+        self.step = step
+        self.epoch = epoch
+
+    def __repr__(self) -> str:
+        given = [f"{m}={getattr(self, m)!r}" for m in METRICS if getattr(self, m) is not None]
+        head = f"job_id={self.job_id!r}, rank={self.rank}, step={self.step}, epoch={self.epoch}"
+        return f"StepRow({', '.join([head, *given])})"
+
+
+@dataclass(frozen=True, slots=True)
+class StepFrame:
+    """Rows of one job's steps, each rank at most once, in the order they are applied.
+
+    ``columns`` maps a metric to ``(values, present)``; a metric no row carries is absent.
+    """
+
+    job_id: str
+    ranks: Ints
+    steps: Ints
+    times: Floats
+    columns: Mapping[str, tuple[Floats, Mask]]
+
+    def __post_init__(self) -> None:
+        n = len(self.ranks)
+        if len(self.steps) != n or len(self.times) != n:
+            raise ValueError(
+                f"a frame's columns must be as long as its ranks ({n}): steps "
+                f"{len(self.steps)}, times {len(self.times)}"
+            )
+        for name, (values, present) in self.columns.items():
+            if name not in _METRIC_SET:
+                raise ValueError(f"{name!r} is not a step metric (known: {', '.join(METRICS)})")
+            if len(values) != n or len(present) != n:
+                raise ValueError(f"metric {name!r} has {len(values)} values for {n} rows")
+        if n and len(np.unique(self.ranks)) != n:
+            raise ValueError("a frame holds each rank at most once (cut it with frames_of)")
+
+    def __len__(self) -> int:
+        return len(self.ranks)
+
+    def metric(self, name: str) -> tuple[Floats, Mask] | None:
+        """``(values, present)`` of one metric, or ``None`` when no row carries it."""
+        return self.columns.get(name)
+
+    def row(self, i: int) -> StepRow:
+        """Row ``i`` as an event-like object, for a rule's scalar path."""
+        row = StepRow(self.job_id, int(self.ranks[i]), int(self.steps[i]), float(self.times[i]))
+        columns = self.columns
+        for name in METRICS:
+            column = columns.get(name)
+            value = None
+            if column is not None and column[1][i]:
+                value = float(column[0][i])
+            setattr(row, name, value)
+        return row
+
+    @classmethod
+    def from_events(cls, events: Sequence[StepEvent]) -> StepFrame:
+        """The frame of ``events`` (one job, each rank once), rows in their given order."""
+        if not events:
+            return cls.empty("")
+        job_id = events[0].job_id
+        for e in events:
+            if e.job_id != job_id:
+                raise ValueError(f"a frame is one job's: {e.job_id!r} among {job_id!r}")
+        n = len(events)
+        columns: dict[str, tuple[Floats, Mask]] = {}
+        for name in METRICS:
+            got = [getattr(e, name) for e in events]
+            present = np.fromiter((v is not None for v in got), dtype=np.bool_, count=n)
+            if not present.any():
+                continue
+            values = np.fromiter(
+                (np.nan if v is None else v for v in got), dtype=np.float64, count=n
+            )
+            columns[name] = (values, present)
+        return cls(
+            job_id,
+            np.fromiter((e.rank for e in events), dtype=np.int64, count=n),
+            np.fromiter((e.step for e in events), dtype=np.int64, count=n),
+            np.fromiter((e.epoch for e in events), dtype=np.float64, count=n),
+            columns,
+        )
+
+    @classmethod
+    def empty(cls, job_id: str) -> StepFrame:
+        none_i: Ints = np.zeros(0, dtype=np.int64)
+        none_f: Floats = np.zeros(0, dtype=np.float64)
+        return cls(job_id, none_i, none_i, none_f, {})
+
+    def take(self, rows: slice | Ints) -> StepFrame:
+        """The frame of some of these rows (a slice, or row indices in order)."""
+        columns = {name: (v[rows], p[rows]) for name, (v, p) in self.columns.items()}
+        return StepFrame(
+            self.job_id,
+            self.ranks[rows],
+            self.steps[rows],
+            self.times[rows],
+            {k: c for k, c in columns.items() if c[1].any()},
+        )
+
+
+_METRIC_SET = frozenset(METRICS)
+
+
+def frames_of(events: Sequence[StepEvent]) -> Iterator[StepFrame]:
+    """Cut one job's step events (in the order they are applied) into frames: a new frame
+    starts where a rank comes again, so each frame holds each rank at most once.
+
+    >>> from rankwatch.schemas import StepEvent
+    >>> steps = [StepEvent(job_id="j", rank=r, step=s, timestamp=s) for s, r in
+    ...          [(1, 0), (1, 1), (2, 0), (2, 1), (3, 1)]]
+    >>> [f.ranks.tolist() for f in frames_of(steps)]
+    [[0, 1], [0, 1], [1]]
+    """
+    start = 0
+    seen: set[int] = set()
+    for i, e in enumerate(events):
+        if e.rank in seen:
+            yield StepFrame.from_events(events[start:i])
+            start = i
+            seen.clear()
+        seen.add(e.rank)
+    if start < len(events):
+        yield StepFrame.from_events(events[start:])
