@@ -24,13 +24,16 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
+
+import numpy as np
 
 from rankwatch.schemas import Action, Severity, StepEvent
 from rankwatch.streams.detectors import _metric_config as check
 from rankwatch.streams.detectors._per_rank import PerRankRule, settled
 from rankwatch.streams.detectors.base import JobState, RankState
 from rankwatch.streams.findings import Finding, Outcome
+from rankwatch.streams.frames import FrameFindings, RankTable, StepFrame, gather, scalar_rows
 
 _isfinite = math.isfinite
 _NOTHING: tuple[()] = ()
@@ -154,6 +157,58 @@ class GradientExplosion(PerRankRule[GradientExplosionConfig, GradientState]):
         ):
             return self._bad(rank, s, g, event, s.nonfinite_start)
         return _NOTHING
+
+    def on_frame(self, job: JobState, table: RankTable[Any], frame: StepFrame) -> FrameFindings:
+        """``on_step`` for every row of a frame: in vector operations (the same arithmetic, in
+        the same order), the ordinary finite norms of ranks with no open incident, and the
+        non-finite norms that only count as an overflow skip (a loss-scaler calibration hits
+        every rank at once, for dozens of steps); the rest by ``on_step`` itself."""
+        column = frame.metric("gradient_norm")
+        if column is None:
+            return []
+        g, present = column
+        c = self.config
+        ranks = frame.ranks
+        level, n, active, calibrated, nonfinite, nonfinite_start = gather(
+            table, frame, "level", "n", "active", "calibrated", "nonfinite", "nonfinite_start"
+        )
+        with np.errstate(invalid="ignore", over="ignore"):
+            isfinite = np.isfinite(g)
+            finite = present & isfinite
+            warm = n >= c.warmup_steps
+            spike = warm & (level > 0.0) & (g > level * c.ratio)
+            # Ordinary norms; an open incident's rows go to on_step, which counts calm steps.
+            steady = finite & ~spike & ~active
+            cap = level * c.clip
+            new_level = np.where(
+                warm,
+                level + c.alpha * (np.where(g < cap, g, cap) - level),
+                level + (g - level) / (n + 1),
+            )
+        rows = ranks[steady]
+        table.column("level")[rows] = new_level[steady]
+        early = steady & ~warm
+        table.column("n")[ranks[early]] = n[early] + 1
+        table.column("nonfinite")[rows] = 0
+        table.column("calibrated")[rows] = True
+        table.column("spikes")[rows] = 0
+        table.column("last_ok")[rows] = g[steady]
+        # Non-finite norms that confirm nothing: a skip. Ones that may confirm go to on_step.
+        skip = present & ~isfinite
+        count = nonfinite + 1
+        confirms = (calibrated & (count >= c.nonfinite_steps)) | (count >= c.startup_overflow_steps)
+        losses = frame.metric("loss")
+        if losses is not None:
+            loss, has_loss = losses
+            confirms |= has_loss & ~np.isfinite(loss)
+        skip &= ~confirms
+        rows = ranks[skip]
+        table.column("nonfinite_start")[rows] = np.where(
+            nonfinite[skip] == 0, frame.steps[skip], nonfinite_start[skip]
+        )
+        table.column("nonfinite")[rows] = count[skip]
+        table.column("calm")[rows] = 0
+        return scalar_rows(self, job, table, frame, np.flatnonzero(present & ~steady & ~skip))
 
     def _bad(
         self, rank: RankState, s: GradientState, g: float, event: StepEvent, start: int

@@ -143,3 +143,78 @@ def test_state_is_small_and_plain() -> None:
     state = GradientState()
     synth.drive(GradientExplosion(), synth.steps_of(_healthy(100)), state)
     assert len(pickle.dumps(state)) < 500
+
+
+# -- the frame path (issue 14): same outcomes and state as on_step ----------------------------
+
+
+def _norms(fault_rank: int, fault_at: int, stuck_rank: int) -> object:
+    def value(rng: object, rank: int, step: int) -> dict[str, float | None]:
+        import random
+
+        assert isinstance(rng, random.Random)
+        loss: float | None = 3.0 * math.exp(-step / 80) + 1.0 + rng.gauss(0, 0.05)
+        if rng.random() < 0.03:
+            loss = None
+        if rng.random() < 0.03:
+            return {"loss": loss, "gradient_norm": None}
+        # Heavy-tailed norms that fall early on, a different scale per rank.
+        g = (0.5 + rank % 3) * (1.0 + 4.0 * math.exp(-step / 30)) * rng.lognormvariate(0, 0.3)
+        u = rng.random()
+        if step < 12 or (rank == stuck_rank and step < 50):
+            g = INF  # the scaler calibrating at start-up (stuck at its floor on one rank)
+        elif u < 0.01:
+            g = INF  # an overflow skip
+        elif u < 0.015:
+            g = NAN if rng.random() < 0.5 else -INF  # a skip that reports nan
+        elif u < 0.025:
+            g *= rng.choice([15.0, 30.0, 5.0])  # one odd batch
+        if rank == fault_rank and fault_at <= step:
+            kind = fault_at % 4
+            if kind == 0:
+                g *= 30.0 if step < fault_at + 15 else 1.0  # explodes, then recovers
+            elif kind == 1:
+                # Non-finite norms with a finite loss: a run that fires, then one that lasts.
+                if step < fault_at + 8 or fault_at + 30 <= step < fault_at + 110:
+                    g = INF if rng.random() < 0.7 else NAN
+            elif kind == 2:
+                if step in (fault_at, fault_at + 50):
+                    g, loss = NAN, NAN  # the forward pass broke: fires at once
+            elif step < fault_at + 20:
+                g = g * 40.0 if step % 2 else INF  # spikes with overflows between them
+        return {"loss": loss, "gradient_norm": g}
+
+    return value
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_the_frame_path_finds_what_on_step_finds(seed: int) -> None:
+    import noisy_steps
+
+    from rankwatch.streams.frames.testing import assert_frames_match_scalar
+
+    value = _norms(2 + seed % 5, 60 + 13 * seed, 11 - seed % 2)
+    events = noisy_steps.noisy_job(seed, value, ranks=12)  # type: ignore[arg-type]
+    found = assert_frames_match_scalar(GradientExplosion(), events)
+    assert found > 0  # the faults were seen both ways, not merely nothing both ways
+
+
+def test_the_frame_path_with_a_tight_config() -> None:
+    import noisy_steps
+
+    from rankwatch.streams.frames.testing import assert_frames_match_scalar
+
+    config = GradientExplosionConfig(
+        nonfinite_steps=2,
+        startup_overflow_steps=8,
+        ratio=4.0,
+        spike_steps=1,
+        warmup_steps=5,
+        alpha=0.2,
+        clip=1.5,
+        recover_ratio=2.0,
+        recover_steps=2,
+        refresh_s=10.0,
+    )
+    events = noisy_steps.noisy_job(99, _norms(3, 41, 7), ranks=8)  # type: ignore[arg-type]
+    assert assert_frames_match_scalar(GradientExplosion(config), events) > 0
