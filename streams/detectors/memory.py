@@ -27,7 +27,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
+
+import numpy as np
 
 from rankwatch.schemas import Action, Severity, StepEvent
 from rankwatch.streams.detectors import _metric_config as check
@@ -35,6 +37,7 @@ from rankwatch.streams.detectors._per_rank import PerRankRule, settled
 from rankwatch.streams.detectors.base import JobState, RankState
 from rankwatch.streams.exceptions import DetectorConfigError
 from rankwatch.streams.findings import Finding, Outcome
+from rankwatch.streams.frames import FrameFindings, RankTable, StepFrame, gather, scalar_rows
 
 _NOTHING: tuple[()] = ()
 _INF = math.inf
@@ -174,6 +177,39 @@ class MemoryGrowth(PerRankRule[MemoryGrowthConfig, MemoryState]):
         if s.win_n < c.window_steps:
             return _NOTHING
         return self._close_window(rank, s, event)
+
+    def on_frame(self, job: JobState, table: RankTable[Any], frame: StepFrame) -> FrameFindings:
+        """``on_step`` for every row of a frame: the reports that only count towards a warm-up
+        or fold into the window being filled in vector operations, the rest (a switch of
+        series, a window that closes) by ``on_step`` itself."""
+        c = self.config
+        n = len(frame)
+        # The series each row reports, by the same preference as on_step (0: none).
+        series = np.zeros(n, dtype=np.int64)
+        value = np.zeros(n, dtype=np.float64)
+        for code in (_PERCENT, _RESERVED, _ALLOCATED):  # the preferred one written last
+            column = frame.metric(_SERIES[code])
+            if column is not None:
+                v, present = column
+                series[present] = code
+                value[present] = v[present]
+        reports = series != 0
+        if not reports.any():
+            return []
+        ranks = frame.ranks
+        now_series, seen, win_min, win_n = gather(
+            table, frame, "series", "seen", "win_min", "win_n"
+        )
+        same = reports & (series == now_series)
+        warm = np.where(series == _ALLOCATED, c.warmup_steps, c.cache_warmup_steps)
+        warming = same & (seen < warm)
+        filling = same & ~warming & (win_n + 1 < c.window_steps)
+        table.column("seen")[ranks[warming]] = seen[warming] + 1
+        lower = filling & (value < win_min)
+        table.column("win_min")[ranks[lower]] = value[lower]
+        table.column("win_min_step")[ranks[lower]] = frame.steps[lower]
+        table.column("win_n")[ranks[filling]] = win_n[filling] + 1
+        return scalar_rows(self, job, table, frame, np.flatnonzero(reports & ~warming & ~filling))
 
     @staticmethod
     def _start_over(s: MemoryState, series: int) -> None:

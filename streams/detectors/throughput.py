@@ -23,13 +23,16 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
+
+import numpy as np
 
 from rankwatch.schemas import Action, Severity, StepEvent
 from rankwatch.streams.detectors import _metric_config as check
 from rankwatch.streams.detectors._per_rank import PerRankRule, settled, warmed_up
 from rankwatch.streams.detectors.base import JobState, RankState
 from rankwatch.streams.findings import Finding, Outcome
+from rankwatch.streams.frames import FrameFindings, RankTable, StepFrame, gather, scalar_rows
 
 _NOTHING: tuple[()] = ()
 
@@ -145,6 +148,39 @@ class ThroughputDrop(PerRankRule[ThroughputDropConfig, ThroughputState]):
         if s.low < c.drop_steps or now - s.low_since < c.drop_s or not self._due(s, now):
             return _NOTHING
         return (self._finding(rank, s, x, event, now),)
+
+    def on_frame(self, job: JobState, table: RankTable[Any], frame: StepFrame) -> FrameFindings:
+        """``on_step`` for every row of a frame: in vector operations (the same arithmetic, in
+        the same order) the rows that only fold the value into the state, that is the first
+        ``warmup_steps`` reports (counted, nothing else) and the healthy steps of seeded ranks
+        with no low streak and no open incident; the rest by ``on_step`` itself."""
+        column = frame.metric("throughput_tokens_per_sec")
+        if column is None:
+            return []
+        x, present = column
+        c = self.config
+        ranks = frame.ranks
+        seen, ready, mean, recent, low, active = gather(
+            table, frame, "seen", "ready", "mean", "recent", "low", "active"
+        )
+        # Warming up: a report among the first warmup_steps only counts (warmed_up's first
+        # branch). Collecting the seed (a list) stays on the scalar path.
+        ignored = present & ~ready & (seen < c.warmup_steps)
+        # Seeded ranks with no streak to clear (a list) and no incident to close: the steps
+        # that stay above the bar only move the two levels.
+        quiet = present & ready & ~active & (low == 0)
+        with np.errstate(invalid="ignore", over="ignore"):
+            floor = mean * c.floor
+            # max(x, floor) as Python's max picks: the first one unless the second is larger.
+            new_recent = recent + c.recent_alpha * (np.where(floor > x, floor, x) - recent)
+            common = quiet & (new_recent >= mean * c.drop_ratio)
+            cap = mean * c.clip
+            new_mean = mean + c.alpha * (np.where(x < cap, x, cap) - mean)
+        table.column("seen")[ranks[ignored]] = seen[ignored] + 1
+        rows = ranks[common]
+        table.column("recent")[rows] = new_recent[common]
+        table.column("mean")[rows] = new_mean[common]
+        return scalar_rows(self, job, table, frame, np.flatnonzero(present & ~ignored & ~common))
 
     def _recovering(
         self, rank: RankState, s: ThroughputState, x: float, event: StepEvent

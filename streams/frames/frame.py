@@ -114,6 +114,31 @@ class StepFrame:
             setattr(row, name, value)
         return row
 
+    def rows_at(self, rows: npt.NDArray[np.intp]) -> list[StepRow]:
+        """:meth:`row` of several rows, converted column by column."""
+        job_id = self.job_id
+        made = [
+            StepRow(job_id, r, s, t)
+            for r, s, t in zip(
+                self.ranks[rows].tolist(),
+                self.steps[rows].tolist(),
+                self.times[rows].tolist(),
+                strict=True,
+            )
+        ]
+        columns = self.columns
+        for name in METRICS:
+            column = columns.get(name)
+            if column is None:
+                for row in made:
+                    setattr(row, name, None)
+                continue
+            values = column[0][rows].tolist()
+            present = column[1][rows].tolist()
+            for row, value, given in zip(made, values, present, strict=True):
+                setattr(row, name, value if given else None)
+        return made
+
     @classmethod
     def from_events(cls, events: Sequence[StepEvent]) -> StepFrame:
         """The frame of ``events`` (one job, each rank once), rows in their given order."""

@@ -58,21 +58,26 @@ def scalar_rows(
     rows: npt.NDArray[np.intp] | Iterable[int],
 ) -> FrameFindings:
     """Run the rule's scalar ``on_step`` on some rows of the frame (ascending), each on its
-    rank's row of the table, written back after; returns their outcomes in row order."""
+    rank's row of the table, written back after; returns their outcomes in row order.
+
+    The rows' states and values are converted column by column (a frame holds each rank at
+    most once, so the rows' states are distinct and are written back together)."""
+    rows = np.asarray(rows, dtype=np.intp)
+    if not len(rows):
+        return []
+    ranks = frame.ranks[rows]
+    states = table.states_at(ranks)
+    events = frame.rows_at(rows)
     out: FrameFindings = []
-    ranks = frame.ranks
     on_step = rule.on_step
-    for i in rows:
-        i = int(i)
-        r = int(ranks[i])
-        state = table.row(r)
-        rank = job.ranks.get(r)
+    known = job.ranks
+    for i, r, state, event in zip(rows.tolist(), ranks.tolist(), states, events, strict=True):
+        rank = known.get(r)
         if rank is None:
             rank = RankState(r)
-        found = on_step(job, rank, state, frame.row(i))
-        table.store(r, state)
-        for outcome in found:
+        for outcome in on_step(job, rank, state, event):
             out.append((i, outcome))
+    table.store_states(ranks, states)
     return out
 
 

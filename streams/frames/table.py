@@ -119,6 +119,26 @@ class RankTable(Generic[S]):
     def rows(self, ranks: Iterable[int]) -> dict[int, S]:
         return {r: self.row(r) for r in ranks}
 
+    def states_at(self, ranks: npt.NDArray[np.int64]) -> list[S]:
+        """The states of several ranks at once (their rows, as :meth:`row` gives them): one
+        ``tolist`` per column rather than a conversion per value."""
+        if len(ranks) and (int(ranks.min()) < 0 or int(ranks.max()) >= self._size):
+            raise IndexError(f"ranks outside the table's {self._size} rows")
+        values = [self._columns[name][ranks].tolist() for name, _, _ in self._fields]
+        make = self.state_type
+        return [make(*row) for row in zip(*values, strict=True)]
+
+    def store_states(self, ranks: npt.NDArray[np.int64], states: list[S]) -> None:
+        """Write back the states of distinct ranks (from :meth:`states_at`), column by column."""
+        for name, kind, _ in self._fields:
+            got = [getattr(state, name) for state in states]
+            col = self._columns[name]
+            if kind is None:
+                for r, value in zip(ranks.tolist(), got, strict=True):
+                    col[r] = value
+            else:
+                col[ranks] = got
+
     def nbytes(self) -> int:
         """Bytes held by the numeric columns (object columns count their pointers only)."""
         return sum(col.nbytes for col in self._columns.values())

@@ -152,3 +152,89 @@ def test_state_is_small_and_plain() -> None:
     state = MemoryState()
     synth.drive(MemoryGrowth(), synth.steps_of(_series(400, leak_from=200, leak_mb=50)), state)
     assert len(pickle.dumps(state)) < 500
+
+
+# -- the frame path (issue 14): same outcomes and state as on_step ----------------------------
+
+
+def _memory(seed: int, scale: float = 1.0) -> object:
+    """Memory readings with every path of the rule, one kind of rank per ``rank % 8``; steps
+    (and so leak starts) are scaled by ``scale`` for a config with shorter windows."""
+
+    def at(step: float) -> int:
+        return int(step * scale)
+
+    def value(rng: object, rank: int, step: int) -> dict[str, float | None]:
+        assert isinstance(rng, random.Random)
+        kind = (rank + seed) % 8
+        saw = 2_000.0 * (step % (3 + rank % 4)) + rng.gauss(0, 30.0)
+        mb = 20_000.0 + 1_000.0 * rank + saw
+        if kind == 0:  # flat, noisy memory; now and then no reading at all
+            return {"gpu_memory_allocated_mb": None if rng.random() < 0.05 else mb}
+        if kind == 1:  # a slow leak from step 120 (a few MB a step, under the sawtooth)
+            return {"gpu_memory_allocated_mb": mb + 8.0 * max(0, step - at(120))}
+        if kind == 2:  # one step up: a new buffer, allocated once
+            return {"gpu_memory_allocated_mb": mb + (4_000.0 if step >= at(250) else 0.0)}
+        if kind == 3:  # a fast leak that stops (and resolves)
+            grown = 50.0 * (min(step, at(300)) - at(150)) if step >= at(150) else 0.0
+            return {"gpu_memory_allocated_mb": mb + grown}
+        if kind == 4:  # reserved only: the cache's warm-up, then a leak
+            return {"gpu_memory_reserved_mb": mb + 40.0 * step, "gpu_memory_allocated_mb": None}
+        if kind == 5:  # percent only, climbing
+            pct = 20.0 + 0.1 * step + (1.0 if step % 3 else 0.0) + rng.gauss(0, 0.1)
+            return {"gpu_memory_usage": min(100.0, max(0.0, pct))}
+        if kind == 6:  # allocated, now and then missing with reserved given: a switch of series
+            if rng.random() < 0.01:
+                return {"gpu_memory_reserved_mb": mb + 5_000.0}
+            return {"gpu_memory_allocated_mb": mb + 30.0 * step, "gpu_memory_usage": 50.0}
+        # all three series, flat; from some step on only percent (a series switch for good)
+        if step >= at(350):
+            return {"gpu_memory_usage": 40.0 + rng.gauss(0, 0.2)}
+        return {"gpu_memory_allocated_mb": mb, "gpu_memory_reserved_mb": mb + 2_000.0}
+
+    return value
+
+
+def _kinds(events: list[object], rule: MemoryGrowth) -> dict[int, list[str]]:
+    from rankwatch.streams.frames.testing import run_scalar
+
+    out: dict[int, list[str]] = {}
+    for i, o in run_scalar(rule, events)[0]:  # type: ignore[arg-type]
+        out.setdefault(events[i].rank, []).append(type(o).__name__)  # type: ignore[attr-defined]
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_frame_path_finds_what_on_step_finds(seed: int) -> None:
+    import noisy_steps
+
+    from rankwatch.streams.frames.testing import assert_frames_match_scalar
+
+    events = noisy_steps.noisy_job(seed, _memory(seed), ranks=8, steps=500)  # type: ignore[arg-type]
+    found = assert_frames_match_scalar(MemoryGrowth(), events)
+    assert found > 0  # the leaks were seen both ways, not merely nothing both ways
+    # The generator does what it says: each leak fires (on ranks that start at step 0: ranks
+    # 0 and 1 may join late), the step up and flat memory do not.
+    fired = {(r + seed) % 8: kinds for r, kinds in _kinds(events, MemoryGrowth()).items()}  # type: ignore[arg-type]
+    assert {1, 3, 4, 5} - {seed % 8, (1 + seed) % 8} <= fired.keys()
+    assert not {0, 2, 7} & fired.keys()
+    assert "Resolution" in fired.get(3, ["Resolution"])
+
+
+def test_the_frame_path_with_a_tight_config() -> None:
+    import noisy_steps
+
+    from rankwatch.streams.frames.testing import assert_frames_match_scalar
+
+    config = MemoryGrowthConfig(
+        window_steps=4,
+        windows=8,
+        warmup_steps=5,
+        cache_warmup_steps=40,
+        persist_windows=3,
+        min_total_mb=64.0,
+        recover_windows=2,
+        refresh_s=20.0,
+    )
+    events = noisy_steps.noisy_job(7, _memory(7, scale=0.4), ranks=8, steps=300)  # type: ignore[arg-type]
+    assert assert_frames_match_scalar(MemoryGrowth(config), events) > 0

@@ -126,3 +126,69 @@ def test_state_is_small_and_plain() -> None:
     values = _normal(60) + [30_000.0] * 5
     synth.drive(ThroughputDrop(), synth.steps_of(_tput(values)), state)
     assert len(pickle.dumps(state)) < 500
+
+
+# -- the frame path (issue 14): same outcomes and state as on_step ----------------------------
+
+
+def _throughputs(fault_rank: int, fault_at: int) -> object:
+    """Per-rank noisy throughput: slow warm-up steps, missing reports, single stalls, a
+    job-wide checkpoint every 50 steps, short three-step slowdowns, and drops of several depths
+    and lengths on ``fault_rank`` (and a long one on the next rank) that recover."""
+
+    def value(rng: object, rank: int, step: int) -> dict[str, float | None]:
+        import random
+
+        assert isinstance(rng, random.Random)
+        if rng.random() < 0.03:
+            return {"throughput_tokens_per_sec": None}
+        level = 60_000.0 + 5_000.0 * (rank % 4)
+        x = level * (1.0 + rng.gauss(0, 0.03 + 0.02 * (rank % 3)))
+        if step < 8:
+            x *= (step + 1) / 9  # CUDA init, compile, autotuning
+        if rng.random() < 0.01:
+            x *= rng.choice([0.0, 0.1, 0.5, 2.5])  # one stalled (or bursting) step
+        if step % 50 == 0:
+            x *= 0.2  # every rank waits for the checkpoint
+        if rank % 5 == 1 and step % 37 in (0, 1, 2):
+            x *= 0.25  # three slow steps in a row: a low streak that ends without firing
+        depth = (0.3, 0.5, 0.0, 0.6)[fault_at % 4]
+        length = 12 + (fault_at % 5) * 15
+        if rank == fault_rank and fault_at <= step < fault_at + length:
+            x *= depth
+        if rank == fault_rank + 1 and fault_at + 30 <= step < fault_at + 130:
+            x *= 0.5  # long: fires, is refreshed, recovers
+        return {"throughput_tokens_per_sec": max(x, 0.0)}
+
+    return value
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_frame_path_finds_what_on_step_finds(seed: int) -> None:
+    import noisy_steps
+
+    from rankwatch.streams.frames.testing import assert_frames_match_scalar
+
+    events = noisy_steps.noisy_job(seed, _throughputs(2 + seed % 5, 60 + 13 * seed), ranks=12)  # type: ignore[arg-type]
+    found = assert_frames_match_scalar(ThroughputDrop(), events)
+    assert found > 0  # the drops were seen both ways, not merely nothing both ways
+
+
+def test_the_frame_path_with_a_tight_config() -> None:
+    import noisy_steps
+
+    from rankwatch.streams.frames.testing import assert_frames_match_scalar
+
+    config = ThroughputDropConfig(
+        drop_ratio=0.85,
+        drop_steps=2,
+        drop_s=1.0,
+        warmup_steps=8,
+        seed_steps=3,
+        floor=0.5,
+        clip=1.2,
+        recover_steps=2,
+        refresh_s=10.0,
+    )
+    events = noisy_steps.noisy_job(99, _throughputs(3, 40), ranks=8)  # type: ignore[arg-type]
+    assert assert_frames_match_scalar(ThroughputDrop(config), events) > 0
