@@ -56,14 +56,19 @@ from dataclasses import dataclass, field
 from statistics import median
 from typing import Any, ClassVar
 
+import numpy as np
+import numpy.typing as npt
+
 from rankwatch.schemas import Action, Severity, StepEvent
 from rankwatch.streams.detectors import _metric_config as check
 from rankwatch.streams.detectors._per_rank import PerRankRule, settled, warmed_up
 from rankwatch.streams.detectors.base import JobState, RankState
 from rankwatch.streams.findings import Finding, Outcome, Resolution
+from rankwatch.streams.frames import FrameFindings, RankTable, StepFrame, gather, scalar_rows
 
 _NOTHING: tuple[()] = ()
 _isfinite = math.isfinite
+_log = math.log
 
 _ADVICE_VANISHING = (
     "check the learning rate (too small, or decayed to 0), dead ReLUs (activations stuck at "
@@ -231,6 +236,64 @@ class GradientVanishing(PerRankRule[GradientVanishingConfig, VanishingState]):
         s.last_block = mean
         self._due(s, event.epoch)  # not open here: this opens it
         return (self._finding(rank, s, g, event, ref),)
+
+    def on_frame(self, job: JobState, table: RankTable[Any], frame: StepFrame) -> FrameFindings:
+        """``on_step`` for every row of a frame: in vector operations the rows that only fold
+        into the state (overflow skips, the ignored warm-up reports, normal norms of ranks with
+        no open incident), with the same arithmetic in the same order; the rest (the seeding,
+        collapsed norms, open incidents) by ``on_step`` itself."""
+        column = frame.metric("gradient_norm")
+        if column is None:
+            return []  # on_step returns at once without a norm: not even the loss is read
+        g, present = column
+        c = self.config
+        ranks = frame.ranks
+        seen, ready, level, active = gather(table, frame, "seen", "ready", "level", "active")
+        with np.errstate(invalid="ignore"):
+            finite = present & np.isfinite(g)
+            negative = finite & (g < 0.0)
+            # An fp16 overflow skip (or a negative norm): neutral, only the loss is folded in.
+            skipped = (present & ~finite) | negative
+            # The first warmup_steps reports are only counted (the seed list stays scalar:
+            # an object column, and a median).
+            counting = finite & ~negative & ~ready & (seen < c.warmup_steps)
+            candidate = finite & (g > 0.0) & ready & ~active
+        idx = np.flatnonzero(candidate)
+        # math.log, not np.log: numpy's SIMD log differs from libm's in the last bit for some
+        # inputs (213 in a million on an AVX-512 CPU), and the level must be bit-identical.
+        lg = np.fromiter(map(_log, g[idx].tolist()), dtype=np.float64, count=len(idx))
+        lvl = level[idx]
+        normal = lg >= lvl - self._log_ratio
+        idx, lg, lvl = idx[normal], lg[normal], lvl[normal]
+        lo, hi = lvl - self._log_clip, lvl + self._log_clip
+        x = np.where(lg < lo, lo, np.where(lg > hi, hi, lg))
+        healthy = ranks[idx]
+        table.column("level")[healthy] = lvl + c.alpha * (x - lvl)
+        table.column("low")[healthy] = 0
+        table.column("seen")[ranks[counting]] = seen[counting] + 1
+        common = skipped | counting
+        common[idx] = True
+        self._fold_losses(table, frame, common)
+        return scalar_rows(self, job, table, frame, np.flatnonzero(present & ~common))
+
+    def _fold_losses(
+        self, table: RankTable[Any], frame: StepFrame, rows: npt.NDArray[np.bool_]
+    ) -> None:
+        """The loss part of ``on_step`` on the given rows (a mask): a finite loss updates the
+        noise EWMA (once there is a loss before it) and becomes the last loss."""
+        column = frame.metric("loss")
+        if column is None:
+            return
+        loss, present = column
+        with np.errstate(invalid="ignore", over="ignore"):
+            take = rows & present & np.isfinite(loss)
+            ranks = frame.ranks[take]
+            loss = loss[take]
+            last = table.column("loss_last")[ranks]
+            dev = table.column("loss_step_dev")[ranks]
+            moved = dev + self.config.loss_alpha * (np.abs(loss - last) - dev)
+        table.column("loss_step_dev")[ranks] = np.where(last == last, moved, dev)
+        table.column("loss_last")[ranks] = loss
 
     def _finding(
         self,

@@ -444,3 +444,103 @@ def test_a_real_ddp_rank_skipping_the_all_reduce_is_named(tmp_path: Path) -> Non
     [alert] = firing(run_engine(engine(), events))
     assert (alert.rule, alert.ranks, alert.step) == ("gradient_desync", [3], 20)
     assert "3 of 4 ranks agree on" in alert.summary
+
+
+# -- the frame path of gradient_vanishing (issue 14): same outcomes and state as on_step ------
+
+
+def _norms(fault_at: int, lasting: int) -> Any:
+    """A noisy job's gradient norms: warm-up norms 20x the later ones, lognormal noise, odd
+    spikes and dips, overflow skips (inf, nan), zero and negative norms, missing norms and
+    losses; a short collapse (100x+) that passes before a block ends, then from ``fault_at`` one
+    of ``lasting`` steps with a flat loss (with a falling loss on every fourth rank: learning)."""
+
+    def value(rng: random.Random, rank: int, step: int) -> dict[str, float | None]:
+        loss: float | None = 3.0 * math.exp(-step / 150) + 1.0 + rng.gauss(0, 0.03)
+        g: float | None = (1.0 + 20.0 * math.exp(-step / 15)) * rng.lognormvariate(0, 0.3)
+        assert g is not None and loss is not None
+        if fault_at - 40 <= step < fault_at - 25:
+            g *= 1e-3  # 15 collapsed steps: not a block, a normal norm ends the streak
+        if fault_at <= step < fault_at + lasting:
+            g *= 1e-3
+            # A stall (flat loss) on most ranks; a model still fitting on every fourth.
+            loss = (
+                1.8 * 0.5 ** ((step - fault_at) / 20) if rank % 4 == 3 else 1.8 + rng.gauss(0, 0.03)
+            )
+        odd = rng.random()
+        if odd < 0.01:
+            g *= 50.0  # a spike: the level's update is clipped
+        elif odd < 0.02:
+            g *= 0.005  # one dip below the threshold
+        elif odd < 0.04:
+            g = rng.choice([math.inf, math.nan, -math.inf])  # fp16 overflow skips
+        elif odd < 0.05:
+            g = rng.choice([0.0, -0.0, -1.0])
+        elif odd < 0.08:
+            g = None
+        odd = rng.random()
+        if odd < 0.03:
+            loss = None
+        elif odd < 0.04:
+            loss = math.nan
+        return {"gradient_norm": g, "loss": loss}
+
+    return value
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_vanishing_frame_path_finds_what_on_step_finds(seed: int) -> None:
+    import noisy_steps
+
+    from rankwatch.streams.frames.testing import assert_frames_match_scalar
+
+    lasting = (60, 90, 10**9)[seed % 3]  # passes after firing, later, or never
+    value = _norms(170 + 11 * seed, lasting)
+    events = noisy_steps.noisy_job(seed, value, ranks=12, steps=400)
+    found = assert_frames_match_scalar(GradientVanishing(), events)
+    assert found > 0  # the stall was seen both ways, not merely nothing both ways
+
+
+def test_the_vanishing_frame_path_with_a_tight_config() -> None:
+    import noisy_steps
+
+    from rankwatch.streams.frames.testing import assert_frames_match_scalar
+
+    config = GradientVanishingConfig(
+        ratio=20.0,
+        persist_steps=4,
+        warmup_steps=5,
+        seed_steps=3,
+        alpha=0.05,
+        clip=2.0,
+        loss_z=1.0,
+        recover_ratio=5.0,
+        recover_steps=2,
+        refresh_s=5.0,
+    )
+    events = noisy_steps.noisy_job(99, _norms(90, 60), ranks=8, steps=250)
+    assert assert_frames_match_scalar(GradientVanishing(config), events) > 0
+
+
+def test_the_vanishing_frame_path_without_norms_or_losses() -> None:
+    import noisy_steps
+
+    from rankwatch.streams.frames.testing import assert_frames_match_scalar
+
+    def no_loss(rng: random.Random, rank: int, step: int) -> dict[str, float | None]:
+        values = _norms(150, 10**9)(rng, rank, step)
+        values["loss"] = None
+        return values
+
+    def no_norm(rng: random.Random, rank: int, step: int) -> dict[str, float | None]:
+        return {"loss": 2.0 + rng.gauss(0, 0.1)}
+
+    rule = GradientVanishing(GradientVanishingConfig(warmup_steps=10, persist_steps=5))
+    # No loss at all: a collapsed norm alone never fires (no outcome to match), but the
+    # warm-up, the level and the streaks must still agree; no norm: nothing happens.
+    for value in (no_loss, no_norm):
+        events = noisy_steps.noisy_job(5, value, ranks=6, steps=250)
+        assert assert_frames_match_scalar(rule, events) == 0
+    # The same norms with their losses do fire.
+    events = noisy_steps.noisy_job(5, _norms(150, 10**9), ranks=6, steps=250)
+    assert assert_frames_match_scalar(rule, events) > 0
