@@ -8,6 +8,7 @@ against the scalar rule it stands for.
 """
 
 from rankwatch.streams.frames.frame import METRICS, StepFrame, StepRow, frames_of
+from rankwatch.streams.frames.rounds import rounds
 from rankwatch.streams.frames.rules import FrameFindings, FrameRule, gather, scalar_rows
 from rankwatch.streams.frames.table import RankTable
 
@@ -20,5 +21,6 @@ __all__ = [
     "StepRow",
     "frames_of",
     "gather",
+    "rounds",
     "scalar_rows",
 ]

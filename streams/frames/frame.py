@@ -168,6 +168,25 @@ class StepFrame:
         )
 
     @classmethod
+    def from_columns(
+        cls,
+        job_id: str,
+        ranks: Ints,
+        steps: Ints,
+        times: Floats,
+        metrics: Mapping[str, tuple[Floats, Mask]],
+        rows: npt.NDArray[np.intp],
+    ) -> StepFrame:
+        """The frame of some rows of decoded columns (a batch's, one job's rows, each rank at
+        most once): numpy takes, no Python work per row."""
+        columns: dict[str, tuple[Floats, Mask]] = {}
+        for name, (values, present) in metrics.items():
+            given = present[rows]
+            if given.any():
+                columns[name] = (values[rows], given)
+        return cls(job_id, ranks[rows], steps[rows], times[rows], columns)
+
+    @classmethod
     def empty(cls, job_id: str) -> StepFrame:
         none_i: Ints = np.zeros(0, dtype=np.int64)
         none_f: Floats = np.zeros(0, dtype=np.float64)
