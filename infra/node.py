@@ -203,8 +203,11 @@ def is_running(pid: int | None, node: NodeSpec) -> bool:
     if pid is None:
         return False
     child = _CHILDREN.get(pid)
-    if child is not None and child.poll() is not None:
-        return False
+    if child is not None:
+        # Our own child: its Popen knows. Its pid cannot be reused before we reap it, and its
+        # /proc cmdline can read empty for a moment while a loaded machine starts the JVM
+        # (CI saw three fresh nodes taken for "exited while starting" that way).
+        return child.poll() is None
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
