@@ -212,8 +212,26 @@ def _check(
     extra = None
     if len(present) < len(obj):
         extra = {key: value for key, value in obj.items() if key not in present}
+        if _has_wide_int(extra):
+            return None
         fields_set.update(extra)  # pydantic counts unknown fields as set too
     return Checked(values, fields_set, extra)
+
+
+_I64 = range(-(2**63), 2**63)
+
+
+def _has_wide_int(value: Any) -> bool:
+    """Whether an unknown field holds an integer past 64 bits, at any depth: a parser may keep
+    it whole where pydantic's own JSON parse makes a float of it (2**64 -> 1.8446744073709552e19),
+    so pydantic decides those."""
+    if isinstance(value, int):
+        return value not in _I64
+    if isinstance(value, dict):
+        return any(_has_wide_int(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_wide_int(v) for v in value)
+    return False
 
 
 def check_step(obj: Mapping[str, Any]) -> Checked | None:

@@ -199,6 +199,8 @@ def assert_same_event(fast: Any, slow: Any) -> None:
               "timestamp": 0}, style=0)  # fmt: skip
 @example(obj={"kind": "log", "job_id": "j", "rank": 0, "timestamp": 1743848595.0000005,
               "level": "warn", "message": "m"}, style=0)  # fmt: skip
+@example(obj={"kind": "step", "job_id": "0", "rank": 0, "timestamp": 0, "step": 1,
+              "mfu": {"": 2**64}}, style=1)  # fmt: skip  (pydantic: a float; json.loads: an int)
 def test_decode_gives_pydantic_verdict(obj: dict[str, Any], style: int) -> None:
     try:
         data = _wire(obj, style)
