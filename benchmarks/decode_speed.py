@@ -13,7 +13,11 @@ utilization), and log events (the simulator's chatter, and lifecycle records). C
   would chain it (msgspec over the bytes, else over the dict, + its direct ``build``);
 - msgspec: a strict ``Struct`` of the step event decoded from the bytes (validation in C; no
   pydantic event), and the same + building the ``StepEvent``; ``msgspec.convert`` of the
-  orjson dict + ``build``.
+  orjson dict + ``build``;
+- ``schemas.columns.decode_batch`` (no event per message: columns for per-step frames), over
+  batches of 1,000 simulator step lines, per event (the batch's time / 1,000), beside
+  ``orjson.loads`` and ``decode`` of each line of the same batches; and over batches where one
+  line in 100 is a log line (the route that tries each message alone, then ``decode``).
 
 Each event is timed alone (``perf_counter_ns``), the candidates interleaved in rounds over all
 lines, so machine load falls on all alike; median and p99 per event per input kind.
@@ -40,6 +44,7 @@ import orjson
 
 from rankwatch.schemas import LogEvent, StepEvent, decode, encode
 from rankwatch.schemas._fast import Checked, build, check_log, check_step, decode_known
+from rankwatch.schemas.columns import decode_batch
 
 decode_validated = decode  # decode is pydantic's path (the fast path was measured, not chosen)
 
@@ -236,6 +241,45 @@ _STEP_ONLY = {"msgspec Struct only (no StepEvent)", "msgspec Struct + StepEvent"
 _STEP_ONLY |= {"orjson + msgspec.convert + StepEvent"}
 
 
+BATCH = 1000
+
+
+def batches(lines: list[bytes], logs: list[bytes]) -> dict[str, list[list[bytes]]]:
+    """Batches of ``BATCH`` step lines at ~11 offsets; the same with every 100th line a log."""
+    size = min(BATCH, len(lines))
+    stride = max(1, (len(lines) - size) // 10)
+    steps = [lines[start : start + size] for start in range(0, len(lines) - size + 1, stride)]
+    mixed = []
+    for batch in steps:
+        batch = list(batch)
+        for k in range(0, size, 100):
+            batch[k] = logs[k // 100 % len(logs)]
+        mixed.append(batch)
+    return {"steps": steps, "mixed": mixed}
+
+
+def _each(fn: Callable[[bytes], Any]) -> Callable[[list[bytes]], Any]:
+    return lambda batch: [fn(line) for line in batch]
+
+
+BATCH_CANDIDATES: dict[str, tuple[str, Callable[[list[bytes]], Any]]] = {
+    "orjson.loads (reference)": ("steps", _each(orjson.loads)),
+    "decode (pydantic; unchanged)": ("steps", _each(decode_validated)),
+    "decode_batch (columns)": ("steps", decode_batch),
+    "decode_batch, 1 line in 100 a log": ("mixed", decode_batch),
+}
+
+
+def time_batches(
+    fn: Callable[[list[bytes]], Any], batch_list: list[list[bytes]], out: list[float]
+) -> None:
+    clock = time.perf_counter_ns
+    for batch in batch_list:
+        started = clock()
+        fn(batch)
+        out.append((clock() - started) / len(batch))
+
+
 def time_each(fn: Callable[[bytes], Any], lines: list[bytes], out: list[int]) -> None:
     clock = time.perf_counter_ns
     for line in lines:
@@ -256,6 +300,13 @@ def main() -> None:
             assert fast_path(line) == expected and hand_construct(line) == expected, name
             if name.startswith("step"):
                 assert msgspec_build(line) == expected == msgspec_convert(line), name
+    by_batch = batches(data["step (simulator)"], data["log (simulator)"])
+    for batch in by_batch["steps"][:2]:  # the columns hold what decode makes (tests: all of it)
+        columns = decode_batch(batch)
+        assert len(columns.steps) == len(batch) and not columns.steps.rare
+        assert columns.steps.event(7) == decode_validated(batch[7])
+        assert columns.steps.times[7] == decode_validated(batch[7]).epoch
+    batch_samples: dict[str, list[float]] = {c: [] for c in BATCH_CANDIDATES}
     samples: dict[str, dict[str, list[int]]] = {
         kind: {c: [] for c in CANDIDATES if kind.startswith("step") or c not in _STEP_ONLY}
         for kind in data
@@ -267,6 +318,10 @@ def main() -> None:
                 for candidate, out in samples[kind].items():
                     time_each(CANDIDATES[candidate], lines, out)
                     gc.collect()
+            for candidate, batch_out in batch_samples.items():
+                which, batch_fn = BATCH_CANDIDATES[candidate]
+                time_batches(batch_fn, by_batch[which], batch_out)
+                gc.collect()
     gc.enable()
     results: dict[str, Any] = {"machine": _bench.machine(), "load_1min": load.summary()}
     results["msgspec"] = msgspec.__version__
@@ -284,6 +339,18 @@ def main() -> None:
             rows[candidate] = {"median_us": median, "p99_us": p99, "ratio": median / ref}
             print(f"| {candidate} | {median:.2f} | {p99:.2f} | {median / ref:.2f} |")
         results["per_event_us"][kind] = rows
+    kind = f"step (simulator), batches of {len(by_batch['steps'][0])}"
+    ref = statistics.median(batch_samples["orjson.loads (reference)"]) / 1000
+    print(f"\n{kind}: {len(by_batch['steps'])} batches x {args.rounds} rounds, per event")
+    print("| candidate | median us | p99 us | median / orjson |")
+    print("|---|---|---|---|")
+    rows = {}
+    for candidate, per_event in batch_samples.items():
+        median = statistics.median(per_event) / 1000
+        p99 = _bench.percentile(per_event, 99) / 1000
+        rows[candidate] = {"median_us": median, "p99_us": p99, "ratio": median / ref}
+        print(f"| {candidate} | {median:.2f} | {p99:.2f} | {median / ref:.2f} |")
+    results["per_event_us"][kind] = rows
     _bench.write_results("decode_speed", results)
 
 
