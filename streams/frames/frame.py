@@ -51,15 +51,35 @@ Mask = npt.NDArray[np.bool_]
 class StepRow:
     """One row of a frame, read like a :class:`~rankwatch.schemas.StepEvent` by the scalar
     rule code: ``job_id``, ``rank``, ``step``, ``epoch`` and every metric (``None`` where the
-    row has none). Made only for the rows that take a rule's slow path."""
+    row has none). Made only for the rows that take a rule's slow path; a metric is read from
+    the frame's column when asked for (a rule reads one or two of the thirteen)."""
 
-    __slots__ = ("epoch", "job_id", "rank", "step", *METRICS)
+    __slots__ = ("_columns", "_i", "epoch", "job_id", "rank", "step")
 
-    def __init__(self, job_id: str, rank: int, step: int, epoch: float) -> None:
+    def __init__(
+        self,
+        job_id: str,
+        rank: int,
+        step: int,
+        epoch: float,
+        columns: Mapping[str, tuple[Floats, Mask]],
+        i: int,
+    ) -> None:
         self.job_id = job_id
         self.rank = rank
         self.step = step
         self.epoch = epoch
+        self._columns = columns
+        self._i = i
+
+    def __getattr__(self, name: str) -> float | None:
+        # Called only for names that are not slots: the metrics.
+        if name not in _METRIC_SET:
+            raise AttributeError(f"a step row has no {name!r}")
+        column = self._columns.get(name)
+        if column is None or not column[1][self._i]:
+            return None
+        return float(column[0][self._i])
 
     def __repr__(self) -> str:
         given = [f"{m}={getattr(self, m)!r}" for m in METRICS if getattr(self, m) is not None]
@@ -104,40 +124,29 @@ class StepFrame:
 
     def row(self, i: int) -> StepRow:
         """Row ``i`` as an event-like object, for a rule's scalar path."""
-        row = StepRow(self.job_id, int(self.ranks[i]), int(self.steps[i]), float(self.times[i]))
-        columns = self.columns
-        for name in METRICS:
-            column = columns.get(name)
-            value = None
-            if column is not None and column[1][i]:
-                value = float(column[0][i])
-            setattr(row, name, value)
-        return row
+        i = int(i)
+        return StepRow(
+            self.job_id,
+            int(self.ranks[i]),
+            int(self.steps[i]),
+            float(self.times[i]),
+            self.columns,
+            i,
+        )
 
     def rows_at(self, rows: npt.NDArray[np.intp]) -> list[StepRow]:
-        """:meth:`row` of several rows, converted column by column."""
-        job_id = self.job_id
-        made = [
-            StepRow(job_id, r, s, t)
-            for r, s, t in zip(
+        """:meth:`row` of several rows."""
+        job_id, columns = self.job_id, self.columns
+        return [
+            StepRow(job_id, r, s, t, columns, i)
+            for r, s, t, i in zip(
                 self.ranks[rows].tolist(),
                 self.steps[rows].tolist(),
                 self.times[rows].tolist(),
+                rows.tolist(),
                 strict=True,
             )
         ]
-        columns = self.columns
-        for name in METRICS:
-            column = columns.get(name)
-            if column is None:
-                for row in made:
-                    setattr(row, name, None)
-                continue
-            values = column[0][rows].tolist()
-            present = column[1][rows].tolist()
-            for row, value, given in zip(made, values, present, strict=True):
-                setattr(row, name, value if given else None)
-        return made
 
     @classmethod
     def from_events(cls, events: Sequence[StepEvent]) -> StepFrame:
