@@ -288,6 +288,21 @@ def time_each(fn: Callable[[bytes], Any], lines: list[bytes], out: list[int]) ->
         out.append(clock() - started)
 
 
+def _table(by_candidate: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    """Print one table of samples (ns per event) per candidate, beside the reference; return
+    its rows."""
+    ref = statistics.median(by_candidate["orjson.loads (reference)"]) / 1000
+    print("| candidate | median us | p99 us | median / orjson |")
+    print("|---|---|---|---|")
+    rows = {}
+    for candidate, ns in by_candidate.items():
+        median = statistics.median(ns) / 1000
+        p99 = _bench.percentile(ns, 99) / 1000
+        rows[candidate] = {"median_us": median, "p99_us": p99, "ratio": median / ref}
+        print(f"| {candidate} | {median:.2f} | {p99:.2f} | {median / ref:.2f} |")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -328,29 +343,11 @@ def main() -> None:
     results["per_event_us"] = {}
     print(f"load average (1 min) during the run: {load.summary()}; msgspec {msgspec.__version__}")
     for kind, by_candidate in samples.items():
-        ref = statistics.median(by_candidate["orjson.loads (reference)"]) / 1000
         print(f"\n{kind}: {len(data[kind])} lines x {args.rounds} rounds")
-        print("| candidate | median us | p99 us | median / orjson |")
-        print("|---|---|---|---|")
-        rows = {}
-        for candidate, ns in by_candidate.items():
-            median = statistics.median(ns) / 1000
-            p99 = _bench.percentile(ns, 99) / 1000
-            rows[candidate] = {"median_us": median, "p99_us": p99, "ratio": median / ref}
-            print(f"| {candidate} | {median:.2f} | {p99:.2f} | {median / ref:.2f} |")
-        results["per_event_us"][kind] = rows
+        results["per_event_us"][kind] = _table(by_candidate)
     kind = f"step (simulator), batches of {len(by_batch['steps'][0])}"
-    ref = statistics.median(batch_samples["orjson.loads (reference)"]) / 1000
     print(f"\n{kind}: {len(by_batch['steps'])} batches x {args.rounds} rounds, per event")
-    print("| candidate | median us | p99 us | median / orjson |")
-    print("|---|---|---|---|")
-    rows = {}
-    for candidate, per_event in batch_samples.items():
-        median = statistics.median(per_event) / 1000
-        p99 = _bench.percentile(per_event, 99) / 1000
-        rows[candidate] = {"median_us": median, "p99_us": p99, "ratio": median / ref}
-        print(f"| {candidate} | {median:.2f} | {p99:.2f} | {median / ref:.2f} |")
-    results["per_event_us"][kind] = rows
+    results["per_event_us"][kind] = _table(batch_samples)
     _bench.write_results("decode_speed", results)
 
 

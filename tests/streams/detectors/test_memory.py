@@ -117,26 +117,24 @@ def test_a_one_time_step_up_is_not_growth() -> None:
     assert _fired(values) == []
 
 
-def test_a_step_up_cut_in_two_by_the_windows_is_not_a_climb() -> None:
-    # Fresh soak data (seed 4002, rank 215): a checkpoint's step up spread over a few windows
-    # read as lows rising 150, 388, 118, 82 MB, then flat: two "steady" fits running, and an
-    # alert. A climb does not fall away like that; a leak whose first rise is small does fire.
-    rises = {30: 150.0, 31: 388.0, 32: 118.0, 33: 82.0}
+def _lows_rising(rises: dict[int, float]) -> list[dict[str, float]]:
+    """600 steps whose window lows (windows of 10 steps) rise by ``rises[window]``."""
     values = _series(600, noise_mb=10.0)
     shift = 0.0
     for i, v in enumerate(values):
         if i % 10 == 0:
             shift += rises.get(i // 10, 0.0)
         v["gpu_memory_allocated_mb"] += shift
-    assert _fired(values) == []
+    return values
+
+
+def test_a_step_up_cut_in_two_by_the_windows_is_not_a_climb() -> None:
+    # Fresh soak data (seed 4002, rank 215): a checkpoint's step up spread over a few windows
+    # read as lows rising 150, 388, 118, 82 MB, then flat: two "steady" fits running, and an
+    # alert. A climb does not fall away like that; a leak whose first rise is small does fire.
+    assert _fired(_lows_rising({30: 150.0, 31: 388.0, 32: 118.0, 33: 82.0})) == []
     growing = {30: 60.0, 31: 300.0, 32: 500.0, **{w: 500.0 for w in range(33, 60)}}
-    values = _series(600, noise_mb=10.0)
-    shift = 0.0
-    for i, v in enumerate(values):
-        if i % 10 == 0:
-            shift += growing.get(i // 10, 0.0)
-        v["gpu_memory_allocated_mb"] += shift
-    assert _fired(values)[0] < 360
+    assert _fired(_lows_rising(growing))[0] < 360
 
 
 @pytest.mark.parametrize("seed", range(4))
