@@ -113,8 +113,12 @@ class JobStopped:
         if mine is not None and mine[_KIND] != STUCK:
             return ()  # a rank's end is its first word on it; a stuck rank may still fail
         now = event.epoch
+        # A rank that has already stepped past this record survived it. Its later step may
+        # have been applied before the record came (on_step clears a fate only after it):
+        # a record sorted behind its rank's later steps by a topic merge, or held back.
+        survived = rank.got_step_time > now
         if lifecycle == "stuck":
-            if mine is None:
+            if mine is None and not survived:
                 stack = parse_stack(event.message)
                 where = stack.user_frame or stack.where or ""
                 waits = "waiting on its peers" if stack.waits_on_peers else "not in a collective"
@@ -123,6 +127,8 @@ class JobStopped:
         if lifecycle == "terminated":
             if mine is not None and not mine[_CONSEQ]:
                 return ()  # stuck outside a collective, then torn down: the stuck step says more
+            if survived:
+                return ()
             signal = _SIGNAL.search(event.message)
             what = f"terminated by {signal.group(0) if signal else 'a signal'}"
             fates[rank.rank] = [now, TERMINATED, "terminated", 1, what, "", ""]
@@ -155,6 +161,8 @@ class JobStopped:
             fate = [now, FAILED, kind, int(consequence), clip(match.line, 200), "", ""]
         if mine is not None and not mine[_CONSEQ] and fate[_CONSEQ]:
             return ()  # stuck outside a collective, then timed out: the stuck step says more
+        if survived:
+            return ()
         fates[rank.rank] = fate
         return ()
 

@@ -110,6 +110,29 @@ def test_a_rank_killed_without_a_word_is_named_by_its_silence() -> None:
     assert "went silent first without a word" in stopped[0].summary
 
 
+OOM = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+
+
+def test_a_failure_its_rank_stepped_past_is_survived_in_whatever_order_it_comes() -> None:
+    # A topic replay merges by the messages' timestamps, so a record can come after its rank's
+    # later steps (CI: an OOM at step 45 sorted behind the job's last step): the rank survived
+    # it all the same, as when the record comes in time.
+    for late in (False, True):
+        engine = Engine.with_builtin_detectors()
+        if not late:
+            _steps(engine, 20)
+            engine.process(_log(2, 10.2, OOM))
+        _steps(engine, 40)
+        if late:
+            engine.process(_log(2, 10.2, OOM))
+        assert not [a for a in _run_clock(engine, 10) if a.rule == "job_stopped"], late
+    engine = Engine.with_builtin_detectors()  # the same record as the rank's last word
+    _steps(engine, 40, skip=frozenset({2}))
+    engine.process(_log(2, 18.2, OOM))
+    stopped = [a for a in _run_clock(engine, 10) if a.rule == "job_stopped"]
+    assert [a.evidence["root_cause"]["rank"] for a in stopped] == [2]
+
+
 def test_no_word_at_all_waits_for_the_long_bound() -> None:
     engine = Engine.with_builtin_detectors()
     _steps(engine, 40)
