@@ -205,6 +205,8 @@ def _check(
         present = _to_builtins(_convert(obj, struct))
     except _Invalid:
         return None
+    if _has_wide_int(present):
+        return None
     values = _finish(present, template)
     if values is None:
         return None
@@ -222,9 +224,9 @@ _I64 = range(-(2**63), 2**63)
 
 
 def _has_wide_int(value: Any) -> bool:
-    """Whether an unknown field holds an integer past 64 bits, at any depth: a parser may keep
-    it whole where pydantic's own JSON parse makes a float of it (2**64 -> 1.8446744073709552e19),
-    so pydantic decides those."""
+    """Whether a field holds an integer past 64 bits, at any depth: a parser may keep it whole
+    where pydantic's own JSON parse makes a float of it (2**64 -> 1.8446744073709552e19, which a
+    strict int field then refuses), so pydantic decides those."""
     if isinstance(value, int):
         return value not in _I64
     if isinstance(value, dict):
@@ -289,6 +291,8 @@ def decode_known(data: bytes) -> StepEvent | LogEvent | None:
     try:
         present = _to_builtins(decoder(data))
     except _Invalid:
+        return None
+    if _has_wide_int(present):
         return None
     values = _finish(present, template)
     if values is None:

@@ -199,9 +199,13 @@ def assert_same_event(fast: Any, slow: Any) -> None:
               "timestamp": 0}, style=0)  # fmt: skip
 @example(obj={"kind": "log", "job_id": "j", "rank": 0, "timestamp": 1743848595.0000005,
               "level": "warn", "message": "m"}, style=0)  # fmt: skip
-# An unknown field holding 2**64: pydantic's JSON parse makes a float of it, json.loads an int.
+# A field holding 2**64: pydantic's JSON parse makes a float of it, json.loads an int.
 @example(obj={"kind": "step", "job_id": "0", "rank": 0, "timestamp": 0, "step": 1,
               "mfu": {"": 2**64}}, style=1)  # fmt: skip
+@example(obj={"kind": "log", "job_id": "0", "rank": 0, "timestamp": "2000-01-01T00:00:00Z",
+              "level": "INFO", "message": "", "schema_version": 2**64}, style=1)  # fmt: skip
+@example(obj={"kind": "step", "job_id": "0", "rank": 0, "timestamp": 0, "step": 2**63},
+         style=2)  # fmt: skip
 def test_decode_gives_pydantic_verdict(obj: dict[str, Any], style: int) -> None:
     try:
         data = _wire(obj, style)
