@@ -161,8 +161,11 @@ class StuckRanks:
     def _decide(self, job: JobState, state: dict[str, Any], now: float) -> tuple[Finding, ...]:
         state["open"] = True
         stuck: dict[int, list[Any]] = state["stuck"]
-        elsewhere = sorted(r for r, e in stuck.items() if not e[_WAITS])
         failed = set(state.setdefault("failed", []))  # older snapshots lack it
+        # A rank that reported its own failure is on its way down, wherever its watchdog caught
+        # it then (a real torchrun job in CI: a peer's gloo error, then its stuck record from
+        # inside the exception's handling, "not in a collective"): its crash says why.
+        elsewhere = sorted(r for r, e in stuck.items() if not e[_WAITS] and r not in failed)
         mute: list[int] = []
         if not elsewhere and len(stuck) * 2 >= len(job.ranks):
             mute = sorted(r for r in job.ranks if r not in stuck and r not in failed)

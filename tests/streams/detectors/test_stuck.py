@@ -144,6 +144,27 @@ def test_peers_waiting_for_a_rank_that_crashed_are_no_hang() -> None:
     assert [a.rule for a in alerts] == ["crash", "job_stopped"]  # and no hang
 
 
+def test_a_rank_stuck_after_its_own_failure_is_no_culprit() -> None:
+    # A peer's collective fails when the crashed rank goes; its watchdog may then catch it
+    # inside the exception's handling, outside any collective (a real torchrun job in CI).
+    engine = Engine.with_builtin_detectors()
+    _job(engine)
+    crash = LogEvent(job_id="j", rank=3, timestamp=T0 + 19, level="ERROR",
+                     message="Traceback (most recent call last):\n  File \"/job/train.py\", "
+                     "line 9, in main\n    x[8]\nIndexError: index 8 is out of bounds")  # fmt: skip
+    alerts = engine.process(crash)
+    for rank in range(2):
+        alerts += engine.process(_stuck(rank, 22 + rank / 10, IN_ALL_REDUCE))
+    peer = "RuntimeError: [gloo/transport/tcp/pair.cc:534] Connection closed by peer [::1]:1"
+    alerts += engine.process(LogEvent(job_id="j", rank=2, timestamp=T0 + 22.3, level="ERROR",
+                                      message=peer))  # fmt: skip
+    alerts += engine.process(_stuck(2, 22.6, IN_DATA))
+    engine.advance_clock(0.0)
+    for t in (5.0, 10.0, 15.0):
+        alerts += engine.advance_clock(t)
+    assert "hang" not in [a.rule for a in alerts], [a.summary for a in alerts]
+
+
 def test_no_hang_while_the_job_says_it_evaluates() -> None:
     engine = Engine.with_builtin_detectors()
     _job(engine)
