@@ -64,22 +64,12 @@ class StuckConfig:
     """
 
     stuck_settle_s: float = 3.0
-    #: When no stuck rank is outside a collective, the culprit is a rank that did not speak:
-    #: wait this long before naming it, since a rank that crashed may still be getting its
-    #: last records out (a dying process flushes on its way down; CI saw a crash record land
-    #: after its peers' stuck records and the 3 s, and a hang named a rank that had crashed).
-    mute_settle_s: float = 10.0
     severity: Severity = "critical"
     action: Action = "notify"
 
     def __post_init__(self) -> None:
         if not self.stuck_settle_s > 0:
             raise DetectorConfigError(f"stuck_settle_s must be > 0, got {self.stuck_settle_s}")
-        if not self.mute_settle_s >= self.stuck_settle_s:
-            raise DetectorConfigError(
-                f"mute_settle_s must be >= stuck_settle_s ({self.stuck_settle_s}), got "
-                f"{self.mute_settle_s}"
-            )
 
 
 class StuckRanks:
@@ -146,11 +136,8 @@ class StuckRanks:
             if was_open:
                 return (Resolution(RULE, None, now, KEY, "the stuck ranks progress again"),)
             return ()
-        waited = now - state["since"]
-        if state["open"] or waited < self.config.stuck_settle_s:
+        if state["open"] or now - state["since"] < self.config.stuck_settle_s:
             return ()
-        if waited < self.config.mute_settle_s and all(e[_WAITS] for e in state["stuck"].values()):
-            return ()  # only waiters so far: the culprit would be a quiet rank, maybe dying
         return self._decide(job, state, now)
 
     def on_quiet(
