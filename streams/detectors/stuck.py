@@ -103,9 +103,13 @@ class StuckRanks:
         stuck: dict[int, list[Any]] = state["stuck"]
         if rank.rank in stuck:
             return ()  # still stuck: its first record said where
+        step = event.step if event.step is not None else rank.last_step + 1
+        if rank.got_step >= step:
+            # It has finished that step already: a record that came after the rank's later
+            # steps (a topic merge orders by the messages' timestamps), as job_stopped judges.
+            return ()
         now = event.epoch
         stack = parse_stack(event.message)
-        step = event.step if event.step is not None else rank.last_step + 1
         waits = int(stack.waits_on_peers)
         keep = not waits or sum(e[_WAITS] for e in stuck.values()) < _STACKS_KEPT
         where = stack.user_frame or stack.where or "an unknown place"

@@ -45,6 +45,17 @@ def _stuck(rank: int, t: float, stack: str, step: int = 41) -> LogEvent:
     )  # fmt: skip
 
 
+CRASH = (
+    'Traceback (most recent call last):\n  File "/job/train.py", line 9, in main\n    x[8]\n'
+    "IndexError: index 8 is out of bounds"
+)
+PEER = "RuntimeError: [gloo/transport/tcp/pair.cc:534] Connection closed by peer [::1]:1"
+
+
+def _error(rank: int, t: float, message: str) -> LogEvent:
+    return LogEvent(job_id="j", rank=rank, timestamp=T0 + t, level="ERROR", message=message)
+
+
 def _job(engine: Engine, steps: int = 41) -> None:
     for step in range(steps):
         for rank in range(RANKS):
@@ -106,16 +117,11 @@ def test_a_rank_that_stays_quiet_while_its_peers_wait_is_named() -> None:
 def test_peers_waiting_for_a_rank_that_crashed_are_no_hang() -> None:
     engine = Engine.with_builtin_detectors()
     _job(engine)
-    crash = LogEvent(job_id="j", rank=3, timestamp=T0 + 19, level="ERROR",
-                     message="Traceback (most recent call last):\n  File \"/job/train.py\", "
-                     "line 9, in main\n    x[8]\nIndexError: index 8 is out of bounds")  # fmt: skip
-    alerts = engine.process(crash)
+    alerts = engine.process(_error(3, 19, CRASH))
     for rank in range(2):
         alerts += engine.process(_stuck(rank, 22 + rank / 10, IN_ALL_REDUCE))
     # Rank 2's collective failed before its watchdog spoke: it is no silent rank either.
-    peer = "RuntimeError: [gloo/transport/tcp/pair.cc:534] Connection closed by peer [::1]:1"
-    alerts += engine.process(LogEvent(job_id="j", rank=2, timestamp=T0 + 22.5, level="ERROR",
-                                      message=peer))  # fmt: skip
+    alerts += engine.process(_error(2, 22.5, PEER))
     engine.advance_clock(0.0)
     alerts += engine.advance_clock(5.0)
     assert [a.rule for a in alerts] == ["crash", "job_stopped"]  # and no hang
@@ -126,19 +132,27 @@ def test_a_rank_stuck_after_its_own_failure_is_no_culprit() -> None:
     # inside the exception's handling, outside any collective (a real torchrun job in CI).
     engine = Engine.with_builtin_detectors()
     _job(engine)
-    crash = LogEvent(job_id="j", rank=3, timestamp=T0 + 19, level="ERROR",
-                     message="Traceback (most recent call last):\n  File \"/job/train.py\", "
-                     "line 9, in main\n    x[8]\nIndexError: index 8 is out of bounds")  # fmt: skip
-    alerts = engine.process(crash)
+    alerts = engine.process(_error(3, 19, CRASH))
     for rank in range(2):
         alerts += engine.process(_stuck(rank, 22 + rank / 10, IN_ALL_REDUCE))
-    peer = "RuntimeError: [gloo/transport/tcp/pair.cc:534] Connection closed by peer [::1]:1"
-    alerts += engine.process(LogEvent(job_id="j", rank=2, timestamp=T0 + 22.3, level="ERROR",
-                                      message=peer))  # fmt: skip
+    alerts += engine.process(_error(2, 22.3, PEER))
     alerts += engine.process(_stuck(2, 22.6, IN_DATA))
     engine.advance_clock(0.0)
     for t in (5.0, 10.0, 15.0):
         alerts += engine.advance_clock(t)
+    assert "hang" not in [a.rule for a in alerts], [a.summary for a in alerts]
+
+
+def test_a_stuck_record_of_a_step_its_rank_has_finished_is_stale() -> None:
+    # A topic replay merges by the messages' timestamps: a watchdog's record can come after
+    # its rank's later steps. The rank is past that step: no hang from it.
+    engine = Engine.with_builtin_detectors()
+    _job(engine, steps=45)
+    alerts = engine.process(_stuck(3, 9, IN_DATA, step=41))
+    for rank in range(3):
+        alerts += engine.process(_stuck(rank, 9.1, IN_ALL_REDUCE, step=41))
+    engine.advance_clock(0.0)
+    alerts += engine.advance_clock(5.0)
     assert "hang" not in [a.rule for a in alerts], [a.summary for a in alerts]
 
 
