@@ -186,31 +186,32 @@ class StepFrame:
         metrics: Mapping[str, tuple[Floats, Mask]],
         rows: npt.NDArray[np.intp],
     ) -> StepFrame:
-        """The frame of some rows of decoded columns (a batch's, one job's rows, each rank at
-        most once): numpy takes, no Python work per row."""
+        """The frame of some rows of decoded columns: one job's rows of a batch, each rank at
+        most once (a round of :func:`~rankwatch.streams.frames.rounds`). Numpy takes, no
+        Python work per row, and the checks of the constructor left out: on this path, once
+        per released round, the distinct-ranks check alone cost ~0.08 us a row (np.unique of
+        1,000 ranks: 81 us), a twentieth of the five rules' work."""
         columns: dict[str, tuple[Floats, Mask]] = {}
         for name, (values, present) in metrics.items():
             given = present[rows]
             if given.any():
                 columns[name] = (values[rows], given)
-        return cls(job_id, ranks[rows], steps[rows], times[rows], columns)
+        frame = object.__new__(cls)
+        for name, value in (
+            ("job_id", job_id),
+            ("ranks", ranks[rows]),
+            ("steps", steps[rows]),
+            ("times", times[rows]),
+            ("columns", columns),
+        ):
+            object.__setattr__(frame, name, value)
+        return frame
 
     @classmethod
     def empty(cls, job_id: str) -> StepFrame:
         none_i: Ints = np.zeros(0, dtype=np.int64)
         none_f: Floats = np.zeros(0, dtype=np.float64)
         return cls(job_id, none_i, none_i, none_f, {})
-
-    def take(self, rows: slice | Ints) -> StepFrame:
-        """The frame of some of these rows (a slice, or row indices in order)."""
-        columns = {name: (v[rows], p[rows]) for name, (v, p) in self.columns.items()}
-        return StepFrame(
-            self.job_id,
-            self.ranks[rows],
-            self.steps[rows],
-            self.times[rows],
-            {k: c for k, c in columns.items() if c[1].any()},
-        )
 
 
 _METRIC_SET = frozenset(METRICS)

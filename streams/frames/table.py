@@ -29,7 +29,6 @@ other field (a list, say) is an object column holding a Python value per rank.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
 from typing import Any, Generic, TypeVar
 
 import numpy as np
@@ -66,10 +65,6 @@ class RankTable(Generic[S]):
     def __len__(self) -> int:
         """Ranks the table has rows for (0 to ``len - 1``)."""
         return self._size
-
-    @property
-    def field_names(self) -> list[str]:
-        return [name for name, _, _ in self._fields]
 
     def column(self, name: str) -> npt.NDArray[Any]:
         """The column of one field for ranks ``0 .. len - 1`` (a view: writing to it writes
@@ -115,9 +110,6 @@ class RankTable(Generic[S]):
             raise IndexError(f"rank {rank} has no row (the table has {self._size})")
         for name, _, _ in self._fields:
             self._columns[name][rank] = getattr(state, name)
-
-    def rows(self, ranks: Iterable[int]) -> dict[int, S]:
-        return {r: self.row(r) for r in ranks}
 
     def states_at(self, ranks: npt.NDArray[np.int64]) -> list[S]:
         """The states of several ranks at once (their rows, as :meth:`row` gives them): one
