@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import pickle
 
+import noisy_steps
 import pytest
 import synth
 
@@ -15,6 +16,7 @@ from rankwatch.streams.detectors.gradient import (
     GradientExplosionConfig,
     GradientState,
 )
+from rankwatch.streams.frames.testing import assert_frames_match_scalar
 
 NAN, INF = math.nan, math.inf
 
@@ -148,7 +150,7 @@ def test_state_is_small_and_plain() -> None:
 # -- the frame path (issue 14): same outcomes and state as on_step ----------------------------
 
 
-def _norms(fault_rank: int, fault_at: int, stuck_rank: int) -> object:
+def _norms(fault_rank: int, fault_at: int, stuck_rank: int) -> noisy_steps.Values:
     def value(rng: object, rank: int, step: int) -> dict[str, float | None]:
         import random
 
@@ -189,20 +191,14 @@ def _norms(fault_rank: int, fault_at: int, stuck_rank: int) -> object:
 
 @pytest.mark.parametrize("seed", range(8))
 def test_the_frame_path_finds_what_on_step_finds(seed: int) -> None:
-    import noisy_steps
-
-    from rankwatch.streams.frames.testing import assert_frames_match_scalar
 
     value = _norms(2 + seed % 5, 60 + 13 * seed, 11 - seed % 2)
-    events = noisy_steps.noisy_job(seed, value, ranks=12)  # type: ignore[arg-type]
+    events = noisy_steps.noisy_job(seed, value, ranks=12)
     found = assert_frames_match_scalar(GradientExplosion(), events)
     assert found > 0  # the faults were seen both ways, not merely nothing both ways
 
 
 def test_the_frame_path_with_a_tight_config() -> None:
-    import noisy_steps
-
-    from rankwatch.streams.frames.testing import assert_frames_match_scalar
 
     config = GradientExplosionConfig(
         nonfinite_steps=2,
@@ -216,5 +212,5 @@ def test_the_frame_path_with_a_tight_config() -> None:
         recover_steps=2,
         refresh_s=10.0,
     )
-    events = noisy_steps.noisy_job(99, _norms(3, 41, 7), ranks=8)  # type: ignore[arg-type]
+    events = noisy_steps.noisy_job(99, _norms(3, 41, 7), ranks=8)
     assert assert_frames_match_scalar(GradientExplosion(config), events) > 0

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import noisy_steps
 import pytest
 from synth import T0, Fault, healthy_run, run_engine
 
@@ -35,6 +36,7 @@ from rankwatch.streams.detectors.gradient_health import (
     GradientVanishingConfig,
     VanishingState,
 )
+from rankwatch.streams.frames.testing import assert_frames_match_scalar
 
 
 def engine(*detectors: Any) -> Engine:
@@ -490,9 +492,6 @@ def _norms(fault_at: int, lasting: int) -> Any:
 
 @pytest.mark.parametrize("seed", range(6))
 def test_the_vanishing_frame_path_finds_what_on_step_finds(seed: int) -> None:
-    import noisy_steps
-
-    from rankwatch.streams.frames.testing import assert_frames_match_scalar
 
     lasting = (60, 90, 10**9)[seed % 3]  # passes after firing, later, or never
     value = _norms(170 + 11 * seed, lasting)
@@ -502,9 +501,6 @@ def test_the_vanishing_frame_path_finds_what_on_step_finds(seed: int) -> None:
 
 
 def test_the_vanishing_frame_path_with_a_tight_config() -> None:
-    import noisy_steps
-
-    from rankwatch.streams.frames.testing import assert_frames_match_scalar
 
     config = GradientVanishingConfig(
         ratio=20.0,
@@ -523,9 +519,6 @@ def test_the_vanishing_frame_path_with_a_tight_config() -> None:
 
 
 def test_the_vanishing_frame_path_without_norms_or_losses() -> None:
-    import noisy_steps
-
-    from rankwatch.streams.frames.testing import assert_frames_match_scalar
 
     def no_loss(rng: random.Random, rank: int, step: int) -> dict[str, float | None]:
         values = _norms(150, 10**9)(rng, rank, step)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import math
 import pickle
 
+import noisy_steps
 import pytest
 import synth
 
 from rankwatch.streams import DetectorConfigError, Finding, Resolution
 from rankwatch.streams.detectors.loss import LossExplosion, LossExplosionConfig, LossState
+from rankwatch.streams.frames.testing import assert_frames_match_scalar
 
 NAN, INF = math.nan, math.inf
 
@@ -156,7 +158,7 @@ def test_state_is_small_and_plain() -> None:
 # -- the frame path (issue 14): same outcomes and state as on_step ----------------------------
 
 
-def _losses(fault_rank: int, fault_at: int) -> object:
+def _losses(fault_rank: int, fault_at: int) -> noisy_steps.Values:
     def value(rng: object, rank: int, step: int) -> dict[str, float | None]:
         import random
 
@@ -185,20 +187,14 @@ def _losses(fault_rank: int, fault_at: int) -> object:
 
 @pytest.mark.parametrize("seed", range(6))
 def test_the_frame_path_finds_what_on_step_finds(seed: int) -> None:
-    import noisy_steps
 
-    from rankwatch.streams.frames.testing import assert_frames_match_scalar
-
-    events = noisy_steps.noisy_job(seed, _losses(2 + seed % 5, 60 + 13 * seed), ranks=12)  # type: ignore[arg-type]
+    events = noisy_steps.noisy_job(seed, _losses(2 + seed % 5, 60 + 13 * seed), ranks=12)
     found = assert_frames_match_scalar(LossExplosion(), events)
     assert found > 0  # the fault was seen both ways, not merely nothing both ways
 
 
 def test_the_frame_path_with_a_tight_config() -> None:
-    import noisy_steps
-
-    from rankwatch.streams.frames.testing import assert_frames_match_scalar
 
     config = LossExplosionConfig(ceiling=4.0, sustain_steps=2, nonfinite_steps=2, warmup_steps=5)
-    events = noisy_steps.noisy_job(99, _losses(3, 40), ranks=8)  # type: ignore[arg-type]
+    events = noisy_steps.noisy_job(99, _losses(3, 40), ranks=8)
     assert assert_frames_match_scalar(LossExplosion(config), events) > 0

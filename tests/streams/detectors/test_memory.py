@@ -7,11 +7,14 @@ import math
 import pickle
 import random
 
+import noisy_steps
 import pytest
 import synth
 
+from rankwatch.schemas import StepEvent
 from rankwatch.streams import DetectorConfigError, Finding
 from rankwatch.streams.detectors.memory import MemoryGrowth, MemoryGrowthConfig, MemoryState
+from rankwatch.streams.frames.testing import assert_frames_match_scalar, run_scalar
 
 
 def _series(
@@ -177,7 +180,7 @@ def test_state_is_small_and_plain() -> None:
 # -- the frame path (issue 14): same outcomes and state as on_step ----------------------------
 
 
-def _memory(seed: int, scale: float = 1.0) -> object:
+def _memory(seed: int, scale: float = 1.0) -> noisy_steps.Values:
     """Memory readings with every path of the rule, one kind of rank per ``rank % 8``; steps
     (and so leak starts) are scaled by ``scale`` for a config with shorter windows."""
 
@@ -215,36 +218,28 @@ def _memory(seed: int, scale: float = 1.0) -> object:
     return value
 
 
-def _kinds(events: list[object], rule: MemoryGrowth) -> dict[int, list[str]]:
-    from rankwatch.streams.frames.testing import run_scalar
-
+def _kinds(events: list[StepEvent], rule: MemoryGrowth) -> dict[int, list[str]]:
     out: dict[int, list[str]] = {}
-    for i, o in run_scalar(rule, events)[0]:  # type: ignore[arg-type]
-        out.setdefault(events[i].rank, []).append(type(o).__name__)  # type: ignore[attr-defined]
+    for i, o in run_scalar(rule, events)[0]:
+        out.setdefault(events[i].rank, []).append(type(o).__name__)
     return out
 
 
 @pytest.mark.parametrize("seed", range(4))
 def test_the_frame_path_finds_what_on_step_finds(seed: int) -> None:
-    import noisy_steps
 
-    from rankwatch.streams.frames.testing import assert_frames_match_scalar
-
-    events = noisy_steps.noisy_job(seed, _memory(seed), ranks=8, steps=500)  # type: ignore[arg-type]
+    events = noisy_steps.noisy_job(seed, _memory(seed), ranks=8, steps=500)
     found = assert_frames_match_scalar(MemoryGrowth(), events)
     assert found > 0  # the leaks were seen both ways, not merely nothing both ways
     # The generator does what it says: each leak fires (on ranks that start at step 0: ranks
     # 0 and 1 may join late), the step up and flat memory do not.
-    fired = {(r + seed) % 8: kinds for r, kinds in _kinds(events, MemoryGrowth()).items()}  # type: ignore[arg-type]
+    fired = {(r + seed) % 8: kinds for r, kinds in _kinds(events, MemoryGrowth()).items()}
     assert {1, 3, 4, 5} - {seed % 8, (1 + seed) % 8} <= fired.keys()
     assert not {0, 2, 7} & fired.keys()
     assert "Resolution" in fired.get(3, ["Resolution"])
 
 
 def test_the_frame_path_with_a_tight_config() -> None:
-    import noisy_steps
-
-    from rankwatch.streams.frames.testing import assert_frames_match_scalar
 
     config = MemoryGrowthConfig(
         window_steps=4,
@@ -256,5 +251,5 @@ def test_the_frame_path_with_a_tight_config() -> None:
         recover_windows=2,
         refresh_s=20.0,
     )
-    events = noisy_steps.noisy_job(7, _memory(7, scale=0.4), ranks=8, steps=300)  # type: ignore[arg-type]
+    events = noisy_steps.noisy_job(7, _memory(7, scale=0.4), ranks=8, steps=300)
     assert assert_frames_match_scalar(MemoryGrowth(config), events) > 0

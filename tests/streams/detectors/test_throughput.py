@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import pickle
 
+import noisy_steps
 import pytest
 import synth
 
@@ -15,6 +16,7 @@ from rankwatch.streams.detectors.throughput import (
     ThroughputDropConfig,
     ThroughputState,
 )
+from rankwatch.streams.frames.testing import assert_frames_match_scalar
 
 
 def _tput(values: list[float]) -> list[dict[str, float]]:
@@ -131,7 +133,7 @@ def test_state_is_small_and_plain() -> None:
 # -- the frame path (issue 14): same outcomes and state as on_step ----------------------------
 
 
-def _throughputs(fault_rank: int, fault_at: int) -> object:
+def _throughputs(fault_rank: int, fault_at: int) -> noisy_steps.Values:
     """Per-rank noisy throughput: slow warm-up steps, missing reports, single stalls, a
     job-wide checkpoint every 50 steps, short three-step slowdowns, and drops of several depths
     and lengths on ``fault_rank`` (and a long one on the next rank) that recover."""
@@ -165,19 +167,13 @@ def _throughputs(fault_rank: int, fault_at: int) -> object:
 
 @pytest.mark.parametrize("seed", range(6))
 def test_the_frame_path_finds_what_on_step_finds(seed: int) -> None:
-    import noisy_steps
 
-    from rankwatch.streams.frames.testing import assert_frames_match_scalar
-
-    events = noisy_steps.noisy_job(seed, _throughputs(2 + seed % 5, 60 + 13 * seed), ranks=12)  # type: ignore[arg-type]
+    events = noisy_steps.noisy_job(seed, _throughputs(2 + seed % 5, 60 + 13 * seed), ranks=12)
     found = assert_frames_match_scalar(ThroughputDrop(), events)
     assert found > 0  # the drops were seen both ways, not merely nothing both ways
 
 
 def test_the_frame_path_with_a_tight_config() -> None:
-    import noisy_steps
-
-    from rankwatch.streams.frames.testing import assert_frames_match_scalar
 
     config = ThroughputDropConfig(
         drop_ratio=0.85,
@@ -190,5 +186,5 @@ def test_the_frame_path_with_a_tight_config() -> None:
         recover_steps=2,
         refresh_s=10.0,
     )
-    events = noisy_steps.noisy_job(99, _throughputs(3, 40), ranks=8)  # type: ignore[arg-type]
+    events = noisy_steps.noisy_job(99, _throughputs(3, 40), ranks=8)
     assert assert_frames_match_scalar(ThroughputDrop(config), events) > 0
