@@ -53,6 +53,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from operator import itemgetter
 from statistics import median
 from typing import Any, ClassVar
 
@@ -372,6 +373,7 @@ _METRICS = ("gradient norm", "loss")
 _BITS, _STATUS, _FIRST, _STEP, _METRIC, _VALUE, _CENTER, _AGREE, _N, _AT = range(10)
 _QUIET, _FIRING, _TO_FIRE, _TO_RESOLVE = range(4)
 _LAG = 2  # a step is compared at the latest when some rank is this many steps further
+_COLUMN = (itemgetter(0), itemgetter(1))  # a held step's values of one metric, every rank's
 _MAX_HELD = 4  # steps of values held per job
 
 
@@ -387,6 +389,7 @@ class GradientDesync:
         self._mask = (1 << c.window) - 1
         self._recover_mask = (1 << c.recover) - 1
         self._metrics = 2 if c.check_loss else 1
+        self._check_loss = c.check_loss  # read for every step event
 
     def new_job_state(self) -> dict[str, Any]:
         # p: step -> {rank: [norm, loss]} held until compared (a list: plain data that stored
@@ -407,7 +410,7 @@ class GradientDesync:
     ) -> None:
         modes = state["mode"]
         norm = None if modes[0] == _LOCAL else event.gradient_norm
-        loss = event.loss if self.config.check_loss and modes[1] != _LOCAL else None
+        loss = event.loss if self._check_loss and modes[1] != _LOCAL else None
         # A non-finite value is loss_explosion's or gradient_explosion's news, not a desync.
         if norm is not None and not _isfinite(norm):
             norm = None
@@ -464,7 +467,7 @@ class GradientDesync:
         for k in range(self._metrics):
             if modes[k] == _LOCAL:
                 continue
-            column = [v[k] for v in values.values()]
+            column = list(map(_COLUMN[k], values.values()))
             first = column[0]
             if first is not None and _isfinite(first) and column.count(first) == len(column):
                 # A synchronous job's usual step: every rank the very same value.

@@ -169,12 +169,16 @@ class JobStopped:
     def on_step(
         self, job: JobState, rank: RankState, state: dict[str, Any], event: StepEvent
     ) -> None:
-        if StepPeriod.observe(state, event):
+        # Only the first rank to report a step moves the pace: the others skip the call.
+        if event.step > state["ms"] and StepPeriod.observe(state, event):
             state["restarting"] = False
-        fate = state["fates"].get(rank.rank)
+        fates = state["fates"]
+        if not fates:  # the usual step: no rank has said how it ended
+            return
+        fate = fates.get(rank.rank)
         if fate is not None and (fate[_KIND] == STUCK or event.epoch > fate[_T]):
             # It stepped on: not stuck after all, or it survived what it reported.
-            del state["fates"][rank.rank]
+            del fates[rank.rank]
 
     # -- decisions --------------------------------------------------------------------------
     def on_tick(self, job: JobState, state: dict[str, Any], now: float) -> Iterable[Outcome]:

@@ -38,11 +38,13 @@ class StepPeriod:
     def observe(state: dict[str, Any], event: StepEvent) -> bool:
         """Fold in a step event; True when it advanced the job's highest step."""
         step = event.step
-        if step <= state["ms"]:
+        last = state["ms"]
+        if step <= last:
             return False
         now = event.epoch
-        if state["ms"] >= 0 and now > state["mt"]:
-            sample = (now - state["mt"]) / (step - state["ms"])
+        at = state["mt"]
+        if last >= 0 and now > at:
+            sample = (now - at) / (step - last)
             period = state["period"]
             if period > 0:
                 sample = min(sample, period * _PERIOD_CLAMP)
@@ -50,7 +52,7 @@ class StepPeriod:
             else:
                 state["period"] = sample
         state["ms"] = step
-        state["mt"] = max(state["mt"], now)
+        state["mt"] = max(at, now)
         return True
 
 
@@ -120,7 +122,9 @@ class RankSilentDetector:
     def on_step(
         self, job: JobState, rank: RankState, state: dict[str, Any], event: StepEvent
     ) -> None:
-        StepPeriod.observe(state, event)
+        # Only the first rank to report a step moves the pace: the others skip the call.
+        if event.step > state["ms"]:
+            StepPeriod.observe(state, event)
 
     def on_tick(self, job: JobState, state: dict[str, Any], now: float) -> Iterable[Outcome]:
         cfg = self.config
@@ -301,7 +305,8 @@ class ProgressHangDetector:
     def on_step(
         self, job: JobState, rank: RankState, state: dict[str, Any], event: StepEvent
     ) -> None:
-        if StepPeriod.observe(state, event):
+        # Only the first rank to report a step moves the pace: the others skip the call.
+        if event.step > state["ms"] and StepPeriod.observe(state, event):
             state["watch"] = None
 
     def on_tick(self, job: JobState, state: dict[str, Any], now: float) -> Iterable[Outcome]:

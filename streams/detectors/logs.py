@@ -29,6 +29,7 @@ hands a match to its rule:
 from __future__ import annotations
 
 import math
+import struct
 from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -66,6 +67,8 @@ __all__ = [
 
 CRASH = "crash"
 _MEM_FIELDS = 4  # per reading: step, gpu_memory_usage %, allocated MB, reserved MB
+#: One reading as the bytes of an ``array("d")`` (native C doubles, as the array stores them).
+_pack_reading = struct.Struct(f"@{_MEM_FIELDS}d").pack
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,26 +294,26 @@ class LogRulesDetector:
     def on_step(
         self, job: JobState, rank: RankState, state: dict[str, Any], event: StepEvent
     ) -> None:
-        if not self._mem_len:
+        mem_len = self._mem_len
+        if not mem_len:
             return
         pct = event.gpu_memory_usage
         alloc = event.gpu_memory_allocated_mb
         reserved = event.gpu_memory_reserved_mb
-        if pct is None and alloc is None and reserved is None:
-            return
+        if pct is None or alloc is None or reserved is None:
+            if pct is None and alloc is None and reserved is None:
+                return
+            nan = math.nan
+            pct = nan if pct is None else pct
+            alloc = nan if alloc is None else alloc
+            reserved = nan if reserved is None else reserved
         readings = state["mem"].get(rank.rank)
         if readings is None:
             readings = state["mem"][rank.rank] = array("d")
-        nan = math.nan
-        readings.extend(
-            (
-                float(event.step),
-                nan if pct is None else pct,
-                nan if alloc is None else alloc,
-                nan if reserved is None else reserved,
-            )
-        )
-        if len(readings) > self._mem_len:
+        # One packed reading appended as bytes: array.extend converts item by item, and this
+        # runs for every step event (the same doubles: pack and the array both use C doubles).
+        readings.frombytes(_pack_reading(event.step, pct, alloc, reserved))
+        if len(readings) > mem_len:
             del readings[:_MEM_FIELDS]
 
     def on_tick(self, job: JobState, state: dict[str, Any], now: float) -> Iterable[Outcome]:
