@@ -27,6 +27,7 @@ from rankwatch.schemas.events import (
 )
 from rankwatch.schemas.exceptions import EventDecodeError, FieldProblem, SchemaError
 from rankwatch.schemas.rankwatch_error import RankwatchError
+from rankwatch.schemas.records import StepRecord
 from rankwatch.schemas.topics import ALERTS_TOPIC, DEADLETTER_TOPIC, LOGS_TOPIC, STEPS_TOPIC
 
 __all__ = [
@@ -55,6 +56,7 @@ __all__ = [
     "Severity",
     "Status",
     "StepEvent",
+    "StepRecord",
     "alert_id_for",
     "decode",
     "decode_object",
