@@ -175,20 +175,6 @@ class GpuUtilizationConfig:
         _check_common(self)
 
 
-def _step_seconds(event: StepEvent, e: list[Any]) -> float:
-    """The step's length (see the module docstring), at most ``_CLAMP`` typical steps; nan
-    when nothing tells it."""
-    st, d, c = event.step_time_s, event.data_time_s, event.compute_time_s
-    if st is None:
-        st = d + c if d is not None and c is not None else _NAN
-    if e[_P] >= 0 and event.step > e[_P]:
-        period = (event.epoch - e[_T]) / (event.step - e[_P])
-        if not st >= period:  # nan-safe: a period is better than nothing
-            st = period
-    typical = e[_S]
-    return min(st, _CLAMP * typical) if typical > 0 else st
-
-
 class _JobShare:
     """The machinery both rules share: per-rank EWMAs, a job-level streak, one incident."""
 
@@ -200,6 +186,7 @@ class _JobShare:
 
     def __init__(self) -> None:
         self._alpha = 1.0 / self.config.smoothing_steps
+        self._warmup = self.config.warmup_steps
 
     def new_job_state(self) -> dict[str, Any]:
         # r: rank -> entry; on: firing; since / since_step: when the bad streak began;
@@ -209,6 +196,8 @@ class _JobShare:
                 "clear_step": -1, "at": -math.inf, "new": 0}  # fmt: skip
 
     # -- per step: O(1) ---------------------------------------------------------------------
+    # Every step event of every rank comes here: the step's length and the EWMAs are written
+    # out inline (no helper calls), and each rule folds its own figures in ``_fold``.
     def _measure(self, event: StepEvent) -> float | None:
         raise NotImplementedError
 
@@ -218,32 +207,62 @@ class _JobShare:
         value = self._measure(event)
         if value is None:
             return
-        e = state["r"].get(rank.rank)
+        entries: dict[int, list[Any]] = state["r"]
+        e = entries.get(rank.rank)
         if e is None:
-            e = state["r"][rank.rank] = [0, -math.inf, -1, _NAN, _NAN, _NAN, _NAN, -math.inf]
+            e = entries[rank.rank] = [0, -math.inf, -1, _NAN, _NAN, _NAN, _NAN, -math.inf]
         now = event.epoch
-        after_phase = job.phase_since > e[_T]  # an evaluation or a checkpoint since its last
-        step_s = _step_seconds(event, e)
-        e[_N] += 1
-        e[_T], e[_P] = now, event.step
-        if e[_N] <= self.config.warmup_steps or after_phase or not step_s > 0:
+        last_t, last_step = e[_T], e[_P]
+        after_phase = job.phase_since > last_t  # an evaluation or a checkpoint since its last
+        # The step's length (see the module docstring), at most _CLAMP typical steps; nan
+        # when nothing tells it.
+        st, d, c = event.step_time_s, event.data_time_s, event.compute_time_s
+        if st is None:
+            st = d + c if d is not None and c is not None else _NAN
+        step = event.step
+        if last_step >= 0 and step > last_step:
+            period = (now - last_t) / (step - last_step)
+            if not st >= period:  # nan-safe: a period is better than nothing
+                st = period
+        typical = e[_S]
+        if typical > 0:
+            cap = _CLAMP * typical
+            if cap < st:  # min(st, cap): a nan step stays nan
+                st = cap
+        n = e[_N] = e[_N] + 1
+        e[_T], e[_P] = now, step
+        if n <= self._warmup or after_phase or not st > 0:
             return
-        self._fold(e, event, value, step_s)
+        self._fold(e, event, value, st)
         e[_SEEN] = now
         state["new"] += 1
 
     def _fold(self, e: list[Any], event: StepEvent, value: float, step_s: float) -> None:
+        """Fold one counted step into the rank's EWMAs (each ``old + alpha * (x - old)``, or
+        ``x`` while still nan)."""
         raise NotImplementedError
-
-    def _ewma(self, e: list[Any], i: int, x: float) -> None:
-        old = e[i]
-        e[i] = x if old != old else old + self._alpha * (x - old)
 
     # -- per tick ---------------------------------------------------------------------------
-    def _level(self, e: list[Any]) -> float:
+    # Each tick judges every rank but raises an outcome rarely: ``_count`` only counts (no
+    # list of every rank's level per tick); ``_levels`` and ``_bad`` list the same levels, by
+    # the same arithmetic, for the finding or the resolution that names them.
+    def _bar(self, held: bool) -> float:
+        """The bar a rank's level is judged against (the resolve bar when ``held``)."""
         raise NotImplementedError
 
-    def _bad(self, level: float, held: bool) -> bool:
+    def _count(
+        self, entries: dict[int, list[Any]], fresh_after: float, bar: float
+    ) -> tuple[int, int]:
+        """How many ranks have a sample counted at or after ``fresh_after``, and how many of
+        those have a level on the wrong side of ``bar``."""
+        raise NotImplementedError
+
+    def _levels(self, entries: dict[int, list[Any]], fresh_after: float) -> list[tuple[int, float]]:
+        """(rank, level) of the ranks with a sample counted at or after ``fresh_after``."""
+        raise NotImplementedError
+
+    def _bad(self, levels: list[tuple[int, float]], bar: float) -> list[tuple[int, float]]:
+        """The ``levels`` on the wrong side of ``bar``."""
         raise NotImplementedError
 
     def on_tick(self, job: JobState, state: dict[str, Any], now: float) -> Iterable[Outcome]:
@@ -257,15 +276,15 @@ class _JobShare:
         # Once a streak began (or the incident is open) the resolve bar holds: a job that
         # hovers at the bar is not restarted from zero by each dip.
         held = firing or state["since"] == state["since"]
-        levels = [(r, self._level(e)) for r, e in entries.items() if e[_SEEN] >= fresh_after]
-        bad = [(r, v) for r, v in levels if self._bad(v, held)]
+        bar = self._bar(held)
+        fresh, bad = self._count(entries, fresh_after, bar)
         world = max(job.world_size or 0, len(entries))
         need = max(cfg.min_ranks, math.ceil(cfg.rank_share * world - 1e-9))
-        if len(levels) < need:
+        if fresh < need:
             # Too few ranks heard from lately (after a long evaluation, a pause) to judge the
             # job either way: the streak and the incident stand as they are.
             return _NOTHING
-        if len(bad) >= need:
+        if bad >= need:
             state["clear"] = _NAN
             if state["since"] != state["since"]:
                 state["since"], state["since_step"] = now, job.max_step
@@ -278,7 +297,8 @@ class _JobShare:
             ):
                 return _NOTHING
             state["on"], state["at"] = 1, now
-            return (self._finding(job, state, entries, bad, world, now),)
+            named = self._bad(self._levels(entries, fresh_after), bar)
+            return (self._finding(job, state, entries, named, world, now),)
         state["since"] = _NAN
         if not firing:
             return _NOTHING
@@ -290,7 +310,7 @@ class _JobShare:
         ):
             return _NOTHING
         state["on"], state["clear"], state["at"] = 0, _NAN, -math.inf
-        summary = self._resolved(levels, world)
+        summary = self._resolved(self._levels(entries, fresh_after), world)
         return (Resolution(self.rule, None, now, "", summary),)
 
     def _finding(
@@ -341,15 +361,39 @@ class InputBoundDetector(_JobShare):
         return event.data_time_s
 
     def _fold(self, e: list[Any], event: StepEvent, value: float, step_s: float) -> None:
-        self._ewma(e, _V, min(value, step_s))
-        self._ewma(e, _S, step_s)
+        alpha = self._alpha
+        x = step_s if step_s < value else value  # min(value, step_s)
+        old = e[_V]
+        e[_V] = x if old != old else old + alpha * (x - old)
+        old = e[_S]
+        e[_S] = step_s if old != old else old + alpha * (step_s - old)
 
-    def _level(self, e: list[Any]) -> float:
-        return float(e[_V] / e[_S]) if e[_S] > 0 else _NAN
-
-    def _bad(self, level: float, held: bool) -> bool:
+    def _bar(self, held: bool) -> float:
         bar: float = self.config.resolve_share if held else self.config.share
-        return level > bar
+        return bar
+
+    def _count(
+        self, entries: dict[int, list[Any]], fresh_after: float, bar: float
+    ) -> tuple[int, int]:
+        fresh = bad = 0
+        for e in entries.values():
+            if e[_SEEN] >= fresh_after:
+                fresh += 1
+                s = e[_S]
+                if s > 0 and e[_V] / s > bar:  # as _levels: a nan level is not over
+                    bad += 1
+        return fresh, bad
+
+    def _levels(self, entries: dict[int, list[Any]], fresh_after: float) -> list[tuple[int, float]]:
+        # The data share: seconds waited over seconds stepped.
+        return [
+            (r, float(e[_V] / e[_S]) if e[_S] > 0 else _NAN)
+            for r, e in entries.items()
+            if e[_SEEN] >= fresh_after
+        ]
+
+    def _bad(self, levels: list[tuple[int, float]], bar: float) -> list[tuple[int, float]]:
+        return [(r, v) for r, v in levels if v > bar]
 
     def _finding(
         self,
@@ -415,21 +459,45 @@ class GpuUtilizationDetector(_JobShare):
         return event.gpu_utilization
 
     def _fold(self, e: list[Any], event: StepEvent, value: float, step_s: float) -> None:
-        self._ewma(e, _V, value)
-        self._ewma(e, _S, step_s)
-        d, c, st = event.data_time_s, event.compute_time_s, event.step_time_s
-        if d is not None:
-            self._ewma(e, _D, min(d, step_s))
-        if d is not None and c is not None and st is not None:
+        alpha = self._alpha
+        old = e[_V]
+        e[_V] = value if old != old else old + alpha * (value - old)
+        old = e[_S]
+        e[_S] = step_s if old != old else old + alpha * (step_s - old)
+        d = event.data_time_s
+        if d is None:
+            return
+        c, st = event.compute_time_s, event.step_time_s
+        x = step_s if step_s < d else d  # min(d, step_s)
+        old = e[_D]
+        e[_D] = x if old != old else old + alpha * (x - old)
+        if c is not None and st is not None:
             # Collectives (and, where compute_time_s times the forward only, the backward).
-            self._ewma(e, _O, max(0.0, st - c - d))
+            x = st - c - d
+            x = x if x > 0.0 else 0.0  # max(0.0, x): nan and -0.0 give 0.0
+            old = e[_O]
+            e[_O] = x if old != old else old + alpha * (x - old)
 
-    def _level(self, e: list[Any]) -> float:
-        return float(e[_V])
-
-    def _bad(self, level: float, held: bool) -> bool:
+    def _bar(self, held: bool) -> float:
         bar: float = self.config.resolve_bar if held else self.config.bar
-        return level < bar
+        return bar
+
+    def _count(
+        self, entries: dict[int, list[Any]], fresh_after: float, bar: float
+    ) -> tuple[int, int]:
+        fresh = bad = 0
+        for e in entries.values():
+            if e[_SEEN] >= fresh_after:
+                fresh += 1
+                if e[_V] < bar:  # as _levels: a nan level is not under
+                    bad += 1
+        return fresh, bad
+
+    def _levels(self, entries: dict[int, list[Any]], fresh_after: float) -> list[tuple[int, float]]:
+        return [(r, float(e[_V])) for r, e in entries.items() if e[_SEEN] >= fresh_after]
+
+    def _bad(self, levels: list[tuple[int, float]], bar: float) -> list[tuple[int, float]]:
+        return [(r, v) for r, v in levels if v < bar]
 
     def _finding(
         self,
