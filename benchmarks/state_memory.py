@@ -33,10 +33,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ranks", type=int, default=16_384)
     parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument(
+        "--path",
+        choices=("batch", "scalar"),
+        default="batch",
+        help="feed the events as the worker does (batch, the default) or one at a time",
+    )
     args = parser.parse_args()
 
     from rankwatch.schemas import decode
     from rankwatch.streams import Engine
+    from rankwatch.streams.pipeline import Pipeline
     from rankwatch.streams.state_codec import Layout, encode_parts
 
     job_id = "bench-state"
@@ -45,13 +52,20 @@ def main() -> None:
         tracemalloc.start()
         base = tracemalloc.get_traced_memory()[0]
         engine = Engine.with_builtin_detectors()
+        pipeline = Pipeline(engine)
         started = time.perf_counter()
         peak_after: list[tuple[int, float]] = []
         for step in range(args.steps):
             # Encoded then decoded, as the worker gets them; one step at a time so that only
             # one step's events are alive besides the state.
-            for line in _bench.step_batch(job_id, args.ranks, step, _bench.START + step):
-                engine.process(decode(line))
+            lines = _bench.step_batch(job_id, args.ranks, step, _bench.START + step)
+            if args.path == "scalar":
+                for line in lines:
+                    engine.process(decode(line))
+            else:  # the worker's: batches of 2,000 messages, step rows as columns
+                for i in range(0, len(lines), 2000):
+                    pipeline.handle_batch(lines[i : i + 2000])
+            del lines
             if (step + 1) % 10 == 0:
                 gc.collect()
                 now = tracemalloc.get_traced_memory()[0] - base
@@ -71,8 +85,7 @@ def main() -> None:
         stored = sum(map(len, parts.values()))
         largest = max(head, *map(len, parts.values()))
         slot_sizes: dict[str, Any] = {}
-        sample = job.ranks[args.ranks // 2]
-        for name, slot in sample.slots.items():
+        for name, slot in job.rank_slots(args.ranks // 2).items():
             slot_sizes[name] = len(pickle.dumps(slot, pickle.HIGHEST_PROTOCOL))
         job_slots = {
             name: len(pickle.dumps(slot, pickle.HIGHEST_PROTOCOL)) / args.ranks
@@ -84,6 +97,7 @@ def main() -> None:
         "load_1min": load.summary(),
         "ranks": n,
         "steps": args.steps,
+        "path": args.path,
         "tracemalloc_bytes_per_rank": held / n,
         "tracemalloc_by_steps": peak_after,
         "pickle_bytes_per_rank": raw / n,

@@ -19,8 +19,14 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, cast
+
+import numpy as np
+import numpy.typing as npt
 
 from rankwatch.schemas import Alert, LogEvent, StepEvent
+from rankwatch.schemas.columns import StepColumns
+from rankwatch.schemas.records import records
 from rankwatch.streams.detectors.base import (
     JobDetector,
     JobState,
@@ -29,6 +35,7 @@ from rankwatch.streams.detectors.base import (
     StepDetector,
 )
 from rankwatch.streams.findings import Finding, Outcome
+from rankwatch.streams.frames import FrameRule, RankTable, StepFrame, rounds
 from rankwatch.streams.incidents import IncidentBook, IncidentPolicy
 from rankwatch.streams.ordering import StepOrder
 from rankwatch.streams.phases import phase_of
@@ -75,7 +82,7 @@ class EngineConfig:
 class _Kinds:
     """One set of detectors sorted by kind once, so the per-event loops do no isinstance."""
 
-    __slots__ = ("job", "log", "on_step", "source", "step")
+    __slots__ = ("fresh", "job", "log", "on_step", "slotted", "source", "step", "tabled")
 
     def __init__(self, detectors: Sequence[Detector]) -> None:
         self.source = detectors  # kept alive: the engine caches these by id(detectors)
@@ -95,6 +102,15 @@ class _Kinds:
                 raise TypeError(f"{d!r} is not a StepDetector, LogDetector or JobDetector")
         # (slot name, bound on_step) of the per-rank rules: looked up once, not per event.
         self.on_step = [(d.name, d.on_step) for d in self.step]
+        self.fresh = {d.name: d.new_rank_state for d in self.step}
+        # The per-rank rules that run on frames keep their state in the job's rank tables
+        # (JobState.tables); the others, in each rank's slots.
+        self.tabled: dict[str, FrameRule] = {
+            d.name: cast(FrameRule, d)
+            for d in self.step
+            if hasattr(d, "on_frame") and hasattr(d, "state_type")
+        }
+        self.slotted = frozenset(d.name for d in self.step if d.name not in self.tabled)
 
 
 class Engine:
@@ -215,11 +231,18 @@ class Engine:
                 job.slots[jd.name] = jd.new_job_state()
         for key in [k for k in job.slots if k not in names]:
             del job.slots[key]
+        for key in [k for k in job.tables if k not in kinds.tabled]:
+            del job.tables[key]
         if job.ranks:  # restored state, or new rules: same fitting per rank
             step_names = {d.name for d in kinds.step}
+            slotted, tabled = kinds.slotted, kinds.tabled
             for rank in job.ranks.values():
-                if rank.slots.keys() != step_names:
+                keys = rank.slots.keys()
+                if not slotted <= keys <= step_names:
                     self._fit_rank(rank, kinds, step_names)
+                # A stored rank holds its frame rules' state in its slots: checked out.
+                if tabled and any(name in keys for name in tabled):
+                    job.checked_out.add(rank.rank)
         return job, kinds
 
     @staticmethod
@@ -227,7 +250,9 @@ class Engine:
         for key in [k for k in rank.slots if k not in names]:
             del rank.slots[key]
         for d in kinds.step:
-            if d.name not in rank.slots:
+            # A frame rule's state missing from the slots is in its table (a fresh rank's row
+            # there is a fresh state).
+            if d.name not in rank.slots and d.name not in kinds.tabled:
                 rank.slots[d.name] = d.new_rank_state()
 
     @staticmethod
@@ -237,7 +262,47 @@ class Engine:
             state = job.ranks[rank] = RankState(rank, host)
             for d in kinds.step:
                 state.slots[d.name] = d.new_rank_state()
+            if kinds.tabled:
+                job.checked_out.add(rank)
         return state
+
+    @staticmethod
+    def _check_out(job: JobState, kinds: _Kinds, rank: RankState, name: str) -> Any:
+        """A frame rule's state of one rank, for the scalar path: from its table into the
+        rank's slots (where the scalar path keeps it until the next frame)."""
+        table = job.tables.get(name)
+        r = rank.rank
+        state = table.row(r) if table is not None and r < len(table) else kinds.fresh[name]()
+        rank.slots[name] = state
+        job.checked_out.add(r)
+        return state
+
+    @staticmethod
+    def _check_in(job: JobState, kinds: _Kinds, size: int) -> dict[str, RankTable[Any]]:
+        """The job's rank tables, every rank up to ``size - 1`` in them, with the states the
+        scalar path took out put back."""
+        tables = job.tables
+        out = job.checked_out
+        if out:
+            size = max(size, max(out) + 1)
+        for name, rule in kinds.tabled.items():
+            table = tables.get(name)
+            if table is None:
+                table = tables[name] = RankTable(rule.state_type)
+            table.grow(size)
+        if out:
+            ranks = job.ranks
+            for r in out:
+                rs = ranks.get(r)
+                if rs is None:
+                    continue
+                slots = rs.slots
+                for name in kinds.tabled:
+                    state = slots.pop(name, None)
+                    if state is not None:
+                        tables[name].store(r, state)
+            out.clear()
+        return tables
 
     # -- events ---------------------------------------------------------------------------
     def process(self, event: StepEvent | LogEvent) -> list[Alert]:
@@ -298,8 +363,11 @@ class Engine:
             found: tuple[Outcome, ...] = ()
             slots = rank.slots
             for name, on_step in kinds.on_step:
+                state = slots.get(name)
+                if state is None:  # a frame rule's state, in its table
+                    state = self._check_out(job, kinds, rank, name)
                 # Nearly every call returns an empty tuple.
-                outcomes = on_step(job, rank, slots[name], event)
+                outcomes = on_step(job, rank, state, event)
                 if outcomes:
                     found = (*found, *outcomes)
             entry = (now, event.rank, step, order.seq, event, found)
@@ -347,6 +415,131 @@ class Engine:
             # its records keep the clock.
             self._tick(job, kinds, out, job.watermark)
         return out
+
+    def process_columns(
+        self, cols: StepColumns, rows: Sequence[int] | npt.NDArray[np.intp]
+    ) -> list[Alert]:
+        """Apply step rows of one job from a decoded batch (``rows``: indices into ``cols``
+        in arrival order, with no log record of the job between them): the same as
+        :meth:`process` of each row's event in turn, in a fraction of its time.
+
+        The common row (a training step of a known rank, the job's attempt and size, newer
+        than its rank's last) takes the columnar path: its rank's bookkeeping, then the
+        per-rank frame rules over the rows at once (cut into rounds, each rank once per
+        round; they read nothing of the job, so the cut changes nothing they find), then it
+        is held as :meth:`process` holds it. Every other row (a rank's first step, a new
+        attempt, an evaluation step, a duplicate, a rare spelling) goes through
+        :meth:`process` itself, in its place.
+        """
+        out: list[Alert] = []
+        if not len(rows):
+            return out
+        index = np.asarray(rows, dtype=np.intp)
+        positions = index.tolist()
+        job_id = cols.job_ids[positions[0]]
+        ranks_l = cols.ranks[index].tolist()
+        steps_l = cols.steps[index].tolist()
+        times_l = cols.times[index].tolist()
+        attempts, phases, worlds, rare = cols.attempts, cols.phases, cols.world_sizes, cols.rare
+        job = self.jobs.get(job_id)
+        kinds = self._bound.get(job_id)
+        if job is None or kinds is None:
+            job, kinds = self._enter(job_id)
+        self._heard[job_id] = self._awake
+        known = job.ranks
+        common: list[int] = []  # positions in rows of the common rows not applied yet
+        for k, i in enumerate(positions):
+            rank = known.get(ranks_l[k])
+            attempt = attempts[i]
+            phase = phases[i]
+            world = worlds[i]
+            step = steps_l[k]
+            now = times_l[k]
+            if (
+                rank is None
+                or step <= rank.got_step
+                or (attempt is not None and attempt != job.reported_attempt)
+                or (phase is not None and phase != "train")
+                or (world is not None and world != job.world_size)
+                or now <= job.attempt_floor
+                or i in rare
+            ):
+                if common:
+                    self._arrive(job, kinds, cols, index, common, out)
+                    common = []
+                out += self.process(cols.event(i))
+                job, kinds = self.jobs[job_id], self._bound[job_id]  # a new attempt: new ones
+                known = job.ranks
+                continue
+            rank.got_step = step
+            rank.got_step_time = now
+            common.append(k)
+        if common:
+            self._arrive(job, kinds, cols, index, common, out)
+        return out
+
+    def _arrive(
+        self,
+        job: JobState,
+        kinds: _Kinds,
+        cols: StepColumns,
+        index: npt.NDArray[np.intp],
+        common: list[int],
+        out: list[Alert],
+    ) -> None:
+        """The common rows (positions ``common`` of ``index``), their ranks' bookkeeping done:
+        the per-rank rules over them, then each held, and the job's steps released when a
+        round of arrivals is due (as :meth:`process` does)."""
+        at = index[common]
+        ranks = cols.ranks[at]
+        found: dict[int, list[Outcome]] = {}
+        events = records(cols, at)
+        if kinds.step:
+            tables = self._check_in(job, kinds, int(ranks.max()) + 1)
+            by_rank = job.ranks
+            for rows in rounds(ranks) if len(at) > 1 else [np.zeros(1, dtype=np.intp)]:
+                frame = StepFrame.from_columns(
+                    job.job_id, cols.ranks, cols.steps, cols.times, cols.metrics, at[rows]
+                )
+                for d in kinds.step:
+                    if d.name in kinds.tabled:
+                        table = tables[d.name]
+                        for i, outcome in kinds.tabled[d.name].on_frame(job, table, frame):
+                            found.setdefault(int(rows[i]), []).append(outcome)
+                        continue
+                    for p in rows.tolist():  # a rule without a frame path: row by row
+                        event = events[p]
+                        rank = by_rank[event.rank]
+                        for outcome in d.on_step(job, rank, rank.slots[d.name], event):
+                            found.setdefault(p, []).append(outcome)
+        order = self._orders.get(job.job_id)
+        if order is None or order.job is not job:
+            order = self._order_for(job)
+        by_rank = job.ranks
+        latest = order.latest
+        for p, (r, step, now) in enumerate(
+            zip(ranks.tolist(), cols.steps[at].tolist(), cols.times[at].tolist(), strict=True)
+        ):
+            got = found.get(p)
+            entry = (now, r, step, order.seq, events[p], () if got is None else tuple(got))
+            order.seq += 1
+            by_rank[r].held.append(entry)
+            order.held.append(entry)
+            if now > latest.get(r, _NEG_INF):
+                if r not in latest:  # a rank's first step since the order was rebuilt
+                    world = cols.world_sizes[int(at[p])]
+                    if world is not None and world > order.world:
+                        order.world = world
+                    if now < order.start:
+                        order.start = now
+                latest[r] = now
+                if now > order.step_high:
+                    order.step_high = now
+                    if now > order.high:
+                        order.high = now
+            order.due -= 1
+            if order.due <= 0:
+                self._release(job, kinds, order, out)
 
     def _release(
         self,

@@ -34,13 +34,15 @@ snapshot keeps them; this index over them is rebuilt from there.
 
 from __future__ import annotations
 
-from rankwatch.schemas import StepEvent
+from typing import Any
+
 from rankwatch.streams.detectors.base import JobState
 from rankwatch.streams.findings import Outcome
 
 #: A held step: (event time, rank, step, arrival number, event, what the per-rank rules found
-#: in it); the first four decide the order.
-Held = tuple[float, int, int, int, StepEvent, tuple[Outcome, ...]]
+#: in it); the first four decide the order. The event is a ``StepEvent``, or a
+#: :class:`~rankwatch.schemas.records.StepRecord` of decoded columns (which reads the same).
+Held = tuple[float, int, int, int, Any, tuple[Outcome, ...]]
 
 _NEG_INF = float("-inf")
 _INF = float("inf")

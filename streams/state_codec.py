@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+import numpy as np
 
 from rankwatch.schemas import StepEvent
 from rankwatch.streams.detectors.base import JobDetector, JobState, RankState, StepDetector
@@ -113,7 +114,7 @@ _RANK_FIELDS = tuple(f.name for f in dataclasses.fields(RankState) if f.name not
 _JOB_FIELDS = tuple(
     f.name
     for f in dataclasses.fields(JobState)
-    if f.name not in ("ranks", "slots", "incidents", "pending", "ended")
+    if f.name not in ("ranks", "slots", "incidents", "pending", "ended", "tables", "checked_out")
 )
 
 
@@ -275,6 +276,8 @@ class JobParts:
         else:
             members = sorted(r for r in ranks if r // per == chunk)
         values = [_rank_value(ranks[r], r in job.ended) for r in members]
+        if job.tables:
+            _add_table_rows(job, members, values)
         values += [{"rank": r, "ended": True, "orphan": True} for r in self._orphans.get(chunk, ())]
         tables = list(self._tables.get(chunk, {}).values())
         return _dump("chunk", {"ranks": values, "tables": tables})
@@ -303,6 +306,8 @@ def _head_value(job: JobState, per: int) -> dict[str, Any]:
 def _event_fields(event: StepEvent) -> dict[str, Any]:
     """A held step event as the fields it was given (validated when it arrived: rebuilt
     without validating again, 6x cheaper than its wire form both ways)."""
+    if not isinstance(event, StepEvent):  # a row of decoded columns (schemas.StepRecord)
+        event = event.as_event()
     values = event.__dict__
     return {name: values[name] for name in event.model_fields_set}
 
@@ -311,6 +316,22 @@ def _event_from(value: Mapping[str, Any]) -> StepEvent:
     if not {"job_id", "rank", "step"} <= value.keys():  # not what _event_fields writes
         raise StateCodecError(f"a held step event without its fields: {sorted(value)}")
     return StepEvent.model_construct(_fields_set=set(value), **value)
+
+
+def _add_table_rows(job: JobState, members: list[int], values: list[dict[str, Any]]) -> None:
+    """The frame rules' state of these ranks, from their tables, into each rank's ``slots``
+    (stored as the scalar engine stores it: one format for both paths). A rank whose state
+    is checked out has it in its slots already."""
+    for name, table in job.tables.items():
+        at = [i for i, r in enumerate(members) if r < len(table) and name not in values[i]["slots"]]
+        if not at:
+            continue
+        states = table.states_at(np.array([members[i] for i in at], dtype=np.int64))
+        for i, state in zip(at, states, strict=True):
+            value = values[i]
+            if value["slots"] is job.ranks[members[i]].slots:
+                value["slots"] = dict(value["slots"])  # the rank's own dict stays as it is
+            value["slots"][name] = state
 
 
 def _rank_value(rs: RankState, ended: bool) -> dict[str, Any]:

@@ -78,6 +78,25 @@ class JobState:
     #: Ranks whose producer said they ended cleanly (``lifecycle="ended"``); when every rank
     #: has, the job is over and its open incidents resolve.
     ended: set[int] = field(default_factory=set)
+    #: The per-rank rules that run on frames (``on_frame``) keep their ranks' state here, one
+    #: :class:`~rankwatch.streams.frames.RankTable` per rule, while the engine's step path is
+    #: columnar. A rank whose state the scalar path took out (one event at a time: a rare
+    #: row, a test) holds it in its ``slots`` until the next frame puts it back: its number
+    #: is in ``checked_out``. The engine's working form, not compared (a stored job holds
+    #: the same state in its ranks' slots, see rankwatch.streams.state_codec).
+    tables: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    checked_out: set[int] = field(default_factory=set, compare=False, repr=False)
+
+    def rank_slots(self, rank: int) -> dict[str, Any]:
+        """Every per-rank rule's state of one rank, wherever the engine keeps it (its
+        ``slots``, or a frame rule's table): what a snapshot stores of it."""
+        slots = self.ranks[rank].slots
+        tabled = {
+            name: table.row(rank)
+            for name, table in self.tables.items()
+            if name not in slots and rank < len(table)
+        }
+        return {**slots, **tabled} if tabled else slots
 
     def label(self, rank: int) -> str:
         """How summaries name one of the job's ranks (host where known)."""

@@ -19,7 +19,7 @@ import time
 from typing import Any, Protocol
 
 from rankwatch.schemas import encode
-from rankwatch.streams.pipeline import DeadLetter, Pipeline
+from rankwatch.streams.pipeline import Pipeline
 from rankwatch.streams.runtime.alignment import CaughtUp, InputAligner
 from rankwatch.streams.runtime.checkpoint import Checkpoint, Offsets, Outbox
 from rankwatch.streams.runtime.common import (
@@ -139,26 +139,27 @@ class StreamCore:
             else:
                 self.consumer_error(msg)
         ready = aligner.ready(now, caught_up)
-        handle = self.pipeline.handle
-        produce = self.outbox.produce
-        for msg in ready:
-            value = msg.value()
-            result = handle(b"" if value is None else value, partition=msg.partition())
-            if not result:  # the common case: an event, no alert
-                continue
-            if type(result) is DeadLetter:
-                result.topic, result.offset, result.key = msg.topic(), msg.offset(), msg.key()
+        if ready:
+            values = [b"" if (v := msg.value()) is None else v for msg in ready]
+            alerts, dead = self.pipeline.handle_batch(
+                values, partitions=[msg.partition() for msg in ready]
+            )
+            if alerts:
+                self.publish(alerts)
+            produce = self.outbox.produce
+            for position, letter in dead:
+                msg = ready[position]
+                letter.topic, letter.partition = msg.topic(), msg.partition()
+                letter.offset, letter.key = msg.offset(), msg.key()
                 log.warning(
                     "dead letter %s[%d]@%d: %s",
-                    result.topic,
-                    result.partition,
-                    result.offset,
-                    result.error,
+                    letter.topic,
+                    letter.partition,
+                    letter.offset,
+                    letter.error,
                 )
-                produce(self.layout.deadletter, result.to_bytes(), result.key)
+                produce(self.layout.deadletter, letter.to_bytes(), letter.key)
                 self.counters.dead += 1
-                continue
-            self.publish(result)  # type: ignore[arg-type]
         self.checkpoint.pending += len(ready)
         return aligner.held()
 
