@@ -37,6 +37,7 @@ StepRecord(job_id='j', rank=1, step=7)
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
 from itertools import repeat
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
@@ -110,6 +111,26 @@ class StepRecord(msgspec.Struct, frozen=True, eq=False, gc=False):
         _force_setattr(self, "_source", event)
         return event
 
+    def given(self) -> dict[str, Any]:
+        """The fields its message gave, by name, as ``StepEvent.model_construct`` takes them
+        back (what a snapshot stores of a held step), without building the ``StepEvent``: a
+        row of the fast route said exactly its non-null fields."""
+        source = self._source
+        if isinstance(source, StepEvent):
+            values = source.__dict__
+            return {name: values[name] for name in source.model_fields_set}
+        micros = int(cast("StepColumns", source).micros[self._row])
+        out: dict[str, Any] = {
+            "schema_version": 1,
+            "kind": "step",
+            "timestamp": _EPOCH + timedelta(microseconds=micros),
+        }
+        for name in _GIVEN:
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        return out
+
     @property
     def __dict__(self) -> dict[str, Any]:  # type: ignore[override]
         """The event's ``__dict__`` (a record has none: slots; code reads a StepEvent's)."""
@@ -133,6 +154,9 @@ assert StepRecord.__struct_fields__[:-2] == tuple(
 assert StepRecord.__struct_fields__[8 : 8 + len(STEP_METRICS)] == STEP_METRICS
 
 _force_setattr = msgspec.structs.force_setattr
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: The slots that are fields of the event (``epoch`` is ``timestamp``'s, in seconds).
+_GIVEN = tuple(name for name in StepRecord.__struct_fields__[:-2] if name != "epoch")
 
 
 # Every other attribute of a StepEvent is a property that reads it from the record's event. Not

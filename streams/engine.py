@@ -37,7 +37,7 @@ from rankwatch.streams.detectors.base import (
 from rankwatch.streams.findings import Finding, Outcome
 from rankwatch.streams.frames import FrameRule, RankTable, StepFrame, rounds
 from rankwatch.streams.incidents import IncidentBook, IncidentPolicy
-from rankwatch.streams.ordering import StepOrder
+from rankwatch.streams.ordering import Held, StepOrder
 from rankwatch.streams.phases import phase_of
 
 Detector = StepDetector | LogDetector | JobDetector
@@ -45,6 +45,8 @@ Detector = StepDetector | LogDetector | JobDetector
 _INF = float("inf")
 _NEG_INF = float("-inf")
 _RECENT_LOGS = 16  # digests kept per rank to drop duplicated log records
+#: Released steps at which job rules run on frames: below, row by row costs less.
+_FRAME_ROWS = 64
 
 #: Picks the detectors of one job (per-job rules); asked once per job, not per event.
 Resolve = Callable[[str], Sequence["Detector"]]
@@ -82,7 +84,17 @@ class EngineConfig:
 class _Kinds:
     """One set of detectors sorted by kind once, so the per-event loops do no isinstance."""
 
-    __slots__ = ("fresh", "job", "log", "on_step", "slotted", "source", "step", "tabled")
+    __slots__ = (
+        "framed",
+        "fresh",
+        "job",
+        "log",
+        "on_step",
+        "slotted",
+        "source",
+        "step",
+        "tabled",
+    )
 
     def __init__(self, detectors: Sequence[Detector]) -> None:
         self.source = detectors  # kept alive: the engine caches these by id(detectors)
@@ -111,6 +123,8 @@ class _Kinds:
             if hasattr(d, "on_frame") and hasattr(d, "state_type")
         }
         self.slotted = frozenset(d.name for d in self.step if d.name not in self.tabled)
+        # The job rules with a frame path: run once per frame of released steps.
+        self.framed: dict[str, Any] = {d.name: d for d in self.job if hasattr(d, "on_frame")}
 
 
 class Engine:
@@ -559,8 +573,19 @@ class Engine:
         ready = order.take_ready(low)
         if not ready:
             return
-        interval = cfg.tick_interval_s
-        released = self.released
+        if kinds.framed and len(ready) >= _FRAME_ROWS:
+            self._release_frames(job, kinds, ready, out)
+        else:
+            self._release_rows(job, kinds, ready, out)
+        if self.released is not None:
+            self.released.append((job.job_id, [e[1] for e in ready]))
+
+    def _release_rows(
+        self, job: JobState, kinds: _Kinds, ready: list[Held], out: list[Alert]
+    ) -> None:
+        """Apply ready steps one at a time: bookkeeping, findings, every job rule's
+        ``on_step``, and a tick after the first step of each new interval."""
+        interval = self.config.tick_interval_s
         ranks = job.ranks
         jobs = [(jd.on_step, job.slots[jd.name]) for jd in kinds.job]
         for entry in ready:
@@ -588,8 +613,73 @@ class Engine:
                 on_step(job, rank, slot, event)
             if now - job.last_tick >= interval:
                 self._tick(job, kinds, out, now)
-        if released is not None:
-            released.append((job.job_id, [e[1] for e in ready]))
+
+    def _release_frames(
+        self, job: JobState, kinds: _Kinds, ready: list[Held], out: list[Alert]
+    ) -> None:
+        """Apply ready steps as :meth:`_release_rows` does, with the job rules that have a
+        frame path (``on_frame``) run once per frame: the rows up to a tick, cut where a rank
+        comes again or the job's phase turns back to training (``phase_since`` is what a
+        rule's ``on_step`` may read of the job). The bookkeeping and the findings stay row by
+        row; a job rule reads neither, so applying them ahead of its frame changes nothing."""
+        interval = self.config.tick_interval_s
+        ranks = job.ranks
+        slots = job.slots
+        stepped = [(jd.on_step, slots[jd.name]) for jd in kinds.job if jd.name not in kinds.framed]
+        framed = [(rule.on_frame, slots[name]) for name, rule in kinds.framed.items()]
+        rows: list[Held] = []
+        seen: set[int] = set()
+        for entry in ready:
+            now, r, step, _, event, found = entry
+            if r in seen or (job.phase != "train" and rows):
+                self._frame(job, framed, rows)
+                rows = []
+                seen.clear()
+            rank = ranks[r]
+            mine = rank.held
+            if mine[0] is entry:
+                del mine[0]
+            else:  # this rank's own steps arrived out of their time order
+                mine.remove(entry)
+            rank.last_step = step
+            rank.last_step_time = now
+            if job.phase != "train" and now > job.phase_since:
+                job.phase = "train"  # a training step after an evaluation or a checkpoint
+                job.phase_since = now
+            if now > rank.last_seen:
+                rank.last_seen = now
+            if now > job.watermark:
+                job.watermark = now
+            if step > job.max_step:
+                job.max_step = step
+            if found:
+                self._apply(job, found, out)
+            for on_step, slot in stepped:
+                on_step(job, rank, slot, event)
+            rows.append(entry)
+            seen.add(r)
+            if now - job.last_tick >= interval:
+                self._frame(job, framed, rows)
+                rows = []
+                seen.clear()
+                self._tick(job, kinds, out, now)
+        self._frame(job, framed, rows)
+
+    @staticmethod
+    def _frame(job: JobState, framed: list[tuple[Any, Any]], rows: list[Held]) -> None:
+        """The job rules' ``on_frame`` over some released rows (each rank once)."""
+        if not rows:
+            return
+        events = [e[4] for e in rows]
+        frame = StepFrame.of_events(
+            job.job_id,
+            np.array([e[1] for e in rows], dtype=np.int64),
+            np.array([e[2] for e in rows], dtype=np.int64),
+            np.array([e[0] for e in rows], dtype=np.float64),
+            events,
+        )
+        for on_frame, slot in framed:
+            on_frame(job, slot, frame, events)
 
     def process_many(self, events: Iterable[StepEvent | LogEvent]) -> list[Alert]:
         out: list[Alert] = []

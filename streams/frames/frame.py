@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -208,6 +209,24 @@ class StepFrame:
         return frame
 
     @classmethod
+    def of_events(
+        cls, job_id: str, ranks: Ints, steps: Ints, times: Floats, events: Sequence[Any]
+    ) -> StepFrame:
+        """The frame of released rows whose ranks, steps and times are at hand, each metric
+        column read from the rows' events when a rule first asks for it (a job rule reads a
+        few of the eleven)."""
+        frame = object.__new__(cls)
+        for name, value in (
+            ("job_id", job_id),
+            ("ranks", ranks),
+            ("steps", steps),
+            ("times", times),
+            ("columns", _EventColumns(events)),
+        ):
+            object.__setattr__(frame, name, value)
+        return frame
+
+    @classmethod
     def empty(cls, job_id: str) -> StepFrame:
         none_i: Ints = np.zeros(0, dtype=np.int64)
         none_f: Floats = np.zeros(0, dtype=np.float64)
@@ -215,6 +234,47 @@ class StepFrame:
 
 
 _METRIC_SET = frozenset(METRICS)
+
+
+class _EventColumns(Mapping[str, tuple[Floats, Mask]]):
+    """A frame's metric columns, each read from the events on first use; a metric no row
+    carries is absent (as in a frame's ``columns``)."""
+
+    __slots__ = ("_events", "_made")
+
+    def __init__(self, events: Sequence[Any]) -> None:
+        self._events = events
+        self._made: dict[str, tuple[Floats, Mask] | None] = {}
+
+    def __getitem__(self, name: str) -> tuple[Floats, Mask]:
+        column: tuple[Floats, Mask] | None = self.get(name)
+        if column is None:
+            raise KeyError(name)
+        return column
+
+    def get(self, name: str, default: Any = None) -> Any:
+        made = self._made
+        if name in made:
+            column = made[name]
+            return default if column is None else column
+        if name not in _METRIC_SET:
+            made[name] = None
+            return default
+        got = [getattr(e, name) for e in self._events]
+        n = len(got)
+        present = np.fromiter((v is not None for v in got), dtype=np.bool_, count=n)
+        if not present.any():
+            made[name] = None
+            return default
+        values = np.fromiter((np.nan if v is None else v for v in got), np.float64, count=n)
+        made[name] = (values, present)
+        return made[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name in METRICS if self.get(name) is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 def frames_of(events: Sequence[StepEvent]) -> Iterator[StepFrame]:

@@ -26,7 +26,12 @@ from rankwatch.streams.frames.frame import frames_of
 from rankwatch.streams.frames.rules import FrameRule
 from rankwatch.streams.frames.table import RankTable
 
-__all__ = ["assert_frames_match_scalar", "run_frames", "run_scalar"]
+__all__ = [
+    "assert_frames_match_scalar",
+    "assert_job_frames_match_scalar",
+    "run_frames",
+    "run_scalar",
+]
 
 _PLAIN = (bool, int, float, str, type(None))
 
@@ -91,6 +96,56 @@ def assert_frames_match_scalar(rule: FrameRule, events: Sequence[StepEvent]) -> 
         if _plain(row) != _plain(state):
             raise AssertionError(f"rank {r}'s state differs:\nscalar {state!r}\nframes {row!r}")
     return len(want)
+
+
+def assert_job_frames_match_scalar(
+    rule: Any, events: Sequence[StepEvent], *, tick_interval_s: float = 1.0
+) -> int:
+    """A job-level rule's ``on_frame`` against its ``on_step``: ``events`` (steps of one job,
+    in the order the engine applies them) are cut as the engine cuts them (a frame ends at a
+    tick, after the first row of each new interval of event time, and where a rank comes
+    again); one state takes ``on_step`` row by row, another ``on_frame`` frame by frame. After
+    every frame the two states must be equal (:func:`rankwatch.streams.testing.state_difference`)
+    and the rule's ``on_tick`` at a tick must give the same outcomes on both. Raises
+    ``AssertionError`` naming the first difference; returns how many ticks gave outcomes."""
+    from rankwatch.streams.frames.frame import StepFrame
+    from rankwatch.streams.testing import state_difference
+
+    job_a, job_b = _job(events), _job(events)
+    for job in (job_a, job_b):
+        job.world_size = max((e.world_size or 0 for e in events), default=0) or None
+    state_a, state_b = rule.new_job_state(), rule.new_job_state()
+    last_tick = -math.inf
+    rows: list[StepEvent] = []
+    seen: set[int] = set()
+    outcomes = 0
+
+    def frame_done(at: int) -> None:
+        if rows:
+            rule.on_frame(job_b, state_b, StepFrame.from_events(rows), list(rows))
+        rows.clear()
+        seen.clear()
+        differ = state_difference(state_a, state_b, "state")
+        if differ is not None:
+            raise AssertionError(f"after event {at}: {differ}")
+
+    for i, e in enumerate(events):
+        if e.rank in seen:
+            frame_done(i - 1)
+        rule.on_step(job_a, job_a.ranks[e.rank], state_a, e)
+        rows.append(e)
+        seen.add(e.rank)
+        now = e.epoch
+        if now - last_tick >= tick_interval_s:
+            frame_done(i)
+            last_tick = now - now % tick_interval_s
+            a = list(rule.on_tick(job_a, state_a, now))
+            b = list(rule.on_tick(job_b, state_b, now))
+            if _plain(a) != _plain(b):
+                raise AssertionError(f"tick at event {i}: scalar {a!r}\nframes {b!r}")
+            outcomes += bool(a)
+    frame_done(len(events) - 1)
+    return outcomes
 
 
 def _job(events: Sequence[StepEvent]) -> JobState:

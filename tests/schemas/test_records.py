@@ -239,3 +239,24 @@ def test_exported_and_numpy_free() -> None:
     assert schemas.StepRecord is StepRecord
     code = "import sys, rankwatch.schemas; assert 'numpy' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_given_is_what_the_event_was_given() -> None:
+    """What a snapshot stores of a held record: the fields its message set, as decode's
+    event has them, without the event being built."""
+    messages = [
+        orjson.dumps({"schema_version": 1, "kind": "step", "job_id": "j", "rank": r, "step": 3,
+                      "timestamp": 1_700_000_000.25 + r, "loss": 2.5, "world_size": 4,
+                      **({"attempt": 1, "host": "h"} if r % 2 else {"gradient_norm": "nan"})})
+        for r in range(4)
+    ]  # fmt: skip
+    cols = decode_batch(messages).steps
+    assert not cols.rare
+    for record, message in zip(records(cols, range(4)), messages, strict=True):
+        event = decode(message)
+        got = record.given()
+        assert record._source is not event  # no StepEvent built for it
+        assert got.keys() == event.model_fields_set
+        assert repr({k: getattr(event, k) for k in got}).replace("TzInfo(0)", "UTC") == repr(
+            got
+        ).replace("datetime.timezone.utc", "UTC")
