@@ -26,7 +26,7 @@ import numpy.typing as npt
 
 from rankwatch.schemas import Alert, LogEvent, StepEvent
 from rankwatch.schemas.columns import StepColumns
-from rankwatch.schemas.records import records
+from rankwatch.schemas.records import StepRecord, records
 from rankwatch.streams.detectors.base import (
     JobDetector,
     JobState,
@@ -70,6 +70,10 @@ class EngineConfig:
     #: gaps mean the worker itself was stalled, not that the jobs were silent).
     quiet_tick_s: float = 1.0
     max_clock_step_s: float = 5.0
+    #: Ranks a job has from which its step rows take the columnar path
+    #: (:meth:`Engine.process_columns`); a smaller job's go row by row, where frames of a
+    #: few rows would cost more than they save. Either way the alerts are the same.
+    columnar_from_ranks: int = 32
 
     def __post_init__(self) -> None:
         if not self.tick_interval_s > 0:
@@ -319,7 +323,7 @@ class Engine:
         return tables
 
     # -- events ---------------------------------------------------------------------------
-    def process(self, event: StepEvent | LogEvent) -> list[Alert]:
+    def process(self, event: StepEvent | LogEvent | StepRecord) -> list[Alert]:
         """Apply one event; return the alerts (firing or resolved) it causes, often none.
 
         A step event may be held until the job's other ranks catch up with it
@@ -346,7 +350,8 @@ class Engine:
         if order is None or order.job is not job:
             order = self._order_for(job)
         now = event.epoch
-        if isinstance(event, StepEvent):
+        if event.kind == "step":  # a StepEvent, or a StepRecord of decoded columns
+            assert not isinstance(event, LogEvent)
             if now <= job.attempt_floor:
                 return out  # a late step of an attempt that is over
             phase = event.phase
@@ -380,8 +385,8 @@ class Engine:
                 state = slots.get(name)
                 if state is None:  # a frame rule's state, in its table
                     state = self._check_out(job, kinds, rank, name)
-                # Nearly every call returns an empty tuple.
-                outcomes = on_step(job, rank, state, event)
+                # Nearly every call returns an empty tuple. (A StepRecord reads as its event.)
+                outcomes = on_step(job, rank, state, cast(StepEvent, event))
                 if outcomes:
                     found = (*found, *outcomes)
             entry = (now, event.rank, step, order.seq, event, found)
@@ -459,6 +464,12 @@ class Engine:
         kinds = self._bound.get(job_id)
         if job is None or kinds is None:
             job, kinds = self._enter(job_id)
+        if len(job.ranks) < self.config.columnar_from_ranks:
+            # A small job: frames of a few rows cost more than they save. Row by row, on
+            # records (no StepEvent built).
+            for event in records(cols, index):
+                out += self.process(event)
+            return out
         self._heard[job_id] = self._awake
         known = job.ranks
         common: list[int] = []  # positions in rows of the common rows not applied yet
@@ -726,7 +737,11 @@ class Engine:
         return order
 
     def _new_attempt(
-        self, job: JobState, kinds: _Kinds, event: StepEvent | LogEvent, out: list[Alert]
+        self,
+        job: JobState,
+        kinds: _Kinds,
+        event: StepEvent | LogEvent | StepRecord,
+        out: list[Alert],
     ) -> tuple[JobState, _Kinds]:
         """The job restarted: finish its previous attempt and start the next with fresh state.
 

@@ -157,9 +157,13 @@ def test_process_columns_matches_process_row_for_row() -> None:
     from rankwatch.schemas.columns import decode_batch
     from rankwatch.streams.testing import state_difference
 
+    from rankwatch.streams.engine import EngineConfig
+
     messages = _life_of_a_job()
     for size in (len(messages), 97, 5, 1):
-        one, other = Engine.with_builtin_detectors(), Engine.with_builtin_detectors()
+        one = Engine.with_builtin_detectors()
+        # Every row that can takes the columnar path, however small the job.
+        other = Engine.with_builtin_detectors(EngineConfig(columnar_from_ranks=0))
         alerts, got = [], []
         for i in range(0, len(messages), size):
             batch = messages[i : i + size]

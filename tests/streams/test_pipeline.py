@@ -179,8 +179,11 @@ def _one_by_one(messages: list[bytes]) -> tuple[list[Alert], Pipeline]:
 def _in_batches(messages: list[bytes], seed: int) -> tuple[list[Alert], Pipeline]:
     import random
 
+    from rankwatch.streams.engine import EngineConfig
+
     rng = random.Random(seed)
-    pipeline = Pipeline(Engine.with_builtin_detectors())
+    # Every row that can takes the columnar path, however small the job.
+    pipeline = Pipeline(Engine.with_builtin_detectors(EngineConfig(columnar_from_ranks=0)))
     pipeline.feed_clock_from_events()
     alerts: list[Alert] = []
     i = 0
