@@ -27,7 +27,7 @@ State: per rank with a fate one short list; plain data.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -48,6 +48,7 @@ from rankwatch.streams.detectors.log_patterns import (
 from rankwatch.streams.detectors.stacks import parse_stack
 from rankwatch.streams.exceptions import DetectorConfigError
 from rankwatch.streams.findings import Finding, Outcome, Resolution
+from rankwatch.streams.frames import StepFrame
 
 RULE = "job_stopped"
 
@@ -179,6 +180,22 @@ class JobStopped:
         if fate is not None and (fate[_KIND] == STUCK or event.epoch > fate[_T]):
             # It stepped on: not stuck after all, or it survived what it reported.
             del fates[rank.rank]
+
+    def on_frame(
+        self, job: JobState, state: dict[str, Any], frame: StepFrame, events: Sequence[Any]
+    ) -> None:
+        """:meth:`on_step` of each row of a frame, in order. The step period and the fates
+        are apart (neither reads the other), and a frame holds each rank once: its fate is
+        judged on its one row."""
+        if StepPeriod.observe_frame(state, frame, events):
+            state["restarting"] = False
+        fates = state["fates"]
+        if not fates:  # the usual frame: no rank has said how it ended
+            return
+        for i, r in enumerate(frame.ranks.tolist()):
+            fate = fates.get(r)
+            if fate is not None and (fate[_KIND] == STUCK or events[i].epoch > fate[_T]):
+                del fates[r]
 
     # -- decisions --------------------------------------------------------------------------
     def on_tick(self, job: JobState, state: dict[str, Any], now: float) -> Iterable[Outcome]:

@@ -9,18 +9,24 @@ how fast the job's highest step advances (:class:`StepPeriod`).
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
+
+import numpy as np
 
 from rankwatch.schemas import Action, Severity, StepEvent
 from rankwatch.streams.detectors.base import JobState, RankState
 from rankwatch.streams.exceptions import DetectorConfigError
 from rankwatch.streams.findings import Finding, Outcome, Resolution
+from rankwatch.streams.frames import StepFrame
 
 _PERIOD_ALPHA = 0.1  # EWMA weight of one new step period
 _PERIOD_CLAMP = 4.0  # one sample may move the estimate by at most this factor (a checkpoint)
 _DOWN = "down"  # progress_hang's watch while the job was silent: disarmed until its next step
+#: From this many rows on, a frame's advancing rows are found in numpy; below it a Python pass
+#: over the steps costs less than numpy's fixed cost per call.
+_NUMPY_FROM = 32
 
 
 class StepPeriod:
@@ -53,6 +59,36 @@ class StepPeriod:
                 state["period"] = sample
         state["ms"] = step
         state["mt"] = max(at, now)
+        return True
+
+    @staticmethod
+    def observe_frame(state: dict[str, Any], frame: StepFrame, events: Sequence[Any]) -> bool:
+        """:meth:`observe` of a frame's rows in order, called only on the rows that advance the
+        job's highest step (the others leave the state as it is); True when one did.
+
+        A row advances it when its step is above the state's and every earlier row's: in a
+        healthy frame that is the first row of each new step, a handful of a frame's rows."""
+        steps = frame.steps
+        n = len(steps)
+        if not n:
+            return False
+        last = state["ms"]
+        observe = StepPeriod.observe
+        if n < _NUMPY_FROM:
+            advanced = False
+            for i, step in enumerate(steps.tolist()):
+                if step > state["ms"]:
+                    observe(state, events[i])
+                    advanced = True
+            return advanced
+        if not steps.max() > last:
+            return False  # the usual frame after its first step: nothing new
+        # The highest step before each row: the state's, then the running maximum.
+        before = np.empty_like(steps)
+        before[0] = last
+        np.maximum(np.maximum.accumulate(steps[:-1]), last, out=before[1:])
+        for i in np.flatnonzero(steps > before).tolist():
+            observe(state, events[i])
         return True
 
 
@@ -125,6 +161,12 @@ class RankSilentDetector:
         # Only the first rank to report a step moves the pace: the others skip the call.
         if event.step > state["ms"]:
             StepPeriod.observe(state, event)
+
+    def on_frame(
+        self, job: JobState, state: dict[str, Any], frame: StepFrame, events: Sequence[Any]
+    ) -> None:
+        """:meth:`on_step` of each row of a frame, in order."""
+        StepPeriod.observe_frame(state, frame, events)
 
     def on_tick(self, job: JobState, state: dict[str, Any], now: float) -> Iterable[Outcome]:
         cfg = self.config
@@ -307,6 +349,13 @@ class ProgressHangDetector:
     ) -> None:
         # Only the first rank to report a step moves the pace: the others skip the call.
         if event.step > state["ms"] and StepPeriod.observe(state, event):
+            state["watch"] = None
+
+    def on_frame(
+        self, job: JobState, state: dict[str, Any], frame: StepFrame, events: Sequence[Any]
+    ) -> None:
+        """:meth:`on_step` of each row of a frame, in order."""
+        if StepPeriod.observe_frame(state, frame, events):
             state["watch"] = None
 
     def on_tick(self, job: JobState, state: dict[str, Any], now: float) -> Iterable[Outcome]:

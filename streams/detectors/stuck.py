@@ -32,7 +32,7 @@ alerts say it all, and no hang is raised.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -43,6 +43,7 @@ from rankwatch.streams.detectors.log_patterns import HANG
 from rankwatch.streams.detectors.stacks import parse_stack
 from rankwatch.streams.exceptions import DetectorConfigError
 from rankwatch.streams.findings import Finding, Outcome, Resolution
+from rankwatch.streams.frames import StepFrame
 
 RULE = "hang"
 KEY = "stuck"  # its own incident: the event-time hang and the watchdog records have theirs
@@ -130,6 +131,19 @@ class StuckRanks:
         entry = state["stuck"].get(rank.rank)
         if entry is not None and event.step >= entry[_STEP]:
             del state["stuck"][rank.rank]  # it finished the step it was stuck in
+
+    def on_frame(
+        self, job: JobState, state: dict[str, Any], frame: StepFrame, events: Sequence[Any]
+    ) -> None:
+        """:meth:`on_step` of each row of a frame, in order (each rank once, so in any order:
+        a row reads and clears its own rank's entry alone)."""
+        stuck: dict[int, list[Any]] = state["stuck"]
+        if not stuck:  # the usual frame: no rank is stuck
+            return
+        for r, step in zip(frame.ranks.tolist(), frame.steps.tolist(), strict=True):
+            entry = stuck.get(r)
+            if entry is not None and step >= entry[_STEP]:
+                del stuck[r]
 
     def on_tick(self, job: JobState, state: dict[str, Any], now: float) -> Iterable[Outcome]:
         if state["since"] is None:

@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
+import noisy_steps
 import pytest
 from synth import T0, Fault, RunShape, healthy_run
 
 from rankwatch.schemas import Alert, LogEvent, StepEvent
+from rankwatch.simulate import JobSpec, simulate
+from rankwatch.simulate.scenarios import SCENARIOS
 from rankwatch.streams import DetectorConfigError, Engine
 from rankwatch.streams.detectors import crossrank, logs
-from rankwatch.streams.detectors.liveness import ProgressHangConfig, RankSilentConfig
-from rankwatch.streams.detectors.straggler import StragglerConfig
+from rankwatch.streams.detectors.base import JobState
+from rankwatch.streams.detectors.liveness import (
+    ProgressHangConfig,
+    ProgressHangDetector,
+    RankSilentConfig,
+    RankSilentDetector,
+)
+from rankwatch.streams.detectors.straggler import StragglerConfig, StragglerDetector
+from rankwatch.streams.findings import Outcome
+from rankwatch.streams.frames.testing import assert_job_frames_match_scalar
 
 
 def engine() -> Engine:
@@ -298,3 +311,148 @@ def test_per_rank_state_stays_small() -> None:
     memory = job.slots["log_rules"]["mem"][3]
     assert len(straggler_entry) == 10
     assert len(memory) == 5 * 4
+
+
+# -- the frame path (on_frame) against on_step -------------------------------------------------
+
+
+class Fresh:
+    """A rule whose ticks see every rank as just heard from: the frame checker's jobs keep no
+    bookkeeping (``last_seen`` stays -inf), and straggler judges only fresh ranks."""
+
+    def __init__(self, rule: Any) -> None:
+        self.rule = rule
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.rule, name)
+
+    def on_tick(self, job: JobState, state: dict[str, Any], now: float) -> Iterable[Outcome]:
+        for rs in job.ranks.values():
+            rs.last_seen = now
+        return self.rule.on_tick(job, state, now)
+
+
+class Seeded:
+    """A rule whose job state starts as given (an older snapshot's, say), not empty."""
+
+    def __init__(self, rule: Any, state: dict[str, Any]) -> None:
+        self.rule, self.state = rule, state
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.rule, name)
+
+    def new_job_state(self) -> dict[str, Any]:
+        return copy.deepcopy(self.state)
+
+
+def _frame_rules() -> list[Any]:
+    return [
+        StragglerDetector(),
+        Fresh(
+            StragglerDetector(StragglerConfig(warmup_samples=2, window=4, min_flagged=3, recover=4))
+        ),
+        RankSilentDetector(),
+        ProgressHangDetector(),
+        ProgressHangDetector(ProgressHangConfig(min_stall_s=3.0, step_periods=2.0)),
+    ]
+
+
+def _timings(rng: random.Random, rank: int, step: int) -> dict[str, float | None]:
+    """Compute, data, throughput and step time, each missing now and then; rank 3 computes
+    three times as long from step 40 on."""
+
+    def maybe(p: float, value: float) -> float | None:
+        return None if rng.random() < p else value
+
+    slow = 3.0 if rank == 3 and step >= 40 else 1.0
+    return {
+        "compute_time_s": maybe(0.05, 0.8 * slow * (1 + rng.gauss(0, 0.03))),
+        "data_time_s": maybe(0.1, 0.01 * (1 + abs(rng.gauss(0, 0.3)))),
+        "throughput_tokens_per_sec": maybe(0.3, 8000 * rng.uniform(0.95, 1.05)),
+        "step_time_s": maybe(0.2, 0.9),
+    }
+
+
+@pytest.mark.parametrize("ranks", [12, 48])
+@pytest.mark.parametrize("seed", range(2))
+def test_the_frame_path_leaves_the_state_on_step_leaves(seed: int, ranks: int) -> None:
+    events = noisy_steps.noisy_job(seed, _timings, ranks=ranks, steps=100)
+    found = 0
+    for rule in _frame_rules():
+        for interval in (0.3, 1.0, 4.0):  # frames of a few rows to whole steps
+            n = assert_job_frames_match_scalar(rule, events, tick_interval_s=interval)
+            if isinstance(rule, Fresh):
+                found += n
+    assert found > 0  # the straggler was judged both ways, not merely nothing both ways
+
+
+@functools.cache
+def _simulated(name: str, ranks: int = 40) -> list[StepEvent]:
+    """A simulated job's step events with one fault, in the engine's (time, rank) order."""
+    spec = JobSpec(job_id=f"sim-{name}", ranks=ranks, steps=160, seed=3)
+    fault = SCENARIOS[name](at_step=80, rank=3)
+    steps = [e for e in simulate(spec, [fault], duplicates=0.01) if isinstance(e, StepEvent)]
+    return sorted(steps, key=lambda e: (e.epoch, e.rank))
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_the_frame_path_on_simulated_faults(name: str) -> None:
+    events = _simulated(name)
+    found = sum(assert_job_frames_match_scalar(rule, events) for rule in _frame_rules())
+    if name == "straggler":
+        assert found > 0
+
+
+def _edge_steps(ranks: int = 40) -> list[StepEvent]:
+    """Rows that take the rare turns: no metric at all, a step time alone, throughput alone,
+    a NaN, ranks whose first step comes late, a step reported twice, a step that goes back;
+    then the job stalls while its ranks keep repeating their last step, and resumes."""
+    rng = random.Random(5)
+    out: list[StepEvent] = []
+
+    def add(r: int, step: int, t: float, **metrics: float) -> None:
+        out.append(StepEvent(job_id="edge", rank=r, step=step, timestamp=t, **metrics))
+
+    for s in range(60):
+        for r in range(ranks):
+            if r >= ranks - 3 and s < 30:
+                continue  # late ranks
+            t = T0 + s + r * 1e-3 + rng.uniform(0, 0.3)
+            kind = (7 * s + r) % 11
+            if kind == 0:
+                add(r, s, t)
+            elif kind == 1:
+                add(r, s, t, step_time_s=0.9)
+            elif kind == 2:
+                add(r, s, t, throughput_tokens_per_sec=8000.0)
+            else:
+                add(r, s, t, compute_time_s=0.8 + rng.gauss(0, 0.02), data_time_s=0.01,
+                    step_time_s=0.9)  # fmt: skip
+            if r == 5 and s % 9 == 0:
+                add(r, s, t + 0.05, compute_time_s=0.7)  # the same step again
+            if r == 6 and s % 13 == 0 and s:
+                add(r, s - 3, t + 0.05, data_time_s=0.02)  # a step from the past
+    nan = out[len(out) // 2]
+    out[len(out) // 2] = nan.model_copy(update={"compute_time_s": math.nan})
+    for k in range(20):  # stalled at step 59, events still arriving
+        for r in range(ranks):
+            add(r, 59, T0 + 60 + k + r * 1e-3, compute_time_s=0.8)
+    for s in range(60, 70):
+        for r in range(ranks):
+            add(r, s, T0 + 20 + s + r * 1e-3, compute_time_s=0.8, data_time_s=0.01)
+    return sorted(out, key=lambda e: (e.epoch, e.rank))
+
+
+def test_the_frame_path_on_rare_rows() -> None:
+    events = _edge_steps()
+    hang = ProgressHangDetector(ProgressHangConfig(min_stall_s=3.0, step_periods=2.0))
+    assert assert_job_frames_match_scalar(hang, events) >= 2  # fired, then resolved
+    for rule in _frame_rules():
+        for interval in (0.5, 1.0, 30.0):
+            assert_job_frames_match_scalar(rule, events, tick_interval_s=interval)
+
+
+def test_the_frame_path_replaces_an_older_snapshots_entries() -> None:
+    events = _edge_steps()
+    old = {"r": {r: [0.5, 0.01, math.nan, 0.9, 7, 0, 0, 3, 3] for r in range(0, 40, 3)}}
+    assert_job_frames_match_scalar(Seeded(StragglerDetector(), old), events)
