@@ -47,16 +47,20 @@ A tick where fewer ranks than needed were heard from lately (``stale_s``) judges
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from statistics import median
 from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
 
 from rankwatch.schemas import Action, Severity, StepEvent
 from rankwatch.streams.detectors import _metric_config as check
 from rankwatch.streams.detectors.base import JobState, RankState
 from rankwatch.streams.exceptions import DetectorConfigError
 from rankwatch.streams.findings import Finding, Outcome, Resolution
+from rankwatch.streams.frames.frame import StepFrame
 
 _NAN = math.nan
 _NOTHING: tuple[()] = ()
@@ -69,6 +73,14 @@ _WORST = 3  # ranks named in a summary
 #: One step counts for at most this many of the rank's typical steps: a pause (a checkpoint
 #: save, an unmarked evaluation) moves the level like a few slow batches, not like an hour.
 _CLAMP = 8.0
+
+Floats = npt.NDArray[np.float64]
+Mask = npt.NDArray[np.bool_]
+Rows = npt.NDArray[np.intp] | slice
+Column = tuple[Floats, Mask]  # (values, present) of a metric
+_TIMES = ("step_time_s", "data_time_s", "compute_time_s")
+#: Integers up to this are exact as float64 (a frame's steps are read as floats).
+_EXACT = 2**53
 
 _INPUT_ADVICE = (
     "more DataLoader workers (num_workers), pin_memory=True and a larger prefetch_factor, "
@@ -242,6 +254,129 @@ class _JobShare:
         ``x`` while still nan)."""
         raise NotImplementedError
 
+    # -- per frame: the same, as columns -----------------------------------------------------
+    # A frame holds each rank at most once, so its rows touch distinct entries: they are read
+    # out as columns (one transpose of the entry lists), updated with numpy by the scalar
+    # arithmetic written elementwise (the same float64 operations in the same order, so the
+    # same floats bit for bit; a selection where on_step has an ``if``), and written back in
+    # place. Per row this is a few list operations, not on_step's call, attribute reads and
+    # branches (see the tests for the measurement).
+    _metric: ClassVar[str]  # the metric ``_measure`` reads
+
+    def on_frame(
+        self, job: JobState, state: dict[str, Any], frame: StepFrame, events: list[Any]
+    ) -> None:
+        """:meth:`on_step` of every row of ``frame``, leaving ``state`` exactly as it would."""
+        measured = frame.metric(self._metric)
+        if measured is None:
+            return
+        values, present = measured
+        # Rows without the measure are skipped as on_step skips them: not even an entry.
+        rows: Rows = slice(None) if present.all() else np.flatnonzero(present)
+        step = frame.steps[rows]
+        count = len(step)
+        if not count:
+            return
+        ranks = frame.ranks[rows].tolist()
+        entries: dict[int, list[Any]] = state["r"]
+        es: list[Any] = list(map(entries.get, ranks))
+        if None in es:
+            for i, r in enumerate(ranks):  # in row order: the table's order is on_step's
+                if es[i] is None:
+                    es[i] = entries[r] = [0, -math.inf, -1, _NAN, _NAN, _NAN, _NAN, -math.inf]
+        n_, t_, p_, v_, s_, d_, o_, seen_ = zip(*es, strict=True)
+        f64 = np.float64
+        n = np.fromiter(n_, np.int64, count) + 1
+        last_t = np.fromiter(t_, f64, count)
+        last_step = np.fromiter(p_, f64, count)
+        if np.abs(step).max() >= _EXACT or np.abs(last_step).max() >= _EXACT:
+            # Steps past 2**53 are not exact as float64 (the last steps are read as floats):
+            # on_step itself, row by row (on the entries just made, as it would make them).
+            ranks_of = job.ranks
+            for e in events:
+                self.on_step(job, ranks_of[e.rank], state, e)
+            return
+        typical = np.fromiter(s_, f64, count)
+        now = frame.times[rows]
+        times = _columns(frame, rows)
+        with np.errstate(all="ignore"):  # nan and inf are handled as on_step handles them
+            # The step's length: step_time_s, else data + compute, else nan; the period
+            # where that is longer (or nan); at most _CLAMP typical steps.
+            given, data, compute = times
+            st = np.full(count, _NAN)
+            if data is not None and compute is not None:
+                st = np.where(data[1] & compute[1], data[0] + compute[0], st)
+            if given is not None:
+                st = np.where(given[1], given[0], st)
+            period = (now - last_t) / (step - last_step)
+            st = np.where((last_step >= 0) & (step > last_step) & ~(st >= period), period, st)
+            cap = _CLAMP * typical
+            st = np.where((typical > 0) & (cap < st), cap, st)
+            counted = (n > self._warmup) & ~(job.phase_since > last_t) & (st > 0)
+            new = int(np.count_nonzero(counted))
+            if not new:
+                # Warm-up, the step after a phase: the count and the last step, nothing else.
+                for e, k, t, p in zip(es, n.tolist(), now.tolist(), step.tolist(), strict=True):
+                    e[_N], e[_T], e[_P] = k, t, p
+                return
+            v = np.fromiter(v_, f64, count)
+            v, typical = self._fold_frame(counted, values[rows], st, times, v, typical)
+            d, o = self._fold_breakdown(counted, st, times, d_, o_)
+        at = seen = now.tolist()
+        if new < count:
+            seen = np.where(counted, now, np.fromiter(seen_, f64, count)).tolist()
+        for e, row in zip(
+            es,
+            zip(
+                n.tolist(),
+                at,
+                step.tolist(),
+                v.tolist(),
+                typical.tolist(),
+                d,
+                o,
+                seen,
+                strict=True,
+            ),
+            strict=True,
+        ):
+            e[:] = row
+        state["new"] += new
+
+    def _fold_frame(
+        self,
+        counted: Mask,
+        value: Floats,
+        step_s: Floats,
+        times: tuple[Column | None, Column | None, Column | None],
+        v: Floats,
+        s: Floats,
+    ) -> tuple[Floats, Floats]:
+        """:meth:`_fold` of the ``counted`` rows into the measure's and the step's EWMAs, as
+        columns: the new ``v, s`` (the other rows' as given). ``times`` are the rows'
+        (step_time_s, data_time_s, compute_time_s), each ``(values, present)`` or None."""
+        alpha = self._alpha
+        x = self._sample(value, step_s)
+        v = np.where(counted, np.where(v != v, x, v + alpha * (x - v)), v)
+        s = np.where(counted, np.where(s != s, step_s, s + alpha * (step_s - s)), s)
+        return v, s
+
+    def _sample(self, value: Floats, step_s: Floats) -> Floats:
+        """The measure's sample of each row, as ``_fold`` takes it."""
+        raise NotImplementedError
+
+    def _fold_breakdown(
+        self,
+        counted: Mask,
+        step_s: Floats,
+        times: tuple[Column | None, Column | None, Column | None],
+        d: tuple[float, ...],
+        o: tuple[float, ...],
+    ) -> tuple[Sequence[float], Sequence[float]]:
+        """The data and "other" EWMAs after the ``counted`` rows (as given when the rule keeps
+        none)."""
+        return d, o
+
     # -- per tick ---------------------------------------------------------------------------
     # Each tick judges every rank but raises an outcome rarely: ``_count`` only counts (no
     # list of every rank's level per tick); ``_levels`` and ``_bad`` list the same levels, by
@@ -352,6 +487,7 @@ class InputBoundDetector(_JobShare):
 
     name: ClassVar[str] = "input_bound"
     rule: ClassVar[str] = "input_bound"
+    _metric: ClassVar[str] = "data_time_s"
 
     def __init__(self, config: InputBoundConfig | None = None) -> None:
         self.config = config or InputBoundConfig()
@@ -367,6 +503,9 @@ class InputBoundDetector(_JobShare):
         e[_V] = x if old != old else old + alpha * (x - old)
         old = e[_S]
         e[_S] = step_s if old != old else old + alpha * (step_s - old)
+
+    def _sample(self, value: Floats, step_s: Floats) -> Floats:
+        return np.where(step_s < value, step_s, value)  # min(value, step_s)
 
     def _bar(self, held: bool) -> float:
         bar: float = self.config.resolve_share if held else self.config.share
@@ -450,6 +589,7 @@ class GpuUtilizationDetector(_JobShare):
 
     name: ClassVar[str] = "gpu_utilization"
     rule: ClassVar[str] = "gpu_utilization"
+    _metric: ClassVar[str] = "gpu_utilization"
 
     def __init__(self, config: GpuUtilizationConfig | None = None) -> None:
         self.config = config or GpuUtilizationConfig()
@@ -477,6 +617,41 @@ class GpuUtilizationDetector(_JobShare):
             x = x if x > 0.0 else 0.0  # max(0.0, x): nan and -0.0 give 0.0
             old = e[_O]
             e[_O] = x if old != old else old + alpha * (x - old)
+
+    def _sample(self, value: Floats, step_s: Floats) -> Floats:
+        return value
+
+    def _fold_breakdown(
+        self,
+        counted: Mask,
+        step_s: Floats,
+        times: tuple[Column | None, Column | None, Column | None],
+        d: tuple[float, ...],
+        o: tuple[float, ...],
+    ) -> tuple[Sequence[float], Sequence[float]]:
+        given, data, compute = times
+        if data is None:
+            return d, o
+        alpha = self._alpha
+        count = len(counted)
+        dv, with_d = data
+        with_d = counted & with_d
+        if not with_d.any():
+            return d, o
+        old = np.fromiter(d, np.float64, count)
+        x = np.where(step_s < dv, step_s, dv)  # min(d, step_s)
+        new_d = np.where(with_d, np.where(old != old, x, old + alpha * (x - old)), old).tolist()
+        if compute is None or given is None:
+            return new_d, o
+        with_o = with_d & compute[1] & given[1]
+        if not with_o.any():
+            return new_d, o
+        # Collectives: max(0.0, st - c - d), nan and -0.0 giving 0.0.
+        x = given[0] - compute[0] - dv
+        x = np.where(x > 0.0, x, 0.0)
+        old = np.fromiter(o, np.float64, count)
+        new_o = np.where(with_o, np.where(old != old, x, old + alpha * (x - old)), old).tolist()
+        return new_d, new_o
 
     def _bar(self, held: bool) -> float:
         bar: float = self.config.resolve_bar if held else self.config.bar
@@ -558,6 +733,17 @@ class GpuUtilizationDetector(_JobShare):
     def _resolved(self, levels: list[tuple[int, float]], world: int) -> str:
         util = median(v for _, v in levels) if levels else _NAN
         return f"GPU utilization back to {util:.0f}% (median of {world} ranks)"
+
+
+def _columns(frame: StepFrame, rows: Rows) -> tuple[Column | None, Column | None, Column | None]:
+    """(step_time_s, data_time_s, compute_time_s) of ``rows``: ``(values, present)`` each, or
+    None where no row of the frame carries it."""
+    given, data, compute = (frame.metric(name) for name in _TIMES)
+    return (
+        None if given is None else (given[0][rows], given[1][rows]),
+        None if data is None else (data[0][rows], data[1][rows]),
+        None if compute is None else (compute[0][rows], compute[1][rows]),
+    )
 
 
 def detectors() -> list[Any]:

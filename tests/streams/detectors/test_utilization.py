@@ -4,6 +4,7 @@ evaluation, one slow rank and healthy noise do not fire."""
 
 from __future__ import annotations
 
+import functools
 import math
 import pickle
 import random
@@ -12,11 +13,15 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import noisy_steps
 import pytest
 from synth import T0, run_engine
 
 from rankwatch.schemas import Alert, LogEvent, StepEvent
+from rankwatch.simulate import JobSpec, simulate
+from rankwatch.simulate.scenarios import SCENARIOS
 from rankwatch.streams import DetectorConfigError, Engine
+from rankwatch.streams.detectors.base import JobState, RankState
 from rankwatch.streams.detectors.utilization import (
     GpuUtilizationConfig,
     GpuUtilizationDetector,
@@ -24,6 +29,9 @@ from rankwatch.streams.detectors.utilization import (
     InputBoundDetector,
     detectors,
 )
+from rankwatch.streams.frames import StepFrame
+from rankwatch.streams.frames.testing import assert_job_frames_match_scalar
+from rankwatch.streams.testing import state_difference
 
 #: ``metrics(rank, step, rng)``: one rank's step; ``wall`` (popped) is the time the step took
 #: on that rank when it is not ``step_time_s`` (data fetched outside the timed step).
@@ -488,3 +496,181 @@ def test_a_real_loop_starved_by_its_dataloader_fires() -> None:
 def test_a_real_loop_with_a_fast_dataloader_does_not() -> None:
     events = _real_loop(0.001, 50)
     assert run(iter(events), InputBoundDetector(_QUICK)) == []
+
+
+# -- the frame path (on_frame) leaves the state on_step leaves ------------------------------
+#: Quick settings, so a noisy job of a few hundred steps fires and resolves both rules (no
+#: step counts: the checker's job keeps no highest step).
+_QUICK_IB = InputBoundConfig(
+    warmup_steps=5, sustain_s=30.0, min_steps=0, recover_s=10.0, recover_steps=0, refresh_s=20.0
+)
+_QUICK_GPU = GpuUtilizationConfig(
+    warmup_steps=5, sustain_s=30.0, min_steps=0, recover_s=10.0, recover_steps=0, refresh_s=20.0
+)
+
+
+def _frame_rules() -> list[Any]:
+    return [
+        InputBoundDetector(),
+        GpuUtilizationDetector(),
+        InputBoundDetector(_QUICK_IB),
+        GpuUtilizationDetector(_QUICK_GPU),
+    ]
+
+
+def _noisy_times(rng: random.Random, rank: int, step: int) -> dict[str, float | None]:
+    """A rank's timings and utilization, each sometimes missing; starved of data (and its GPU
+    idle) on most ranks from step 80 to 180; now and then a stall of 30 steps' time; a step
+    time that sometimes leaves out the batch fetch (the period is longer)."""
+
+    def maybe(p: float, value: float) -> float | None:
+        return None if rng.random() < p else value
+
+    bad = 80 <= step < 180 and rank % 8 != 7
+    data = (0.5 if bad else 0.03) * rng.lognormvariate(0, 0.4)
+    if rng.random() < 0.01:
+        data *= 30.0
+    compute = 0.4 * (1 + rng.gauss(0, 0.05))
+    step_s = data + compute + 0.05 * rng.random()
+    if rng.random() < 0.2:
+        step_s = compute  # timed without the fetch
+    return {
+        "data_time_s": maybe(0.05, data),
+        "compute_time_s": maybe(0.1, compute),
+        "step_time_s": maybe(0.15, step_s),
+        "gpu_utilization": maybe(0.05, min(100.0, max(0.0, rng.gauss(45 if bad else 90, 6)))),
+    }
+
+
+@pytest.mark.parametrize(("seed", "ranks"), [(0, 12), (1, 32), (2, 9)])
+def test_the_frame_path_leaves_the_state_on_step_leaves(seed: int, ranks: int) -> None:
+    events = noisy_steps.noisy_job(seed, _noisy_times, ranks=ranks, steps=260, step_s=0.6)
+    found = 0
+    for rule in _frame_rules():
+        for interval in (0.3, 1.0, 4.0):  # frames of a few rows to whole steps
+            found += assert_job_frames_match_scalar(rule, events, tick_interval_s=interval)
+    assert found >= 12  # both quick rules fired and resolved: judged both ways, not silent
+
+
+@functools.cache
+def _simulated(name: str, ranks: int = 24) -> list[StepEvent]:
+    """A simulated job's step events with one fault, in the engine's (time, rank) order, with
+    a GPU utilization (the compute share of the step, noisy) and, from step 60 on, batches
+    fifteen times slower (input-bound) on seven ranks in eight."""
+    spec = JobSpec(job_id=f"sim-{name}", ranks=ranks, steps=160, seed=3)
+    fault = SCENARIOS[name](at_step=80, rank=3)
+    rng = random.Random(name)
+    steps = []
+    for e in simulate(spec, [fault], duplicates=0.01, reorder=0.02):
+        if not isinstance(e, StepEvent):
+            continue
+        update: dict[str, Any] = {}
+        if e.compute_time_s is not None and e.step_time_s:
+            busy = 100 * e.compute_time_s / e.step_time_s + rng.gauss(0, 3)
+            update["gpu_utilization"] = min(100.0, max(0.0, busy))
+        if e.data_time_s is not None and e.step >= 60 and e.rank < 7 * ranks // 8:
+            update["data_time_s"] = 15 * e.data_time_s
+        steps.append(e.model_copy(update=update))
+    return sorted(steps, key=lambda e: (e.epoch, e.rank))
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_the_frame_path_on_simulated_faults(name: str) -> None:
+    events = _simulated(name)
+    for rule in _frame_rules():
+        assert_job_frames_match_scalar(rule, events)
+
+
+def test_the_frame_path_on_a_simulated_starved_job_fires_both_ways() -> None:
+    events = _simulated("healthy")
+    assert assert_job_frames_match_scalar(InputBoundDetector(_QUICK_IB), events) > 0
+
+
+def _edge_steps(ranks: int = 16) -> list[StepEvent]:
+    """Rows that take the rare turns: no timing at all, a step time alone, data and compute
+    without a step time, no measure, NaN values (an unvalidated event), ranks whose first
+    step comes late, a step reported twice, a step that goes back, a stall of an hour."""
+    rng = random.Random(11)
+    out: list[StepEvent] = []
+    t = 1.7e9
+    for step in range(120):
+        t += 0.5
+        for r in range(ranks):
+            if r >= ranks - 2 and step < 40 + 20 * (r - ranks + 2):
+                continue  # late ranks
+            kind = rng.random()
+            values: dict[str, Any] = {
+                "data_time_s": 0.2 * rng.random(),
+                "compute_time_s": 0.3,
+                "step_time_s": 0.5,
+                "gpu_utilization": 100 * rng.random(),
+            }
+            if kind < 0.05:
+                values = {}
+            elif kind < 0.1:
+                values = {"step_time_s": 0.5}
+            elif kind < 0.15:
+                del values["step_time_s"]
+            elif kind < 0.2:
+                values["data_time_s"] = None
+            elif kind < 0.25:
+                values["gpu_utilization"] = None
+            elif kind < 0.3:
+                values["compute_time_s"] = None
+            s = step
+            if rng.random() < 0.03:
+                s = step - 1 - rng.randrange(3)  # the same step again, or one that goes back
+            at = t + 3600.0 if step == 90 else t  # an hour's stall
+            e = StepEvent(job_id="edge", rank=r, step=max(s, 0), timestamp=at + 1e-3 * r)
+            nan = rng.random() < 0.03
+            e = e.model_copy(update={k: math.nan if nan else v for k, v in values.items()})
+            out.append(e)
+        if step == 90:
+            t += 3600.0
+    return sorted(out, key=lambda e: (e.epoch, e.rank))
+
+
+def test_the_frame_path_at_the_edges() -> None:
+    rows = _edge_steps()
+    first = rows[:1]
+    no_measure = [
+        e.model_copy(update={"data_time_s": None, "gpu_utilization": None}) for e in rows[:200]
+    ]
+    only_one = [e.model_copy(update={"data_time_s": None}) if e.rank % 2 else e for e in rows]
+    twice = [e for e in rows[:600] for _ in range(1 + (e.step % 7 == 0))]
+    warm_up = rows[: 16 * 4]  # nothing counted yet
+    huge = [e.model_copy(update={"step": e.step + 2**53}) for e in rows[:400]]
+    for rule in _frame_rules():
+        for events in (rows, first, no_measure, only_one, twice, warm_up, huge):
+            for interval in (0.3, 1.0, 4.0):
+                assert_job_frames_match_scalar(rule, events, tick_interval_s=interval)
+
+
+@pytest.mark.parametrize("make", [InputBoundDetector, GpuUtilizationDetector])
+def test_the_frame_path_after_a_phase_change(make: Callable[[], Any]) -> None:
+    """A rank's first step after an evaluation or a checkpoint is not counted, on both paths:
+    the phase turns at a time between two ranks' steps, mid-frame."""
+    rule = make()
+    slow_data = starved()
+
+    def metrics(rank: int, step: int, rng: random.Random) -> dict[str, Any]:
+        return {**slow_data(rank, step, rng), "gpu_utilization": rng.uniform(30.0, 50.0)}
+
+    events = list(job(metrics, ranks=8, steps=80))
+    by_step: dict[int, list[StepEvent]] = {}
+    for e in events:
+        by_step.setdefault(e.step, []).append(e)
+    jobs = [JobState("job-1"), JobState("job-1")]
+    for j in jobs:
+        j.world_size = 8
+        j.ranks.update({r: RankState(r, f"node{r // 4}") for r in range(8)})
+    scalar, framed = rule.new_job_state(), rule.new_job_state()
+    for step, rows in sorted(by_step.items()):
+        if step in (30, 55):
+            for j in jobs:  # after rank 3's step before, before rank 4's
+                j.phase_since = 0.5 * (by_step[step - 1][3].epoch + by_step[step - 1][4].epoch)
+        for e in rows:
+            rule.on_step(jobs[0], jobs[0].ranks[e.rank], scalar, e)
+        rule.on_frame(jobs[1], framed, StepFrame.from_events(rows), rows)
+        assert state_difference(scalar, framed, "state") is None, step
+    assert scalar["new"] == 8 * (80 - 20) - 2 * 4  # the warm-up and eight steps not counted
