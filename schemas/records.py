@@ -196,6 +196,29 @@ for _name in FROM_EVENT:
 del _name
 
 
+def origins(
+    events: Sequence[Any],
+) -> tuple[list[tuple[StepColumns, list[int], list[int]]], list[int]]:
+    """Where a list of events' values are: ``(columns, positions in events, rows of those
+    columns)`` for the records still reading from their columns, one entry per columns object
+    in order of first appearance, and the positions of every other event (a ``StepEvent``, or
+    a record whose event was built). How a frame gathers a metric of released records with
+    one numpy take per batch rather than an attribute read per row."""
+    groups: dict[int, tuple[StepColumns, list[int], list[int]]] = {}
+    rest: list[int] = []
+    for i, e in enumerate(events):
+        source = getattr(e, "_source", None) if type(e) is StepRecord else None
+        if source is None or isinstance(source, StepEvent):
+            rest.append(i)
+            continue
+        group = groups.get(id(source))
+        if group is None:
+            group = groups[id(source)] = (source, [], [])
+        group[1].append(i)
+        group[2].append(e._row)
+    return list(groups.values()), rest
+
+
 def records(
     columns: StepColumns, rows: Sequence[int] | npt.NDArray[np.integer[Any]]
 ) -> list[StepRecord | StepEvent]:

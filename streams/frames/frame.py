@@ -38,6 +38,7 @@ import numpy as np
 import numpy.typing as npt
 
 from rankwatch.schemas import STEP_METRICS, StepEvent
+from rankwatch.schemas.records import origins
 
 __all__ = ["METRICS", "StepFrame", "StepRow", "frames_of"]
 
@@ -240,11 +241,12 @@ class _EventColumns(Mapping[str, tuple[Floats, Mask]]):
     """A frame's metric columns, each read from the events on first use; a metric no row
     carries is absent (as in a frame's ``columns``)."""
 
-    __slots__ = ("_events", "_made")
+    __slots__ = ("_events", "_made", "_origins")
 
     def __init__(self, events: Sequence[Any]) -> None:
         self._events = events
         self._made: dict[str, tuple[Floats, Mask] | None] = {}
+        self._origins: Any = None
 
     def __getitem__(self, name: str) -> tuple[Floats, Mask]:
         column: tuple[Floats, Mask] | None = self.get(name)
@@ -260,13 +262,27 @@ class _EventColumns(Mapping[str, tuple[Floats, Mask]]):
         if name not in _METRIC_SET:
             made[name] = None
             return default
-        got = [getattr(e, name) for e in self._events]
-        n = len(got)
-        present = np.fromiter((v is not None for v in got), dtype=np.bool_, count=n)
+        if self._origins is None:
+            self._origins = origins(self._events)
+        groups, rest = self._origins
+        n = len(self._events)
+        values = np.full(n, np.nan)
+        present = np.zeros(n, dtype=np.bool_)
+        for columns, at, rows in groups:  # records of decoded batches: one take per batch
+            column = columns.metrics.get(name)
+            if column is not None:
+                given = column[1][rows]
+                values[at] = np.where(given, column[0][rows], np.nan)  # absent: a plain NaN
+                present[at] = given
+        events = self._events
+        for i in rest:  # events of their own
+            value = getattr(events[i], name)
+            if value is not None:
+                values[i] = value
+                present[i] = True
         if not present.any():
             made[name] = None
             return default
-        values = np.fromiter((np.nan if v is None else v for v in got), np.float64, count=n)
         made[name] = (values, present)
         return made[name]
 

@@ -155,9 +155,8 @@ def test_process_columns_matches_process_row_for_row() -> None:
     """Alerts, and every rank's state after each batch, the same as one event at a time."""
     from rankwatch.schemas import decode
     from rankwatch.schemas.columns import decode_batch
-    from rankwatch.streams.testing import state_difference
-
     from rankwatch.streams.engine import EngineConfig
+    from rankwatch.streams.testing import state_difference
 
     messages = _life_of_a_job()
     for size in (len(messages), 97, 5, 1):
