@@ -51,7 +51,7 @@ GradientDesyncConfig.rel_tolerance must be strictly between 0 and 1, got 2.0
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from statistics import median
@@ -428,6 +428,67 @@ class GradientDesync:
             oldest = min(held)
             if oldest <= step - _LAG or len(held) > _MAX_HELD:
                 self._compare_up_to(state, oldest)
+
+    def on_frame(
+        self, job: JobState, state: dict[str, Any], frame: StepFrame, events: Sequence[Any]
+    ) -> None:
+        """``on_step`` over a frame's rows (each rank once): the finite values found in numpy
+        (a row with neither is skipped at once, whatever the modes), then the rows held and
+        compared in order as ``on_step`` holds and compares them."""
+        norms = frame.metric("gradient_norm")
+        losses = frame.metric("loss") if self._check_loss else None
+        if norms is None and losses is None:
+            return
+        n = len(frame)
+        none: list[float | None] = [None] * n
+        useful = np.zeros(n, dtype=np.bool_)
+        columns: list[list[float | None]] = []
+        for column in (norms, losses):
+            if column is None:
+                columns.append(none)
+                continue
+            values, present = column
+            with np.errstate(invalid="ignore"):
+                ok = present & np.isfinite(values)
+            useful |= ok
+            if ok.all():
+                columns.append(values.tolist())
+            else:
+                # Python floats (the same doubles) where finite, None elsewhere.
+                held_values = values.astype(object)
+                held_values[~ok] = None
+                columns.append(held_values.tolist())
+        if not useful.any():
+            return
+        rows = np.flatnonzero(useful).tolist()
+        ranks, steps = frame.ranks.tolist(), frame.steps.tolist()
+        norm_of, loss_of = columns
+        modes = state["mode"]
+        held: dict[int, dict[int, list[float | None]]] = state["p"]
+        world = job.world_size or len(job.ranks)
+        compare_up_to = self._compare_up_to
+        # Read again after every comparison: one may end the learning of a metric (-> local)
+        # and move "done" on.
+        local_norm, local_loss, done = modes[0] == _LOCAL, modes[1] == _LOCAL, state["done"]
+        for i in rows:
+            norm = None if local_norm else norm_of[i]
+            loss = None if local_loss else loss_of[i]
+            step = steps[i]
+            if (norm is None and loss is None) or step <= done:
+                continue
+            at_step = held.setdefault(step, {})
+            at_step[ranks[i]] = [norm, loss]
+            if len(at_step) >= world:
+                compare_up_to(state, step)
+            elif len(held) > 1:
+                oldest = min(held)
+                if oldest <= step - _LAG or len(held) > _MAX_HELD:
+                    compare_up_to(state, oldest)
+                else:
+                    continue
+            else:
+                continue
+            local_norm, local_loss, done = modes[0] == _LOCAL, modes[1] == _LOCAL, state["done"]
 
     def on_tick(self, job: JobState, state: dict[str, Any], now: float) -> Iterable[Outcome]:
         if not state.get("live"):

@@ -31,9 +31,11 @@ from __future__ import annotations
 import math
 import struct
 from array import array
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+
+import numpy as np
 
 from rankwatch.schemas import Action, LogEvent, Severity, StepEvent
 from rankwatch.streams.detectors._classified import classified
@@ -54,6 +56,7 @@ from rankwatch.streams.detectors.log_patterns import (
 )
 from rankwatch.streams.exceptions import DetectorConfigError
 from rankwatch.streams.findings import Finding, Outcome
+from rankwatch.streams.frames import StepFrame
 
 __all__ = [
     "CrashConfig",
@@ -69,6 +72,7 @@ CRASH = "crash"
 _MEM_FIELDS = 4  # per reading: step, gpu_memory_usage %, allocated MB, reserved MB
 #: One reading as the bytes of an ``array("d")`` (native C doubles, as the array stores them).
 _pack_reading = struct.Struct(f"@{_MEM_FIELDS}d").pack
+_MEM_METRICS = ("gpu_memory_usage", "gpu_memory_allocated_mb", "gpu_memory_reserved_mb")
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,6 +319,47 @@ class LogRulesDetector:
         readings.frombytes(_pack_reading(event.step, pct, alloc, reserved))
         if len(readings) > mem_len:
             del readings[:_MEM_FIELDS]
+
+    def on_frame(
+        self, job: JobState, state: dict[str, Any], frame: StepFrame, events: Sequence[Any]
+    ) -> None:
+        """``on_step`` over a frame's rows (each rank once): the readings of every row with a
+        memory metric packed in one numpy pass (the same doubles ``on_step`` packs, NaN for a
+        missing one), then appended rank by rank."""
+        mem_len = self._mem_len
+        if not mem_len:
+            return
+        columns = [frame.metric(name) for name in _MEM_METRICS]
+        given = [column for column in columns if column is not None]
+        if not given:
+            return
+        present = given[0][1]
+        for _, more in given[1:]:
+            present = present | more
+        rows = np.flatnonzero(present)
+        if not len(rows):
+            return
+        block = np.empty((len(rows), _MEM_FIELDS), dtype=np.float64)
+        # A step is a C double in on_step's pack too (correctly rounded: the same value).
+        block[:, 0] = frame.steps[rows]
+        for j, column in enumerate(columns, start=1):
+            if column is None:
+                block[:, j] = math.nan
+            else:
+                values, given_here = column
+                block[:, j] = np.where(given_here[rows], values[rows], math.nan)
+        data = memoryview(block.tobytes())
+        mem: dict[int, array[float]] = state["mem"]
+        size = _MEM_FIELDS * 8
+        at = 0
+        for r in frame.ranks[rows].tolist():
+            readings = mem.get(r)
+            if readings is None:
+                readings = mem[r] = array("d")
+            readings.frombytes(data[at : at + size])
+            at += size
+            if len(readings) > mem_len:
+                del readings[:_MEM_FIELDS]
 
     def on_tick(self, job: JobState, state: dict[str, Any], now: float) -> Iterable[Outcome]:
         out: list[Outcome] = []

@@ -40,17 +40,20 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from statistics import median
 from typing import Any, ClassVar
+
+import numpy as np
 
 from rankwatch.schemas import KNOWN_LR_SCHEDULES, Action, Severity, StepEvent
 from rankwatch.streams.detectors import _metric_config as check
 from rankwatch.streams.detectors.base import JobState, RankState
 from rankwatch.streams.exceptions import DetectorConfigError
 from rankwatch.streams.findings import Finding, Outcome, Resolution
+from rankwatch.streams.frames import StepFrame
 
 #: Declared names whose curve is judged; ``other`` and unknown names are not.
 JUDGED = frozenset(KNOWN_LR_SCHEDULES)
@@ -222,6 +225,72 @@ class LrSchedule:
         if decl != e[_DECL]:
             e[_DECL:_BITS] = [decl, *_new_entry()[_PEAK:_BITS]]
         self._judge(e, name, step, lr, warmup, total, memo)
+
+    def on_frame(
+        self, job: JobState, state: dict[str, Any], frame: StepFrame, events: Sequence[Any]
+    ) -> None:
+        """``on_step`` over a frame's rows (each rank once), the rows without an LR skipped at
+        once; the same updates in the same order, read from the frame's columns."""
+        column = frame.metric("learning_rate")
+        if column is None:
+            return
+        values, present = column
+        if present.all():
+            rows: Iterable[int] = range(len(present))
+            ranks, steps, lrs = frame.ranks.tolist(), frame.steps.tolist(), values.tolist()
+        else:
+            where = np.flatnonzero(present)
+            rows = where.tolist()
+            ranks = frame.ranks[where].tolist()
+            steps = frame.steps[where].tolist()
+            lrs = values[where].tolist()
+        entries: dict[int, list[Any]] = state["r"]
+        judge = self._judge
+        for i, r, step, lr in zip(rows, ranks, steps, lrs, strict=True):
+            e = entries.get(r)
+            if e is None:
+                e = entries[r] = _new_entry()
+            if step != e[_STEP]:
+                e[_PSTEP], e[_PLR] = e[_STEP], e[_LR]
+            e[_STEP], e[_LR] = step, lr
+            event = events[i]
+            name = event.lr_schedule
+            if name not in JUDGED:
+                if e[_DECL]:
+                    e[_DECL:_BITS] = _new_entry()[_DECL:_BITS]
+                continue
+            total = event.lr_total_steps
+            if name in _NEEDS_TOTAL and total is None:
+                if e[_DECL]:
+                    e[_DECL:_BITS] = _new_entry()[_DECL:_BITS]
+                continue
+            warmup = 0 if name == "constant" else event.lr_warmup_steps or 0
+            memo = self._decl
+            if memo[0] != name or memo[1] != warmup or memo[2] != total:
+                memo = self._decl = (name, warmup, total, f"{name}|{warmup}|{total}")
+            decl = memo[3]
+            if decl != e[_DECL]:
+                e[_DECL:_BITS] = [decl, *_new_entry()[_PEAK:_BITS]]
+            # The usual judged report: past warm-up, the peak known, the curve and the band
+            # of this step memoised by an earlier rank, within the band, no incident: what
+            # _judge does then, inline.
+            peak = e[_PEAK]
+            curve, band = self._memo, self._band
+            if (
+                step > warmup
+                and band[1] == peak
+                and band[0] is curve
+                and curve[0] is memo
+                and curve[1] == step
+                and name != "cosine_with_restarts"
+                and not e[_BAD]
+            ):
+                _, _, expected, lo, hi = band
+                if lo <= lr <= hi:
+                    e[_EXP], e[_LO], e[_HI] = expected, lo, hi
+                    e[_OFF] = 0
+                    continue
+            judge(e, name, step, lr, warmup, total, memo)
 
     def _judge(
         self,

@@ -28,6 +28,8 @@ import pytest
 from synth import T0, Fault, healthy_run, run_engine
 
 from rankwatch.schemas import Alert, StepEvent
+from rankwatch.simulate import JobSpec, simulate
+from rankwatch.simulate.scenarios import SCENARIOS
 from rankwatch.streams import DetectorConfigError, Engine
 from rankwatch.streams.detectors.gradient_health import (
     GradientDesync,
@@ -36,7 +38,10 @@ from rankwatch.streams.detectors.gradient_health import (
     GradientVanishingConfig,
     VanishingState,
 )
-from rankwatch.streams.frames.testing import assert_frames_match_scalar
+from rankwatch.streams.frames.testing import (
+    assert_frames_match_scalar,
+    assert_job_frames_match_scalar,
+)
 
 
 def engine(*detectors: Any) -> Engine:
@@ -537,3 +542,85 @@ def test_the_vanishing_frame_path_without_norms_or_losses() -> None:
     # The same norms with their losses do fire.
     events = noisy_steps.noisy_job(5, _norms(150, 10**9), ranks=6, steps=250)
     assert assert_frames_match_scalar(rule, events) > 0
+
+
+# -- the frame path of gradient_desync (issue 14): the same state and ticks as on_step --------
+
+
+def _synchronous(seed: int, *, local: bool = False) -> noisy_steps.Values:
+    """A job's all-reduced norms and losses (every rank the same value at a step: drawn from
+    the step alone); from step 80 to 150 every rank's norm its own (the job split), from 200
+    to 260 the loss of every fourth rank off by 10%; overflow skips on every rank (inf, nan),
+    bf16-like rounding on a few rows, missing values, negative zeros. ``local``: each rank its
+    own values throughout. (The ranks of a noisy job drift apart by up to 20% of their steps,
+    so a step is compared among the fastest ranks only: faults of one rank may go unseen.)"""
+
+    def value(rng: random.Random, rank: int, step: int) -> dict[str, float | None]:
+        shared = random.Random(seed * 1_000_003 + step * 7 + (rank if local else 0))
+        g: float | None = (1 + 5 * math.exp(-step / 20)) * shared.lognormvariate(0, 0.3)
+        loss: float | None = 2.0 + math.exp(-step / 90) + shared.gauss(0, 0.05)
+        assert g is not None and loss is not None
+        if 80 <= step < 150:
+            g *= rng.lognormvariate(0.3, 0.2)
+        if rank % 4 == 1 and 200 <= step < 260:
+            loss *= 1.1
+        odd = shared.random()
+        if odd < 0.03:
+            g = shared.choice([math.inf, math.nan, -math.inf])  # an overflow skip, every rank
+        elif odd < 0.04:
+            g = -0.0
+        odd = rng.random()
+        if odd < 0.03:
+            g = None
+        elif odd < 0.05:
+            loss = None
+        elif odd < 0.06:
+            loss = math.nan
+        elif odd < 0.1:
+            g = g * (1 + rng.uniform(-5e-3, 5e-3))  # summation order, bf16 rounding
+        return {"gradient_norm": g, "loss": loss}
+
+    return value
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_desync_frame_path_leaves_the_state_and_ticks_on_step_leaves(seed: int) -> None:
+    events = noisy_steps.noisy_job(seed, _synchronous(seed), ranks=12, steps=300)
+    assert_job_frames_match_scalar(GradientDesync(), events)
+    tight = GradientDesyncConfig(
+        learn_steps=3, window=3, min_flagged=1, recover=1, refresh_s=5.0, agree_fraction=0.5
+    )
+    assert assert_job_frames_match_scalar(GradientDesync(tight), events) > 0  # fires, resolves
+    # Ticks far apart: frames of many steps, several compared (and the learning ended) in one.
+    assert assert_job_frames_match_scalar(GradientDesync(tight), events, tick_interval_s=7) > 0
+    no_loss = GradientDesync(GradientDesyncConfig(check_loss=False))
+    assert_job_frames_match_scalar(no_loss, events)
+    # Local values: the metric is learned as local and never compared again.
+    local = noisy_steps.noisy_job(seed, _synchronous(seed, local=True), ranks=12, steps=200)
+    assert assert_job_frames_match_scalar(GradientDesync(), local) == 0
+
+
+@pytest.mark.parametrize("name", ["healthy", "gradient_explosion", "nan_loss", "rank_silent"])
+def test_the_desync_frame_path_over_simulated_jobs(name: str) -> None:
+    spec = JobSpec(job_id=f"sim-{name}", ranks=8, steps=200, seed=5)
+    scenario = SCENARIOS[name](at_step=100, rank=3)
+    simulated = simulate(spec, [scenario], duplicates=0.02, reorder=0.02)
+    events = sorted(
+        (e for e in simulated if isinstance(e, StepEvent)), key=lambda e: (e.epoch, e.rank)
+    )
+    assert_job_frames_match_scalar(GradientDesync(), events)
+
+
+def test_the_desync_frame_path_at_the_edges() -> None:
+    fault = both(global_norm(), desync(5, 60, 120))
+    rows = list(healthy_run(ranks=8, steps=160, fault=fault))
+    first = rows[:1]
+    no_values = [e.model_copy(update={"gradient_norm": None, "loss": None}) for e in rows[:80]]
+    nan = [e.model_copy(update={"gradient_norm": math.nan, "loss": math.inf}) for e in rows[:80]]
+    twice = [e for e in rows for _ in range(1 + (e.step % 9 == 0 and e.rank % 3 == 0))]
+    missing_rank = [e for e in rows if e.rank != 6 or not 40 <= e.step < 70]
+    for events in (first, no_values, nan, twice, missing_rank):
+        assert_job_frames_match_scalar(GradientDesync(), events)
+    # A synchronous job in step with one rank off, then back: fires and resolves both ways.
+    assert assert_job_frames_match_scalar(GradientDesync(), rows) >= 2
+    assert assert_job_frames_match_scalar(GradientDesync(), twice) >= 2

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
+from noisy_steps import noisy_job
 from synth import T0, healthy_run
 
 from rankwatch.schemas import Alert, LogEvent, StepEvent
+from rankwatch.simulate import JobSpec, simulate
+from rankwatch.simulate.scenarios import SCENARIOS
 from rankwatch.streams import DetectorConfigError, Engine
 from rankwatch.streams.detectors import logs
+from rankwatch.streams.detectors.base import JobState, RankState
 from rankwatch.streams.detectors.log_episodes import EpisodeConfig
+from rankwatch.streams.frames import StepFrame
+from rankwatch.streams.frames.testing import assert_job_frames_match_scalar
 
 
 def log(rank: int, t: float, message: str, level: str = "ERROR", **kw: object) -> LogEvent:
@@ -259,3 +267,72 @@ def test_configs_are_validated() -> None:
 def test_a_family_can_be_turned_off() -> None:
     e = Engine([logs.LogRulesDetector(logs.LogRulesConfig(oom=None))])
     assert e.process(log(3, 0, "RuntimeError: CUDA out of memory. Tried to allocate 2 GiB")) == []
+
+
+# -- the frame path of the memory readings (issue 14): the same state as on_step -------------
+
+
+def _simulated(name: str, ranks: int = 8, steps: int = 160) -> list[StepEvent]:
+    """A simulated job with one fault: its step events only, in (event time, rank) order,
+    with a few duplicates (a rank's step twice) and reordered deliveries."""
+    spec = JobSpec(job_id=f"sim-{name}", ranks=ranks, steps=steps, seed=5)
+    scenario = SCENARIOS[name](at_step=steps // 2, rank=min(3, ranks - 1))
+    events = simulate(spec, [scenario], duplicates=0.02, reorder=0.02)
+    return sorted((e for e in events if isinstance(e, StepEvent)), key=lambda e: (e.epoch, e.rank))
+
+
+def _memory_values(rng: random.Random, rank: int, step: int) -> dict[str, float | None]:
+    """Memory readings with any of the three missing (all three now and then), zeros, whole
+    numbers and values of every size; the other metrics as a step carries them."""
+    out: dict[str, float | None] = {
+        "gpu_memory_usage": rng.choice(
+            [rng.uniform(0, 100), 0.0, 100.0, float(rng.randrange(101))]
+        ),
+        "gpu_memory_allocated_mb": rng.choice([rng.uniform(0, 9e4), 0.0, 5e-324, 1e300]),
+        "gpu_memory_reserved_mb": float(rng.randrange(10**6)),
+        "loss": rng.gauss(2.0, 0.1),
+    }
+    for name in ("gpu_memory_usage", "gpu_memory_allocated_mb", "gpu_memory_reserved_mb"):
+        if rng.random() < 0.15:
+            out[name] = None
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_memory_frame_path_leaves_the_state_on_step_leaves(seed: int) -> None:
+    events = noisy_job(seed, _memory_values, ranks=12, steps=200)
+    assert any(e.gpu_memory_usage is None and e.gpu_memory_reserved_mb is None for e in events)
+    for readings in (5, 1, 32):
+        rule = logs.LogRulesDetector(
+            logs.LogRulesConfig(oom=logs.OomConfig(memory_readings=readings))
+        )
+        assert assert_job_frames_match_scalar(rule, events) == 0  # steps alone never alert
+        assert assert_job_frames_match_scalar(rule, events, tick_interval_s=7) == 0
+
+
+@pytest.mark.parametrize("name", ["healthy", "cuda_oom", "memory_leak", "rank_silent"])
+def test_the_memory_frame_path_over_simulated_jobs(name: str) -> None:
+    events = _simulated(name)
+    assert_job_frames_match_scalar(logs.LogRulesDetector(), events)
+
+
+def test_the_memory_frame_path_at_the_edges() -> None:
+    # No memory metric at all, a rank's first step alone, the same step twice, readings off.
+    bare = [step(r, s, s + 0.01 * r, loss=2.0) for s in range(5) for r in range(4)]
+    first = [step(5, 0, 0.0, gpu_memory_usage=50.0)]
+    twice = [
+        step(r, s, s, gpu_memory_allocated_mb=10.0 * s + r)
+        for s in (1, 1, 2, 2, 2)
+        for r in range(3)
+    ]
+    for events in (bare, first, twice, bare + twice):
+        for rule in (logs.LogRulesDetector(), logs.LogRulesDetector(logs.LogRulesConfig(oom=None))):
+            assert assert_job_frames_match_scalar(rule, events) == 0
+    rule = logs.LogRulesDetector()
+    state = rule.new_job_state()
+    job = JobState("job-1")
+    for e in twice:
+        job.ranks.setdefault(e.rank, RankState(e.rank, e.host))
+    rule.on_frame(job, state, StepFrame.from_events(twice[:3]), twice[:3])
+    # One packed reading per rank: step, usage %, allocated, reserved (NaN: not reported).
+    assert repr(state["mem"][2]) == "array('d', [1.0, nan, 12.0, nan])"

@@ -6,15 +6,25 @@ from __future__ import annotations
 
 import math
 import pickle
+import random
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import noisy_steps
 import pytest
 from synth import T0
 
 from rankwatch.schemas import Alert, StepEvent
+from rankwatch.simulate import JobSpec, simulate
+from rankwatch.simulate.scenarios import SCENARIOS
 from rankwatch.streams import DetectorConfigError, Engine
-from rankwatch.streams.detectors.lr_schedule import LrSchedule, LrScheduleConfig, multiplier
+from rankwatch.streams.detectors.lr_schedule import (
+    JUDGED,
+    LrSchedule,
+    LrScheduleConfig,
+    multiplier,
+)
+from rankwatch.streams.frames.testing import assert_job_frames_match_scalar
 
 LrOf = Callable[[int, int], float]  # (rank, step) -> the LR the rank reports
 
@@ -259,3 +269,113 @@ def test_state_is_small_plain_data() -> None:
     state = e.job_state("j").slots["lr_schedule"]
     assert len(pickle.dumps(state)) / 64 < 400
     assert pickle.loads(pickle.dumps(state)) == state
+
+
+# -- the frame path (issue 14): the same state and tick outcomes as on_step -------------------
+
+
+def _declared(events: list[StepEvent], declare: Callable[[int], dict[str, Any]]) -> list[StepEvent]:
+    """``events`` with what ``declare(step)`` declares (lr_schedule, warm-up, total)."""
+    return [e.model_copy(update=declare(e.step)) for e in events]
+
+
+def _noisy_lrs(name: str, warmup: int, total: int, seed: int) -> noisy_steps.Values:
+    """A declared curve with faults: rank 5 on an LR of its own (steps 100-160), every rank's
+    twice the curve (steps 180-220), then stuck (steps 230-290), an LR of 0 on rank 2 (steps
+    300-310); single reports off, float rounding between ranks, missing LRs, and losses that
+    do not matter. (The ranks of a noisy job drift apart by up to 20% of their steps: a fault
+    of one rank is often judged stale, so the faults of every rank are what fire.)"""
+
+    def value(rng: random.Random, rank: int, step: int) -> dict[str, float | None]:
+        lr = 3e-4 * multiplier(name, step, warmup, total)
+        if rank == 5 and 100 <= step < 160:
+            lr *= 1.5
+        if 180 <= step < 220:
+            lr *= 2.0
+        if 230 <= step < 290:
+            lr = 3e-4 * multiplier(name, 230, warmup, total)
+        if rank == 2 and 300 <= step < 310:
+            lr = 0.0
+        odd = rng.random()
+        if odd < 0.1:
+            lr *= 1 + rng.uniform(-1e-6, 1e-6)
+        elif odd < 0.12:
+            lr *= 3.0  # one report off: a streak that ends before it fires
+        return {"learning_rate": None if rng.random() < 0.03 else lr, "loss": rng.gauss(2, 0.1)}
+
+    return value
+
+
+@pytest.mark.parametrize("seed", range(7))
+def test_the_frame_path_leaves_the_state_and_ticks_on_step_leaves(seed: int) -> None:
+    name = sorted(JUDGED)[seed]
+    warmup, total = 20 + seed, 400
+
+    def declare(step: int) -> dict[str, Any]:
+        # The declaration changes: none for a while, "other", a total missing, back.
+        if 320 <= step < 340:
+            return {}
+        if 340 <= step < 350:
+            return {"lr_schedule": "other"}
+        if 350 <= step < 360:
+            return {"lr_schedule": name, "lr_warmup_steps": warmup}
+        return {"lr_schedule": name, "lr_warmup_steps": warmup, "lr_total_steps": total}
+
+    events = noisy_steps.noisy_job(seed, _noisy_lrs(name, warmup, total, seed), steps=400)
+    events = _declared(events, declare)
+    assert assert_job_frames_match_scalar(LrSchedule(), events) > 0
+    tight = LrScheduleConfig(mismatch_reports=1, off_reports=1, recover_reports=1, refresh_s=5)
+    assert assert_job_frames_match_scalar(LrSchedule(tight), events) > 0
+    # Ticks far apart: frames of many steps.
+    assert assert_job_frames_match_scalar(LrSchedule(tight), events, tick_interval_s=7) > 0
+    undeclared = _declared(events, lambda step: {"lr_schedule": None})
+    assert_job_frames_match_scalar(LrSchedule(), undeclared)
+
+
+@pytest.mark.parametrize("name", ["healthy", "straggler", "rank_silent"])
+def test_the_frame_path_over_simulated_jobs(name: str) -> None:
+    spec = JobSpec(job_id=f"sim-{name}", ranks=8, steps=200, seed=5)
+    scenario = SCENARIOS[name](at_step=100, rank=3)
+    simulated = simulate(spec, [scenario], duplicates=0.02, reorder=0.02)
+    events = sorted(
+        (e for e in simulated if isinstance(e, StepEvent)), key=lambda e: (e.epoch, e.rank)
+    )
+    assert_job_frames_match_scalar(LrSchedule(), events)
+    # Declared (the simulated curve is a cosine to 10% of its peak, warm-up one step early).
+    events = _declared(
+        events,
+        lambda step: {"lr_schedule": "cosine", "lr_warmup_steps": 50, "lr_total_steps": 200},
+    )
+    assert_job_frames_match_scalar(LrSchedule(), events)
+
+
+def test_the_frame_path_at_the_edges() -> None:
+    good = curve("cosine", 10, 100)
+    rows = list(job(good, range(1, 60), ranks=6, warmup=10, total=100))
+    # A rank's first step alone; no LR anywhere; the same step twice (a rank's report again,
+    # and a whole step again); a rank that joins late.
+    first = rows[:1]
+    no_lr = [e.model_copy(update={"learning_rate": None}) for e in rows[:30]]
+    twice = [e for e in rows[:120] for _ in range(1 + (e.step % 7 == 0))]
+    repeated = rows[:60] + rows[54:60] + rows[60:]
+    late = [e for e in rows if e.rank != 4 or e.step > 30]
+    for events in (first, no_lr, twice, repeated, late):
+        assert_job_frames_match_scalar(LrSchedule(), events)
+    # Ranks in step (a synchronous job), rank 1 on an LR of its own for a while, then a rank
+    # with a schedule of its own (declared or not): both alerts fire and resolve, both ways.
+    odd = list(
+        job(
+            lambda r, s: good(r, s) * (1.5 if r == 1 and 30 <= s < 50 else 1.0),
+            range(1, 100),
+            ranks=6,
+            warmup=10,
+            total=100,
+            schedule=None,
+        )
+    )
+    assert assert_job_frames_match_scalar(LrSchedule(), odd) >= 2
+    assert assert_job_frames_match_scalar(LrSchedule(), _declared(odd, lambda s: {})) >= 2
+    declared = _declared(
+        odd, lambda s: {"lr_schedule": "cosine", "lr_warmup_steps": 10, "lr_total_steps": 100}
+    )
+    assert assert_job_frames_match_scalar(LrSchedule(), declared) >= 2
