@@ -196,15 +196,31 @@ for _name in FROM_EVENT:
 del _name
 
 
-def origins(
-    events: Sequence[Any],
-) -> tuple[list[tuple[StepColumns, list[int], list[int]]], list[int]]:
+def origins(events: Sequence[Any]) -> tuple[list[tuple[StepColumns, Any, Any]], list[int]]:
     """Where a list of events' values are: ``(columns, positions in events, rows of those
-    columns)`` for the records still reading from their columns, one entry per columns object
-    in order of first appearance, and the positions of every other event (a ``StepEvent``, or
-    a record whose event was built). How a frame gathers a metric of released records with
-    one numpy take per batch rather than an attribute read per row."""
-    groups: dict[int, tuple[StepColumns, list[int], list[int]]] = {}
+    columns)`` (index lists or arrays) for the records still reading from their columns, one
+    entry per columns object in order of first appearance, and the positions of every other
+    event (a ``StepEvent``, or a record whose event was built). How a frame gathers a metric
+    of released records with one numpy take per batch rather than an attribute read per row."""
+    if all(type(e) is StepRecord for e in events):
+        # The common case, in bulk: records of a few batches, none with its event built.
+        sources = [e._source for e in events]
+        by_id = dict(zip(map(id, sources), sources, strict=True))
+        if not any(isinstance(source, StepEvent) for source in by_id.values()):
+            rows = [e._row for e in events]
+            if len(by_id) == 1:
+                return [(cast("StepColumns", sources[0]), list(range(len(events))), rows)], []
+            import numpy as np  # only here, as in records()
+
+            order = {key: k for k, key in enumerate(by_id)}
+            which = np.fromiter(map(order.__getitem__, map(id, sources)), np.intp, len(sources))
+            at = np.array(rows, dtype=np.intp)
+            out: list[tuple[StepColumns, Any, Any]] = []
+            for k, source in enumerate(by_id.values()):
+                positions = np.flatnonzero(which == k)
+                out.append((cast("StepColumns", source), positions, at[positions]))
+            return out, []
+    groups: dict[int, tuple[StepColumns, Any, Any]] = {}
     rest: list[int] = []
     for i, e in enumerate(events):
         source = getattr(e, "_source", None) if type(e) is StepRecord else None
