@@ -21,8 +21,7 @@ import uuid
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from rankwatch.schemas import encode
 from rankwatch.streams.engine import Engine
@@ -39,9 +38,9 @@ class ReplayError(StreamsError):
 _PAUSE_AT = 20_000  # buffered messages per partition before it is paused (bounds memory)
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One input message: where it came from (for error reports) and its bytes."""
+class Record(NamedTuple):
+    """One input message: where it came from (for error reports) and its bytes. (A named
+    tuple: made once per message, it costs a third of a frozen dataclass.)"""
 
     where: str
     value: bytes
