@@ -414,23 +414,34 @@ class Engine(ColumnarSteps):
         ready = order.take_ready(low)
         if not ready:
             return
-        if kinds.framed and len(ready) >= _FRAME_ROWS:
-            self._release_frames(job, kinds, ready, out)
-        else:
-            self._release_rows(job, kinds, ready, out)
+        self._apply_ready(job, kinds, ready, out, bool(kinds.framed) and len(ready) >= _FRAME_ROWS)
         if self.released is not None:
             self.released.append((job.job_id, [e[1] for e in ready]))
 
-    def _release_rows(
-        self, job: JobState, kinds: _Kinds, ready: list[Held], out: list[Alert]
+    def _apply_ready(
+        self, job: JobState, kinds: _Kinds, ready: list[Held], out: list[Alert], frames: bool
     ) -> None:
-        """Apply ready steps one at a time: bookkeeping, findings, every job rule's
-        ``on_step``, and a tick after the first step of each new interval."""
+        """Apply ready steps in order: each row's bookkeeping, findings and job rules'
+        ``on_step``, and a tick after the first step of each new interval. With ``frames``,
+        the job rules that have a frame path (``on_frame``) run once per frame instead
+        (:meth:`_frame`): the rows up to a tick, cut where a rank comes again or the job's
+        phase turns back to training (``phase_since`` is what a rule's ``on_step`` may read
+        of the job). The bookkeeping and the findings stay row by row; a job rule reads
+        neither, so applying them ahead of its frame changes nothing."""
         interval = self.config.tick_interval_s
         ranks = job.ranks
-        jobs = [(jd.on_step, job.slots[jd.name]) for jd in kinds.job]
+        slots = job.slots
+        framed = kinds.framed if frames else {}
+        stepped = [(jd.on_step, slots[jd.name]) for jd in kinds.job if jd.name not in framed]
+        by_frame = [(rule.on_frame, slots[name]) for name, rule in framed.items()]
+        rows: list[Held] = []
+        seen: set[int] = set()
         for entry in ready:
             now, r, step, _, event, found = entry
+            if by_frame and (r in seen or (job.phase != "train" and rows)):
+                self._frame(job, by_frame, rows)
+                rows = []
+                seen.clear()
             rank = ranks[r]
             mine = rank.held
             if mine[0] is entry:
@@ -450,10 +461,19 @@ class Engine(ColumnarSteps):
                 job.max_step = step
             if found:
                 self._apply(job, found, out)
-            for on_step, slot in jobs:
+            for on_step, slot in stepped:
                 on_step(job, rank, slot, event)
+            if by_frame:
+                rows.append(entry)
+                seen.add(r)
             if now - job.last_tick >= interval:
+                if rows:
+                    self._frame(job, by_frame, rows)
+                    rows = []
+                    seen.clear()
                 self._tick(job, kinds, out, now)
+        if rows:
+            self._frame(job, by_frame, rows)
 
     def process_many(self, events: Iterable[StepEvent | LogEvent]) -> list[Alert]:
         out: list[Alert] = []

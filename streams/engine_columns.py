@@ -8,8 +8,8 @@ the common row's bookkeeping in one pass, the per-rank rules that have a frame p
 (each rank once per round); every other row goes through ``Engine.process`` in its place. The
 per-rank frame rules keep their state in the job's rank tables (``JobState.tables``); the scalar
 path checks a rank's state out into its slots and the next frame puts it back. At release,
-:meth:`~ColumnarSteps._release_frames` runs the job rules that have a frame path once per frame
-of released steps.
+:meth:`~ColumnarSteps._frame` runs the job rules that have a frame path once per frame
+of released steps (``Engine._apply_ready``).
 
 The alerts are those of ``Engine.process`` of each event in turn, ids included: the tests
 check it row for row (``tests/streams/test_engine.py``, ``tests/streams/test_pipeline.py``).
@@ -231,57 +231,6 @@ class ColumnarSteps:
             order.due -= 1
             if order.due <= 0:
                 self._release(job, kinds, order, out)
-
-    def _release_frames(
-        self, job: JobState, kinds: _Kinds, ready: list[Held], out: list[Alert]
-    ) -> None:
-        """Apply ready steps as :meth:`_release_rows` does, with the job rules that have a
-        frame path (``on_frame``) run once per frame: the rows up to a tick, cut where a rank
-        comes again or the job's phase turns back to training (``phase_since`` is what a
-        rule's ``on_step`` may read of the job). The bookkeeping and the findings stay row by
-        row; a job rule reads neither, so applying them ahead of its frame changes nothing."""
-        interval = self.config.tick_interval_s
-        ranks = job.ranks
-        slots = job.slots
-        stepped = [(jd.on_step, slots[jd.name]) for jd in kinds.job if jd.name not in kinds.framed]
-        framed = [(rule.on_frame, slots[name]) for name, rule in kinds.framed.items()]
-        rows: list[Held] = []
-        seen: set[int] = set()
-        for entry in ready:
-            now, r, step, _, event, found = entry
-            if r in seen or (job.phase != "train" and rows):
-                self._frame(job, framed, rows)
-                rows = []
-                seen.clear()
-            rank = ranks[r]
-            mine = rank.held
-            if mine[0] is entry:
-                del mine[0]
-            else:  # this rank's own steps arrived out of their time order
-                mine.remove(entry)
-            rank.last_step = step
-            rank.last_step_time = now
-            if job.phase != "train" and now > job.phase_since:
-                job.phase = "train"  # a training step after an evaluation or a checkpoint
-                job.phase_since = now
-            if now > rank.last_seen:
-                rank.last_seen = now
-            if now > job.watermark:
-                job.watermark = now
-            if step > job.max_step:
-                job.max_step = step
-            if found:
-                self._apply(job, found, out)
-            for on_step, slot in stepped:
-                on_step(job, rank, slot, event)
-            rows.append(entry)
-            seen.add(r)
-            if now - job.last_tick >= interval:
-                self._frame(job, framed, rows)
-                rows = []
-                seen.clear()
-                self._tick(job, kinds, out, now)
-        self._frame(job, framed, rows)
 
     @staticmethod
     def _frame(job: JobState, framed: list[tuple[Any, Any]], rows: list[Held]) -> None:

@@ -157,16 +157,7 @@ class Pipeline:
             self.note_released()
         job_id = event.job_id
         engine = self.engine
-        if self.restore is not None and job_id not in engine.jobs:
-            restored = self.restore(job_id)
-            if restored is not None:
-                engine.adopt(restored)
-        chunks = self.dirty.get(job_id)
-        if chunks is None:
-            chunks = self.dirty[job_id] = set()
-            if partition >= 0:
-                self._note_partition(job_id, partition)
-        chunks.add(event.rank // self.ranks_per_chunk)
+        self._meet(job_id, partition).add(event.rank // self.ranks_per_chunk)
         try:
             alerts = engine.process(event)
         except Exception as exc:
@@ -266,15 +257,7 @@ class Pipeline:
         engine = self.engine
         per = self.ranks_per_chunk
         for job_id, positions in by_job.items():
-            if self.restore is not None and job_id not in engine.jobs:
-                restored = self.restore(job_id)
-                if restored is not None:
-                    engine.adopt(restored)
-            chunks = self.dirty.get(job_id)
-            if chunks is None:
-                chunks = self.dirty[job_id] = set()
-                if partitions is not None:
-                    self._note_partition(job_id, partitions[positions[0]])
+            chunks = self._meet(job_id, -1 if partitions is None else partitions[positions[0]])
             rows: list[int] = []  # step rows not applied yet, and their positions
             at: list[int] = []
             for position in positions:
@@ -336,6 +319,21 @@ class Pipeline:
             problem = FieldProblem("", f"internal error in the detector engine: {exc!r}")
             self.stats.events -= 1
             dead.append((position, self._dead(str(problem), [problem], raws[position])))
+
+    def _meet(self, job_id: str, partition: int) -> set[int]:
+        """The rank chunks of the job touched since the last snapshot (to add to); the first
+        time the engine meets the job its saved state is restored, and its input partition
+        noted."""
+        if self.restore is not None and job_id not in self.engine.jobs:
+            restored = self.restore(job_id)
+            if restored is not None:
+                self.engine.adopt(restored)
+        chunks = self.dirty.get(job_id)
+        if chunks is None:
+            chunks = self.dirty[job_id] = set()
+            if partition >= 0:
+                self._note_partition(job_id, partition)
+        return chunks
 
     def feed_clock_from_events(self) -> None:
         """Drive the engine's worker clock (:meth:`Engine.advance_clock`) from the events'
