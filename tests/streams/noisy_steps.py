@@ -8,8 +8,11 @@ every shape: whole steps, partial ones, a rank twice in a row.
 
 from __future__ import annotations
 
+import copy
+import functools
 import random
 from collections.abc import Callable
+from typing import Any
 
 from rankwatch.schemas import StepEvent
 
@@ -42,3 +45,30 @@ def noisy_job(
         StepEvent(job_id="frames", rank=r, step=s, timestamp=t, **{k: v for k, v in vs.items()})
         for t, r, s, vs in rows
     ]
+
+
+@functools.cache
+def simulated_steps(name: str, ranks: int = 40, seed: int = 3) -> list[StepEvent]:
+    """A simulated job's step events with one fault (1% redelivered), in the engine's
+    (time, rank) order: 160 steps, the fault from step 80 on rank 3."""
+    from rankwatch.simulate import JobSpec, simulate
+    from rankwatch.simulate.scenarios import SCENARIOS
+
+    spec = JobSpec(job_id=f"sim-{name}", ranks=ranks, steps=160, seed=seed)
+    fault = SCENARIOS[name](at_step=80, rank=3)
+    steps = [e for e in simulate(spec, [fault], duplicates=0.01) if isinstance(e, StepEvent)]
+    return sorted(steps, key=lambda e: (e.epoch, e.rank))
+
+
+class Seeded:
+    """A job rule whose job state starts as given (an older snapshot's, or what records of the
+    ranks would have left in it), not empty: for the frame checker, which feeds steps alone."""
+
+    def __init__(self, rule: Any, state: dict[str, Any]) -> None:
+        self.rule, self.state = rule, state
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.rule, name)
+
+    def new_job_state(self) -> dict[str, Any]:
+        return copy.deepcopy(self.state)

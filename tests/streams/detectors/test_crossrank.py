@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-import functools
 import math
 import random
 from collections.abc import Iterable, Iterator
@@ -14,7 +12,6 @@ import pytest
 from synth import T0, Fault, RunShape, healthy_run
 
 from rankwatch.schemas import Alert, LogEvent, StepEvent
-from rankwatch.simulate import JobSpec, simulate
 from rankwatch.simulate.scenarios import SCENARIOS
 from rankwatch.streams import DetectorConfigError, Engine
 from rankwatch.streams.detectors import crossrank, logs
@@ -332,19 +329,6 @@ class Fresh:
         return self.rule.on_tick(job, state, now)
 
 
-class Seeded:
-    """A rule whose job state starts as given (an older snapshot's, say), not empty."""
-
-    def __init__(self, rule: Any, state: dict[str, Any]) -> None:
-        self.rule, self.state = rule, state
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.rule, name)
-
-    def new_job_state(self) -> dict[str, Any]:
-        return copy.deepcopy(self.state)
-
-
 def _frame_rules() -> list[Any]:
     return [
         StragglerDetector(),
@@ -386,18 +370,9 @@ def test_the_frame_path_leaves_the_state_on_step_leaves(seed: int, ranks: int) -
     assert found > 0  # the straggler was judged both ways, not merely nothing both ways
 
 
-@functools.cache
-def _simulated(name: str, ranks: int = 40) -> list[StepEvent]:
-    """A simulated job's step events with one fault, in the engine's (time, rank) order."""
-    spec = JobSpec(job_id=f"sim-{name}", ranks=ranks, steps=160, seed=3)
-    fault = SCENARIOS[name](at_step=80, rank=3)
-    steps = [e for e in simulate(spec, [fault], duplicates=0.01) if isinstance(e, StepEvent)]
-    return sorted(steps, key=lambda e: (e.epoch, e.rank))
-
-
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
 def test_the_frame_path_on_simulated_faults(name: str) -> None:
-    events = _simulated(name)
+    events = noisy_steps.simulated_steps(name)
     found = sum(assert_job_frames_match_scalar(rule, events) for rule in _frame_rules())
     if name == "straggler":
         assert found > 0
@@ -455,4 +430,4 @@ def test_the_frame_path_on_rare_rows() -> None:
 def test_the_frame_path_replaces_an_older_snapshots_entries() -> None:
     events = _edge_steps()
     old = {"r": {r: [0.5, 0.01, math.nan, 0.9, 7, 0, 0, 3, 3] for r in range(0, 40, 3)}}
-    assert_job_frames_match_scalar(Seeded(StragglerDetector(), old), events)
+    assert_job_frames_match_scalar(noisy_steps.Seeded(StragglerDetector(), old), events)

@@ -7,8 +7,6 @@ with the wall clock and replay with recorded times.
 
 from __future__ import annotations
 
-import copy
-import functools
 import random
 from typing import Any
 
@@ -16,8 +14,6 @@ import noisy_steps
 import pytest
 
 from rankwatch.schemas import Alert, LogEvent, StepEvent
-from rankwatch.simulate import JobSpec, simulate
-from rankwatch.simulate.scenarios import SCENARIOS
 from rankwatch.streams.detectors.job_end import JobStopped
 from rankwatch.streams.engine import Engine
 from rankwatch.streams.frames.testing import assert_job_frames_match_scalar
@@ -228,31 +224,8 @@ def test_every_rank_timing_out_alike_names_no_rank_first() -> None:
 # -- the frame path (on_frame) against on_step -------------------------------------------------
 
 
-class Seeded:
-    """A rule whose job state starts as given, not empty: the frame checker feeds steps
-    alone, and this rule's state comes from the ranks' records (logs)."""
-
-    def __init__(self, rule: Any, state: dict[str, Any]) -> None:
-        self.rule, self.state = rule, state
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.rule, name)
-
-    def new_job_state(self) -> dict[str, Any]:
-        return copy.deepcopy(self.state)
-
-
 def _no_metrics(rng: random.Random, rank: int, step: int) -> dict[str, float | None]:
     return {"loss": 2.0} if rng.random() < 0.5 else {}
-
-
-@functools.cache
-def _simulated(name: str, ranks: int = 40) -> list[StepEvent]:
-    """A simulated job's step events with one fault, in the engine's (time, rank) order."""
-    spec = JobSpec(job_id=f"sim-{name}", ranks=ranks, steps=160, seed=3)
-    fault = SCENARIOS[name](at_step=80, rank=3)
-    steps = [e for e in simulate(spec, [fault], duplicates=0.01) if isinstance(e, StepEvent)]
-    return sorted(steps, key=lambda e: (e.epoch, e.rank))
 
 
 def _fates(t: float) -> dict[str, Any]:
@@ -276,7 +249,7 @@ def _fates(t: float) -> dict[str, Any]:
 @pytest.mark.parametrize("seed", range(3))
 def test_the_frame_path_leaves_the_state_on_step_leaves(seed: int) -> None:
     events = noisy_steps.noisy_job(seed, _no_metrics, ranks=48, steps=80)
-    seeded = Seeded(JobStopped(), _fates(events[0].epoch))
+    seeded = noisy_steps.Seeded(JobStopped(), _fates(events[0].epoch))
     for interval in (0.3, 1.0, 4.0):
         assert_job_frames_match_scalar(JobStopped(), events, tick_interval_s=interval)
         assert_job_frames_match_scalar(seeded, events, tick_interval_s=interval)
@@ -284,6 +257,8 @@ def test_the_frame_path_leaves_the_state_on_step_leaves(seed: int) -> None:
 
 @pytest.mark.parametrize("name", ["healthy", "hang", "fatal_error", "rank_silent"])
 def test_the_frame_path_on_simulated_faults(name: str) -> None:
-    events = _simulated(name)
+    events = noisy_steps.simulated_steps(name)
     assert_job_frames_match_scalar(JobStopped(), events)
-    assert_job_frames_match_scalar(Seeded(JobStopped(), _fates(events[0].epoch)), events)
+    assert_job_frames_match_scalar(
+        noisy_steps.Seeded(JobStopped(), _fates(events[0].epoch)), events
+    )

@@ -6,8 +6,6 @@ Stacks are what ``traceback.format_stack`` prints in the producer's watchdog (se
 
 from __future__ import annotations
 
-import copy
-import functools
 import random
 from typing import Any
 
@@ -15,8 +13,6 @@ import noisy_steps
 import pytest
 
 from rankwatch.schemas import Alert, LogEvent, StepEvent
-from rankwatch.simulate import JobSpec, simulate
-from rankwatch.simulate.scenarios import SCENARIOS
 from rankwatch.streams.detectors.stacks import parse_stack
 from rankwatch.streams.detectors.stuck import StuckRanks
 from rankwatch.streams.engine import Engine
@@ -182,31 +178,8 @@ def test_no_hang_while_the_job_says_it_evaluates() -> None:
 # -- the frame path (on_frame) against on_step -------------------------------------------------
 
 
-class Seeded:
-    """A rule whose job state starts as given, not empty: the frame checker feeds steps
-    alone, and this rule's state comes from stuck records (logs)."""
-
-    def __init__(self, rule: Any, state: dict[str, Any]) -> None:
-        self.rule, self.state = rule, state
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.rule, name)
-
-    def new_job_state(self) -> dict[str, Any]:
-        return copy.deepcopy(self.state)
-
-
 def _no_metrics(rng: random.Random, rank: int, step: int) -> dict[str, float | None]:
     return {"loss": 2.0} if rng.random() < 0.5 else {}
-
-
-@functools.cache
-def _simulated(name: str, ranks: int = 40) -> list[StepEvent]:
-    """A simulated job's step events with one fault, in the engine's (time, rank) order."""
-    spec = JobSpec(job_id=f"sim-{name}", ranks=ranks, steps=160, seed=3)
-    fault = SCENARIOS[name](at_step=80, rank=3)
-    steps = [e for e in simulate(spec, [fault], duplicates=0.01) if isinstance(e, StepEvent)]
-    return sorted(steps, key=lambda e: (e.epoch, e.rank))
 
 
 def _stuck_state(t: float, *, open_: bool, stays: bool) -> dict[str, Any]:
@@ -226,8 +199,8 @@ def _stuck_state(t: float, *, open_: bool, stays: bool) -> dict[str, Any]:
 def test_the_frame_path_clears_what_on_step_clears(seed: int) -> None:
     events = noisy_steps.noisy_job(seed, _no_metrics, ranks=48, steps=80)
     t = events[0].epoch
-    decided = Seeded(StuckRanks(), _stuck_state(t, open_=False, stays=True))
-    resolved = Seeded(StuckRanks(), _stuck_state(t, open_=True, stays=False))
+    decided = noisy_steps.Seeded(StuckRanks(), _stuck_state(t, open_=False, stays=True))
+    resolved = noisy_steps.Seeded(StuckRanks(), _stuck_state(t, open_=True, stays=False))
     for interval in (0.3, 1.0, 4.0):
         assert assert_job_frames_match_scalar(decided, events, tick_interval_s=interval) == 1
         assert assert_job_frames_match_scalar(resolved, events, tick_interval_s=interval) == 1
@@ -236,7 +209,7 @@ def test_the_frame_path_clears_what_on_step_clears(seed: int) -> None:
 
 @pytest.mark.parametrize("name", ["healthy", "hang", "nccl_timeout", "straggler"])
 def test_the_frame_path_on_simulated_faults(name: str) -> None:
-    events = _simulated(name)
+    events = noisy_steps.simulated_steps(name)
     state = _stuck_state(events[0].epoch, open_=False, stays=True)
     assert_job_frames_match_scalar(StuckRanks(), events)
-    assert assert_job_frames_match_scalar(Seeded(StuckRanks(), state), events) == 1
+    assert assert_job_frames_match_scalar(noisy_steps.Seeded(StuckRanks(), state), events) == 1
