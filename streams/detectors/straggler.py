@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from operator import attrgetter, itemgetter
+from operator import itemgetter
 from statistics import median
 from typing import Any, ClassVar
 
@@ -136,8 +136,11 @@ _NUMPY_FROM = 96
 #: The latest compute, data, throughput and step time of an entry, in that order.
 _SAMPLE = tuple(itemgetter(i) for i in (_C, _D, _TP, _ST))
 _ENTRY = itemgetter(1)  # of a (rank, entry) pair
-#: What a step event writes into its rank's entry: compute, data, throughput, step time.
-_SAMPLE_OF = attrgetter("compute_time_s", "data_time_s", "throughput_tokens_per_sec", "step_time_s")
+
+
+def _sample_of(e: Any) -> tuple[float | None, float | None, float | None, float | None]:
+    """What a step event writes into its rank's entry: compute, data, throughput, step time."""
+    return e.compute_time_s, e.data_time_s, e.throughput_tokens_per_sec, e.step_time_s
 
 
 def _median_np(finite: np.ndarray) -> float:
@@ -217,7 +220,7 @@ class StragglerDetector:
         for r, entry, (c, d, tp, st), step in zip(
             ranks,
             map(table.get, ranks),
-            map(_SAMPLE_OF, events),
+            map(_sample_of, events),
             frame.steps.tolist(),
             strict=True,
         ):
