@@ -312,7 +312,7 @@ class Engine(ColumnarSteps):
             order = self._order_for(job)
         now = event.epoch
         if event.kind == "step":  # a StepEvent, or a StepRecord of decoded columns
-            assert not isinstance(event, LogEvent)
+            event = cast(StepEvent, event)  # (a record reads as its event)
             if now <= job.attempt_floor:
                 return out  # a late step of an attempt that is over
             phase = event.phase
@@ -346,28 +346,11 @@ class Engine(ColumnarSteps):
                 state = slots.get(name)
                 if state is None:  # a frame rule's state, in its table
                     state = self._check_out(job, kinds, rank, name)
-                # Nearly every call returns an empty tuple. (A StepRecord reads as its event.)
-                outcomes = on_step(job, rank, state, cast(StepEvent, event))
+                # Nearly every call returns an empty tuple.
+                outcomes = on_step(job, rank, state, event)
                 if outcomes:
                     found = (*found, *outcomes)
-            entry = (now, event.rank, step, order.seq, event, found)
-            order.seq += 1
-            rank.held.append(entry)
-            order.held.append(entry)
-            latest = order.latest
-            if now > latest.get(event.rank, _NEG_INF):
-                if event.rank not in latest:  # a rank's first step: the job's size and start
-                    if event.world_size is not None and event.world_size > order.world:
-                        order.world = event.world_size
-                    if now < order.start:
-                        order.start = now
-                latest[event.rank] = now
-                if now > order.step_high:
-                    order.step_high = now
-                    if now > order.high:
-                        order.high = now
-            order.due -= 1
-            if order.due <= 0:
+            if order.hold(rank.held, now, event.rank, step, event, found, event.world_size):
                 self._release(job, kinds, order, out)
             return out
         digest = zlib.crc32(event.message.encode(), int(now * 1000) & 0xFFFFFFFF)

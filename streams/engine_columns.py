@@ -130,10 +130,10 @@ class ColumnarSteps:
         kinds = self._bound.get(job_id)
         if job is None or kinds is None:
             job, kinds = self._enter(job_id)
+        events = records(cols, index)  # no StepEvent built, rare rows' included
         if len(job.ranks) < self.config.columnar_from_ranks:
-            # A small job: frames of a few rows cost more than they save. Row by row, on
-            # records (no StepEvent built).
-            for event in records(cols, index):
+            # A small job: frames of a few rows cost more than they save. Row by row.
+            for event in events:
                 out += self.process(event)
             return out
         self._heard[job_id] = self._awake
@@ -156,9 +156,9 @@ class ColumnarSteps:
                 or i in rare
             ):
                 if common:
-                    self._arrive(job, kinds, cols, index, common, out)
+                    self._arrive(job, kinds, cols, index, common, events, out)
                     common = []
-                out += self.process(cols.event(i))
+                out += self.process(events[k])
                 job, kinds = self.jobs[job_id], self._bound[job_id]  # a new attempt: new ones
                 known = job.ranks
                 continue
@@ -166,7 +166,7 @@ class ColumnarSteps:
             rank.got_step_time = now
             common.append(k)
         if common:
-            self._arrive(job, kinds, cols, index, common, out)
+            self._arrive(job, kinds, cols, index, common, events, out)
         return out
 
     def _arrive(
@@ -176,15 +176,17 @@ class ColumnarSteps:
         cols: StepColumns,
         index: npt.NDArray[np.intp],
         common: list[int],
+        every: list[Any],
         out: list[Alert],
     ) -> None:
-        """The common rows (positions ``common`` of ``index``), their ranks' bookkeeping done:
-        the per-rank rules over them, then each held, and the job's steps released when a
-        round of arrivals is due (as :meth:`process` does)."""
+        """The common rows (positions ``common`` of ``index``; ``every`` the records of all
+        of ``index``), their ranks' bookkeeping done: the per-rank rules over them, then each
+        held, and the job's steps released when a round of arrivals is due (as
+        :meth:`process` does)."""
         at = index[common]
         ranks = cols.ranks[at]
         found: dict[int, list[Outcome]] = {}
-        events = records(cols, at)
+        events = [every[k] for k in common]
         if kinds.step:
             tables = self._check_in(job, kinds, int(ranks.max()) + 1)
             by_rank = job.ranks
@@ -207,29 +209,19 @@ class ColumnarSteps:
         if order is None or order.job is not job:
             order = self._order_for(job)
         by_rank = job.ranks
-        latest = order.latest
-        for p, (r, step, now) in enumerate(
-            zip(ranks.tolist(), cols.steps[at].tolist(), cols.times[at].tolist(), strict=True)
+        worlds = cols.world_sizes
+        for p, (r, step, now, i) in enumerate(
+            zip(
+                ranks.tolist(),
+                cols.steps[at].tolist(),
+                cols.times[at].tolist(),
+                at.tolist(),
+                strict=True,
+            )
         ):
             got = found.get(p)
-            entry = (now, r, step, order.seq, events[p], () if got is None else tuple(got))
-            order.seq += 1
-            by_rank[r].held.append(entry)
-            order.held.append(entry)
-            if now > latest.get(r, _NEG_INF):
-                if r not in latest:  # a rank's first step since the order was rebuilt
-                    world = cols.world_sizes[int(at[p])]
-                    if world is not None and world > order.world:
-                        order.world = world
-                    if now < order.start:
-                        order.start = now
-                latest[r] = now
-                if now > order.step_high:
-                    order.step_high = now
-                    if now > order.high:
-                        order.high = now
-            order.due -= 1
-            if order.due <= 0:
+            found_p = () if got is None else tuple(got)
+            if order.hold(by_rank[r].held, now, r, step, events[p], found_p, worlds[i]):
                 self._release(job, kinds, order, out)
 
     @staticmethod

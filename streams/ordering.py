@@ -139,6 +139,38 @@ class StepOrder:
                 return ts
         return high
 
+    def hold(
+        self,
+        held: list[Held],
+        now: float,
+        rank: int,
+        step: int,
+        event: Any,
+        found: tuple[Outcome, ...],
+        world: int | None,
+    ) -> bool:
+        """Hold a step just received (``held`` is its rank's list, ``RankState.held``); True
+        when a round of arrivals is due and the ready steps should be released. ``world``: the
+        world size the step announced, if any."""
+        entry = (now, rank, step, self.seq, event, found)
+        self.seq += 1
+        held.append(entry)
+        self.held.append(entry)
+        latest = self.latest
+        if now > latest.get(rank, _NEG_INF):
+            if rank not in latest:  # a rank's first step: the job's size and start
+                if world is not None and world > self.world:
+                    self.world = world
+                if now < self.start:
+                    self.start = now
+            latest[rank] = now
+            if now > self.step_high:
+                self.step_high = now
+                if now > self.high:
+                    self.high = now
+        self.due -= 1
+        return self.due <= 0
+
     def take_ready(self, low: float) -> list[Held]:
         """The held steps at or before ``low``, in event-time order; the rest stay held."""
         held = self.held
