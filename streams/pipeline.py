@@ -44,6 +44,11 @@ Restore = Callable[[str], JobState | None]
 MAX_DEAD_PAYLOAD = 256 * 1024
 
 
+def _internal_error(exc: Exception) -> FieldProblem:
+    """The reason a dead letter gives for an event the engine failed on."""
+    return FieldProblem("", f"internal error in the detector engine: {exc!r}")
+
+
 @dataclass(slots=True)
 class DeadLetter:
     """A message that could not be processed, and why."""
@@ -164,7 +169,7 @@ class Pipeline:
             # A detector bug must not stop the stream for every job: the event is kept in the
             # dead-letter topic for a replay once the bug is fixed.
             log.exception("engine failed on %s offset %s (job %s)", topic, offset, job_id)
-            problem = FieldProblem("", f"internal error in the detector engine: {exc!r}")
+            problem = _internal_error(exc)
             self.stats.events -= 1
             if engine.released:
                 self._mark(engine.released)
@@ -289,19 +294,10 @@ class Pipeline:
     ) -> None:
         index = np.array(rows, dtype=np.intp)
         chunks.update(np.unique(cols.ranks[index] // self.ranks_per_chunk).tolist())
-        self.stats.events += len(rows)
-        try:
-            alerts += self.engine.process_columns(cols, index)
-        except Exception as exc:
-            # As in handle: the job's events go to the dead-letter topic for a replay once
-            # the bug is fixed; which of them the engine had applied is not known.
-            log.exception(
-                "engine failed on %d step events of job %s", len(rows), cols.job_ids[rows[0]]
-            )
-            problem = FieldProblem("", f"internal error in the detector engine: {exc!r}")
-            self.stats.events -= len(rows)
-            for position in at:
-                dead.append((position, self._dead(str(problem), [problem], raws[position])))
+        self._apply_guarded(
+            lambda: self.engine.process_columns(cols, index), at, cols.job_ids[rows[0]],
+            raws, alerts, dead,
+        )  # fmt: skip
 
     def _apply_one(
         self,
@@ -311,14 +307,30 @@ class Pipeline:
         alerts: list[Alert],
         dead: list[tuple[int, DeadLetter]],
     ) -> None:
-        self.stats.events += 1
+        self._apply_guarded(
+            lambda: self.engine.process(event), [position], event.job_id, raws, alerts, dead
+        )
+
+    def _apply_guarded(
+        self,
+        apply: Callable[[], list[Alert]],
+        positions: list[int],
+        job_id: str,
+        raws: list[bytes],
+        alerts: list[Alert],
+        dead: list[tuple[int, DeadLetter]],
+    ) -> None:
+        """Run one engine call over the events at ``positions``. As in :meth:`handle`, a
+        detector bug must not stop the stream: the events go to the dead-letter topic for a
+        replay once the bug is fixed (which of them the engine had applied is not known)."""
+        self.stats.events += len(positions)
         try:
-            alerts += self.engine.process(event)
+            alerts += apply()
         except Exception as exc:
-            log.exception("engine failed on an event of job %s", event.job_id)
-            problem = FieldProblem("", f"internal error in the detector engine: {exc!r}")
-            self.stats.events -= 1
-            dead.append((position, self._dead(str(problem), [problem], raws[position])))
+            log.exception("engine failed on %d event(s) of job %s", len(positions), job_id)
+            problem = _internal_error(exc)
+            self.stats.events -= len(positions)
+            dead += [(p, self._dead(str(problem), [problem], raws[p])) for p in positions]
 
     def _meet(self, job_id: str, partition: int) -> set[int]:
         """The rank chunks of the job touched since the last snapshot (to add to); the first

@@ -208,10 +208,10 @@ class StragglerDetector:
         """:meth:`on_step` of each row of a frame, in order: one pass, each rank's entry
         written once (a frame holds each rank once, so its entry is looked up ahead).
 
-        The four values are read from the events by an attrgetter mapped over them (in C),
-        not from the frame's metric columns: the engine's frames build those from the events
-        on first ask, about 0.8 us a row for these four (measured at 1,024 ranks; a tenth of
-        that once built), where this read costs about 0.17 us a row. Exact either way: the
+        The four values are read from the events (``_sample_of`` mapped over them), not from
+        the frame's metric columns: when this was written the engine's frames built those
+        from the events on first ask, about 0.8 us a row for these four (measured at 1,024
+        ranks), where this read costs about 0.17 us a row. Exact either way: the
         values are the events' own floats, ``None`` written as nan as ``on_step`` does."""
         if not events:
             return

@@ -198,16 +198,7 @@ class StepFrame:
             given = present[rows]
             if given.any():
                 columns[name] = (values[rows], given)
-        frame = object.__new__(cls)
-        for name, value in (
-            ("job_id", job_id),
-            ("ranks", ranks[rows]),
-            ("steps", steps[rows]),
-            ("times", times[rows]),
-            ("columns", columns),
-        ):
-            object.__setattr__(frame, name, value)
-        return frame
+        return cls._unchecked(job_id, ranks[rows], steps[rows], times[rows], columns)
 
     @classmethod
     def of_events(
@@ -216,13 +207,25 @@ class StepFrame:
         """The frame of released rows whose ranks, steps and times are at hand, each metric
         column read from the rows' events when a rule first asks for it (a job rule reads a
         few of the eleven)."""
+        return cls._unchecked(job_id, ranks, steps, times, _EventColumns(events))
+
+    @classmethod
+    def _unchecked(
+        cls,
+        job_id: str,
+        ranks: Ints,
+        steps: Ints,
+        times: Floats,
+        columns: Mapping[str, tuple[Floats, Mask]],
+    ) -> StepFrame:
+        """A frame without the constructor's checks (the engine's paths build it right)."""
         frame = object.__new__(cls)
         for name, value in (
             ("job_id", job_id),
             ("ranks", ranks),
             ("steps", steps),
             ("times", times),
-            ("columns", _EventColumns(events)),
+            ("columns", columns),
         ):
             object.__setattr__(frame, name, value)
         return frame

@@ -237,3 +237,37 @@ def _an_alert() -> Alert:
     alerts = run(job_with_nan_loss())
     assert alerts
     return alerts[0]
+
+
+def test_an_engine_failure_in_a_batch_dead_letters_that_jobs_events_and_the_rest_goes_on() -> None:
+    """A detector bug on one job's steps: those messages go to the dead letters with the
+    reason, by position; another job's steps in the same batch are applied."""
+    from rankwatch.schemas import LogEvent
+
+    class Buggy:
+        name = "buggy"
+
+        def new_job_state(self) -> dict[str, int]:
+            return {}
+
+        def on_log(
+            self, job: JobState, rank: object, state: object, event: LogEvent
+        ) -> list[Alert]:
+            return []
+
+        def on_step(self, job: JobState, rank: object, state: object, event: object) -> None:
+            if job.job_id == "bad":
+                raise ZeroDivisionError("a detector bug")
+
+        def on_tick(self, job: JobState, state: object, now: float) -> list[Alert]:
+            return []
+
+    pipeline = Pipeline(Engine([Buggy()]))  # type: ignore[list-item]
+    messages = [step(r, n, job=j) for n in range(3) for j in ("bad", "good") for r in range(4)]
+    _, dead = pipeline.handle_batch(messages)
+    bad_positions = [i for i, m in enumerate(messages) if b'"bad"' in m]
+    assert dead and {p for p, _ in dead} <= set(bad_positions)
+    assert all("internal error in the detector engine" in d.error for _, d in dead)
+    assert "a detector bug" in dead[0][1].error
+    assert pipeline.engine.jobs["good"].max_step == 2  # the other job went on
+    assert pipeline.stats.bad == len(dead)
