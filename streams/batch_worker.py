@@ -21,7 +21,10 @@ alerted, its alert must exist), the dirty rank chunks of each touched job are wr
 job's changelog partition and flushed, and only then are the consumer's positions committed,
 synchronously (:class:`~rankwatch.streams.runtime.checkpoint.Checkpoint`, the protocol the
 Faust runtime shares). The committed offset never runs ahead of the persisted state, so a crash
-replays at most one interval; the replay re-fires nothing the state already records.
+replays at most one interval; the replay re-fires nothing the state already records. The batch
+runtime plans the state records in a forked process (:mod:`rankwatch.streams.runtime.forked`),
+from the engine as it was when the positions were read, and goes on with its loop meanwhile: a
+big job's snapshot does not hold up the events behind it.
 
 On revocation the same snapshot and commit run before the partitions go, so the new owner
 starts from exactly this worker's state and re-fires nothing (a job's alert is published once

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from rankwatch.streams.detectors.base import JobState
@@ -53,6 +54,21 @@ class StateTooLarge(StreamsError):
             f"the changelog's limit of {limit:,} bytes; nothing of this snapshot is committed"
         )
         self.job_id, self.key, self.size, self.limit = job_id, key, size, limit
+
+
+@dataclass
+class SnapshotPlan:
+    """The records one save of a job writes, and what the store remembers of them: plain
+    data, so that a forked process can compute it and hand it back."""
+
+    job_id: str
+    partition: int | None
+    #: ranks per chunk, when the job's chunks had to shrink (remembered from then on)
+    per: int | None
+    #: (key, value, digest of value) of the records whose bytes changed
+    records: list[tuple[bytes, bytes, bytes]] = field(default_factory=list)
+    #: chunk key -> digest of its table entries, for the chunks encoded
+    tables: dict[bytes, bytes] = field(default_factory=dict)
 
 
 class KeyValue(Protocol):
@@ -129,34 +145,52 @@ class SnapshotStore:
         every other chunk only its entries in the job's rank-keyed tables are, and it is
         encoded whole too when they changed (a cross-rank rule marked a quiet rank at a tick).
         """
+        return self.apply(self.plan(job, chunks, partition))
+
+    def plan(
+        self, job: JobState, chunks: Iterable[int] | None, partition: int | None
+    ) -> SnapshotPlan:
+        """What :meth:`save` would write, computed without writing or remembering anything:
+        a forked process plans, the worker applies (:mod:`rankwatch.streams.runtime.forked`).
+        Raises :class:`StateTooLarge` as :meth:`save` does."""
         per = self._chunking.get(job.job_id, self.ranks_per_chunk)
-        records = self._records(job, per, chunks)  # the chunks, then the head
+        tables: dict[bytes, bytes] = {}
+        records = self._records(job, per, chunks, tables)  # the chunks, then the head
         while any(len(v) > self.chunk_bytes for _, v in records[:-1]):
             if per == 1:
                 break  # one rank's state alone: the limit check below decides
             per = max(1, per // 2)  # a new layout: every chunk is written anew
-            records = self._records(job, per, None)
-        if per != self.ranks_per_chunk:
-            self._chunking[job.job_id] = per
+            records = self._records(job, per, None, tables)
         for key, value in records:
             if len(value) > self.max_record_bytes:
                 raise StateTooLarge(job.job_id, key, len(value), self.max_record_bytes)
-        written = 0
+        plan = SnapshotPlan(job.job_id, partition, per if per != self.ranks_per_chunk else None)
+        plan.tables = tables
         for key, value in records:
             seen = digest(value)
-            if self._digests.get(key) == seen:
-                continue
-            self.kv.put(key, value, partition)
+            if self._digests.get(key) != seen:
+                plan.records.append((key, value, seen))
+        return plan
+
+    def apply(self, plan: SnapshotPlan) -> int:
+        """Write a plan's records and remember what they hold; return bytes written."""
+        if plan.per is not None:
+            self._chunking[plan.job_id] = plan.per
+        self._tables.update(plan.tables)
+        written = 0
+        for key, value, seen in plan.records:
+            self.kv.put(key, value, plan.partition)
             self._digests[key] = seen
             written += len(value)
             self.largest_record = max(self.largest_record, len(value))
         return written
 
     def _records(
-        self, job: JobState, per: int, dirty: Iterable[int] | None
+        self, job: JobState, per: int, dirty: Iterable[int] | None, seen: dict[bytes, bytes]
     ) -> list[tuple[bytes, bytes]]:
         """(key, value) of the chunks to write, then the head (last: it names the chunks,
-        and a reader never sees a head ahead of them)."""
+        and a reader never sees a head ahead of them). ``seen`` gets the table digests of the
+        chunks encoded."""
         parts = JobParts(job, Layout.of(self.engine, job.job_id, per))
         wanted: set[int] | None = None
         if dirty is not None and per == self.ranks_per_chunk:
@@ -172,7 +206,7 @@ class SnapshotStore:
             tables = parts.tables_digest(c)
             if wanted is None or c in wanted or self._tables.get(key) != tables:
                 records.append((key, parts.chunk(c)))
-                self._tables[key] = tables
+                seen[key] = tables
         records.append((head_key(job.job_id), parts.head))
         return records
 

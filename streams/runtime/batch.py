@@ -202,9 +202,13 @@ class BatchRuntime(StreamCore):
                 if messages or held:
                     held = self.process_batch(messages)
                 poll(0)  # delivery reports
+                checkpoint.advance()  # a snapshot planned in a forked process, if one is
                 now = time.monotonic()
                 if now >= next_snapshot or checkpoint.pending >= options.max_unacked:
-                    checkpoint.commit()
+                    if options.snapshot_fork:
+                        checkpoint.begin()
+                    else:
+                        checkpoint.commit()
                     next_snapshot = now + options.snapshot_interval_s
                 if options.rules_file is not None and now >= next_rules:
                     self.reload_rules()  # between batches: no event sees half the rules
@@ -220,6 +224,7 @@ class BatchRuntime(StreamCore):
             # The positions may cover messages of a batch cut short: committing them on the
             # way out (the revocation in close()) would skip those events for good.
             self.broken = True
+            checkpoint.abandon()
             raise
         finally:
             # Leaves the group (the revocation callback persists what is left, if anything),

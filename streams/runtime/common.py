@@ -36,6 +36,9 @@ class WorkerOptions:
     batch_size: int = 2000
     batch_within_s: float = 0.2
     snapshot_interval_s: float = 5.0
+    #: The batch runtime plans each snapshot in a forked process while its loop goes on
+    #: (``streams/runtime/forked.py``); False: in the loop, which then waits for it.
+    snapshot_fork: bool = True
     #: How long the group waits for a silent (crashed) worker before giving its partitions
     #: to the others: the pause a kill -9 causes. The broker's minimum is 6 s.
     session_timeout_s: float = 30.0

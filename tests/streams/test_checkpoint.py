@@ -5,6 +5,9 @@ the same order against a real broker: ``test_batch_runtime.py``.
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +18,7 @@ from rankwatch.streams.exceptions import StreamsError
 from rankwatch.streams.runtime.checkpoint import Outbox
 from rankwatch.streams.runtime.common import TopicLayout, WorkerOptions
 from rankwatch.streams.runtime.core import StreamCore
-from rankwatch.streams.snapshots import DictKeyValue, StateTooLarge
+from rankwatch.streams.snapshots import DictKeyValue, SnapshotStore, StateTooLarge
 
 OOM = "torch.OutOfMemoryError: CUDA out of memory."
 LAYOUT = TopicLayout("steps", "logs", "alerts", "dead", partitions=2, replication=1)
@@ -355,3 +358,110 @@ def test_partitions_ends_release_what_waited_for_them() -> None:
     assert held == 1
     assert r.core.process([end("steps", 1)], 0.0, lambda t, p: None, eof=EOF) == 0
     assert r.calls.kinds() == ["produce:alerts"]
+
+
+# -- the same protocol, the state planned in a forked process (Checkpoint.begin) --------------
+
+
+def stored_ranks(r: Rig) -> set[int]:
+    """The ranks of job "j" in the state written so far."""
+    store = SnapshotStore(r.core.kv, r.core.engine)
+    job = store.load("j")
+    return set() if job is None else set(job.ranks)
+
+
+def test_a_forked_checkpoint_writes_the_state_and_commits_the_positions_of_the_fork() -> None:
+    r = rig()
+    r.offsets.at = {("logs", 1): 1}
+    feed(r, Message("logs", 1, 0, oom()))
+    r.core.checkpoint.begin()
+    assert r.calls.kinds() == ["produce:alerts", "flush"]  # the alerts first, then the fork
+    assert r.core.unacked == 0
+    # The loop goes on: a step of rank 0 changes the job after the fork.
+    feed(r, Message("steps", 1, 0, step(1, 100.0), 100_000))
+    r.offsets.at = {("logs", 1): 1, ("steps", 1): 1}
+    deadline = time.monotonic() + 30
+    while "commit" not in r.calls.kinds() and time.monotonic() < deadline:
+        r.core.checkpoint.advance()  # never waits: the loop calls it every turn
+        time.sleep(0.01)
+    assert r.calls.kinds()[2:] == [
+        "produce:changelog", "produce:changelog", "flush", "commit",
+    ]  # fmt: skip
+    assert r.calls.log[-1] == ("commit", [(("logs", 1), 1)])  # the positions at the fork
+    assert stored_ranks(r) == {5}  # the job as it was at the fork: rank 0 came after
+    assert r.core.unacked == 1 and r.core.counters.snapshots == 1
+    assert r.core.checkpoint.commit()  # the step after the fork, committed here and now
+    assert stored_ranks(r) == {0, 5}
+    assert r.calls.log[-1] == ("commit", [(("logs", 1), 1), (("steps", 1), 1)])
+
+
+def test_a_forked_checkpoint_commits_only_once_its_state_is_delivered() -> None:
+    r = rig()
+    r.offsets.at = {("logs", 1): 1}
+    feed(r, Message("logs", 1, 0, oom()))
+    r.core.checkpoint.begin()
+    r.producer.unflushed = 1  # the state records are not on the brokers yet
+    deadline = time.monotonic() + 30
+    while "produce:changelog" not in r.calls.kinds() and time.monotonic() < deadline:
+        r.core.checkpoint.advance()
+        time.sleep(0.01)
+    for _ in range(3):
+        r.core.checkpoint.advance()
+    assert "commit" not in r.calls.kinds()
+    r.producer.unflushed = 0
+    r.core.checkpoint.advance()
+    assert r.calls.kinds()[-1] == "commit" and r.core.unacked == 0
+
+
+def test_a_commit_or_a_revocation_completes_a_forked_checkpoint_first() -> None:
+    r = rig()
+    r.offsets.at = {("logs", 1): 1}
+    feed(r, Message("logs", 1, 0, oom()))
+    r.core.checkpoint.begin()
+    feed(r, Message("steps", 1, 0, step(1, 100.0), 100_000))
+    r.offsets.at = {("logs", 1): 1, ("steps", 1): 1}
+    r.core.revoke({0, 1})
+    commits = [c for c in r.calls.log if c[0] == "commit"]
+    assert commits == [
+        ("commit", [(("logs", 1), 1)]),  # the forked one, then what came after it
+        ("commit", [(("logs", 1), 1), (("steps", 1), 1)]),
+    ]
+    assert r.core.unacked == 0
+
+
+def test_state_too_large_in_the_forked_planner_is_raised_and_commits_nothing() -> None:
+    r = rig()
+    r.offsets.at = {("logs", 1): 1}
+    feed(r, Message("logs", 1, 0, oom()))
+
+    def plan(job: Any, chunks: Any, partition: int | None) -> Any:
+        raise StateTooLarge(job.job_id, b"j#0", 2_000_000, 1_000_000)
+
+    r.core.store.plan = plan  # type: ignore[method-assign]  # the child inherits it
+    r.core.checkpoint.begin()
+    with pytest.raises(StateTooLarge, match="'j#0' is 2,000,000 bytes"):
+        r.core.checkpoint.finish()
+    assert "commit" not in r.calls.kinds() and "produce:changelog" not in r.calls.kinds()
+    assert r.core.unacked == 1 and "j" in r.core.pipeline.dirty
+
+
+def test_a_planner_that_dies_leaves_the_checkpoints_to_the_loop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    r = rig()
+    r.offsets.at = {("logs", 1): 1}
+    feed(r, Message("logs", 1, 0, oom()))
+    store_plan = r.core.store.plan
+
+    def plan(job: Any, chunks: Any, partition: int | None) -> Any:
+        os.kill(os.getpid(), signal.SIGKILL)  # in the child: the OOM killer, say
+
+    r.core.store.plan = plan  # type: ignore[method-assign]
+    r.core.checkpoint.begin()
+    r.core.checkpoint.finish()
+    assert "ended with status -9" in caplog.text
+    assert "commit" not in r.calls.kinds() and r.core.unacked == 1
+    r.core.store.plan = store_plan  # type: ignore[method-assign]
+    r.core.checkpoint.begin()  # no fork this time: done here and now
+    assert r.calls.kinds()[-1] == "commit" and r.core.unacked == 0
+    assert stored_ranks(r) == {5}
