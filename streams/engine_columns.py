@@ -86,7 +86,7 @@ class ColumnarSteps:
             table = tables.get(name)
             if table is None:
                 table = tables[name] = RankTable(rule.state_type)
-            table.grow(size)
+            table.grow(size, job.world_size)
         if out:
             ranks = job.ranks
             for r in out:

@@ -71,13 +71,17 @@ class RankTable(Generic[S]):
         the state; :meth:`grow` makes new columns, so take it again after growing)."""
         return self._columns[name][: self._size]
 
-    def grow(self, size: int) -> None:
-        """Make rows for ranks up to ``size - 1``, each at its field defaults."""
+    def grow(self, size: int, expected: int | None = None) -> None:
+        """Make rows for ranks up to ``size - 1``, each at its field defaults. Room is made
+        for twice as many, but no more than ``expected`` (the job's world size, when it said
+        one): a job's columns end at its size, not at the next power of two."""
         if size <= self._size:
             return
         capacity = len(next(iter(self._columns.values()))) if self._columns else 0
         if size > capacity:
             new_capacity = max(size, capacity * 2, 8)
+            if expected is not None and size <= expected:
+                new_capacity = min(new_capacity, expected)
             for name, kind, default in self._fields:
                 old = self._columns[name]
                 if kind is not None:

@@ -45,6 +45,19 @@ def test_growing_keeps_what_was_stored() -> None:
     assert len(table) == 100
 
 
+def test_growing_makes_room_for_twice_the_rows_but_not_past_the_expected_size() -> None:
+    table = RankTable(_State)
+    table.grow(600)
+    table.grow(700)  # doubled: room for 1,200
+    assert table.nbytes() == 1200 * (8 + 8 + 1 + 8)
+    sized = RankTable(_State)
+    sized.grow(600, expected=1000)
+    sized.grow(700, expected=1000)  # the job said 1,000 ranks: room for those alone
+    assert sized.nbytes() == 1000 * (8 + 8 + 1 + 8) and len(sized) == 700
+    sized.grow(1500, expected=1000)  # more than it said: doubling again
+    assert len(sized) == 1500 and sized.row(1499) == _State()
+
+
 def test_states_at_and_store_states_round_trip() -> None:
     table = RankTable(_State, capacity=5)
     ranks = np.array([4, 1], dtype=np.int64)
