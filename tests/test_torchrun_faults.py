@@ -18,11 +18,13 @@ alert, against the event time of the fault's own record (both this machine's clo
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -124,9 +126,26 @@ class Job:
     job_id: str
     proc: subprocess.Popen[str]
     output: Path
+    ended: float = math.inf  # time.monotonic() when the job ended, set by a watcher thread
 
     def finish(self, timeout_s: float = 240) -> int:
-        return self.proc.wait(timeout_s)
+        code = self.proc.wait(timeout_s)
+        deadline = time.monotonic() + 5
+        while self.ended == math.inf and time.monotonic() < deadline:
+            time.sleep(0.05)  # the watcher's wait returns at the same moment
+        return code
+
+    def settle(self, seconds: float) -> None:
+        """Wait until ``seconds`` after the job ended (the tests run one after another while
+        the jobs ran side by side: most ended long ago, and wait for nothing)."""
+        time.sleep(max(0.0, min(self.ended, time.monotonic()) + seconds - time.monotonic()))
+
+    def watch(self) -> None:
+        def wait() -> None:
+            self.proc.wait()
+            self.ended = time.monotonic()
+
+        threading.Thread(target=wait, daemon=True).start()
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +169,7 @@ def jobs(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dic
                     stdout=handle, stderr=subprocess.STDOUT, text=True,
                 )  # fmt: skip
             started[name] = Job(job_id, proc, out)
+            started[name].watch()
         yield started
     finally:
         for job in started.values():
@@ -195,10 +215,11 @@ def _alerts(stack: Stack, job: str) -> list[tuple[Alert, float]]:
 
 
 def _settled(stack: Stack, job: str, rule: str, timeout_s: float) -> list[tuple[Alert, float]]:
-    """The job's alerts once one of ``rule`` arrived, plus a few seconds for any that follow."""
-    _wait(lambda: any(a.rule == rule for a, _ in _alerts(stack, job)), timeout_s,
-          stack.worker, stack.worker_log)  # fmt: skip
-    time.sleep(6)
+    """The job's alerts once one of ``rule`` arrived, plus a few seconds after it (on the
+    alerts topic's clock) for any that follow."""
+    first = _wait(lambda: min((ts for a, ts in _alerts(stack, job) if a.rule == rule), default=0),
+                  timeout_s, stack.worker, stack.worker_log)  # fmt: skip
+    time.sleep(max(0.0, first + 6 - time.time()))
     return _alerts(stack, job)
 
 
@@ -276,7 +297,7 @@ def test_a_rank_50_percent_slower_under_ddp_is_the_straggler(
 ) -> None:
     job = jobs["slow"].job_id
     assert jobs["slow"].finish() == 0, jobs["slow"].output.read_text()[-3000:]
-    time.sleep(4)
+    jobs["slow"].settle(4)
     alerts = [a for a, _ in _alerts(stack, job) if a.status == "firing"]
     assert [(a.rule, a.ranks) for a in alerts] == [("straggler", [3])], [a.summary for a in alerts]
     assert alerts[0].evidence["component"] == "compute", alerts[0].summary
@@ -306,7 +327,7 @@ def test_a_healthy_job_that_ends_cleanly_raises_nothing(stack: Stack, jobs: dict
     assert jobs["healthy"].finish() == 0, jobs["healthy"].output.read_text()[-3000:]
     logs = [e for e, _ in _read(stack, "logs", job) if isinstance(e, LogEvent)]
     assert sorted(e.rank for e in logs if e.lifecycle == "ended") == list(range(RANKS))
-    time.sleep(8)  # longer than job_stopped's settle and the worker's clock tick
+    jobs["healthy"].settle(8)  # longer than job_stopped's settle and the worker's clock tick
     assert [a.summary for a, _ in _alerts(stack, job)] == []
 
 
@@ -317,7 +338,7 @@ def test_a_rank_that_skips_the_gradient_all_reduce_is_the_desync(
 ) -> None:
     job = jobs["desync"].job_id
     assert jobs["desync"].finish() == 0, jobs["desync"].output.read_text()[-3000:]
-    time.sleep(4)
+    jobs["desync"].settle(4)
     alerts = [a for a, _ in _alerts(stack, job) if a.status == "firing"]
     assert [(a.rule, a.ranks) for a in alerts] == [("gradient_desync", [3])], [
         a.summary for a in alerts
@@ -331,7 +352,7 @@ def test_a_job_starved_by_its_data_loader_from_step_0_is_input_bound(
 ) -> None:
     job = jobs["slow_data"].job_id
     assert jobs["slow_data"].finish() == 0, jobs["slow_data"].output.read_text()[-3000:]
-    time.sleep(4)
+    jobs["slow_data"].settle(4)
     alerts = [a for a, _ in _alerts(stack, job) if a.status == "firing"]
     assert [(a.rule, a.scope) for a in alerts] == [("input_bound", "job")], [
         a.summary for a in alerts
