@@ -34,7 +34,9 @@ class WorkerOptions:
     data_dir: str = ".rankwatch/worker"
     loglevel: str = "info"
     batch_size: int = 2000
-    batch_within_s: float = 0.2
+    #: How long a turn of the loop waits for a batch to fill. Under load batches fill at
+    #: once; when they do not, a record waits up to this long before it is processed.
+    batch_within_s: float = 0.05
     snapshot_interval_s: float = 5.0
     #: The batch runtime plans each snapshot in a forked process while its loop goes on
     #: (``streams/runtime/forked.py``); False: in the loop, which then waits for it.
