@@ -160,6 +160,7 @@ class SnapshotStore:
             if per == 1:
                 break  # one rank's state alone: the limit check below decides
             per = max(1, per // 2)  # a new layout: every chunk is written anew
+            tables = {}  # the old layout's digests name other ranks
             records = self._records(job, per, None, tables)
         for key, value in records:
             if len(value) > self.max_record_bytes:

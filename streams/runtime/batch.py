@@ -205,10 +205,7 @@ class BatchRuntime(StreamCore):
                 checkpoint.advance()  # a snapshot planned in a forked process, if one is
                 now = time.monotonic()
                 if now >= next_snapshot or checkpoint.pending >= options.max_unacked:
-                    if options.snapshot_fork:
-                        checkpoint.begin()
-                    else:
-                        checkpoint.commit()
+                    checkpoint.begin()  # forked, or here and now (snapshot_fork)
                     next_snapshot = now + options.snapshot_interval_s
                 if options.rules_file is not None and now >= next_rules:
                     self.reload_rules()  # between batches: no event sees half the rules

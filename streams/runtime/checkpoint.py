@@ -153,6 +153,8 @@ class Checkpoint:
         aligner: InputAligner,
         inputs: Sequence[str],
         counters: Counters,
+        *,
+        fork: bool = True,
     ) -> None:
         self.pipeline = pipeline
         self.store = store
@@ -165,8 +167,8 @@ class Checkpoint:
         #: Prometheus hooks (``on_snapshot``, ``on_commit``), when the worker serves metrics.
         self.metrics: Any = None
         self._inflight: _InFlight | None = None  # a checkpoint begun in the background
-        #: no more forks: the platform has none, or a child failed (then it is logged)
-        self._in_loop = not can_fork()
+        #: no forks: not asked for, the platform has none, or a child failed (then logged)
+        self._in_loop = not (fork and can_fork())
 
     def commit(self) -> bool:
         """One checkpoint, done here and now; True when the offsets were committed (or nothing
@@ -183,11 +185,9 @@ class Checkpoint:
             if not self.outbox.flush():
                 self._keep(dirty)
                 return False
-            jobs, partition_of = pipeline.engine.jobs, pipeline.partition_of
-            for job_id, chunks in dirty.items():
-                job = jobs.get(job_id)
-                if job is not None:
-                    written += self.store.save(job, chunks, partition_of.get(job_id))
+            # Every job planned before any is written: a job too large writes nothing.
+            for plan in self._plans(dirty):
+                written += self.store.apply(plan)
             if not self.outbox.flush():
                 self._keep(dirty)
                 return False
@@ -223,16 +223,7 @@ class Checkpoint:
                 self._keep(dirty)
                 return
             offsets = self.positions()
-            store, jobs, partition_of = self.store, pipeline.engine.jobs, pipeline.partition_of
-
-            def planner() -> list[SnapshotPlan]:  # runs in the child
-                return [
-                    store.plan(jobs[job_id], chunks, partition_of.get(job_id))
-                    for job_id, chunks in dirty.items()
-                    if job_id in jobs
-                ]
-
-            child = ForkedPlans(planner)
+            child = ForkedPlans(lambda: self._plans(dirty))  # the lambda runs in the child
         except OSError as exc:  # no fork (out of memory, process limit): do it here
             log.warning("snapshot cannot fork (%r): checkpoints run in the loop from now", exc)
             self._in_loop = True
@@ -299,6 +290,16 @@ class Checkpoint:
         self._inflight = None
         self._keep(flight.dirty)
         self.pending += flight.pending
+
+    def _plans(self, dirty: dict[str, set[int]]) -> list[SnapshotPlan]:
+        """The records of the changed jobs (:meth:`SnapshotStore.plan`), nothing written."""
+        jobs = self.pipeline.engine.jobs
+        partition_of = self.pipeline.partition_of
+        return [
+            self.store.plan(jobs[job_id], chunks, partition_of.get(job_id))
+            for job_id, chunks in dirty.items()
+            if job_id in jobs
+        ]
 
     def _commit(self, offsets: dict[TopicPartitionKey, int]) -> bool:
         if not offsets:

@@ -39,7 +39,8 @@ class WorkerOptions:
     batch_within_s: float = 0.05
     snapshot_interval_s: float = 5.0
     #: The batch runtime plans each snapshot in a forked process while its loop goes on
-    #: (``streams/runtime/forked.py``); False: in the loop, which then waits for it.
+    #: (``streams/runtime/forked.py``); False: in the loop, which then waits for it. The
+    #: Faust runtime checkpoints on a thread of its own either way.
     snapshot_fork: bool = True
     #: How long the group waits for a silent (crashed) worker before giving its partitions
     #: to the others: the pause a kill -9 causes. The broker's minimum is 6 s.

@@ -96,7 +96,14 @@ class StreamCore:
         self.counters = Counters()
         self.stats = StatsLine()
         self.checkpoint = Checkpoint(
-            self.pipeline, self.store, outbox, offsets, self.aligner, self.inputs, self.counters
+            self.pipeline,
+            self.store,
+            outbox,
+            offsets,
+            self.aligner,
+            self.inputs,
+            self.counters,
+            fork=options.snapshot_fork,
         )
         self.owned: set[int] = set()  # input partitions whose state is loaded here
         #: (alert_id, status) already on the alerts topic, sent after the snapshot that the

@@ -79,6 +79,8 @@ class ForkedPlans:
     def plans(self) -> list[SnapshotPlan]:
         if self._status is None:
             self._status = os.waitpid(self.pid, 0)[1]
+        if self._fd < 0:
+            raise ForkFailed(f"snapshot planner (pid {self.pid}): its plans were read already")
         try:
             code = os.waitstatus_to_exitcode(self._status)
             size = os.lseek(self._fd, 0, os.SEEK_END)
@@ -88,7 +90,7 @@ class ForkedPlans:
             with os.fdopen(os.dup(self._fd), "rb") as f:
                 kind, value = pickle.loads(f.read())
         finally:
-            os.close(self._fd)
+            self._close()
         if kind == "plans":
             return value  # type: ignore[no-any-return]
         if kind == "too large":
@@ -103,8 +105,13 @@ class ForkedPlans:
                 self._status = os.waitpid(self.pid, 0)[1]
             except ChildProcessError:
                 self._status = 0
-        with contextlib.suppress(OSError):
+        self._close()
+
+    def _close(self) -> None:
+        # Once only: a number closed twice may by then be another file's.
+        if self._fd >= 0:
             os.close(self._fd)
+            self._fd = -1
 
 
 def _child(planner: Planner, fd: int) -> None:

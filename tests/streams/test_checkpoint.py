@@ -168,15 +168,18 @@ class Rig:
 
 
 def rig(
-    *, on_topic: set[tuple[str, str]] = frozenset(), snapshotted: dict[int, int] | None = None
-) -> Rig:  # type: ignore[assignment]
+    *,
+    on_topic: set[tuple[str, str]] = frozenset(),  # type: ignore[assignment]
+    snapshotted: dict[int, int] | None = None,
+    options: WorkerOptions | None = None,
+) -> Rig:
     calls = Calls()
     producer = FakeProducer(calls)
     offsets = FakeOffsets(calls)
     stopping = [False]
     outbox = Outbox(producer, lambda: stopping[0])
     core = StreamCore(
-        WorkerOptions(),
+        options or WorkerOptions(),
         LAYOUT,
         outbox=outbox,
         table=FakeTable(outbox, snapshotted or {}),
@@ -263,10 +266,10 @@ def test_state_too_large_commits_nothing() -> None:
     r.offsets.at = {("logs", 1): 1}
     feed(r, Message("logs", 1, 0, oom()))
 
-    def save(job: Any, chunks: Any, partition: int | None) -> int:
+    def plan(job: Any, chunks: Any, partition: int | None) -> Any:
         raise StateTooLarge(job.job_id, b"j#0", 2_000_000, 1_000_000)
 
-    r.core.store.save = save  # type: ignore[method-assign]
+    r.core.store.plan = plan  # type: ignore[method-assign]
     with pytest.raises(StateTooLarge):
         r.core.checkpoint.commit()
     assert "commit" not in r.calls.kinds()
@@ -465,3 +468,14 @@ def test_a_planner_that_dies_leaves_the_checkpoints_to_the_loop(
     r.core.checkpoint.begin()  # no fork this time: done here and now
     assert r.calls.kinds()[-1] == "commit" and r.core.unacked == 0
     assert stored_ranks(r) == {5}
+
+
+def test_without_snapshot_fork_a_checkpoint_begun_is_done_here_and_now() -> None:
+    r = rig(options=WorkerOptions(snapshot_fork=False))
+    r.offsets.at = {("logs", 1): 1}
+    feed(r, Message("logs", 1, 0, oom()))
+    r.core.checkpoint.begin()
+    assert r.calls.kinds() == [
+        "produce:alerts", "flush", "produce:changelog", "produce:changelog", "flush", "commit",
+    ]  # fmt: skip
+    assert r.core.unacked == 0
