@@ -210,18 +210,15 @@ class ColumnarSteps:
             order = self._order_for(job)
         by_rank = job.ranks
         worlds = cols.world_sizes
-        for p, (r, step, now, i) in enumerate(
-            zip(
-                ranks.tolist(),
-                cols.steps[at].tolist(),
-                cols.times[at].tolist(),
-                at.tolist(),
-                strict=True,
-            )
-        ):
-            got = found.get(p)
-            found_p = () if got is None else tuple(got)
-            if order.hold(by_rank[r].held, now, r, step, events[p], found_p, worlds[i]):
+        rank_list = ranks.tolist()
+        held_of = [by_rank[r].held for r in rank_list]
+        times = cols.times[at].tolist()
+        steps = cols.steps[at].tolist()
+        announced = [worlds[i] for i in at.tolist()]
+        k, n = 0, len(rank_list)
+        while k < n:
+            k = order.hold_rows(held_of, times, rank_list, steps, events, found, announced, k)
+            if order.due <= 0:
                 self._release(job, kinds, order, out)
 
     @staticmethod

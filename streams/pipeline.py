@@ -199,9 +199,16 @@ class Pipeline:
         batch = decode_batch(raws)
         cols = batch.steps
         dead: list[tuple[int, DeadLetter]] = []
-        items: list[int | StepEvent | LogEvent | None] = [None] * len(raws)
-        for row, position in enumerate(cols.index.tolist()):
-            items[position] = row
+        # The common batch: every message a step row, row i at position i (rows keep the
+        # input order). Its job grouping then needs no loop over the rows.
+        plain = len(cols) == len(raws)
+        items: list[int | StepEvent | LogEvent | None]
+        if plain:
+            items = list(range(len(raws)))
+        else:
+            items = [None] * len(raws)
+            for row, position in enumerate(cols.index.tolist()):
+                items[position] = row
         for position, event in batch.others:
             if isinstance(event, _INPUT):
                 items[position] = event
@@ -213,21 +220,23 @@ class Pipeline:
         for position, error in batch.errors:
             dead.append((position, self._dead(str(error), error.problems, raws[position])))
         alerts: list[Alert] = []
-        times = cols.times.tolist()
         start = 0
         if self._clock_next is not None:
+            times = cols.times.tolist()
             # Replay's worker clock: advanced before the event that moves it (see handle).
             for position, item in enumerate(items):
                 if item is None:
                     continue
                 epoch = times[item] if type(item) is int else item.epoch  # type: ignore[union-attr]
                 if epoch >= self._clock_next:
-                    self._apply_batch(cols, items, start, position, raws, partitions, alerts, dead)
+                    self._apply_batch(
+                        cols, items, start, position, raws, partitions, alerts, dead, plain
+                    )
                     start = position
                     self._clock_next = epoch + 1.0
                     alerts += self.engine.advance_clock(epoch, max_step=math.inf)
                     self.note_released()
-        self._apply_batch(cols, items, start, len(items), raws, partitions, alerts, dead)
+        self._apply_batch(cols, items, start, len(items), raws, partitions, alerts, dead, plain)
         if alerts:
             self.stats.count(alerts)
         if len(dead) > 1:
@@ -244,10 +253,20 @@ class Pipeline:
         partitions: Sequence[int] | None,
         alerts: list[Alert],
         dead: list[tuple[int, DeadLetter]],
+        plain: bool = False,
     ) -> None:
         """Apply ``items[start:stop]``, job by job: runs of step rows as columns, log records
-        (and steps decoded one at a time) through :meth:`Engine.process`."""
+        (and steps decoded one at a time) through :meth:`Engine.process`. ``plain``: item i is
+        row i, every one a step row."""
         job_ids = cols.job_ids
+        if plain and start < stop and len(set(job_ids[start:stop])) == 1:
+            # One job's steps only (a big job's partition): one run of rows, no grouping.
+            run = list(range(start, stop))
+            chunks = self._meet(job_ids[start], -1 if partitions is None else partitions[start])
+            self._apply_rows(cols, run, list(run), raws, alerts, dead, chunks)
+            if self.engine.released:
+                self._mark(self.engine.released)
+            return
         by_job: dict[str, list[int]] = {}
         for position in range(start, stop):
             item = items[position]

@@ -16,7 +16,7 @@ problem of its own. The engine starts each attempt with fresh state (see
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -52,6 +52,12 @@ class JobRestarted:
     def on_step(
         self, job: JobState, rank: RankState, state: dict[str, Any], event: StepEvent
     ) -> None:
+        return None
+
+    def on_frame(
+        self, job: JobState, state: dict[str, Any], frame: Any, events: Sequence[Any]
+    ) -> None:
+        """Nothing, as ``on_step``: having a frame path spares the engine a call per step."""
         return None
 
     def on_tick(self, job: JobState, state: dict[str, Any], now: float) -> Iterable[Outcome]:

@@ -143,3 +143,50 @@ def test_a_snapshot_from_before_steps_were_held_resumes() -> None:
     assert not any(rs.held for rs in state.ranks.values())
     seen += second.process_many(events[cut:]) + second.flush()
     assert [(a.rule, a.status, a.ranks) for a in seen] == [("memory_growth", "firing", [3])]
+
+
+def test_holding_rows_in_bulk_is_holding_them_one_by_one() -> None:
+    """StepOrder.hold_rows (the columnar path's loop) leaves the order as hold() of each row
+    in turn, and stops after the row that makes a round due, as hold() says True there."""
+    from rankwatch.streams.detectors.base import JobState
+    from rankwatch.streams.ordering import StepOrder
+
+    rng = random.Random(3)
+    rows = [(1000.0 + rng.random() * 5, rng.randrange(6), n) for n in range(40)]
+    worlds: list[int | None] = [None if n % 3 else 6 + n % 2 for n in range(40)]
+    found = {5: ["f"], 17: ["g", "h"]}
+
+    def fresh() -> tuple[StepOrder, dict[int, list[object]]]:
+        order = StepOrder(JobState("j"))
+        order.due = 7
+        return order, {r: [] for r in range(6)}
+
+    one, held_one = fresh()
+    due_at = []
+    for k, (now, r, step) in enumerate(rows):
+        got = tuple(found.get(k, ()))
+        if one.hold(held_one[r], now, r, step, k, got, worlds[k]):  # type: ignore[arg-type]
+            due_at.append(k + 1)
+            one.due = 7
+
+    bulk, held_bulk = fresh()
+    stops, k = [], 0
+    while k < len(rows):
+        k = bulk.hold_rows(
+            [held_bulk[r] for _, r, _ in rows],  # type: ignore[misc]
+            [t for t, _, _ in rows],
+            [r for _, r, _ in rows],
+            [s for _, _, s in rows],
+            list(range(len(rows))),
+            found,  # type: ignore[arg-type]
+            worlds,
+            k,
+        )
+        if bulk.due <= 0:
+            stops.append(k)
+            bulk.due = 7
+    assert stops == due_at == [7, 14, 21, 28, 35]
+    for name in StepOrder.__slots__:
+        if name != "job":
+            assert getattr(bulk, name) == getattr(one, name), name
+    assert held_bulk == held_one

@@ -219,6 +219,26 @@ def test_handle_batch_gives_the_alerts_and_state_of_handle(name: str, ranks: int
         assert state_difference(decode_job(encode_job(other)), job) is None
 
 
+def test_handle_batch_of_two_jobs_steps_interleaved_gives_each_jobs_alerts() -> None:
+    """Batches of step rows of two jobs mixed (the grouping path, not the one-job run):
+    each job's alerts are those of one message at a time, in that job's order."""
+    first = [m for m in _scenario_messages("nan_loss", 16, seed=5) if b'"kind":"step"' in m]
+    second = [m for m in _scenario_messages("straggler", 64, seed=6) if b'"kind":"step"' in m]
+    mixed = [m for pair in zip(first, second, strict=False) for m in pair]
+    mixed += first[len(second) :] + second[len(first) :]
+    one, _ = _one_by_one(mixed)
+    batched, _ = _in_batches(mixed, seed=5)
+
+    def by_job(alerts: list[Alert]) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for a in alerts:
+            out.setdefault(a.job_id, []).append(repr(a.model_dump()))
+        return out
+
+    assert len(by_job(one)) == 2 and all(by_job(one).values())
+    assert by_job(batched) == by_job(one)
+
+
 def test_handle_batch_dead_letters_bad_messages_by_position_and_applies_the_rest() -> None:
     good = job_with_nan_loss()
     bad = [b"not json", step(-1, 3), encode(_an_alert())]
