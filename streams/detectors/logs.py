@@ -31,9 +31,12 @@ from __future__ import annotations
 import math
 import struct
 from array import array
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from itertools import compress, repeat
+from operator import delitem, gt
+from typing import Any, ClassVar, cast
 
 import numpy as np
 
@@ -73,6 +76,12 @@ _MEM_FIELDS = 4  # per reading: step, gpu_memory_usage %, allocated MB, reserved
 #: One reading as the bytes of an ``array("d")`` (native C doubles, as the array stores them).
 _pack_reading = struct.Struct(f"@{_MEM_FIELDS}d").pack
 _MEM_METRICS = ("gpu_memory_usage", "gpu_memory_allocated_mb", "gpu_memory_reserved_mb")
+#: One reading as a numpy item: a row of a (rows, 4) float64 block viewed as raw bytes.
+_READING = np.dtype((np.void, _MEM_FIELDS * 8))
+#: The oldest reading of a rank's array (what a trim deletes).
+_OLDEST = slice(0, _MEM_FIELDS)
+#: Runs an iterator to its end, keeping nothing (its items are None).
+_drain = deque[Any](maxlen=0).extend
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,7 +334,7 @@ class LogRulesDetector:
     ) -> None:
         """``on_step`` over a frame's rows (each rank once): the readings of every row with a
         memory metric packed in one numpy pass (the same doubles ``on_step`` packs, NaN for a
-        missing one), then appended rank by rank."""
+        missing one), then appended to the ranks' arrays and the oldest readings trimmed."""
         mem_len = self._mem_len
         if not mem_len:
             return
@@ -348,18 +357,30 @@ class LogRulesDetector:
             else:
                 values, given_here = column
                 block[:, j] = np.where(given_here[rows], values[rows], math.nan)
-        data = memoryview(block.tobytes())
+        # Each row's reading as one bytes object (a 32-byte void item each), made in C.
+        chunks = cast("list[bytes]", block.view(_READING).ravel().tolist())
         mem: dict[int, array[float]] = state["mem"]
-        size = _MEM_FIELDS * 8
-        at = 0
-        for r in frame.ranks[rows].tolist():
-            readings = mem.get(r)
-            if readings is None:
-                readings = mem[r] = array("d")
-            readings.frombytes(data[at : at + size])
-            at += size
-            if len(readings) > mem_len:
-                del readings[:_MEM_FIELDS]
+        ranks = frame.ranks[rows].tolist()
+        try:
+            arrays = list(map(mem.__getitem__, ranks))
+        except KeyError:
+            # Ranks seen for the first time (a job's first frames): their arrays made in row
+            # order, so the dict's order is the one on_step gives it.
+            arrays = []
+            for r in ranks:
+                readings = mem.get(r)
+                if readings is None:
+                    readings = mem[r] = array("d")
+                arrays.append(readings)
+        # on_step's append then trim, for each rank (every append first, then every trim: each
+        # rank's array is its own, so the contents are the same), driven by map: one C call per
+        # rank, where a Python loop over the ranks cost more than the appends themselves.
+        _drain(map(array.frombytes, arrays, chunks))
+        if min(map(len, arrays)) > mem_len:  # the steady state: every rank's readings full
+            over: Iterable[array[float]] = arrays
+        else:
+            over = compress(arrays, map(gt, map(len, arrays), repeat(mem_len)))
+        _drain(map(delitem, over, repeat(_OLDEST)))
 
     def on_tick(self, job: JobState, state: dict[str, Any], now: float) -> Iterable[Outcome]:
         out: list[Outcome] = []

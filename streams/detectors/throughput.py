@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
+import numpy.typing as npt
 
 from rankwatch.schemas import Action, Severity, StepEvent
 from rankwatch.streams.detectors import _metric_config as check
@@ -153,7 +154,8 @@ class ThroughputDrop(PerRankRule[ThroughputDropConfig, ThroughputState]):
         """``on_step`` for every row of a frame: in vector operations (the same arithmetic, in
         the same order) the rows that only fold the value into the state, that is the first
         ``warmup_steps`` reports (counted, nothing else) and the healthy steps of seeded ranks
-        with no low streak and no open incident; the rest by ``on_step`` itself."""
+        with no low streak and no open incident; the reports that collect the seed in one loop
+        over the ranks' seed lists (:meth:`_collect_seeds`); the rest by ``on_step`` itself."""
         column = frame.metric("throughput_tokens_per_sec")
         if column is None:
             return []
@@ -163,12 +165,10 @@ class ThroughputDrop(PerRankRule[ThroughputDropConfig, ThroughputState]):
         seen, ready, mean, recent, low, active = gather(
             table, frame, "seen", "ready", "mean", "recent", "low", "active"
         )
-        # Warming up: a report among the first warmup_steps only counts (warmed_up's first
-        # branch). Collecting the seed (a list) stays on the scalar path.
-        ignored = present & ~ready & (seen < c.warmup_steps)
+        seeded = present & ready
         # Seeded ranks with no streak to clear (a list) and no incident to close: the steps
         # that stay above the bar only move the two levels.
-        quiet = present & ready & ~active & (low == 0)
+        quiet = seeded & ~active & (low == 0)
         with np.errstate(invalid="ignore", over="ignore"):
             floor = mean * c.floor
             # max(x, floor) as Python's max picks: the first one unless the second is larger.
@@ -176,11 +176,48 @@ class ThroughputDrop(PerRankRule[ThroughputDropConfig, ThroughputState]):
             common = quiet & (new_recent >= mean * c.drop_ratio)
             cap = mean * c.clip
             new_mean = mean + c.alpha * (np.where(x < cap, x, cap) - mean)
-        table.column("seen")[ranks[ignored]] = seen[ignored] + 1
         rows = ranks[common]
         table.column("recent")[rows] = new_recent[common]
         table.column("mean")[rows] = new_mean[common]
-        return scalar_rows(self, job, table, frame, np.flatnonzero(present & ~ignored & ~common))
+        warming = present & ~ready
+        if warming.any():  # a job's first steps (the rows are other ranks' than the above)
+            # A report among the first warmup_steps only counts (warmed_up's first branch);
+            # the next ones are collected into the seed (its second).
+            early = seen < c.warmup_steps
+            ignored = warming & early
+            table.column("seen")[ranks[ignored]] = seen[ignored] + 1
+            seeding = warming & ~early
+            if seeding.any():
+                self._collect_seeds(table, ranks[seeding], x[seeding])
+        # The rest: seeded ranks with a streak, an incident, or a step below the bar.
+        rest = seeded & ~common
+        return scalar_rows(self, job, table, frame, np.flatnonzero(rest))
+
+    def _collect_seeds(
+        self, table: RankTable[Any], ranks: npt.NDArray[np.int64], x: npt.NDArray[np.float64]
+    ) -> None:
+        """What ``on_step`` does with a report after the warm-up while the baseline is not
+        seeded yet (``warmed_up``'s second branch): the value appended to the rank's seed list,
+        and once there are ``seed_steps`` the baseline seeded with their median. One loop over
+        the lists (they are the table's own objects) instead of a scalar row each: these rows
+        are every rank's ``seed_steps`` reports after the warm-up, a whole frame at a time.
+        A report never finds anything here, so there is nothing to return."""
+        need = self.config.seed_steps
+        done: list[int] = []
+        medians: list[float] = []
+        for r, value, seed in zip(
+            ranks.tolist(), x.tolist(), table.column("seed")[ranks].tolist(), strict=True
+        ):
+            seed.append(value)
+            if len(seed) >= need:
+                ordered = sorted(seed)
+                seed.clear()
+                done.append(r)
+                medians.append(ordered[len(ordered) // 2])
+        if done:
+            table.column("ready")[done] = True
+            table.column("mean")[done] = medians
+            table.column("recent")[done] = medians
 
     def _recovering(
         self, rank: RankState, s: ThroughputState, x: float, event: StepEvent

@@ -336,3 +336,21 @@ def test_the_memory_frame_path_at_the_edges() -> None:
     rule.on_frame(job, state, StepFrame.from_events(twice[:3]), twice[:3])
     # One packed reading per rank: step, usage %, allocated, reserved (NaN: not reported).
     assert repr(state["mem"][2]) == "array('d', [1.0, nan, 12.0, nan])"
+
+
+def test_the_memory_frame_path_with_ranks_joining_late() -> None:
+    # Ranks 0-3 from step 0 (their readings full after five steps), rank 4 from step 9 and
+    # rank 5 from step 14: a frame with every rank known and full, one with a rank new among
+    # full ones, and one with a rank not full yet among full ones.
+    events = [
+        step(r, s, s + 0.01 * r, gpu_memory_usage=40.0 + s + r, gpu_memory_reserved_mb=1e3 * r)
+        for s in range(24)
+        for r in range(6)
+        if s >= {4: 9, 5: 14}.get(r, 0)
+    ]
+    for readings in (5, 1):
+        rule = logs.LogRulesDetector(
+            logs.LogRulesConfig(oom=logs.OomConfig(memory_readings=readings))
+        )
+        assert assert_job_frames_match_scalar(rule, events) == 0
+        assert assert_job_frames_match_scalar(rule, events, tick_interval_s=5) == 0

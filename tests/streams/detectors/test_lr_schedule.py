@@ -379,3 +379,45 @@ def test_the_frame_path_at_the_edges() -> None:
         odd, lambda s: {"lr_schedule": "cosine", "lr_warmup_steps": 10, "lr_total_steps": 100}
     )
     assert assert_job_frames_match_scalar(LrSchedule(), declared) >= 2
+
+
+def test_a_tick_finds_the_compared_step_and_agreement_as_its_loop_does() -> None:
+    # A tick's shortcuts against what they stand for: the step counts against a Counter of
+    # both reports, and "every rank one LR" against the loop's values.count(median) test,
+    # on ranks a step or more apart, values one ulp apart, zeros of both signs, and values
+    # whose mean of two overflows.
+    from collections import Counter
+    from statistics import median
+
+    from rankwatch.streams.detectors.lr_schedule import _agree, _counts_after
+
+    rng = random.Random(3)
+    picks = [[3e-4], [3e-4, math.nextafter(3e-4, 1.0)], [0.0, -0.0], [1.7e308], [1e-300, 0.0]]
+    agreed = 0
+    for _ in range(3000):
+        n = rng.randrange(2, 12)
+        base = rng.randrange(0, 300)
+        steps = [base + rng.choice([0, 0, 0, 1, 2, rng.randrange(9)]) for _ in range(n)]
+        prev = [s - rng.choice([1, 1, 2]) for s in steps]
+        pick = rng.choice(picks)
+        rows = [
+            [s, rng.choice(pick), p, rng.choice(pick)] for s, p in zip(steps, prev, strict=True)
+        ]
+        lrs = [row[1] for row in rows]
+        last = base - rng.randrange(-2, 3)
+        reported = Counter(steps) + Counter(prev)
+        want = {s: k for s, k in reported.items() if s > last}
+        assert _counts_after(steps, prev, last) == want
+        for step in {*steps, *prev}:
+            values = [
+                row[1] if row[0] == step else row[3] for row in rows if step in (row[0], row[2])
+            ]
+            if len(values) < 2:
+                continue
+            got = _agree(rows, steps, prev, lrs, step)
+            if got:  # never where the loop finds a rank off the median
+                assert values.count(median(values)) == len(values)
+                agreed += 1
+            elif pick != [1.7e308]:  # and only misses it where the mean of two overflows
+                assert values.count(median(values)) != len(values)
+    assert agreed > 500

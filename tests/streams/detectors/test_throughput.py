@@ -10,6 +10,7 @@ import noisy_steps
 import pytest
 import synth
 
+from rankwatch.schemas import StepEvent
 from rankwatch.streams import DetectorConfigError, Finding
 from rankwatch.streams.detectors.throughput import (
     ThroughputDrop,
@@ -187,4 +188,25 @@ def test_the_frame_path_with_a_tight_config() -> None:
         refresh_s=10.0,
     )
     events = noisy_steps.noisy_job(99, _throughputs(3, 40), ranks=8)
+    assert assert_frames_match_scalar(ThroughputDrop(config), events) > 0
+
+
+@pytest.mark.parametrize(("warmup", "seed_steps"), [(10, 5), (0, 1), (3, 4)])
+def test_the_frame_path_seeds_every_rank_of_a_frame_at_once(warmup: int, seed_steps: int) -> None:
+    # A synchronous job: whole frames of ranks collect their seed together (the frame path's
+    # loop over the seed lists), one rank's reports missing now and then, so it is seeded a
+    # frame or two after its peers; then a drop on rank 2 that must still be found.
+    def value(rank: int, step: int) -> dict[str, float]:
+        if rank == 1 and step % 4 == 1:
+            return {}
+        x = 8_000.0 + 100.0 * ((rank * 7919 + step * 104729) % 1000) / 1000.0
+        return {"throughput_tokens_per_sec": x * (0.3 if rank == 2 and step >= 40 else 1.0)}
+
+    events = [
+        StepEvent(job_id="job-1", rank=r, step=s, timestamp=synth.T0 + 10.0 * s + 0.01 * r, **m)
+        for s in range(60)
+        for r in range(6)
+        for m in [value(r, s)]
+    ]
+    config = ThroughputDropConfig(warmup_steps=warmup, seed_steps=seed_steps)
     assert assert_frames_match_scalar(ThroughputDrop(config), events) > 0
