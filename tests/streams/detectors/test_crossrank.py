@@ -418,6 +418,43 @@ def _edge_steps(ranks: int = 40) -> list[StepEvent]:
     return sorted(out, key=lambda e: (e.epoch, e.rank))
 
 
+@pytest.mark.parametrize("reported", ["all", "compute_and_data_only"])
+def test_the_frame_path_writes_common_frames_from_the_columns(
+    reported: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Most frames (every rank known, every row with compute, data or throughput) are written
+    from the frame's columns, the others row by row (``_on_rows``): both leave the state
+    ``on_step`` leaves, with throughput and step time reported now and then, or by nobody
+    (a column the frame does not have)."""
+
+    def timings(rng: random.Random, rank: int, step: int) -> dict[str, float | None]:
+        got = _timings(rng, rank, step)
+        if reported != "all":
+            got["throughput_tokens_per_sec"] = got["step_time_s"] = None
+        return got
+
+    events = noisy_steps.noisy_job(1, timings, ranks=48, steps=100)
+    frames, by_rows = [0], [0]
+    on_frame, on_rows = StragglerDetector.on_frame, StragglerDetector._on_rows
+
+    def counted_frame(self: StragglerDetector, *args: Any) -> None:
+        frames[0] += 1
+        on_frame(self, *args)
+
+    def counted_rows(self: StragglerDetector, *args: Any) -> None:
+        by_rows[0] += 1
+        on_rows(self, *args)
+
+    monkeypatch.setattr(StragglerDetector, "on_frame", counted_frame)
+    monkeypatch.setattr(StragglerDetector, "_on_rows", counted_rows)
+    rule = Fresh(
+        StragglerDetector(StragglerConfig(warmup_samples=2, window=4, min_flagged=3, recover=4))
+    )
+    found = assert_job_frames_match_scalar(rule, events, tick_interval_s=4.0)
+    assert found > 0  # rank 3 was judged a straggler both ways
+    assert 0 < by_rows[0] < frames[0] / 2  # both paths taken, the columns' most often
+
+
 def test_the_frame_path_on_rare_rows() -> None:
     events = _edge_steps()
     hang = ProgressHangDetector(ProgressHangConfig(min_stall_s=3.0, step_periods=2.0))
