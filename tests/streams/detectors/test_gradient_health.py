@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import noisy_steps
+import numpy as np
 import pytest
 from synth import T0, Fault, healthy_run, run_engine
 
@@ -624,3 +625,50 @@ def test_the_desync_frame_path_at_the_edges() -> None:
     # A synchronous job in step with one rank off, then back: fires and resolves both ways.
     assert assert_job_frames_match_scalar(GradientDesync(), rows) >= 2
     assert assert_job_frames_match_scalar(GradientDesync(), twice) >= 2
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_desync_bulk_path_leaves_the_state_and_ticks_on_step_leaves(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The frame path's runs of one step held in bulk and compared in numpy (long runs only,
+    so a small job's frames take it only when every run is long enough: here, all)."""
+    from rankwatch.streams.detectors import gradient_health
+
+    monkeypatch.setattr(gradient_health, "_BULK_ROWS", 1)
+    events = noisy_steps.noisy_job(seed, _synchronous(seed), ranks=12, steps=300)
+    tight = GradientDesyncConfig(
+        learn_steps=3, window=3, min_flagged=1, recover=1, refresh_s=5.0, agree_fraction=0.5
+    )
+    assert_job_frames_match_scalar(GradientDesync(), events)
+    assert assert_job_frames_match_scalar(GradientDesync(tight), events) > 0
+    assert assert_job_frames_match_scalar(GradientDesync(tight), events, tick_interval_s=7) > 0
+    assert_job_frames_match_scalar(GradientDesync(GradientDesyncConfig(check_loss=False)), events)
+    local = noisy_steps.noisy_job(seed, _synchronous(seed, local=True), ranks=12, steps=200)
+    assert assert_job_frames_match_scalar(GradientDesync(), local) == 0
+    fault = both(global_norm(), desync(5, 60, 120))
+    rows = list(healthy_run(ranks=8, steps=160, fault=fault))
+    twice = [e for e in rows for _ in range(1 + (e.step % 9 == 0 and e.rank % 3 == 0))]
+    missing_rank = [e for e in rows if e.rank != 6 or not 40 <= e.step < 70]
+    nan = [e.model_copy(update={"gradient_norm": math.nan, "loss": math.inf}) for e in rows[:80]]
+    for events in (rows[:1], nan, twice, missing_rank):
+        assert_job_frames_match_scalar(GradientDesync(), events)
+    assert assert_job_frames_match_scalar(GradientDesync(), rows) >= 2
+    assert assert_job_frames_match_scalar(GradientDesync(), twice, tick_interval_s=7) >= 2
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 8, 9, 100, 101])
+def test_the_desync_median_is_statistics_median_to_the_bit(n: int) -> None:
+    from statistics import median
+
+    from rankwatch.streams.detectors.gradient_health import _median
+
+    rng = random.Random(n)
+    for _ in range(200):
+        values = [
+            rng.choice([rng.lognormvariate(0, 3), -rng.random(), 0.0, -0.0, 1e308])
+            for _ in range(n)
+        ]
+        expected = median(values)
+        got = _median(np.array(values))
+        assert struct.pack("<d", got) == struct.pack("<d", expected) or got == expected == 0.0
