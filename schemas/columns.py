@@ -424,7 +424,8 @@ def _columns(rows: list[_Row], index: Ints) -> tuple[StepColumns, list[int]]:
         ok &= (world < 0) | (ranks < world)
 
     job_ids = cols[_FIELD["job_id"]]
-    bad_ids = {job for job in set(job_ids) if _JOB_ID(job) is None}
+    distinct = set(job_ids)
+    bad_ids = {job for job in distinct if _JOB_ID(job) is None}
     if bad_ids:
         ok &= np.fromiter((job not in bad_ids for job in job_ids), np.bool_, n)
 
@@ -437,6 +438,16 @@ def _columns(rows: list[_Row], index: Ints) -> tuple[StepColumns, list[int]]:
             metrics[name] = (values, present)
 
     lists = {name: list(cols[_FIELD[name]]) for name in _LIST_FIELDS}
+    # One object per distinct value of the strings and sizes that repeat (the parser makes one
+    # per row): the engine holds a big job's step rows by reference to these lists until every
+    # rank has caught up (schemas.records.ColumnRow), so a copy per row would be held too.
+    if len(distinct) == 1:
+        lists["job_id"] = [job_ids[0]] * n
+    if unsaid == 0 and len(set(world_sizes)) == 1:
+        lists["world_size"] = [world_sizes[0]] * n
+    hosts = lists["host"]
+    one_of = {host: host for host in hosts}
+    lists["host"] = list(map(one_of.__getitem__, hosts))
     refused: list[int] = []
     if not ok.all():
         refused = index[~ok].tolist()

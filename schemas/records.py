@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 
     from rankwatch.schemas.columns import StepColumns
 
-__all__ = ["FROM_EVENT", "StepRecord", "records"]
+__all__ = ["FROM_EVENT", "ColumnRow", "StepRecord", "records"]
 
 
 # A msgspec Struct is a __slots__ class whose constructor is C code: building 1,000 records
@@ -196,14 +196,137 @@ for _name in FROM_EVENT:
 del _name
 
 
+class ColumnRow(msgspec.Struct, frozen=True, eq=False, gc=False):
+    """A step row held by reference to its columns: what the engine holds of a big job's
+    common step until every rank has caught up with it (``streams/ordering.py``).
+
+    A :class:`StepRecord` boxes each of the row's values at once; a held row's values are
+    read again only in the rare cases (a release too small for frames, a rule without a frame
+    path, a snapshot). So a ``ColumnRow`` is two references, made for a whole batch in one
+    ``map``. The ids, ``epoch``, ``rank``, ``step``, the declarations and the metrics read
+    straight from the columns (a rule may read a few of every row); any other attribute
+    builds the row's :class:`StepRecord` (:meth:`record`, once, then kept) and reads it
+    there. The same values, of the same types, either way. It keeps its columns alive, as a
+    record does.
+
+    >>> from rankwatch.schemas.columns import decode_batch
+    >>> cols = decode_batch([
+    ...     b'{"schema_version":1,"job_id":"j","rank":1,"timestamp":"2025-04-05T10:23:15Z",'
+    ...     b'"kind":"step","step":7,"loss":2.5}',
+    ... ]).steps
+    >>> row = ColumnRow(cols, 0)
+    >>> row.job_id, row.rank, row.step, row.epoch, row.loss, row.learning_rate
+    ('j', 1, 7, 1743848595.0, 2.5, None)
+    """
+
+    _source: object  # StepColumns (typed object for msgspec, as in StepRecord)
+    _row: int
+    _made: object = None  # the StepRecord, once built
+
+    kind: ClassVar[Literal["step"]] = "step"
+    schema_version: ClassVar[int] = 1
+
+    @property
+    def rank(self) -> int:
+        return int(cast("StepColumns", self._source).ranks[self._row])
+
+    @property
+    def step(self) -> int:
+        return int(cast("StepColumns", self._source).steps[self._row])
+
+    @property
+    def epoch(self) -> float:
+        return float(cast("StepColumns", self._source).times[self._row])
+
+    def record(self) -> StepRecord | StepEvent:
+        """The row's :class:`StepRecord` (built on first use, then kept)."""
+        made = self._made
+        if made is None:
+            made = records(cast("StepColumns", self._source), [self._row])[0]
+            _force_setattr(self, "_made", made)
+        return cast("StepRecord | StepEvent", made)
+
+    def as_event(self) -> StepEvent:
+        """The ``StepEvent`` that ``decode`` makes of the row's message."""
+        made = self.record()
+        return made if isinstance(made, StepEvent) else made.as_event()
+
+    def given(self) -> dict[str, Any]:
+        """As :meth:`StepRecord.given`: the fields the message gave (what a snapshot stores)."""
+        made = self.record()
+        if isinstance(made, StepEvent):
+            values = made.__dict__
+            return {name: values[name] for name in made.model_fields_set}
+        return made.given()
+
+    @property
+    def __dict__(self) -> dict[str, Any]:  # type: ignore[override]
+        """The event's ``__dict__``, as :attr:`StepRecord.__dict__`."""
+        return self.as_event().__dict__
+
+    def __getattr__(self, name: str) -> Any:
+        # Only what is not a slot or property of the row: the object protocols' dunder names
+        # are not the event's (copying or pickling a row must not build its record).
+        if name.startswith("__") and name not in _INSTANCE_DUNDERS:
+            raise AttributeError(name)
+        return getattr(self.record(), name)
+
+    def __repr__(self) -> str:
+        return f"ColumnRow(job_id={self.job_id!r}, rank={self.rank}, step={self.step})"
+
+
+def _listed(name: str, column: str) -> property:
+    def read(row: ColumnRow) -> Any:
+        return getattr(row._source, column)[row._row]
+
+    read.__name__ = name
+    return property(read, doc=f"``StepEvent.{name}`` of the row, from its columns.")
+
+
+# The fields a StepColumns holds as lists: read from there as they are (no conversion).
+for _name, _column in (
+    ("job_id", "job_ids"),
+    ("host", "hosts"),
+    ("attempt", "attempts"),
+    ("phase", "phases"),
+    ("world_size", "world_sizes"),
+    ("lr_schedule", "lr_schedules"),
+    ("lr_warmup_steps", "lr_warmup_steps"),
+    ("lr_total_steps", "lr_total_steps"),
+):
+    setattr(ColumnRow, _name, _listed(_name, _column))
+del _name, _column
+
+
+def _metric(name: str) -> property:
+    def read(row: ColumnRow) -> float | None:
+        column = cast("StepColumns", row._source).metrics.get(name)
+        if column is None or not column[1][row._row]:
+            return None
+        return float(column[0][row._row])  # the same double as the record's tolist()
+
+    read.__name__ = name
+    return property(read, doc=f"``StepEvent.{name}`` of the row, from its columns.")
+
+
+# The metrics, read from their columns too: a rule that reads a few of every held row (a row
+# by row path) costs two numpy reads each, not a record built per row.
+for _name in STEP_METRICS:
+    setattr(ColumnRow, _name, _metric(_name))
+del _name
+
+#: The held rows that read from their columns (as origins() gathers them).
+_FROM_COLUMNS = (StepRecord, ColumnRow)
+
+
 def origins(events: Sequence[Any]) -> tuple[list[tuple[StepColumns, Any, Any]], list[int]]:
     """Where a list of events' values are: ``(columns, positions in events, rows of those
     columns)`` (index lists or arrays) for the records still reading from their columns, one
     entry per columns object in order of first appearance, and the positions of every other
     event (a ``StepEvent``, or a record whose event was built). How a frame gathers a metric
     of released records with one numpy take per batch rather than an attribute read per row."""
-    if all(type(e) is StepRecord for e in events):
-        # The common case, in bulk: records of a few batches, none with its event built.
+    if all(type(e) in _FROM_COLUMNS for e in events):
+        # The common case, in bulk: rows of a few batches, no record with its event built.
         sources = [e._source for e in events]
         by_id = dict(zip(map(id, sources), sources, strict=True))
         if not any(isinstance(source, StepEvent) for source in by_id.values()):
@@ -223,7 +346,7 @@ def origins(events: Sequence[Any]) -> tuple[list[tuple[StepColumns, Any, Any]], 
     groups: dict[int, tuple[StepColumns, Any, Any]] = {}
     rest: list[int] = []
     for i, e in enumerate(events):
-        source = getattr(e, "_source", None) if type(e) is StepRecord else None
+        source = getattr(e, "_source", None) if type(e) in _FROM_COLUMNS else None
         if source is None or isinstance(source, StepEvent):
             rest.append(i)
             continue

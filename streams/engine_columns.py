@@ -18,6 +18,7 @@ check it row for row (``tests/streams/test_engine.py``, ``tests/streams/test_pip
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -25,7 +26,7 @@ import numpy.typing as npt
 
 from rankwatch.schemas import Alert, StepEvent
 from rankwatch.schemas.columns import StepColumns
-from rankwatch.schemas.records import StepRecord, records
+from rankwatch.schemas.records import ColumnRow, StepRecord, records
 from rankwatch.streams.detectors.base import JobState, RankState
 from rankwatch.streams.findings import Outcome
 from rankwatch.streams.frames import RankTable, StepFrame, rounds
@@ -130,12 +131,15 @@ class ColumnarSteps:
         kinds = self._bound.get(job_id)
         if job is None or kinds is None:
             job, kinds = self._enter(job_id)
-        events = records(cols, index)  # no StepEvent built, rare rows' included
         if len(job.ranks) < self.config.columnar_from_ranks:
-            # A small job: frames of a few rows cost more than they save. Row by row.
-            for event in events:
+            # A small job: frames of a few rows cost more than they save. Row by row, each
+            # a record (no StepEvent built; a rare row is its StepEvent).
+            for event in records(cols, index):
                 out += self.process(event)
             return out
+        # What is held of a common row: a reference to its columns, read again only in rare
+        # cases (see ColumnRow). A row that goes through process() is its record.
+        events = list(map(ColumnRow, repeat(cols), positions))
         self._heard[job_id] = self._awake
         known = job.ranks
         common: list[int] = []  # positions in rows of the common rows not applied yet
@@ -158,7 +162,7 @@ class ColumnarSteps:
                 if common:
                     self._arrive(job, kinds, cols, index, common, events, out)
                     common = []
-                out += self.process(events[k])
+                out += self.process(events[k].record())
                 job, kinds = self.jobs[job_id], self._bound[job_id]  # a new attempt: new ones
                 known = job.ranks
                 continue
@@ -179,14 +183,19 @@ class ColumnarSteps:
         every: list[Any],
         out: list[Alert],
     ) -> None:
-        """The common rows (positions ``common`` of ``index``; ``every`` the records of all
-        of ``index``), their ranks' bookkeeping done: the per-rank rules over them, then each
-        held, and the job's steps released when a round of arrivals is due (as
-        :meth:`process` does)."""
+        """The common rows (positions ``common`` of ``index``; ``every`` the held rows of
+        all of ``index``, :class:`ColumnRow`), their ranks' bookkeeping done: the per-rank
+        rules over them, then each held, and the job's steps released when a round of
+        arrivals is due (as :meth:`process` does)."""
         at = index[common]
         ranks = cols.ranks[at]
         found: dict[int, list[Outcome]] = {}
         events = [every[k] for k in common]
+        if len(kinds.tabled) < len(kinds.step):
+            # A per-rank rule without a frame path reads each row's values: the records of
+            # all the rows at once, kept in the held rows (one record per row).
+            made = records(cols, at)
+            events = list(map(ColumnRow, repeat(cols), at.tolist(), made))
         if kinds.step:
             tables = self._check_in(job, kinds, int(ranks.max()) + 1)
             by_rank = job.ranks

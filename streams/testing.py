@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from rankwatch.schemas.records import StepRecord
+from rankwatch.schemas.records import ColumnRow, StepRecord
 from rankwatch.streams.detectors.base import JobState, RankState
 
 
@@ -19,9 +19,9 @@ def state_difference(a: Any, b: Any, path: str = "job") -> str | None:
     set not a list), NaN equal to NaN. A dict's order is not compared: a rank-keyed table comes
     back from a snapshot in chunk order."""
     # A held step of decoded columns is the event it reads as.
-    if isinstance(a, StepRecord):
+    if isinstance(a, StepRecord | ColumnRow):
         a = a.as_event()
-    if isinstance(b, StepRecord):
+    if isinstance(b, StepRecord | ColumnRow):
         b = b.as_event()
     if type(a) is not type(b):
         return f"{path}: {type(a).__name__} != {type(b).__name__}"

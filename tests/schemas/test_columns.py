@@ -504,3 +504,23 @@ def test_generated_timestamps_convert_as_decode_converts_them(stamps: list[Any])
     base = orjson.loads(_SIM_STEPS[0])
     messages = [_wire_or_skip({**base, "timestamp": stamp}, 0) for stamp in stamps]
     assert_same_verdicts(messages, decode_batch(messages))
+
+
+def test_repeated_ids_hosts_and_sizes_are_one_object_each() -> None:
+    """A batch's job id, hosts and world size are held once per distinct value, not once per
+    row (held rows keep their batch's lists alive), with the values decode gives."""
+    lines = [
+        orjson.dumps({"schema_version": 1, "kind": "step", "job_id": "job-a", "rank": r,
+                      "step": 1, "timestamp": 1_700_000_000 + r, "world_size": 64,
+                      **({"host": f"node-{r // 8}"} if r % 5 else {})})
+        for r in range(64)
+    ]  # fmt: skip
+    cols = decode_batch(lines).steps
+    assert len(cols) == 64
+    assert len({id(j) for j in cols.job_ids}) == 1
+    assert len({id(w) for w in cols.world_sizes}) == 1
+    assert len({id(h) for h in cols.hosts}) == len(set(cols.hosts))
+    for i, line in enumerate(lines):
+        event = decode(line)
+        assert (cols.job_ids[i], cols.hosts[i], cols.world_sizes[i]) == (
+            event.job_id, event.host, event.world_size)  # fmt: skip

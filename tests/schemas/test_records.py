@@ -260,3 +260,45 @@ def test_given_is_what_the_event_was_given() -> None:
         assert repr({k: getattr(event, k) for k in got}).replace("TzInfo(0)", "UTC") == repr(
             got
         ).replace("datetime.timezone.utc", "UTC")
+
+
+# -- ColumnRow: a held row by reference -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_column_rows_read_as_decoded(seed: int) -> None:
+    """A ColumnRow reads as decode's event of its message, every field and every attribute
+    read from the event, as a record does; what a snapshot stores of it is its record's."""
+    from rankwatch.schemas.records import ColumnRow
+
+    rng = random.Random(100 + seed)
+    messages = [_varied(rng) for _ in range(300)]
+    cols = decode_batch(messages).steps
+    rows = [i for i in range(len(cols)) if i not in cols.rare]
+    assert len(rows) > 250
+    for i in rows:
+        event = decode(messages[int(cols.index[i])])
+        assert isinstance(event, StepEvent)
+        assert_reads_as(ColumnRow(cols, i), event)
+        assert _same(ColumnRow(cols, i).given(), records(cols, [i])[0].given())  # type: ignore[union-attr]
+
+
+def test_a_column_row_builds_its_record_only_for_what_the_columns_do_not_hold() -> None:
+    from rankwatch.schemas.records import ColumnRow
+
+    cols = decode_batch([_SIM_STEPS[0], _SIM_STEPS[1]]).steps
+    row = ColumnRow(cols, 1)
+    event = decode(_SIM_STEPS[1])
+    assert isinstance(event, StepEvent)
+    read = (row.job_id, row.rank, row.step, row.epoch, row.host, row.world_size, row.attempt)
+    assert read == (event.job_id, event.rank, event.step, event.epoch, event.host,
+                    event.world_size, event.attempt)  # fmt: skip
+    assert row.lr_schedule == event.lr_schedule and row.phase == event.phase
+    assert _same(row.loss, event.loss) and _same(row.learning_rate, event.learning_rate)
+    assert row._made is None  # none of those built the record
+    assert row.timestamp == event.timestamp  # this one does
+    made = row._made
+    assert type(made) is StepRecord and row.record() is made  # built once, then kept
+    with pytest.raises(AttributeError):
+        row.__reduce_ex_not_a_name__  # noqa: B018 (an unknown dunder is no event attribute)
+    assert repr(row) == f"ColumnRow(job_id={event.job_id!r}, rank={event.rank}, step={event.step})"
