@@ -47,7 +47,7 @@ first message still held here (:meth:`InputAligner.first_held`), so a crash lose
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 #: A held message: (timestamp, topic index, offset, the message); the first three order it.
@@ -110,6 +110,38 @@ class InputAligner:
         key = (topic, partition)
         self._newest[key] = timestamp
         self._at_end.discard(key)
+
+    def add_messages(self, messages: Sequence[Any], topics: Mapping[str, int], start: int) -> int:
+        """:meth:`add` of ``messages[start:]`` (with confluent-kafka's ``Message`` methods;
+        ``topics``: each input topic's index) in order, up to the first one that carries an
+        error; returns its index (``len(messages)`` when none does). The consumer loop's
+        per-message work, in one loop: a consumed batch comes in runs of one partition."""
+        queues_of, newest, at_end = self._queues, self._newest, self._at_end
+        queue: deque[_Held] | None = None
+        topic = partition = -1
+        stamp = 0
+        n = len(messages)
+        i = start
+        while i < n:
+            msg = messages[i]
+            if msg.error() is not None:
+                break
+            t, p = topics[msg.topic()], msg.partition()
+            if queue is None or t != topic or p != partition:
+                if queue is not None:
+                    newest[(topic, partition)] = stamp
+                topic, partition = t, p
+                queues = queues_of.get(p)
+                if queues is None:
+                    queues = queues_of[p] = [deque() for _ in range(self.topics)]
+                queue = queues[t]
+                at_end.discard((t, p))
+            stamp = msg.timestamp()[1]
+            queue.append((stamp, t, msg.offset(), msg))
+            i += 1
+        if queue is not None:
+            newest[(topic, partition)] = stamp
+        return i
 
     def mark_end(self, topic: int, partition: int) -> None:
         """The consumer reached the end of this topic partition: nothing more to wait for."""

@@ -135,16 +135,16 @@ class StreamCore:
         alerts and dead letters sent, not yet flushed. Returns how many are held back.
         ``eof``: the error code of "end of partition" events among the messages."""
         aligner, index = self.aligner, self._input_index
-        for msg in messages:
-            error = msg.error()
-            if error is None:
-                aligner.add(
-                    index[msg.topic()], msg.partition(), msg.timestamp()[1], msg.offset(), msg
-                )
-            elif error.code() == eof:
-                aligner.mark_end(index[msg.topic()], msg.partition())
-            else:
-                self.consumer_error(msg)
+        i, n = 0, len(messages)
+        while i < n:
+            i = aligner.add_messages(messages, index, i)  # up to the next one with an error
+            if i < n:
+                msg = messages[i]
+                if msg.error().code() == eof:
+                    aligner.mark_end(index[msg.topic()], msg.partition())
+                else:
+                    self.consumer_error(msg)
+                i += 1
         ready = aligner.ready(now, caught_up)
         if ready:
             values = [b"" if (v := msg.value()) is None else v for msg in ready]

@@ -162,3 +162,29 @@ def _deliver(
         read[topic] = min(ends[topic], read[topic] + chunk)
         out += aligner.ready(0.0, caught_up)
     return out + aligner.ready(0.0, caught_up)
+
+
+def test_adding_consumed_messages_in_bulk_is_adding_them_one_by_one() -> None:
+    """add_messages (the consumer loop's) leaves the aligner as add() of each in turn, and
+    stops at the first message that carries an error (an end of partition, handled apart)."""
+    from test_checkpoint import Error, Message
+
+    rng = random.Random(4)
+    topics = {"steps": 0, "logs": 1}
+    messages = [
+        Message(rng.choice(list(topics)), rng.randrange(3), k, b"v", 1_000 + k) for k in range(60)
+    ]
+    messages[37] = Message("logs", 1, 37, None, 0, Error(-191))
+    one = InputAligner(2, slack_ms=0)
+    one.mark_end(1, 1)
+    for msg in messages[:37]:
+        one.add(topics[msg.topic()], msg.partition(), msg.timestamp()[1], msg.offset(), msg)
+    bulk = InputAligner(2, slack_ms=0)
+    bulk.mark_end(1, 1)  # an end mark that an add clears
+    assert bulk.add_messages(messages, topics, 0) == 37
+    assert bulk.add_messages(messages, topics, 38) == 60
+    for msg in messages[38:]:
+        one.add(topics[msg.topic()], msg.partition(), msg.timestamp()[1], msg.offset(), msg)
+    for name in ("_queues", "_newest", "_at_end"):
+        assert getattr(bulk, name) == getattr(one, name), name
+    assert (1, 1) not in bulk._at_end and len(bulk._newest) == 6
