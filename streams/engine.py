@@ -417,6 +417,9 @@ class Engine(ColumnarSteps):
         framed = kinds.framed if frames else {}
         stepped = [(jd.on_step, slots[jd.name]) for jd in kinds.job if jd.name not in framed]
         by_frame = [(rule.on_frame, slots[name]) for name, rule in framed.items()]
+        if by_frame and not stepped:
+            self._apply_frames(job, kinds, ready, out, by_frame)
+            return
         rows: list[Held] = []
         seen: set[int] = set()
         for entry in ready:

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rankwatch.streams import Engine
 
 
-def _life_of_a_job() -> list[bytes]:
+def _life_of_a_job(ranks: int = 6) -> list[bytes]:
     """Step events of one 6-rank job through the rows the columnar path leaves to process():
     first steps, duplicates, an evaluation pass, a world_size announced late, a restart that
     says its attempt, one that does not (a lower step, later), late steps of an attempt that
@@ -27,8 +29,8 @@ def _life_of_a_job() -> list[bytes]:
 
     t = 1_700_000_000.0
     for n in range(60):
-        for r in rng.sample(range(6), 6):
-            extra: dict[str, object] = {"world_size": 6} if n >= 3 else {}
+        for r in rng.sample(range(ranks), ranks):
+            extra: dict[str, object] = {"world_size": ranks} if n >= 3 else {}
             if 30 <= n < 33:
                 extra["phase"] = "eval"
             if n >= 45 and r == 2:
@@ -38,13 +40,13 @@ def _life_of_a_job() -> list[bytes]:
                 emit(r, n, t + n + r * 0.01, **extra)  # redelivered
     t += 100
     for n in range(20, 40):  # restarted from step 20, attempt said
-        for r in range(6):
-            emit(r, n, t + n + r * 0.01, world_size=6, attempt=1)
-    emit(4, 59, t - 50, world_size=6)  # a late step of the attempt that is over
+        for r in range(ranks):
+            emit(r, n, t + n + r * 0.01, world_size=ranks, attempt=1)
+    emit(4, 59, t - 50, world_size=ranks)  # a late step of the attempt that is over
     t += 100
     for n in range(10, 30):  # restarted again, attempt not said: a lower step, later
-        for r in range(6):
-            emit(r, n, t + n + r * 0.01, world_size=6, attempt=1)
+        for r in range(ranks):
+            emit(r, n, t + n + r * 0.01, world_size=ranks, attempt=1)
     return out
 
 
@@ -72,3 +74,74 @@ def test_process_columns_matches_process_row_for_row() -> None:
         assert any(a.rule == "gradient_explosion" for a in alerts)
         assert any(a.rule == "job_restarted" for a in alerts)
         assert repr([a.model_dump() for a in got]) == repr([a.model_dump() for a in alerts])
+
+
+class _Quiet:
+    """A job rule that finds nothing and has no frame path: a release then takes
+    ``Engine._apply_ready``'s own loop (every job's clock on the job, row by row). It keeps
+    the job's clocks as each tick sees them (in its state, which the test compares)."""
+
+    name = "quiet"
+
+    def new_job_state(self) -> dict[str, list[Any]]:
+        return {"ticks": []}
+
+    def on_step(self, job: object, rank: object, state: object, event: object) -> None:
+        return None
+
+    def on_tick(self, job: Any, state: dict[str, list[Any]], now: float) -> tuple[()]:
+        state["ticks"].append((now, job.watermark, job.max_step, job.last_tick, job.phase))
+        return ()
+
+
+class _QuietFramed(_Quiet):
+    """The same rule with a frame path: every job rule has one, so a release of a big job
+    takes ``_apply_frames`` (the job's clocks in locals between the calls out)."""
+
+    def on_frame(self, job: object, state: object, frame: object, events: object) -> None:
+        return None
+
+
+def test_a_release_in_frames_gives_what_the_row_by_row_release_gives() -> None:
+    """A 64-rank job with a straggler and a leak, checkpoints and reordering, and a 70-rank
+    job's life with restarts, in batches: the same alerts and state whether the releases
+    take _apply_frames or _apply_ready's own loop."""
+    from rankwatch.schemas import encode
+    from rankwatch.simulate import JobSpec, simulate
+    from rankwatch.simulate.scenarios import SCENARIOS
+    from rankwatch.streams.pipeline import Pipeline
+    from rankwatch.streams.registry import builtin_detectors
+    from rankwatch.streams.testing import state_difference
+
+    spec = JobSpec(job_id="frames", ranks=64, steps=160, seed=3, checkpoint_every=50)
+    faults = [
+        SCENARIOS["straggler"](at_step=60, rank=5),
+        SCENARIOS["memory_leak"](at_step=40, rank=9),
+    ]
+    messages = [encode(e) for e in simulate(spec, faults, duplicates=0.01, reorder=0.02)]
+    messages += _life_of_a_job(ranks=70)  # restarts (job_restarted reads the job's max_step)
+    runs = []
+    framed: list[int] = []
+    for rule in (_Quiet(), _QuietFramed()):
+        engine = Engine([*builtin_detectors(), rule])
+        apply_frames = engine._apply_frames
+
+        def counted(*args: Any, apply_frames: Any = apply_frames) -> None:
+            framed.append(len(args[2]))
+            apply_frames(*args)
+
+        engine._apply_frames = counted  # type: ignore[method-assign]
+        pipeline = Pipeline(engine)
+        pipeline.feed_clock_from_events()
+        alerts = []
+        for i in range(0, len(messages), 700):
+            alerts += pipeline.handle_batch(messages[i : i + 700])[0]
+        runs.append((alerts + pipeline.flush(), pipeline.engine))
+    (rows, a), (frames, b) = runs
+    assert len(framed) > 100  # the second run's releases, and only those
+    assert any(x.rule == "straggler" and x.status == "firing" for x in frames)
+    assert repr([x.model_dump() for x in frames]) == repr([x.model_dump() for x in rows])
+    assert any(x.rule == "job_restarted" for x in frames)
+    assert a.jobs.keys() == b.jobs.keys() == {"frames", "life"}
+    for job_id, job in a.jobs.items():
+        assert state_difference(b.jobs[job_id], job) is None
