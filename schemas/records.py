@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 
     from rankwatch.schemas.columns import StepColumns
 
-__all__ = ["FROM_EVENT", "ColumnRow", "StepRecord", "records"]
+__all__ = ["FROM_EVENT", "ColumnRow", "StepRecord", "build_records", "records"]
 
 
 # A msgspec Struct is a __slots__ class whose constructor is C code: building 1,000 records
@@ -273,6 +273,23 @@ class ColumnRow(msgspec.Struct, frozen=True, eq=False, gc=False):
 
     def __repr__(self) -> str:
         return f"ColumnRow(job_id={self.job_id!r}, rank={self.rank}, step={self.step})"
+
+
+def build_records(rows: Iterable[ColumnRow]) -> None:
+    """Give every row that has none its :class:`StepRecord`, built in bulk (one
+    :func:`records` call per columns object, not one per row): before reading many rows'
+    values, as a snapshot of held steps does (:meth:`ColumnRow.given`)."""
+    groups: dict[int, tuple[StepColumns, list[ColumnRow]]] = {}
+    for row in rows:
+        if row._made is None:
+            source = cast("StepColumns", row._source)
+            group = groups.get(id(source))
+            if group is None:
+                group = groups[id(source)] = (source, [])
+            group[1].append(row)
+    for source, members in groups.values():
+        for row, made in zip(members, records(source, [r._row for r in members]), strict=True):
+            _force_setattr(row, "_made", made)
 
 
 def _listed(name: str, column: str) -> property:

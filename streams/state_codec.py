@@ -39,6 +39,7 @@ import msgspec
 import numpy as np
 
 from rankwatch.schemas import StepEvent
+from rankwatch.schemas.records import ColumnRow, build_records
 from rankwatch.streams.detectors.base import JobDetector, JobState, RankState, StepDetector
 from rankwatch.streams.exceptions import StreamsError
 from rankwatch.streams.findings import Finding, Resolution
@@ -275,6 +276,8 @@ class JobParts:
             members = [r for r in range(chunk * per, (chunk + 1) * per) if r in ranks]
         else:
             members = sorted(r for r in ranks if r // per == chunk)
+        # Held rows by reference read their values from a record: built for all at once.
+        build_records(e[4] for r in members for e in ranks[r].held if type(e[4]) is ColumnRow)
         values = [_rank_value(ranks[r], r in job.ended) for r in members]
         if job.tables:
             _add_table_rows(job, members, values)

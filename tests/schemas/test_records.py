@@ -302,3 +302,20 @@ def test_a_column_row_builds_its_record_only_for_what_the_columns_do_not_hold() 
     with pytest.raises(AttributeError):
         row.__reduce_ex_not_a_name__  # noqa: B018 (an unknown dunder is no event attribute)
     assert repr(row) == f"ColumnRow(job_id={event.job_id!r}, rank={event.rank}, step={event.step})"
+
+
+def test_build_records_gives_rows_their_records_in_bulk() -> None:
+    """Rows of two batches, some with a record already: each gets its own record (the one
+    records() makes of its row), one records() call per batch; a built one is kept."""
+    from rankwatch.schemas.records import ColumnRow, build_records
+
+    first = decode_batch(list(_SIM_STEPS[:6])).steps
+    second = decode_batch(list(_SIM_STEPS[6:12])).steps
+    rows = [ColumnRow(first, i) for i in (4, 0, 2)] + [ColumnRow(second, i) for i in (1, 5)]
+    kept = rows[1].record()
+    build_records(rows)
+    assert rows[1]._made is kept
+    for row in rows:
+        made = row._made
+        assert type(made) is StepRecord and made._row == row._row and made._source is row._source
+        assert made.given() == records(row._source, [row._row])[0].given()  # type: ignore[arg-type, union-attr]
