@@ -417,14 +417,17 @@ class Engine(ColumnarSteps):
         framed = kinds.framed if frames else {}
         stepped = [(jd.on_step, slots[jd.name]) for jd in kinds.job if jd.name not in framed]
         by_frame = [(rule.on_frame, slots[name]) for name, rule in framed.items()]
-        if by_frame and not stepped:
-            self._apply_frames(job, kinds, ready, out, by_frame)
-            return
         rows: list[Held] = []
         seen: set[int] = set()
+        # The job's clocks are kept in locals, and written to the job before each call out
+        # that may read them (a frame, findings, a job rule's on_step, a tick): a big job's
+        # release has none of those on most rows. Only the engine writes them.
+        watermark, max_step, last_tick = job.watermark, job.max_step, job.last_tick
+        training = job.phase == "train"
         for entry in ready:
             now, r, step, _, event, found = entry
-            if by_frame and (r in seen or (job.phase != "train" and rows)):
+            if by_frame and (r in seen or (not training and rows)):
+                job.watermark, job.max_step = watermark, max_step
                 self._frame(job, by_frame, rows)
                 rows = []
                 seen.clear()
@@ -436,28 +439,34 @@ class Engine(ColumnarSteps):
                 mine.remove(entry)
             rank.last_step = step
             rank.last_step_time = now
-            if job.phase != "train" and now > job.phase_since:
+            if not training and now > job.phase_since:
                 job.phase = "train"  # a training step after an evaluation or a checkpoint
                 job.phase_since = now
+                training = True
             if now > rank.last_seen:
                 rank.last_seen = now
-            if now > job.watermark:
-                job.watermark = now
-            if step > job.max_step:
-                job.max_step = step
-            if found:
-                self._apply(job, found, out)
-            for on_step, slot in stepped:
-                on_step(job, rank, slot, event)
+            if now > watermark:
+                watermark = now
+            if step > max_step:
+                max_step = step
+            if found or stepped:
+                job.watermark, job.max_step = watermark, max_step
+                if found:
+                    self._apply(job, found, out)
+                for on_step, slot in stepped:
+                    on_step(job, rank, slot, event)
             if by_frame:
                 rows.append(entry)
                 seen.add(r)
-            if now - job.last_tick >= interval:
+            if now - last_tick >= interval:
+                job.watermark, job.max_step = watermark, max_step
                 if rows:
                     self._frame(job, by_frame, rows)
                     rows = []
                     seen.clear()
                 self._tick(job, kinds, out, now)
+                last_tick = job.last_tick
+        job.watermark, job.max_step = watermark, max_step
         if rows:
             self._frame(job, by_frame, rows)
 

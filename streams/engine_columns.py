@@ -9,8 +9,7 @@ the common row's bookkeeping in one pass, the per-rank rules that have a frame p
 per-rank frame rules keep their state in the job's rank tables (``JobState.tables``); the scalar
 path checks a rank's state out into its slots and the next frame puts it back. At release,
 :meth:`~ColumnarSteps._frame` runs the job rules that have a frame path once per frame
-of released steps (``Engine._apply_ready``; :meth:`~ColumnarSteps._apply_frames` when every
-job rule has one, as the built-in ones do).
+of released steps (``Engine._apply_ready``).
 
 The alerts are those of ``Engine.process`` of each event in turn, ids included: the tests
 check it row for row (``tests/streams/test_engine.py``, ``tests/streams/test_pipeline.py``).
@@ -230,65 +229,6 @@ class ColumnarSteps:
             k = order.hold_rows(held_of, times, rank_list, steps, events, found, announced, k)
             if order.due <= 0:
                 self._release(job, kinds, order, out)
-
-    def _apply_frames(
-        self,
-        job: JobState,
-        kinds: _Kinds,
-        ready: list[Held],
-        out: list[Alert],
-        by_frame: list[tuple[Any, Any]],
-    ) -> None:
-        """:meth:`_apply_ready` when every job rule runs on frames (a big job's release):
-        the same steps in the same order, with the job's clocks (``watermark``, ``max_step``,
-        ``last_tick``, whether it trains) kept in locals, written to the job before each call
-        out that may read them (a frame, findings, a tick). Only the engine writes them."""
-        interval = self.config.tick_interval_s
-        ranks = job.ranks
-        rows: list[Held] = []
-        seen: set[int] = set()
-        watermark, max_step, last_tick = job.watermark, job.max_step, job.last_tick
-        training = job.phase == "train"
-        for entry in ready:
-            now, r, step, _, _, found = entry
-            if r in seen or (not training and rows):
-                job.watermark, job.max_step = watermark, max_step
-                self._frame(job, by_frame, rows)
-                rows = []
-                seen.clear()
-            rank = ranks[r]
-            mine = rank.held
-            if mine[0] is entry:
-                del mine[0]
-            else:  # this rank's own steps arrived out of their time order
-                mine.remove(entry)
-            rank.last_step = step
-            rank.last_step_time = now
-            if not training and now > job.phase_since:
-                job.phase = "train"  # a training step after an evaluation or a checkpoint
-                job.phase_since = now
-                training = True
-            if now > rank.last_seen:
-                rank.last_seen = now
-            if now > watermark:
-                watermark = now
-            if step > max_step:
-                max_step = step
-            if found:
-                job.watermark, job.max_step = watermark, max_step
-                self._apply(job, found, out)
-            rows.append(entry)
-            seen.add(r)
-            if now - last_tick >= interval:
-                job.watermark, job.max_step = watermark, max_step
-                self._frame(job, by_frame, rows)
-                rows = []
-                seen.clear()
-                self._tick(job, kinds, out, now)
-                last_tick = job.last_tick
-        job.watermark, job.max_step = watermark, max_step
-        if rows:
-            self._frame(job, by_frame, rows)
 
     @staticmethod
     def _frame(job: JobState, framed: list[tuple[Any, Any]], rows: list[Held]) -> None:

@@ -77,9 +77,9 @@ def test_process_columns_matches_process_row_for_row() -> None:
 
 
 class _Quiet:
-    """A job rule that finds nothing and has no frame path: a release then takes
-    ``Engine._apply_ready``'s own loop (every job's clock on the job, row by row). It keeps
-    the job's clocks as each tick sees them (in its state, which the test compares)."""
+    """A job rule that finds nothing and has no frame path: its ``on_step`` may read the job's
+    clocks, so a release writes them to the job at every row. It keeps the clocks as each
+    tick sees them (in its state, which the test compares)."""
 
     name = "quiet"
 
@@ -96,7 +96,7 @@ class _Quiet:
 
 class _QuietFramed(_Quiet):
     """The same rule with a frame path: every job rule has one, so a release of a big job
-    takes ``_apply_frames`` (the job's clocks in locals between the calls out)."""
+    writes the job's clocks only before a frame, findings or a tick."""
 
     def on_frame(self, job: object, state: object, frame: object, events: object) -> None:
         return None
@@ -104,8 +104,8 @@ class _QuietFramed(_Quiet):
 
 def test_a_release_in_frames_gives_what_the_row_by_row_release_gives() -> None:
     """A 64-rank job with a straggler and a leak, checkpoints and reordering, and a 70-rank
-    job's life with restarts, in batches: the same alerts and state whether the releases
-    take _apply_frames or _apply_ready's own loop."""
+    job's life with restarts, in batches: the same alerts, state and clocks at every tick
+    whether a release writes the job's clocks at every row or only before the calls out."""
     from rankwatch.schemas import encode
     from rankwatch.simulate import JobSpec, simulate
     from rankwatch.simulate.scenarios import SCENARIOS
@@ -121,24 +121,15 @@ def test_a_release_in_frames_gives_what_the_row_by_row_release_gives() -> None:
     messages = [encode(e) for e in simulate(spec, faults, duplicates=0.01, reorder=0.02)]
     messages += _life_of_a_job(ranks=70)  # restarts (job_restarted reads the job's max_step)
     runs = []
-    framed: list[int] = []
     for rule in (_Quiet(), _QuietFramed()):
-        engine = Engine([*builtin_detectors(), rule])
-        apply_frames = engine._apply_frames
-
-        def counted(*args: Any, apply_frames: Any = apply_frames) -> None:
-            framed.append(len(args[2]))
-            apply_frames(*args)
-
-        engine._apply_frames = counted  # type: ignore[method-assign]
-        pipeline = Pipeline(engine)
+        pipeline = Pipeline(Engine([*builtin_detectors(), rule]))
         pipeline.feed_clock_from_events()
         alerts = []
         for i in range(0, len(messages), 700):
             alerts += pipeline.handle_batch(messages[i : i + 700])[0]
         runs.append((alerts + pipeline.flush(), pipeline.engine))
     (rows, a), (frames, b) = runs
-    assert len(framed) > 100  # the second run's releases, and only those
+    assert len(a.jobs["frames"].slots["quiet"]["ticks"]) > 100
     assert any(x.rule == "straggler" and x.status == "firing" for x in frames)
     assert repr([x.model_dump() for x in frames]) == repr([x.model_dump() for x in rows])
     assert any(x.rule == "job_restarted" for x in frames)
