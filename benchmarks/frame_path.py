@@ -39,7 +39,7 @@ from rankwatch.schemas import StepEvent, decode, encode
 from rankwatch.schemas.columns import StepColumns, decode_batch
 from rankwatch.streams.detectors.base import JobState, RankState
 from rankwatch.streams.detectors.gradient import GradientExplosion
-from rankwatch.streams.detectors.gradient_health import GradientVanishing
+from rankwatch.streams.detectors.gradient_vanishing import GradientVanishing
 from rankwatch.streams.detectors.loss import LossExplosion
 from rankwatch.streams.detectors.memory import MemoryGrowth
 from rankwatch.streams.detectors.throughput import ThroughputDrop

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from rankwatch.streams.detectors import (
     crossrank,
-    gradient_health,
+    gradient_desync,
+    gradient_vanishing,
     job_end,
     logs,
     loss_scale,
@@ -24,8 +25,8 @@ def builtin_detectors() -> list[Detector]:
         *loss_scale.detectors(),
         *crossrank.detectors(),
         *utilization.detectors(),
-        gradient_health.GradientVanishing(),
-        gradient_health.GradientDesync(),
+        gradient_vanishing.GradientVanishing(),
+        gradient_desync.GradientDesync(),
         *stuck.detectors(),
         *job_end.detectors(),
         LrSchedule(),

@@ -34,9 +34,8 @@ from rankwatch.schemas import Action, LogEvent, Severity, StepEvent
 from rankwatch.schemas.validation import RULE_SETTING_STYLE, field_errors
 from rankwatch.streams.detectors.base import JobState, RankState
 from rankwatch.streams.detectors.gradient import GradientExplosion, GradientExplosionConfig
-from rankwatch.streams.detectors.gradient_health import (
-    GradientDesync,
-    GradientDesyncConfig,
+from rankwatch.streams.detectors.gradient_desync import GradientDesync, GradientDesyncConfig
+from rankwatch.streams.detectors.gradient_vanishing import (
     GradientVanishing,
     GradientVanishingConfig,
 )

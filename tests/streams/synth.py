@@ -174,3 +174,23 @@ def run_engine(engine: Engine, events: Iterable[StepEvent]) -> list[Alert]:
     alerts = engine.process_many(events)
     alerts.extend(engine.flush())
     return alerts
+
+
+def global_norm(level: float = 1.0, seed: int = 7) -> Fault:
+    """Every rank reports the same (all-reduced) norm at a step, as a DDP job does; fp16
+    overflow skips stay non-finite on every rank."""
+
+    def fault(rank: int, step: int, m: dict[str, Any]) -> None:
+        rng = random.Random(seed * 1_000_003 + step)
+        g = level * (1 + 5 * math.exp(-step / 20)) * rng.lognormvariate(0, 0.3)
+        m["gradient_norm"] = g if math.isfinite(m["gradient_norm"]) else math.inf
+
+    return fault
+
+
+def both(*faults: Fault) -> Fault:
+    def fault(rank: int, step: int, m: dict[str, Any]) -> None:
+        for f in faults:
+            f(rank, step, m)
+
+    return fault

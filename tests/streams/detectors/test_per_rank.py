@@ -13,7 +13,7 @@ from rankwatch.streams import Finding, Resolution
 from rankwatch.streams.detectors._per_rank import PerRankRule, settled
 from rankwatch.streams.detectors.base import JobDetector, RankState, StepDetector
 from rankwatch.streams.detectors.gradient import GradientExplosion, GradientState
-from rankwatch.streams.detectors.gradient_health import GradientVanishing, VanishingState
+from rankwatch.streams.detectors.gradient_vanishing import GradientVanishing, VanishingState
 from rankwatch.streams.detectors.loss import LossExplosion, LossState
 from rankwatch.streams.detectors.memory import MemoryGrowth, MemoryState
 from rankwatch.streams.detectors.throughput import (
