@@ -34,6 +34,7 @@ snapshot keeps them; this index over them is rebuilt from there.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rankwatch.streams.detectors.base import JobState
@@ -151,24 +152,10 @@ class StepOrder:
     ) -> bool:
         """Hold a step just received (``held`` is its rank's list, ``RankState.held``); True
         when a round of arrivals is due and the ready steps should be released. ``world``: the
-        world size the step announced, if any."""
-        entry = (now, rank, step, self.seq, event, found)
-        self.seq += 1
-        held.append(entry)
-        self.held.append(entry)
-        latest = self.latest
-        if now > latest.get(rank, _NEG_INF):
-            if rank not in latest:  # a rank's first step: the job's size and start
-                if world is not None and world > self.world:
-                    self.world = world
-                if now < self.start:
-                    self.start = now
-            latest[rank] = now
-            if now > self.step_high:
-                self.step_high = now
-                if now > self.high:
-                    self.high = now
-        self.due -= 1
+        world size the step announced, if any. One row of :meth:`hold_rows`."""
+        self.hold_rows(
+            [held], [now], [rank], [step], [event], {0: found} if found else {}, [world], 0
+        )
         return self.due <= 0
 
     def hold_rows(
@@ -178,14 +165,15 @@ class StepOrder:
         ranks: list[int],
         steps: list[int],
         events: list[Any],
-        found: dict[int, list[Outcome]],
+        found: Mapping[int, Sequence[Outcome]],
         worlds: list[int | None],
         start: int,
     ) -> int:
-        """:meth:`hold` of rows ``start, start + 1, ...`` of parallel lists (``held_of``: each
-        row's rank's list), up to the row after which a round of arrivals is due (``due <= 0``)
-        or the end; returns the index of the next row not held. The common case of the columnar
-        path, in one loop: a method call and the attribute reads per row are what it saves."""
+        """Hold rows ``start, start + 1, ...`` of parallel lists just received (``held_of``:
+        each row's rank's list, ``found``: what the per-rank rules found, by row), up to the
+        row after which a round of arrivals is due (``due <= 0``) or the end; returns the
+        index of the next row not held. The columnar path holds a batch's rows in one call;
+        :meth:`hold` is one row."""
         seq = self.seq
         due = self.due
         mine = self.held
