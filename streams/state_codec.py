@@ -32,7 +32,7 @@ import hashlib
 import zlib
 from array import array
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -43,6 +43,7 @@ from rankwatch.schemas.records import ColumnRow, build_records
 from rankwatch.streams.detectors.base import JobDetector, JobState, RankState, StepDetector
 from rankwatch.streams.exceptions import StreamsError
 from rankwatch.streams.findings import Finding, Resolution
+from rankwatch.streams.frames.entries import RankEntries
 
 if TYPE_CHECKING:
     from rankwatch.streams.engine import Engine
@@ -67,6 +68,8 @@ class StateCodecError(StreamsError, ValueError):
 
 
 def _enc_hook(obj: Any) -> Any:
+    if isinstance(obj, RankEntries):  # a rank-keyed table in the head: its entries are in chunks
+        return {}
     if isinstance(obj, array):
         return msgspec.msgpack.Ext(_EXT_ARRAY, obj.typecode.encode() + obj.tobytes())
     raise TypeError(f"engine state holds a {type(obj).__name__}, which is not plain data")
@@ -130,6 +133,9 @@ class Layout:
     #: slot name -> paths of its rank-keyed tables ("r", "nccl.ep.ranks", "p.*", "" = the slot)
     rank_keyed: Mapping[str, tuple[str, ...]]
     ranks_per_chunk: int = DEFAULT_RANKS_PER_CHUNK
+    #: slot name -> {key: an empty table}, for each rank-keyed table a rule keeps as columns
+    #: (:class:`RankEntries`): stored as a mapping of rank -> entry, made columns again on read.
+    entry_tables: Mapping[str, Mapping[str, RankEntries]] = field(default_factory=dict)
 
     @classmethod
     def of(
@@ -138,14 +144,20 @@ class Layout:
         rank_types: dict[str, type] = {}
         job_types: dict[str, type] = {}
         keyed: dict[str, tuple[str, ...]] = {}
+        entry_tables: dict[str, dict[str, RankEntries]] = {}
         for d in engine.detectors_for(job_id):
             # The engine's own classification order: JobDetector, then StepDetector, then log.
             if isinstance(d, StepDetector) and not isinstance(d, JobDetector):
                 rank_types[d.name] = type(d.new_rank_state())
             else:
-                job_types[d.name] = type(d.new_job_state())
+                fresh = d.new_job_state()
+                job_types[d.name] = type(fresh)
                 keyed[d.name] = tuple(getattr(d, "rank_keyed", ()))
-        return cls(rank_types, job_types, keyed, ranks_per_chunk)
+                if isinstance(fresh, dict):
+                    tables = {k: v for k, v in fresh.items() if isinstance(v, RankEntries)}
+                    if tables:
+                        entry_tables[d.name] = tables
+        return cls(rank_types, job_types, keyed, ranks_per_chunk, entry_tables)
 
     def with_chunk(self, ranks_per_chunk: int) -> Layout:
         return dataclasses.replace(self, ranks_per_chunk=ranks_per_chunk)
@@ -154,11 +166,12 @@ class Layout:
 Path = tuple[Any, ...]
 
 
-def _expand(node: Any, parts: Sequence[str], at: Path) -> Iterator[tuple[Path, dict[int, Any]]]:
-    if not isinstance(node, dict):
-        return
+def _expand(node: Any, parts: Sequence[str], at: Path) -> Iterator[tuple[Path, Any]]:
     if not parts:
-        yield at, node
+        if isinstance(node, dict | RankEntries):
+            yield at, node
+        return
+    if not isinstance(node, dict):
         return
     head, rest = parts[0], parts[1:]
     if head == "*":
@@ -168,9 +181,10 @@ def _expand(node: Any, parts: Sequence[str], at: Path) -> Iterator[tuple[Path, d
         yield from _expand(node[head], rest, (*at, head))
 
 
-def rank_tables(job: JobState, layout: Layout) -> list[tuple[Path, dict[int, Any]]]:
-    """Every rank-keyed table of the job, with its path from the job's ``slots``/``pending``."""
-    found: list[tuple[Path, dict[int, Any]]] = []
+def rank_tables(job: JobState, layout: Layout) -> list[tuple[Path, Any]]:
+    """Every rank-keyed table of the job (a dict, or :class:`RankEntries`), with its path from
+    the job's ``slots``/``pending``."""
+    found: list[tuple[Path, Any]] = []
     for name, paths in layout.rank_keyed.items():
         slot = job.slots.get(name)
         for path in paths:
@@ -240,16 +254,19 @@ class JobParts:
         self.job = job
         self.per = per = layout.ranks_per_chunk
         tables = rank_tables(job, layout)
-        # The head is written with the rank-keyed tables emptied in place and refilled after
+        # The head is written with the rank-keyed dicts emptied in place and refilled after
         # (one thread owns the engine): no copy of a job's largest structures per snapshot.
-        saved = [dict(t) for _, t in tables]
-        for _, t in tables:
+        # A table of columns is written empty in the head (_enc_hook), its entries as lists.
+        saved = [dict(t.items()) if isinstance(t, RankEntries) else dict(t) for _, t in tables]
+        emptied = [t for _, t in tables if isinstance(t, dict)]
+        for t in emptied:
             t.clear()
         try:
             self.head = _dump("head", _head_value(job, per))
         finally:
             for (_, t), entries in zip(tables, saved, strict=True):
-                t.update(entries)
+                if isinstance(t, dict):
+                    t.update(entries)
         self._tables: dict[int, dict[int, list[Any]]] = {}
         for i, (path, _) in enumerate(tables):
             pending = path[0] == "pending"  # a Finding: stored as its kind and fields
@@ -423,7 +440,24 @@ def join_parts(head: bytes, chunks: Mapping[int, bytes], layout: Layout) -> JobS
                 if path[0] == "pending":
                     entries = {r: _from_outcome(f) for r, f in entries.items()}
                 table.update(entries)
+    _as_columns(job, layout)
     return job
+
+
+def _as_columns(job: JobState, layout: Layout) -> None:
+    """The rank-keyed tables a rule keeps as columns, made columns again (stored, and in the
+    head, they are mappings of rank -> entry; a state stored before the rule had columns
+    reads the same way)."""
+    for name, tables in layout.entry_tables.items():
+        slot = job.slots.get(name)
+        if not isinstance(slot, dict):
+            continue
+        for key, template in tables.items():
+            stored = slot.get(key)
+            if isinstance(stored, dict):
+                table = template.like()
+                table.update(stored)
+                slot[key] = table
 
 
 def _expect(value: Any, kind: str) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from typing import Any
 
 from rankwatch.schemas.records import ColumnRow, StepRecord
 from rankwatch.streams.detectors.base import JobState, RankState
+from rankwatch.streams.frames.entries import RankEntries
 
 
 def state_difference(a: Any, b: Any, path: str = "job") -> str | None:
@@ -23,6 +24,11 @@ def state_difference(a: Any, b: Any, path: str = "job") -> str | None:
         a = a.as_event()
     if isinstance(b, StepRecord | ColumnRow):
         b = b.as_event()
+    # A rule's entries kept as columns compare as the mapping of rank -> entry they store.
+    if isinstance(a, RankEntries):
+        a = dict(a.items())
+    if isinstance(b, RankEntries):
+        b = dict(b.items())
     if type(a) is not type(b):
         return f"{path}: {type(a).__name__} != {type(b).__name__}"
     if isinstance(a, dict):
