@@ -416,7 +416,7 @@ class Engine(ColumnarSteps):
         slots = job.slots
         framed = kinds.framed if frames else {}
         stepped = [(jd.on_step, slots[jd.name]) for jd in kinds.job if jd.name not in framed]
-        by_frame = [(rule.on_frame, slots[name]) for name, rule in framed.items()]
+        by_frame = [(rule, slots[name]) for name, rule in framed.items()]
         rows: list[Held] = []
         seen: set[int] = set()
         # The job's clocks are kept in locals, and written to the job before each call out

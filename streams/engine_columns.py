@@ -30,6 +30,7 @@ from rankwatch.schemas.records import ColumnRow, StepRecord, records
 from rankwatch.streams.detectors.base import JobState, RankState
 from rankwatch.streams.findings import Outcome
 from rankwatch.streams.frames import RankTable, StepFrame, rounds
+from rankwatch.streams.frames.table import dense_limit
 from rankwatch.streams.ordering import Held, StepOrder
 
 if TYPE_CHECKING:
@@ -81,6 +82,12 @@ class ColumnarSteps:
         scalar path took out put back."""
         tables = job.tables
         out = job.checked_out
+        far: list[int] = []
+        if out:
+            limit = dense_limit(len(job.ranks))
+            far = [r for r in out if r >= limit]  # no row: their state stays in their slots
+            if far:
+                out.difference_update(far)
         if out:
             size = max(size, max(out) + 1)
         for name, rule in kinds.tabled.items():
@@ -100,6 +107,7 @@ class ColumnarSteps:
                     if state is not None:
                         tables[name].store(r, state)
             out.clear()
+        out.update(far)
         return tables
 
     def process_columns(
@@ -142,6 +150,7 @@ class ColumnarSteps:
         events = list(map(ColumnRow, repeat(cols), positions))
         self._heard[job_id] = self._awake
         known = job.ranks
+        limit = dense_limit(len(known))  # a rank beyond: no row in the tables (frames.table)
         common: list[int] = []  # positions in rows of the common rows not applied yet
         for k, i in enumerate(positions):
             rank = known.get(ranks_l[k])
@@ -152,6 +161,7 @@ class ColumnarSteps:
             now = times_l[k]
             if (
                 rank is None
+                or ranks_l[k] >= limit
                 or step <= rank.got_step
                 or (attempt is not None and attempt != job.reported_attempt)
                 or (phase is not None and phase != "train")
@@ -232,16 +242,21 @@ class ColumnarSteps:
 
     @staticmethod
     def _frame(job: JobState, framed: list[tuple[Any, Any]], rows: list[Held]) -> None:
-        """The job rules' ``on_frame`` over some released rows (each rank once)."""
+        """The job rules' ``on_frame`` over some released rows (each rank once); ``framed``:
+        ``(rule, its job state)``."""
         if not rows:
             return
         events = [e[4] for e in rows]
-        frame = StepFrame.of_events(
-            job.job_id,
-            np.array([e[1] for e in rows], dtype=np.int64),
-            np.array([e[2] for e in rows], dtype=np.int64),
-            np.array([e[0] for e in rows], dtype=np.float64),
-            events,
-        )
-        for on_frame, slot in framed:
-            on_frame(job, slot, frame, events)
+        try:
+            ranks = np.array([e[1] for e in rows], dtype=np.int64)
+            steps = np.array([e[2] for e in rows], dtype=np.int64)
+        except OverflowError:
+            # A rank or step past int64 (the contract bounds neither): these rows row by row.
+            for _, rank, _, _, event, _ in rows:
+                for rule, slot in framed:
+                    rule.on_step(job, job.ranks[rank], slot, event)
+            return
+        times = np.array([e[0] for e in rows], dtype=np.float64)
+        frame = StepFrame.of_events(job.job_id, ranks, steps, times, events)
+        for rule, slot in framed:
+            rule.on_frame(job, slot, frame, events)

@@ -257,7 +257,9 @@ class JobParts:
         # The head is written with the rank-keyed dicts emptied in place and refilled after
         # (one thread owns the engine): no copy of a job's largest structures per snapshot.
         # A table of columns is written empty in the head (_enc_hook), its entries as lists.
-        saved = [dict(t.items()) if isinstance(t, RankEntries) else dict(t) for _, t in tables]
+        saved: list[dict[int, Any]] = [
+            dict(t.items()) if isinstance(t, RankEntries) else dict(t) for _, t in tables
+        ]
         emptied = [t for _, t in tables if isinstance(t, dict)]
         for t in emptied:
             t.clear()

@@ -29,8 +29,9 @@ A job restarted from a checkpoint starts a new attempt with fresh state (the eng
 ``_new_attempt``), so the resumed run anchors its peak again. Resolution: ``recover_reports``
 reports (or compared steps) in a row back within the band for every rank named.
 
-State is one short list per rank (updated in O(1) per step) and a few numbers per job; ticks
-look at each rank's list once, O(ranks) per tick of event time.
+State is one entry per rank, kept as columns (:class:`~rankwatch.streams.frames.RankEntries`:
+a frame of a big job updates its ranks with a few array assignments, a tick reads each field of
+every rank as one array), and a few numbers per job.
 
 >>> round(multiplier("cosine", 55, 10, 100), 3), multiplier("linear", 5, 10, 100)
 (0.5, 0.5)
@@ -39,22 +40,21 @@ look at each rank's list once, O(ranks) per tick of event time.
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from itertools import compress, repeat
-from operator import attrgetter, eq, itemgetter
+from operator import attrgetter
 from statistics import median
 from typing import Any, ClassVar
 
 import numpy as np
+import numpy.typing as npt
 
 from rankwatch.schemas import KNOWN_LR_SCHEDULES, Action, Severity, StepEvent
 from rankwatch.streams.detectors import _metric_config as check
 from rankwatch.streams.detectors.base import JobState, RankState
 from rankwatch.streams.exceptions import DetectorConfigError
 from rankwatch.streams.findings import Finding, Outcome, Resolution
-from rankwatch.streams.frames import StepFrame
+from rankwatch.streams.frames import RankEntries, StepFrame
 
 #: Declared names whose curve is judged; ``other`` and unknown names are not.
 JUDGED = frozenset(KNOWN_LR_SCHEDULES)
@@ -151,14 +151,19 @@ _STEP, _LR, _PSTEP, _PLR, _DECL, _PEAK, _MAX, _OFF, _OK, _BAD, _SINCE, _EXP, _LO
     range(15)
 )
 _NAN = math.nan
-# A tick reads every rank's step, previous step and LR in one pass (``_read``); these fields
-# only when that pass found one set (an incident), in one C-level pass each.
-_GET_BAD, _GET_BITS = itemgetter(_BAD), itemgetter(_BITS)
 _GET_SCHEDULE = attrgetter("lr_schedule")
+#: The entry's fields and their defaults, in entry order (a stored entry is this list).
+_FIELDS = (
+    ("step", -1), ("lr", _NAN), ("pstep", -1), ("plr", _NAN), ("decl", ""), ("peak", _NAN),
+    ("max", 0.0), ("off", 0), ("ok", 0), ("bad", 0), ("since", -1), ("exp", _NAN),
+    ("lo", _NAN), ("hi", _NAN), ("bits", 0),
+)  # fmt: skip
+#: What a declaration that went away resets: the fields from ``decl`` up to ``bits``.
+_UNDECLARED = _FIELDS[_DECL:_BITS]
 
 
 def _new_entry() -> list[Any]:
-    return [-1, _NAN, -1, _NAN, "", _NAN, 0.0, 0, 0, 0, -1, _NAN, _NAN, _NAN, 0]
+    return [default for _, default in _FIELDS]
 
 
 def _ranks(ids: Iterable[int]) -> str:
@@ -168,83 +173,77 @@ def _ranks(ids: Iterable[int]) -> str:
     return f"rank{'s' if len(ids) > 1 else ''} {shown}{more}"
 
 
-def _follow(
-    entries: dict[int, list[Any]], ranks: list[int], steps: list[int], lrs: list[float]
-) -> None:
-    """``on_step`` over reports none of which declares a judged schedule (the usual frame):
-    each only becomes its rank's last report (the last one its previous), and a declaration
-    the rank had is dropped. The same updates as ``on_frame``'s loop, in the same order, with
-    what that loop reads per row (the event, its declaration) left out, and the fields
-    indexed through locals: this loop runs for every rank of every step."""
-    get = entries.get
-    step_at, lr_at, pstep_at, plr_at, decl_at = _STEP, _LR, _PSTEP, _PLR, _DECL
-    for r, step, lr in zip(ranks, steps, lrs, strict=True):
-        e = get(r)
-        if e is None:
-            e = entries[r] = _new_entry()
-        if step != e[step_at]:
-            # One store per field: cheaper than a tuple unpacked into them, or a slice.
-            e[pstep_at] = e[step_at]
-            e[plr_at] = e[lr_at]
-        e[step_at] = step
-        e[lr_at] = lr
-        if e[decl_at]:  # the declaration went away: nothing to judge against
-            e[_DECL:_BITS] = _new_entry()[_DECL:_BITS]
+Ints = npt.NDArray[np.int64]
+Floats = npt.NDArray[np.float64]
+Mask = npt.NDArray[np.bool_]
 
 
-def _read(rows: list[list[Any]]) -> tuple[list[int], list[int], list[float], int]:
-    """Each entry's last and previous step and last LR, and the OR of every entry's ``_BAD``
-    and ``_BITS`` (0: no rank off schedule or with a disagreement in its window), in one pass
-    over the entries. A tick is bound by reading 16,384 entries scattered over the heap: one
-    Python loop that reads every field of an entry at once costs less than a ``map`` per field
-    (measured in the pipeline: about 1.5 ms against 3 to 5 ms)."""
-    steps: list[int] = []
-    prev: list[int] = []
-    lrs: list[float] = []
-    flags = 0
-    step_at, lr_at, pstep_at, bad_at, bits_at = _STEP, _LR, _PSTEP, _BAD, _BITS
-    for e in rows:
-        steps.append(e[step_at])
-        prev.append(e[pstep_at])
-        lrs.append(e[lr_at])
-        flags |= e[bad_at] | e[bits_at]
-    return steps, prev, lrs, flags
+def _follow(entries: RankEntries, ranks: Ints, steps: Ints, lrs: Floats) -> None:
+    """``on_step`` over reports none of which declares a judged schedule (the usual frame;
+    ``ranks`` distinct): each becomes its rank's last report (the last one its previous), and a
+    declaration the rank had is dropped. The same updates as ``on_frame``'s loop, as array
+    assignments over the entries' columns."""
+    entries.add(ranks)
+    if entries.apart(ranks):  # a rank kept apart (see RankEntries): the lists, one by one
+        for r, step, lr in zip(ranks.tolist(), steps.tolist(), lrs.tolist(), strict=True):
+            e = entries[r]
+            if step != e[_STEP]:
+                e[_PSTEP], e[_PLR] = e[_STEP], e[_LR]
+            e[_STEP], e[_LR] = step, lr
+            if e[_DECL]:
+                e[_DECL:_BITS] = _new_entry()[_DECL:_BITS]
+        return
+    cols = entries.columns()
+    step_c, lr_c = cols["step"], cols["lr"]
+    last = step_c[ranks]
+    moved = last != steps
+    if not moved.all():
+        last = last[moved]
+        ranks_moved = ranks[moved]
+    else:
+        ranks_moved = ranks
+    cols["pstep"][ranks_moved] = last
+    cols["plr"][ranks_moved] = lr_c[ranks_moved]
+    step_c[ranks] = steps
+    lr_c[ranks] = lrs
+    declared = cols["decl"][ranks].astype(np.bool_)  # "" is the usual: nothing declared
+    if declared.any():
+        gone = ranks[declared]
+        for name, default in _UNDECLARED:
+            cols[name][gone] = default
 
 
-def _counts_after(steps: list[int], prev: list[int], last: int) -> dict[int, int]:
+def _counts_after(steps: Ints, prev: Ints, last: int) -> dict[int, int]:
     """How many of ``steps`` and ``prev`` (together) are each step after ``last``: what
-    ``Counter(steps) + Counter(prev)`` gives for those. A job's ranks are a step or two apart,
-    so a count per distinct step (``list.count``, in C) is cheaper than a Counter's dict update
-    per rank; with many distinct steps, the Counter."""
-    newer = [s for s in {*steps, *prev} if s > last]
-    if len(newer) > 4:
-        reported = Counter(steps)
-        reported.update(prev)
-        return {s: n for s, n in reported.items() if s > last}
-    return {s: steps.count(s) + prev.count(s) for s in newer}
+    ``Counter(steps) + Counter(prev)`` gives for those."""
+    both = np.concatenate((steps, prev))
+    newer = both[both > last]
+    if not len(newer):
+        return {}
+    values, counts = np.unique(newer, return_counts=True)
+    return dict(zip(values.tolist(), counts.tolist(), strict=True))
 
 
-def _agree(
-    rows: list[list[Any]], steps: list[int], prev: list[int], lrs: list[float], step: int
-) -> bool:
+def _compared(steps: Ints, prev: Ints, step: int) -> tuple[Mask, Mask]:
+    """Which entries are compared at ``step`` by their last report, and which by their
+    previous one (their last is a step ahead)."""
+    by_last = steps == step
+    return by_last, ~by_last & (prev == step)
+
+
+def _agree(steps: Ints, prev: Ints, lrs: Floats, plrs: Floats, step: int) -> bool:
     """Whether the ranks compared at ``step`` (each rank's LR at its last report if that is of
     ``step``, else at its previous one if that is) all report one LR that is its own median:
     equal to the first (so none is NaN) and ``(v + v) / 2 == v`` (the median of an even count
     is the mean of the middle two, which overflows near the float maximum). When this is
     True, ``_compare``'s loop would find ``values.count(median(values)) == len(values)``;
-    when False, the loop decides (this only saves the loop and the median in the usual case).
-    ``lrs``: each entry's last LR (``_read``); the previous reports are read only of the
-    ranks whose last one is not of ``step`` (a step ahead)."""
-    values = list(compress(lrs, map(eq, steps, repeat(step))))
-    values += [
-        rows[i][_PLR]
-        for i in compress(range(len(prev)), map(eq, prev, repeat(step)))
-        if steps[i] != step
-    ]
-    if not values:
+    when False, the loop decides (this only saves the loop and the median in the usual case)."""
+    by_last, by_prev = _compared(steps, prev, step)
+    values = np.concatenate((lrs[by_last], plrs[by_prev]))
+    if not len(values):
         return False
-    v = values[0]
-    return v == v and (v + v) / 2 == v and values.count(v) == len(values)
+    v = float(values[0])
+    return v == v and (v + v) / 2 == v and bool((values == v).all())
 
 
 class LrSchedule:
@@ -272,7 +271,7 @@ class LrSchedule:
         # r: rank -> entry; a/b: the ranks/schedule incident open (0/1), reported at (event
         # time) (b: and the tick it was first seen at, -1: none); at: the step the ranks were
         # last compared at.
-        return {"r": {}, "a": [0, -math.inf], "b": [0, -math.inf, -1], "at": -1}
+        return {"r": RankEntries(_FIELDS), "a": [0, -math.inf], "b": [0, -math.inf, -1], "at": -1}
 
     # -- each step: one rank's report against its declared curve, O(1) ---------------------
     def on_step(
@@ -318,24 +317,20 @@ class LrSchedule:
         values, present = column
         if present.all():
             rows: Iterable[int] = range(len(present))
-            ranks, steps, lrs = frame.ranks.tolist(), frame.steps.tolist(), values.tolist()
+            ranks, steps, lrs = frame.ranks, frame.steps, values
             reports: Iterable[Any] = events
         else:
             where = np.flatnonzero(present)
             rows = where.tolist()
-            ranks = frame.ranks[where].tolist()
-            steps = frame.steps[where].tolist()
-            lrs = values[where].tolist()
+            ranks, steps, lrs = frame.ranks[where], frame.steps[where], values[where]
             reports = map(events.__getitem__, rows)
-        entries: dict[int, list[Any]] = state["r"]
+        entries: RankEntries = state["r"]
         if JUDGED.isdisjoint(map(_GET_SCHEDULE, reports)):
             _follow(entries, ranks, steps, lrs)
             return
         judge = self._judge
-        for i, r, step, lr in zip(rows, ranks, steps, lrs, strict=True):
-            e = entries.get(r)
-            if e is None:
-                e = entries[r] = _new_entry()
+        held = entries.checkout(ranks)  # live lists: the loop below is on_step's, per row
+        for i, e, step, lr in zip(rows, held, steps.tolist(), lrs.tolist(), strict=True):
             if step != e[_STEP]:
                 e[_PSTEP], e[_PLR] = e[_STEP], e[_LR]
             e[_STEP], e[_LR] = step, lr
@@ -456,29 +451,38 @@ class LrSchedule:
     def _judge_job(
         self, job: JobState, state: dict[str, Any], now: float, *, wait: bool
     ) -> list[Outcome]:
-        entries: dict[int, list[Any]] = state["r"]
-        if not entries:
+        entries: RankEntries = state["r"]
+        if not len(entries):
             return []
         out: list[Outcome] = []
-        rows = list(entries.values())
-        steps, prev, lrs, flags = _read(rows)
+        # Every entry's fields as arrays (a rank far beyond the others is left out: see
+        # RankEntries), in rank order.
+        cols = entries.columns()
+        present = entries.present()
+        if present.all():
+            ranks = np.arange(len(present), dtype=np.int64)
+            steps, prev, lrs, plrs = cols["step"], cols["pstep"], cols["lr"], cols["plr"]
+            flags, bits = cols["bad"], cols["bits"]
+        else:
+            ranks = np.flatnonzero(present).astype(np.int64)
+            steps, prev, lrs, plrs = (cols[k][ranks] for k in ("step", "pstep", "lr", "plr"))
+            flags, bits = cols["bad"][ranks], cols["bits"][ranks]
+        if not len(ranks):
+            return []
         # A rank that stopped reporting (crashed, left an elastic job) keeps its last verdict;
         # once its peers have reported twice since, it no longer keeps an incident open.
-        current = max(prev)
-        bad = (
-            [r for r, e in entries.items() if e[_BAD] and e[_STEP] >= current]
-            if flags and any(map(_GET_BAD, rows))
-            else []
-        )
+        current = int(prev.max())
+        off = flags.astype(np.bool_)
+        bad = ranks[off & (steps >= current)].tolist() if off.any() else []
         self._schedule(job, state, entries, bad, now, out, wait)
-        self._compare(state, entries, rows, steps, prev, lrs, not flags, set(bad), now, out)
+        self._compare(state, entries, ranks, steps, prev, lrs, plrs, bits, set(bad), now, out)
         return out
 
     def _schedule(
         self,
         job: JobState,
         state: dict[str, Any],
-        entries: dict[int, list[Any]],
+        entries: RankEntries,
         bad: list[int],
         now: float,
         out: list[Outcome],
@@ -489,7 +493,7 @@ class LrSchedule:
             b[2] = -1
             if b[0]:
                 b[0] = 0
-                e = entries[min(entries)]
+                e = entries[min(entries.keys())]
                 out.append(
                     Resolution(
                         self.rule,
@@ -511,7 +515,7 @@ class LrSchedule:
         out.append(self._off_finding(job, entries, bad, now))
 
     def _off_finding(
-        self, job: JobState, entries: dict[int, list[Any]], bad: list[int], now: float
+        self, job: JobState, entries: RankEntries, bad: list[int], now: float
     ) -> Finding:
         e = entries[min(bad)]
         name, warmup, total = e[_DECL].split("|")
@@ -565,19 +569,18 @@ class LrSchedule:
     def _compare(
         self,
         state: dict[str, Any],
-        entries: dict[int, list[Any]],
-        rows: list[list[Any]],
-        steps: list[int],
-        prev: list[int],
-        lrs: list[float],
-        clean: bool,
+        entries: RankEntries,
+        ranks: Ints,
+        steps: Ints,
+        prev: Ints,
+        lrs: Floats,
+        plrs: Floats,
+        bits: Ints,
         bad: set[int],
         now: float,
         out: list[Outcome],
     ) -> None:
-        """``rows``, ``steps``, ``prev`` and ``lrs``: the entries, their last and previous
-        steps and their last LR, in ``entries``' order; ``clean``: no entry has bits set (or
-        is off schedule)."""
+        """``ranks`` and the entries' fields of those ranks, as arrays (a tick's read)."""
         c = self.config
         # The step most ranks have reported (of each rank's last two), newer than the last
         # compared: ranks a step apart at this tick are still compared at the same step.
@@ -590,32 +593,31 @@ class LrSchedule:
             return
         state["at"] = step
         a = state["a"]
-        if (clean or not any(map(_GET_BITS, rows))) and _agree(rows, steps, prev, lrs, step):
+        clean = not bits.any()
+        if clean and _agree(steps, prev, lrs, plrs, step):
             # The usual step, told without the loop below: what its first branch does.
             self._agreed(a, step, now, out)
             return
-        at: dict[int, float] = {}
-        for r, e in entries.items():
-            if e[_STEP] == step:
-                at[r] = e[_LR]
-            elif e[_PSTEP] == step:
-                at[r] = e[_PLR]
-        values = list(at.values())
+        by_last, by_prev = _compared(steps, prev, step)
+        compared = by_last | by_prev
+        compared_ranks = ranks[compared]
+        compared_lrs = np.where(by_last, lrs, plrs)[compared]
+        values: list[float] = compared_lrs.tolist()
         mid = median(values)
         mask = self._mismatch_mask
-        if values.count(mid) == len(values) and not any(map(_GET_BITS, rows)):
+        if values.count(mid) == len(values) and clean:
             # A synchronous job's usual step: every rank the same LR (none is off the median)
             # and no rank with a disagreement in its window, so no rank's bits change.
             self._agreed(a, step, now, out)
             return
         bar = c.rank_tolerance * abs(mid) + c.rank_abs_tolerance
-        for r, v in at.items():
-            e = entries[r]
-            e[_BITS] = ((e[_BITS] << 1) | (abs(v - mid) > bar)) & self._mask
+        bits_c = entries.columns()["bits"]
+        now_bits = ((bits[compared] << 1) | (np.abs(compared_lrs - mid) > bar)) & self._mask
+        bits_c[compared_ranks] = now_bits
         # Only the ranks compared now: one that stopped reporting keeps no incident open.
-        firing = [r for r in at if entries[r][_BITS] & mask == mask]
+        firing: list[int] = compared_ranks[(now_bits & mask) == mask].tolist()
         if a[0]:
-            if not any(entries[r][_BITS] & self._recover_mask for r in at):
+            if not (now_bits & self._recover_mask).any():
                 a[0] = 0
                 out.append(
                     Resolution(
@@ -628,6 +630,7 @@ class LrSchedule:
         elif not firing or bad & set(firing):
             return  # a rank off its declared schedule: that alert says it
         a[0], a[1] = 1, now
+        at = dict(zip(compared_ranks.tolist(), values, strict=True))
         out.append(self._mismatch_finding(at, firing, step, mid, now))
 
     def _agreed(self, a: list[Any], step: int, now: float, out: list[Outcome]) -> None:

@@ -19,6 +19,12 @@ For the snapshot codec and the tests it is a mapping of rank -> entry list, rank
 stored, an entry is the same list the rule kept before it had columns, so stored state reads
 back either way (``streams/state_codec.py``).
 
+A rank far beyond the others (:func:`~rankwatch.streams.frames.table.dense_limit`: a producer's
+bug, since a declared world size bounds the ranks) gets no row: columns up to it would hold
+gigabytes. Its entry is kept apart (:attr:`RankEntries.far`): it is stored, restored and handed
+out as a live list like any other, but the columns do not show it, so a rule's vector
+statistics leave it out.
+
 >>> entries = RankEntries((("step", -1), ("lr", 0.0), ("name", "")))
 >>> entries.add(np.array([0, 3]))
 >>> entries.columns()["step"][[0, 3]] = [5, 7]
@@ -42,13 +48,26 @@ import numpy.typing as npt
 
 __all__ = ["RankEntries"]
 
+from rankwatch.streams.frames.table import dense_limit
+
 _KINDS: dict[type, Any] = {bool: np.bool_, int: np.int64, float: np.float64}
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 class RankEntries:
     """Fixed-layout entries for some ranks of one job, as columns; see the module doc."""
 
-    __slots__ = ("_defaults", "_fields", "_kinds", "_cols", "_has", "_size", "_out", "_count")
+    __slots__ = (
+        "_cols",
+        "_count",
+        "_defaults",
+        "_fields",
+        "_has",
+        "_kinds",
+        "_out",
+        "_size",
+        "far",
+    )
 
     def __init__(self, fields: Sequence[tuple[str, Any]]) -> None:
         """``fields``: ``(name, default)`` in entry order; a bool, int or float default makes a
@@ -64,6 +83,11 @@ class RankEntries:
         self._count = 0  # ranks with an entry (settled)
         #: Entries handed out as lists by get/put, written back by settle.
         self._out: dict[int, list[Any]] = {}
+        #: Entries of ranks too far beyond the others for a row (see the module doc).
+        self.far: dict[int, list[Any]] = {}
+
+    def _dense(self, rank: int) -> bool:
+        return rank < dense_limit(self._count + len(self._out))
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -101,7 +125,7 @@ class RankEntries:
     def __len__(self) -> int:
         if self._out:
             self.settle()
-        return self._count
+        return self._count + len(self.far)
 
     @property
     def size(self) -> int:
@@ -117,10 +141,21 @@ class RankEntries:
         if self._out:
             self.settle()
         top = int(ranks.max()) + 1
+        if not self._dense(top - 1):  # a rank far beyond: its entry apart, the rest as rows
+            far = ranks[~np.fromiter(map(self._dense, ranks.tolist()), np.bool_, len(ranks))]
+            for r in far.tolist():
+                if r not in self.far:
+                    self.far[r] = self.fresh()
+            ranks = np.setdiff1d(ranks, far)
+            if not len(ranks):
+                return
+            top = int(ranks.max()) + 1
         if top > self._size:
             self._grow(top)
         has = self._has
         new = ranks[~has[ranks]]
+        if self.far and len(new):
+            new = new[~np.isin(new, np.fromiter(self.far, np.int64, len(self.far)))]
         if len(new):
             new = np.unique(new)
             has[new] = True
@@ -148,7 +183,7 @@ class RankEntries:
         if e is not None:
             return e
         if not (0 <= rank < self._size and self._has[rank]):
-            return default
+            return self.far.get(rank, default) if self.far else default
         e = self._out[rank] = [col[rank] for col in self._cols]
         for j, kind in enumerate(self._kinds):
             if kind is not None:
@@ -167,20 +202,54 @@ class RankEntries:
             raise ValueError(f"an entry has {len(self._fields)} fields, got {len(entry)}")
         if rank < 0:
             raise ValueError(f"rank {rank} is negative")
-        self._out[rank] = entry
+        if rank in self.far or not (rank < self._size or self._dense(rank)):
+            self.far[rank] = entry
+        else:
+            self._out[rank] = entry
+
+    def apart(self, ranks: npt.NDArray[np.int64]) -> bool:
+        """Whether any of ``ranks`` has its entry kept apart (:attr:`far`): the columns do not
+        show it, so a frame over these ranks takes the lists."""
+        return bool(self.far) and not self.far.keys().isdisjoint(ranks.tolist())
+
+    def checkout(self, ranks: npt.NDArray[np.int64]) -> list[list[Any]]:
+        """The entries of distinct ``ranks`` as live lists, at once (column by column), made
+        at the defaults where a rank has none: the scalar code of a frame's rare rows."""
+        self.add(ranks)
+        if self.apart(ranks):
+            return [self[r] for r in ranks.tolist()]
+        values = [col[ranks].tolist() for col in self._cols]
+        rows = list(map(list, zip(*values, strict=True)))
+        self._out.update(zip(ranks.tolist(), rows, strict=True))
+        return rows
 
     def settle(self) -> None:
         """Write the entries handed out as lists back into the columns."""
         out = self._out
         if not out:
             return
+        try:
+            self._write(out)
+        except OverflowError:
+            # An int past int64 in an entry (a step: the contract bounds none): such an entry
+            # is kept apart, as a far rank's is; the others are written.
+            for r, e in list(out.items()):
+                if any(type(v) is int and not _INT64_MIN <= v <= _INT64_MAX for v in e):
+                    del out[r]
+                    self.far[r] = e
+                    if r < self._size and self._has[r]:
+                        self._has[r] = False
+                        self._count -= 1
+            self._write(out)
+        out.clear()
+
+    def _write(self, out: dict[int, list[Any]]) -> None:
+        if not out:
+            return
         top = max(out) + 1
         if top > self._size:
             self._grow(top)
         ranks = np.fromiter(out, dtype=np.int64, count=len(out))
-        has = self._has
-        self._count += int(len(ranks) - np.count_nonzero(has[ranks]))
-        has[ranks] = True
         rows = list(out.values())
         for j, col in enumerate(self._cols):
             values = [e[j] for e in rows]
@@ -188,27 +257,31 @@ class RankEntries:
                 for r, v in zip(out, values, strict=True):
                     col[r] = v
             else:
-                col[ranks] = values
-        out.clear()
+                col[ranks] = values  # all or nothing: the list is made an array first
+        has = self._has
+        self._count += int(len(ranks) - np.count_nonzero(has[ranks]))
+        has[ranks] = True
 
     # -- a mapping of rank -> entry (the codec, the tests) ---------------------------------
 
     def __contains__(self, rank: object) -> bool:
-        if rank in self._out:
+        if rank in self._out or rank in self.far:
             return True
         return isinstance(rank, int) and 0 <= rank < self._size and bool(self._has[rank])
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.ranks().tolist())
+        return iter(self.keys())
 
     def keys(self) -> list[int]:
-        return self.ranks().tolist()  # type: ignore[no-any-return]
+        ranks: list[int] = self.ranks().tolist()
+        return ranks + sorted(self.far) if self.far else ranks
 
     def items(self) -> list[tuple[int, list[Any]]]:
         """Every entry as ``(rank, list)``, ranks ascending (copies, made column by column)."""
         ranks = self.ranks()
         values = [col[ranks].tolist() for col in self._cols]
-        return list(zip(ranks.tolist(), map(list, zip(*values, strict=True)), strict=True))
+        out = list(zip(ranks.tolist(), map(list, zip(*values, strict=True)), strict=True))
+        return out + [(r, list(self.far[r])) for r in sorted(self.far)] if self.far else out
 
     def values(self) -> list[list[Any]]:
         return [e for _, e in self.items()]
@@ -223,6 +296,8 @@ class RankEntries:
         e = self.get(rank)
         if e is None:
             return default
+        if rank in self.far:
+            return self.far.pop(rank)
         self.settle()
         self._has[rank] = False
         self._count -= 1
@@ -232,14 +307,24 @@ class RankEntries:
 
     def clear(self) -> None:
         self._out.clear()
+        self.far.clear()
         self.__init__(tuple(zip(self._fields, self._defaults, strict=True)))  # type: ignore[misc]
 
     def __eq__(self, other: object) -> bool:
-        if isinstance(other, RankEntries):
-            return self._fields == other._fields and self.items() == other.items()
-        if isinstance(other, dict):
-            return dict(self.items()) == other
-        return NotImplemented
+        """The same fields and entries (NaN equal to NaN, as stored state reads back)."""
+        if not isinstance(other, RankEntries):
+            return NotImplemented
+        if self._fields != other._fields or self.keys() != other.keys():
+            return False
+        mine, theirs = self.present(), other.present()
+        for kind, a, b in zip(self._kinds, self._cols, other._cols, strict=True):
+            x, y = a[: len(mine)][mine], b[: len(theirs)][theirs]
+            if kind is None:
+                if x.tolist() != y.tolist():
+                    return False
+            elif not np.array_equal(x, y, equal_nan=kind is np.float64):
+                return False
+        return repr(self.far) == repr(other.far)
 
     __hash__ = None  # type: ignore[assignment]
 

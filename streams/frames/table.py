@@ -34,11 +34,26 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["RankTable"]
+__all__ = ["DENSE_RANKS", "RankTable", "dense_limit"]
 
 S = TypeVar("S")
 
 _KINDS: dict[type, Any] = {bool: np.bool_, int: np.int64, float: np.float64}
+
+#: Ranks below this always get a row of a rank-indexed table (131,072: the largest jobs
+#: tested); above it, only ranks within 4x the ranks a job holds. A rank far beyond the others
+#: is a producer's bug (a declared world size bounds the ranks): rows up to it would be
+#: gigabytes. Its state is kept apart, as the scalar path keeps it.
+DENSE_RANKS = 1 << 17
+
+
+def dense_limit(held: int) -> int:
+    """The first rank without a row in the tables of a job holding ``held`` ranks.
+
+    >>> dense_limit(16), dense_limit(100_000)
+    (131072, 400004)
+    """
+    return max(DENSE_RANKS, 4 * (held + 1))
 
 
 class RankTable(Generic[S]):

@@ -136,3 +136,38 @@ def test_a_release_in_frames_gives_what_the_row_by_row_release_gives() -> None:
     assert a.jobs.keys() == b.jobs.keys() == {"frames", "life"}
     for job_id, job in a.jobs.items():
         assert state_difference(b.jobs[job_id], job) is None
+
+
+def test_a_rank_far_beyond_the_others_or_a_step_past_int64_fails_no_batch() -> None:
+    """Both are valid by the contract (ranks and steps are unbounded), and a producer's bug
+    can send them: rank 2**62 in a 64-rank job that declares no world size (rank tables up to
+    it would be exabytes), a step of 2**63 + 5 (past the frames' int64). Before, the first
+    made every later batch of the job fail (dead letters, detection lost); now every batch
+    is applied and the tables keep their 64 rows."""
+    import orjson
+
+    from rankwatch.streams.pipeline import Pipeline
+
+    engine = Engine.with_builtin_detectors()
+    pipeline = Pipeline(engine)
+    t = 1_700_000_000.0
+
+    def step(rank: int, n: int) -> bytes:
+        value = {"schema_version": 1, "kind": "step", "job_id": "odd", "rank": rank, "step": n,
+                 "timestamp": t + min(n, 9) + min(rank, 99) * 1e-3, "loss": 2.0,
+                 "learning_rate": 3e-4, "step_time_s": 1.0, "compute_time_s": 0.8,
+                 "data_time_s": 0.05}  # fmt: skip
+        return orjson.dumps(value)
+
+    failed: list[str] = []
+    for n in range(8):
+        batch = [step(r, n) for r in range(64)]
+        if n in (2, 3, 4):
+            batch.append(step(2**62, n))
+        if n == 5:
+            batch.append(step(7, 2**63 + 5))
+        _, dead = pipeline.handle_batch(batch)
+        failed += [letter.error for _, letter in dead]
+    assert failed == []
+    job = engine.jobs["odd"]
+    assert job.tables and all(len(table) == 64 for table in job.tables.values())

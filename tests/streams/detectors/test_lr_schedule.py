@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import noisy_steps
+import numpy as np
 import pytest
 from synth import T0
 
@@ -407,14 +408,17 @@ def test_a_tick_finds_the_compared_step_and_agreement_as_its_loop_does() -> None
         last = base - rng.randrange(-2, 3)
         reported = Counter(steps) + Counter(prev)
         want = {s: k for s, k in reported.items() if s > last}
-        assert _counts_after(steps, prev, last) == want
+        s_arr, p_arr = np.array(steps, dtype=np.int64), np.array(prev, dtype=np.int64)
+        lr_arr = np.array(lrs, dtype=np.float64)
+        plr_arr = np.array([row[3] for row in rows], dtype=np.float64)
+        assert _counts_after(s_arr, p_arr, last) == want
         for step in {*steps, *prev}:
             values = [
                 row[1] if row[0] == step else row[3] for row in rows if step in (row[0], row[2])
             ]
             if len(values) < 2:
                 continue
-            got = _agree(rows, steps, prev, lrs, step)
+            got = _agree(s_arr, p_arr, lr_arr, plr_arr, step)
             if got:  # never where the loop finds a rank off the median
                 assert values.count(median(values)) == len(values)
                 agreed += 1
