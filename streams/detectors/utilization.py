@@ -47,7 +47,7 @@ A tick where fewer ranks than needed were heard from lately (``stale_s``) judges
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from statistics import median
 from typing import Any, ClassVar
@@ -60,15 +60,23 @@ from rankwatch.streams.detectors import _metric_config as check
 from rankwatch.streams.detectors.base import JobState, RankState
 from rankwatch.streams.exceptions import DetectorConfigError
 from rankwatch.streams.findings import Finding, Outcome, Resolution
+from rankwatch.streams.frames.entries import RankEntries
 from rankwatch.streams.frames.frame import StepFrame
 
 _NAN = math.nan
 _NOTHING: tuple[()] = ()
-# Per-rank entry (a list: plain data): step events seen; event time and step of the previous
-# one; EWMAs of the measured value (data seconds, or utilization), of the step seconds, of
-# the data and of the "other" seconds (utilization's breakdown; nan until known); event time
-# of the latest counted sample.
+# Per-rank entry, a RankEntries row (stored as a list: plain data): step events seen; event
+# time and step of the previous one; EWMAs of the measured value (data seconds, or
+# utilization), of the step seconds, of the data and of the "other" seconds (utilization's
+# breakdown; nan until known); event time of the latest counted sample.
 _N, _T, _P, _V, _S, _D, _O, _SEEN = range(8)
+#: The entry's fields and their defaults, in that order (an int64 or a float64 column each).
+_FIELDS: tuple[tuple[str, Any], ...] = (
+    ("n", 0), ("t", -math.inf), ("step", -1), ("v", _NAN), ("s", _NAN), ("d", _NAN),
+    ("o", _NAN), ("seen", -math.inf),
+)  # fmt: skip
+#: The fields a tick reads (floats), with their places in the entry.
+_JUDGED = (("v", _V), ("s", _S), ("d", _D), ("o", _O), ("seen", _SEEN))
 _WORST = 3  # ranks named in a summary
 #: One step counts for at most this many of the rank's typical steps: a pause (a checkpoint
 #: save, an unmarked evaluation) moves the level like a few slow batches, not like an hour.
@@ -76,11 +84,12 @@ _CLAMP = 8.0
 
 Floats = npt.NDArray[np.float64]
 Mask = npt.NDArray[np.bool_]
+Ints = npt.NDArray[np.int64]
 Rows = npt.NDArray[np.intp] | slice
 Column = tuple[Floats, Mask]  # (values, present) of a metric
+Times = tuple[Column | None, Column | None, Column | None]
+Cols = dict[str, npt.NDArray[Any]]  # RankEntries.columns(): field -> column, indexed by rank
 _TIMES = ("step_time_s", "data_time_s", "compute_time_s")
-#: Integers up to this are exact as float64 (a frame's steps are read as floats).
-_EXACT = 2**53
 
 _INPUT_ADVICE = (
     "more DataLoader workers (num_workers), pin_memory=True and a larger prefetch_factor, "
@@ -201,15 +210,16 @@ class _JobShare:
         self._warmup = self.config.warmup_steps
 
     def new_job_state(self) -> dict[str, Any]:
-        # r: rank -> entry; on: firing; since / since_step: when the bad streak began;
-        # clear / clear_step: when the clear streak began; at: last report; new: samples
-        # counted since the last tick.
-        return {"r": {}, "on": 0, "since": _NAN, "since_step": -1, "clear": _NAN,
-                "clear_step": -1, "at": -math.inf, "new": 0}  # fmt: skip
+        # r: rank -> entry (columns); on: firing; since / since_step: when the bad streak
+        # began; clear / clear_step: when the clear streak began; at: last report; new:
+        # samples counted since the last tick.
+        return {"r": RankEntries(_FIELDS), "on": 0, "since": _NAN, "since_step": -1,
+                "clear": _NAN, "clear_step": -1, "at": -math.inf, "new": 0}  # fmt: skip
 
     # -- per step: O(1) ---------------------------------------------------------------------
     # Every step event of every rank comes here: the step's length and the EWMAs are written
-    # out inline (no helper calls), and each rule folds its own figures in ``_fold``.
+    # out inline (no helper calls) on the rank's entry as a live list, and each rule folds its
+    # own figures in ``_fold``.
     def _measure(self, event: StepEvent) -> float | None:
         raise NotImplementedError
 
@@ -219,10 +229,11 @@ class _JobShare:
         value = self._measure(event)
         if value is None:
             return
-        entries: dict[int, list[Any]] = state["r"]
+        entries: RankEntries = state["r"]
         e = entries.get(rank.rank)
         if e is None:
-            e = entries[rank.rank] = [0, -math.inf, -1, _NAN, _NAN, _NAN, _NAN, -math.inf]
+            e = entries.fresh()
+            entries[rank.rank] = e
         now = event.epoch
         last_t, last_step = e[_T], e[_P]
         after_phase = job.phase_since > last_t  # an evaluation or a checkpoint since its last
@@ -254,13 +265,12 @@ class _JobShare:
         ``x`` while still nan)."""
         raise NotImplementedError
 
-    # -- per frame: the same, as columns -----------------------------------------------------
-    # A frame holds each rank at most once, so its rows touch distinct entries: they are read
-    # out as columns (one transpose of the entry lists), updated with numpy by the scalar
-    # arithmetic written elementwise (the same float64 operations in the same order, so the
-    # same floats bit for bit; a selection where on_step has an ``if``), and written back in
-    # place. Per row this is a few list operations, not on_step's call, attribute reads and
-    # branches (see the tests for the measurement).
+    # -- per frame: the same, on the columns -------------------------------------------------
+    # A frame holds each rank at most once, so its rows touch distinct entries: their fields
+    # are read from the entries' columns by rank, updated with numpy by the scalar arithmetic
+    # written elementwise (the same float64 operations in the same order, so the same floats
+    # bit for bit; the steps stay int64, so their differences are exact as on_step's; a
+    # selection where on_step has an ``if``), and written back by rank. No Python per row.
     _metric: ClassVar[str]  # the metric ``_measure`` reads
 
     def on_frame(
@@ -273,31 +283,25 @@ class _JobShare:
         values, present = measured
         # Rows without the measure are skipped as on_step skips them: not even an entry.
         rows: Rows = slice(None) if present.all() else np.flatnonzero(present)
-        step = frame.steps[rows]
-        count = len(step)
+        ranks: Ints = frame.ranks[rows]
+        count = len(ranks)
         if not count:
             return
-        ranks = frame.ranks[rows].tolist()
-        entries: dict[int, list[Any]] = state["r"]
-        es: list[Any] = list(map(entries.get, ranks))
-        if None in es:
-            for i, r in enumerate(ranks):  # in row order: the table's order is on_step's
-                if es[i] is None:
-                    es[i] = entries[r] = [0, -math.inf, -1, _NAN, _NAN, _NAN, _NAN, -math.inf]
-        n_, t_, p_, v_, s_, d_, o_, seen_ = zip(*es, strict=True)
-        f64 = np.float64
-        n = np.fromiter(n_, np.int64, count) + 1
-        last_t = np.fromiter(t_, f64, count)
-        last_step = np.fromiter(p_, f64, count)
-        if np.abs(step).max() >= _EXACT or np.abs(last_step).max() >= _EXACT:
-            # Steps past 2**53 are not exact as float64 (the last steps are read as floats):
-            # on_step itself, row by row (on the entries just made, as it would make them).
+        entries: RankEntries = state["r"]
+        entries.add(ranks)  # an entry at the defaults where a rank has none, as on_step's
+        if entries.apart(ranks):
+            # An entry kept out of the columns (see RankEntries): on_step, row by row.
             ranks_of = job.ranks
             for e in events:
                 self.on_step(job, ranks_of[e.rank], state, e)
             return
-        typical = np.fromiter(s_, f64, count)
+        cols = entries.columns()
+        step: Ints = frame.steps[rows]
         now = frame.times[rows]
+        n = cols["n"][ranks] + 1
+        last_t = cols["t"][ranks]
+        last_step = cols["step"][ranks]
+        typical = cols["s"][ranks]
         times = _columns(frame, rows)
         with np.errstate(all="ignore"):  # nan and inf are handled as on_step handles them
             # The step's length: step_time_s, else data + compute, else nan; the period
@@ -308,96 +312,56 @@ class _JobShare:
                 st = np.where(data[1] & compute[1], data[0] + compute[0], st)
             if given is not None:
                 st = np.where(given[1], given[0], st)
+            # (A difference of steps that wraps, from last_step -1, is not selected.)
             period = (now - last_t) / (step - last_step)
             st = np.where((last_step >= 0) & (step > last_step) & ~(st >= period), period, st)
             cap = _CLAMP * typical
             st = np.where((typical > 0) & (cap < st), cap, st)
             counted = (n > self._warmup) & ~(job.phase_since > last_t) & (st > 0)
-            new = int(np.count_nonzero(counted))
-            if not new:
-                # Warm-up, the step after a phase: the count and the last step, nothing else.
-                for e, k, t, p in zip(es, n.tolist(), now.tolist(), step.tolist(), strict=True):
-                    e[_N], e[_T], e[_P] = k, t, p
-                return
-            v = np.fromiter(v_, f64, count)
-            v, typical = self._fold_frame(counted, values[rows], st, times, v, typical)
-            d, o = self._fold_breakdown(counted, st, times, d_, o_)
-        at = seen = now.tolist()
+        cols["n"][ranks] = n
+        cols["t"][ranks] = now
+        cols["step"][ranks] = step
+        new = int(np.count_nonzero(counted))
+        if not new:  # warm-up, the step after a phase: the count and the last step alone
+            return
+        value = values[rows]
         if new < count:
-            seen = np.where(counted, now, np.fromiter(seen_, f64, count)).tolist()
-        for e, row in zip(
-            es,
-            zip(
-                n.tolist(),
-                at,
-                step.tolist(),
-                v.tolist(),
-                typical.tolist(),
-                d,
-                o,
-                seen,
-                strict=True,
-            ),
-            strict=True,
-        ):
-            e[:] = row
+            pick = np.flatnonzero(counted)
+            ranks, now, st, value = ranks[pick], now[pick], st[pick], value[pick]
+            times = _take(times, pick)
+        with np.errstate(all="ignore"):
+            self._fold_frame(cols, ranks, value, st, times)
+        cols["seen"][ranks] = now
         state["new"] += new
 
     def _fold_frame(
-        self,
-        counted: Mask,
-        value: Floats,
-        step_s: Floats,
-        times: tuple[Column | None, Column | None, Column | None],
-        v: Floats,
-        s: Floats,
-    ) -> tuple[Floats, Floats]:
-        """:meth:`_fold` of the ``counted`` rows into the measure's and the step's EWMAs, as
-        columns: the new ``v, s`` (the other rows' as given). ``times`` are the rows'
-        (step_time_s, data_time_s, compute_time_s), each ``(values, present)`` or None."""
+        self, cols: Cols, at: Ints, value: Floats, step_s: Floats, times: Times
+    ) -> None:
+        """:meth:`_fold` of counted rows, as columns: ``at`` their ranks, ``value`` their
+        measure, ``step_s`` their step's length, ``times`` their (step_time_s, data_time_s,
+        compute_time_s), each ``(values, present)`` or None."""
         alpha = self._alpha
-        x = self._sample(value, step_s)
-        v = np.where(counted, np.where(v != v, x, v + alpha * (x - v)), v)
-        s = np.where(counted, np.where(s != s, step_s, s + alpha * (step_s - s)), s)
-        return v, s
+        _ewma(cols["v"], at, self._sample(value, step_s), alpha)
+        _ewma(cols["s"], at, step_s, alpha)
 
     def _sample(self, value: Floats, step_s: Floats) -> Floats:
         """The measure's sample of each row, as ``_fold`` takes it."""
         raise NotImplementedError
 
-    def _fold_breakdown(
-        self,
-        counted: Mask,
-        step_s: Floats,
-        times: tuple[Column | None, Column | None, Column | None],
-        d: tuple[float, ...],
-        o: tuple[float, ...],
-    ) -> tuple[Sequence[float], Sequence[float]]:
-        """The data and "other" EWMAs after the ``counted`` rows (as given when the rule keeps
-        none)."""
-        return d, o
-
     # -- per tick ---------------------------------------------------------------------------
-    # Each tick judges every rank but raises an outcome rarely: ``_count`` only counts (no
-    # list of every rank's level per tick); ``_levels`` and ``_bad`` list the same levels, by
-    # the same arithmetic, for the finding or the resolution that names them.
+    # Each tick judges every entry from the columns (``_judged``): ``_level`` is each rank's
+    # level and ``_wrong`` which levels are on the wrong side of a bar (the scalar arithmetic,
+    # elementwise); a finding or a resolution lists the levels it names as (rank, level).
     def _bar(self, held: bool) -> float:
         """The bar a rank's level is judged against (the resolve bar when ``held``)."""
         raise NotImplementedError
 
-    def _count(
-        self, entries: dict[int, list[Any]], fresh_after: float, bar: float
-    ) -> tuple[int, int]:
-        """How many ranks have a sample counted at or after ``fresh_after``, and how many of
-        those have a level on the wrong side of ``bar``."""
+    def _level(self, cols: Cols) -> Floats:
+        """Every rank's level (nan where it has none)."""
         raise NotImplementedError
 
-    def _levels(self, entries: dict[int, list[Any]], fresh_after: float) -> list[tuple[int, float]]:
-        """(rank, level) of the ranks with a sample counted at or after ``fresh_after``."""
-        raise NotImplementedError
-
-    def _bad(self, levels: list[tuple[int, float]], bar: float) -> list[tuple[int, float]]:
-        """The ``levels`` on the wrong side of ``bar``."""
+    def _wrong(self, level: Floats, bar: float) -> Mask:
+        """Which ``level`` are on the wrong side of ``bar`` (a nan level is not)."""
         raise NotImplementedError
 
     def on_tick(self, job: JobState, state: dict[str, Any], now: float) -> Iterable[Outcome]:
@@ -405,21 +369,27 @@ class _JobShare:
             return _NOTHING
         state["new"] = 0
         cfg = self.config
-        entries: dict[int, list[Any]] = state["r"]
+        entries: RankEntries = state["r"]
+        ranks, cols, present = _judged(entries)
         fresh_after = now - cfg.stale_s
         firing = bool(state["on"])
         # Once a streak began (or the incident is open) the resolve bar holds: a job that
         # hovers at the bar is not restarted from zero by each dip.
         held = firing or state["since"] == state["since"]
         bar = self._bar(held)
-        fresh, bad = self._count(entries, fresh_after, bar)
+        # The ranks with a sample counted at or after fresh_after, and those of them whose
+        # level is on the wrong side of the bar.
+        fresh = (cols["seen"] >= fresh_after) & present
+        with np.errstate(all="ignore"):
+            level = self._level(cols)
+        wrong = fresh & self._wrong(level, bar)
         world = max(job.world_size or 0, len(entries))
         need = max(cfg.min_ranks, math.ceil(cfg.rank_share * world - 1e-9))
-        if fresh < need:
+        if np.count_nonzero(fresh) < need:
             # Too few ranks heard from lately (after a long evaluation, a pause) to judge the
             # job either way: the streak and the incident stand as they are.
             return _NOTHING
-        if bad >= need:
+        if np.count_nonzero(wrong) >= need:
             state["clear"] = _NAN
             if state["since"] != state["since"]:
                 state["since"], state["since_step"] = now, job.max_step
@@ -432,8 +402,9 @@ class _JobShare:
             ):
                 return _NOTHING
             state["on"], state["at"] = 1, now
-            named = self._bad(self._levels(entries, fresh_after), bar)
-            return (self._finding(job, state, entries, named, world, now),)
+            at = np.flatnonzero(wrong)
+            fields = {name: cols[name][at] for name in "vsdo"}  # of the ranks it names
+            return (self._finding(job, state, fields, _listed(wrong, level, ranks), world, now),)
         state["since"] = _NAN
         if not firing:
             return _NOTHING
@@ -445,36 +416,36 @@ class _JobShare:
         ):
             return _NOTHING
         state["on"], state["clear"], state["at"] = 0, _NAN, -math.inf
-        summary = self._resolved(self._levels(entries, fresh_after), world)
+        summary = self._resolved(_listed(fresh, level, ranks), world)
         return (Resolution(self.rule, None, now, "", summary),)
 
     def _finding(
         self,
         job: JobState,
         state: dict[str, Any],
-        entries: dict[int, list[Any]],
+        fields: Cols,
         bad: list[tuple[int, float]],
         world: int,
         now: float,
     ) -> Finding:
+        """The finding naming ``bad``; ``fields``: their fields v, s, d and o."""
         raise NotImplementedError
 
     def _resolved(self, levels: list[tuple[int, float]], world: int) -> str:
         raise NotImplementedError
 
     @staticmethod
-    def _breakdown(entries: dict[int, list[Any]], ranks: list[int]) -> tuple[float, float, float]:
-        """Medians over ``ranks`` of the step (s), its data share and its "other" share."""
+    def _breakdown(fields: Cols) -> tuple[float, float, float]:
+        """Medians over the ranks of ``fields`` of the step (s), its data share and its "other"
+        share."""
         steps, data, other = [], [], []
-        for r in ranks:
-            e = entries[r]
-            s = e[_S]
+        for s, d, o in zip(*(fields[k].tolist() for k in "sdo"), strict=True):
             if s > 0:
                 steps.append(s)
-                if e[_D] == e[_D]:
-                    data.append(min(1.0, e[_D] / s))
-                if e[_O] == e[_O]:
-                    other.append(min(1.0, e[_O] / s))
+                if d == d:
+                    data.append(min(1.0, d / s))
+                if o == o:
+                    other.append(min(1.0, o / s))
         return (
             median(steps) if steps else _NAN,
             median(data) if data else _NAN,
@@ -511,34 +482,19 @@ class InputBoundDetector(_JobShare):
         bar: float = self.config.resolve_share if held else self.config.share
         return bar
 
-    def _count(
-        self, entries: dict[int, list[Any]], fresh_after: float, bar: float
-    ) -> tuple[int, int]:
-        fresh = bad = 0
-        for e in entries.values():
-            if e[_SEEN] >= fresh_after:
-                fresh += 1
-                s = e[_S]
-                if s > 0 and e[_V] / s > bar:  # as _levels: a nan level is not over
-                    bad += 1
-        return fresh, bad
-
-    def _levels(self, entries: dict[int, list[Any]], fresh_after: float) -> list[tuple[int, float]]:
+    def _level(self, cols: Cols) -> Floats:
         # The data share: seconds waited over seconds stepped.
-        return [
-            (r, float(e[_V] / e[_S]) if e[_S] > 0 else _NAN)
-            for r, e in entries.items()
-            if e[_SEEN] >= fresh_after
-        ]
+        s = cols["s"]
+        return np.where(s > 0, cols["v"] / s, _NAN)
 
-    def _bad(self, levels: list[tuple[int, float]], bar: float) -> list[tuple[int, float]]:
-        return [(r, v) for r, v in levels if v > bar]
+    def _wrong(self, level: Floats, bar: float) -> Mask:
+        return level > bar
 
     def _finding(
         self,
         job: JobState,
         state: dict[str, Any],
-        entries: dict[int, list[Any]],
+        fields: Cols,
         bad: list[tuple[int, float]],
         world: int,
         now: float,
@@ -547,8 +503,8 @@ class InputBoundDetector(_JobShare):
         worst = sorted(bad, key=lambda rv: (-rv[1], rv[0]))[:_WORST]
         share = median(v for _, v in bad)
         ranks = [r for r, _ in bad]
-        step_s = median(entries[r][_S] for r in ranks)
-        data_s = median(entries[r][_V] for r in ranks)
+        step_s = median(fields["s"].tolist())
+        data_s = median(fields["v"].tolist())
         lasted = now - state["since"]
         named = ", ".join(f"{job.label(r)} {v:.0%}" for r, v in worst)
         summary = (
@@ -621,64 +577,45 @@ class GpuUtilizationDetector(_JobShare):
     def _sample(self, value: Floats, step_s: Floats) -> Floats:
         return value
 
-    def _fold_breakdown(
-        self,
-        counted: Mask,
-        step_s: Floats,
-        times: tuple[Column | None, Column | None, Column | None],
-        d: tuple[float, ...],
-        o: tuple[float, ...],
-    ) -> tuple[Sequence[float], Sequence[float]]:
+    def _fold_frame(
+        self, cols: Cols, at: Ints, value: Floats, step_s: Floats, times: Times
+    ) -> None:
+        super()._fold_frame(cols, at, value, step_s, times)
         given, data, compute = times
         if data is None:
-            return d, o
+            return
         alpha = self._alpha
-        count = len(counted)
         dv, with_d = data
-        with_d = counted & with_d
         if not with_d.any():
-            return d, o
-        old = np.fromiter(d, np.float64, count)
+            return
         x = np.where(step_s < dv, step_s, dv)  # min(d, step_s)
-        new_d = np.where(with_d, np.where(old != old, x, old + alpha * (x - old)), old).tolist()
+        _ewma(cols["d"], at[with_d], x[with_d], alpha)
         if compute is None or given is None:
-            return new_d, o
+            return
         with_o = with_d & compute[1] & given[1]
         if not with_o.any():
-            return new_d, o
+            return
         # Collectives: max(0.0, st - c - d), nan and -0.0 giving 0.0.
         x = given[0] - compute[0] - dv
         x = np.where(x > 0.0, x, 0.0)
-        old = np.fromiter(o, np.float64, count)
-        new_o = np.where(with_o, np.where(old != old, x, old + alpha * (x - old)), old).tolist()
-        return new_d, new_o
+        _ewma(cols["o"], at[with_o], x[with_o], alpha)
 
     def _bar(self, held: bool) -> float:
         bar: float = self.config.resolve_bar if held else self.config.bar
         return bar
 
-    def _count(
-        self, entries: dict[int, list[Any]], fresh_after: float, bar: float
-    ) -> tuple[int, int]:
-        fresh = bad = 0
-        for e in entries.values():
-            if e[_SEEN] >= fresh_after:
-                fresh += 1
-                if e[_V] < bar:  # as _levels: a nan level is not under
-                    bad += 1
-        return fresh, bad
+    def _level(self, cols: Cols) -> Floats:
+        level: Floats = cols["v"]
+        return level
 
-    def _levels(self, entries: dict[int, list[Any]], fresh_after: float) -> list[tuple[int, float]]:
-        return [(r, float(e[_V])) for r, e in entries.items() if e[_SEEN] >= fresh_after]
-
-    def _bad(self, levels: list[tuple[int, float]], bar: float) -> list[tuple[int, float]]:
-        return [(r, v) for r, v in levels if v < bar]
+    def _wrong(self, level: Floats, bar: float) -> Mask:
+        return level < bar
 
     def _finding(
         self,
         job: JobState,
         state: dict[str, Any],
-        entries: dict[int, list[Any]],
+        fields: Cols,
         bad: list[tuple[int, float]],
         world: int,
         now: float,
@@ -687,7 +624,7 @@ class GpuUtilizationDetector(_JobShare):
         worst = sorted(bad, key=lambda rv: (rv[1], rv[0]))[:_WORST]
         util = median(v for _, v in bad)
         ranks = [r for r, _ in bad]
-        step_s, data, other = self._breakdown(entries, ranks)
+        step_s, data, other = self._breakdown(fields)
         lasted = now - state["since"]
         named = ", ".join(f"{job.label(r)} {v:.0f}%" for r, v in worst)
         parts = []
@@ -735,15 +672,55 @@ class GpuUtilizationDetector(_JobShare):
         return f"GPU utilization back to {util:.0f}% (median of {world} ranks)"
 
 
-def _columns(frame: StepFrame, rows: Rows) -> tuple[Column | None, Column | None, Column | None]:
+def _columns(frame: StepFrame, rows: Rows) -> Times:
     """(step_time_s, data_time_s, compute_time_s) of ``rows``: ``(values, present)`` each, or
     None where no row of the frame carries it."""
     given, data, compute = (frame.metric(name) for name in _TIMES)
+    return _take((given, data, compute), rows)
+
+
+def _take(times: Times, rows: Rows) -> Times:
+    """Some rows of each of ``times``."""
+    given, data, compute = times
     return (
         None if given is None else (given[0][rows], given[1][rows]),
         None if data is None else (data[0][rows], data[1][rows]),
         None if compute is None else (compute[0][rows], compute[1][rows]),
     )
+
+
+def _ewma(col: Floats, at: Ints, x: Floats, alpha: float) -> None:
+    """``col[at]`` moved towards ``x`` as ``_fold`` moves one entry: ``old + alpha * (x -
+    old)``, or ``x`` while still nan (the same float64 operations, elementwise)."""
+    old = col[at]
+    col[at] = np.where(old != old, x, old + alpha * (x - old))
+
+
+def _judged(entries: RankEntries) -> tuple[list[int] | None, Cols, Mask]:
+    """What a tick reads of ``entries``: each row's rank (None: a row is its rank's), the
+    fields of ``_JUDGED`` as columns, and which rows hold an entry. The entries kept out of
+    the columns (``RankEntries.far``: a rank far beyond the others, a step past int64) are rows
+    after theirs: the tick judges every entry, as the rule did when its entries were lists."""
+    cols = entries.columns()
+    present = entries.present()
+    if not entries.far:
+        return None, cols, present
+    apart = sorted(entries.far.items())
+    judged = {
+        name: np.concatenate([cols[name], np.array([e[j] for _, e in apart], dtype=np.float64)])
+        for name, j in _JUDGED
+    }
+    ranks = [*range(len(present)), *(r for r, _ in apart)]
+    return ranks, judged, np.concatenate([present, np.ones(len(apart), dtype=np.bool_)])
+
+
+def _listed(mask: Mask, level: Floats, ranks: list[int] | None) -> list[tuple[int, float]]:
+    """``(rank, level)`` of the rows in ``mask``, ranks ascending (``ranks``: as _judged)."""
+    at = np.flatnonzero(mask).tolist()
+    levels = level[at].tolist()
+    if ranks is None:
+        return list(zip(at, levels, strict=True))
+    return sorted(zip([ranks[i] for i in at], levels, strict=True))
 
 
 def detectors() -> list[Any]:

@@ -21,9 +21,11 @@ back either way (``streams/state_codec.py``).
 
 A rank far beyond the others (:func:`~rankwatch.streams.frames.table.dense_limit`: a producer's
 bug, since a declared world size bounds the ranks) gets no row: columns up to it would hold
-gigabytes. Its entry is kept apart (:attr:`RankEntries.far`): it is stored, restored and handed
-out as a live list like any other, but the columns do not show it, so a rule's vector
-statistics leave it out.
+gigabytes. So does an entry holding an int past int64 (a step: the contract bounds none). Such
+an entry is kept apart (:attr:`RankEntries.far`): it is stored, restored and handed out as a
+live list like any other, but the columns do not show it. A frame over such a rank goes row by
+row (:meth:`RankEntries.apart`); a tick that must count it reads ``far`` too (the utilization
+rules do; ``lr_schedule`` leaves it out of the ranks it compares).
 
 >>> entries = RankEntries((("step", -1), ("lr", 0.0), ("name", "")))
 >>> entries.add(np.array([0, 3]))

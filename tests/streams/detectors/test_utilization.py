@@ -29,8 +29,10 @@ from rankwatch.streams.detectors.utilization import (
     InputBoundDetector,
     detectors,
 )
-from rankwatch.streams.frames import StepFrame
+from rankwatch.streams.findings import Finding, Outcome
+from rankwatch.streams.frames import RankEntries, StepFrame
 from rankwatch.streams.frames.testing import assert_job_frames_match_scalar
+from rankwatch.streams.state_codec import Layout, decode_job, encode_job
 from rankwatch.streams.testing import state_difference
 
 #: ``metrics(rank, step, rng)``: one rank's step; ``wall`` (popped) is the time the step took
@@ -436,8 +438,104 @@ def test_state_is_small_plain_data() -> None:
     for name in ("input_bound", "gpu_utilization"):
         state = job_state.slots[name]
         assert pickle.loads(pickle.dumps(state)).keys() == state.keys()
-        assert {type(v) for e in state["r"].values() for v in e} <= {int, float}
-        assert len(pickle.dumps(state["r"])) < 120 * 8  # under 120 bytes a rank
+        entries = state["r"]
+        assert isinstance(entries, RankEntries)
+        assert {type(v) for _, e in entries.items() for v in e} <= {int, float}
+        stored = dict(entries.items())  # what the snapshot codec stores of it
+        assert len(pickle.dumps(stored)) < 120 * 8  # under 120 bytes a rank
+
+
+def _starved_and_idle() -> Metrics:
+    slow_data = starved()
+
+    def m(rank: int, step: int, rng: random.Random) -> dict[str, Any]:
+        return {**slow_data(rank, step, rng), "gpu_utilization": rng.uniform(30.0, 50.0)}
+
+    return m
+
+
+def test_the_state_survives_the_codec_as_columns_and_goes_on_alike() -> None:
+    # The entries are stored as rank -> list and read back as RankEntries; an engine that
+    # adopts the state then raises what the live one raises (gpu_utilization fires after the
+    # cut, input_bound before it).
+    events = list(job(_starved_and_idle(), ranks=8, steps=4000))
+    cut = 8 * 1500
+    live, restored = Engine(detectors()), Engine(detectors())
+    before = live.process_many(events[:cut])
+    assert [a.rule for a in firing(before)] == ["input_bound"]
+    layout = Layout.of(live, "job-1")
+    back = decode_job(encode_job(live.jobs["job-1"], layout), layout)
+    for name in ("input_bound", "gpu_utilization"):
+        entries = back.slots[name]["r"]
+        assert isinstance(entries, RankEntries) and list(entries) == list(range(8))
+        assert state_difference(live.jobs["job-1"].slots[name], back.slots[name], name) is None
+    restored.adopt(back)
+    after = [(a.rule, a.status, a.summary) for a in run_engine(live, events[cut:])]
+    assert ("gpu_utilization", "firing") in {(rule, status) for rule, status, _ in after}
+    assert [(a.rule, a.status, a.summary) for a in run_engine(restored, events[cut:])] == after
+    assert state_difference(live.jobs["job-1"], restored.jobs["job-1"]) is None
+
+
+def test_a_state_stored_as_a_dict_of_lists_reads_back_as_columns() -> None:
+    # Stored before the rules kept columns, "r" was a dict of rank -> the same entry lists.
+    engine = Engine(detectors())
+    run_engine(engine, job(_starved_and_idle(), ranks=8, steps=300))
+    job_state = engine.jobs["job-1"]
+    layout = Layout.of(engine, "job-1")
+    states = {name: job_state.slots[name] for name in ("input_bound", "gpu_utilization")}
+    for name, state in states.items():
+        old = {r: list(e) for r, e in state["r"].items()}
+        assert old[3][:3] == [300, old[3][1], 299] and len(old[3]) == 8
+        job_state.slots[name] = dict(state, r=old)
+    back = decode_job(encode_job(job_state, layout), layout)
+    for name, state in states.items():
+        assert isinstance(back.slots[name]["r"], RankEntries)
+        assert state_difference(state, back.slots[name], name) is None
+
+
+def _judged_alone(
+    rank_of: Callable[[int], int], step_of: Callable[[int, int], int]
+) -> tuple[list[Outcome], dict[str, Any]]:
+    """input_bound's outcomes and state over a starved 4-rank job, each rank's events given
+    the rank ``rank_of(rank)`` and the step ``step_of(rank, step)``, row by row (ticks every
+    ten steps)."""
+    rule = InputBoundDetector()
+    ranks = {rank_of(r): RankState(rank_of(r), f"node{r}") for r in range(4)}
+    j = JobState("job-1", ranks=ranks)
+    state, out = rule.new_job_state(), list[Outcome]()
+    for i, e in enumerate(job(starved(), steps=1600)):
+        r = rank_of(e.rank)
+        j.max_step = max(j.max_step, e.step)
+        rule.on_step(
+            j, j.ranks[r], state, e.model_copy(update={"rank": r, "step": step_of(r, e.step)})
+        )
+        if i % 40 == 39:
+            out += rule.on_tick(j, state, e.epoch)
+    return out, state
+
+
+def test_entries_kept_out_of_the_columns_are_judged_as_the_others() -> None:
+    # A rank far beyond the others (no world size) and a step past int64 (pydantic takes any
+    # integer) have their entries kept apart from the columns (RankEntries.far): the tick
+    # counts and names them as any rank, as it did when the entries were lists.
+    far = 2**40
+    [plain] = _judged_alone(lambda r: r, lambda r, s: s)[0]
+    outcomes, state = _judged_alone(
+        lambda r: far if r == 3 else r, lambda r, s: s + 2**64 * (r == 2)
+    )
+    [apart] = outcomes
+    assert isinstance(plain, Finding) and isinstance(apart, Finding)
+    assert sorted(state["r"].far) == [2, far] and state["r"][2][2] == 2**64 + 1599
+    assert apart.ranks == (0, 1, 2, far) and apart.evidence["ranks_bound"] == 4
+    assert {k: v for k, v in apart.evidence.items() if k != "worst"} == {
+        k: v for k, v in plain.evidence.items() if k != "worst"
+    }
+    # A frame over a rank kept apart takes on_step's way, with the same state.
+    events = [
+        e.model_copy(update={"rank": far}) if e.rank == 3 else e for e in job(starved(), steps=300)
+    ]
+    for rule in _frame_rules():
+        assert_job_frames_match_scalar(rule, events)
 
 
 # -- a real loop: torch DataLoader, watch_step, the producer's own timing -------------------
