@@ -24,33 +24,47 @@ of about the same step, with three guards, each a setting:
 A rank's throughput (when it reports its own) is judged the same way, as a shortfall below its
 peers' median. Resolution: the last ``recover`` evaluations all clean.
 
-Per rank the state is one short list; on each tick (not each event) the medians over the ranks
-that reported since the last tick are computed once: O(ranks log ranks) per tick of event time.
+Per rank the state is one entry of ten fields, kept as columns indexed by rank
+(:class:`~rankwatch.streams.frames.RankEntries`): a frame of a big job writes its ranks' latest
+samples with a few array assignments, and a tick (not each event) takes the medians over its
+fresh peers and updates their verdicts in numpy: O(ranks) per tick of event time, with no
+Python work per rank but the lookup of its last event time. A small job's steps come one at a
+time, each written to its rank's entry as a live list, and its ticks read those lists.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from operator import itemgetter
+from operator import attrgetter
 from statistics import median
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 
 from rankwatch.schemas import Action, Severity, StepEvent
 from rankwatch.streams.detectors import _metric_config as check
 from rankwatch.streams.detectors.base import JobState, RankState
 from rankwatch.streams.exceptions import DetectorConfigError
 from rankwatch.streams.findings import Finding, Outcome, Resolution
-from rankwatch.streams.frames import StepFrame
+from rankwatch.streams.frames import RankEntries, StepFrame
 
 # Per-rank entry: latest compute, data, throughput, step time; samples seen; bits of the last
 # evaluations (1 = flagged, newest lowest); firing (0/1); step of the latest sample; step last
 # evaluated; step of the oldest flag in the window (where an incident begins).
 _C, _D, _TP, _ST, _N, _BITS, _FIRING, _STEP, _EVAL, _FIRST = range(10)
 _NAN = math.nan
+#: The entry's fields and their defaults, in entry order (a stored entry is this list). The
+#: defaults make the columns' kinds: the four samples float (nan: none), the rest int.
+_FIELDS: tuple[tuple[str, Any], ...] = (
+    ("c", _NAN), ("d", _NAN), ("tp", _NAN), ("st", _NAN), ("n", 0), ("bits", 0),
+    ("firing", 0), ("step", -1), ("eval", -1), ("first", -1),
+)  # fmt: skip
+_DEFAULTS = tuple(default for _, default in _FIELDS)
+#: ``first`` of an entry stored in an older layout (see :class:`_Entries`); a step is >= 0.
+_OLD = -2
 _MAD_TO_SD = 1.4826  # a normal distribution's s.d. per median absolute deviation
 
 _HINTS = {
@@ -120,24 +134,6 @@ def _floored(typical: list[float], i: int, spread: float) -> float:
     return spread if t != t or spread > t else t
 
 
-def _center_spread(values: list[float]) -> tuple[float, float]:
-    """Median and robust standard deviation of the finite values (nan, nan if none)."""
-    finite = [v for v in values if v == v]
-    if not finite:
-        return _NAN, _NAN
-    m = median(finite)
-    return m, _MAD_TO_SD * median([abs(v - m) for v in finite])
-
-
-#: From this many peers on, a tick's medians are taken in numpy (a partition, not a sort);
-#: below it numpy's fixed cost per call is more than Python's sort of a short list (measured:
-#: about even at 80 ranks, numpy 2x faster at 4,096).
-_NUMPY_FROM = 96
-#: The latest compute, data, throughput and step time of an entry, in that order.
-_SAMPLE = tuple(itemgetter(i) for i in (_C, _D, _TP, _ST))
-_ENTRY = itemgetter(1)  # of a (rank, entry) pair
-
-
 #: Which metric each sampled field of an entry holds (what a step writes into it).
 _FIELD_OF = {
     _C: "compute_time_s",
@@ -145,24 +141,69 @@ _FIELD_OF = {
     _TP: "throughput_tokens_per_sec",
     _ST: "step_time_s",
 }
-#: The frame's columns of those metrics, in the entry's order.
+#: The frame's columns of those metrics, and the entry's columns that take them, in order.
 _SAMPLED = tuple(_FIELD_OF[i] for i in (_C, _D, _TP, _ST))
-_LONG = {10}  # the lengths of a table whose entries all have today's layout
+_SAMPLES = tuple(_FIELDS[i][0] for i in (_C, _D, _TP, _ST))
+_LAST_SEEN = attrgetter("last_seen")
+#: Below this many ranks a job's steps come row by row (the engine's frames start at 64
+#: released rows), its entries as live lists: a tick reads those (see ``on_tick``).
+_LISTS_BELOW = 64
+
+_RANK = attrgetter("rank")  # of an outcome
+Ints = npt.NDArray[np.int64]
+Floats = npt.NDArray[np.float64]
 
 
-def _values(column: tuple[np.ndarray, np.ndarray] | None, count: int) -> list[float]:
-    """A metric column's values as floats, nan where a row has none (as ``on_step`` writes
-    ``None``); all nan where no row of the frame has it."""
+class _Entries(RankEntries):
+    """The rule's entries (:data:`_FIELDS`), as columns.
+
+    An entry stored in an older layout (a list of another length: the rule's nine fields from
+    before it was calibrated on the job, in snapshots pickled then) is taken in padded to
+    today's length, each value at the index the rule read it at before, and marked ``_OLD`` in
+    ``first``: the rule replaces it at the rank's next step, as it replaced such a list. The
+    codec makes a stored table columns through :meth:`like` and ``update``
+    (``Layout.entry_tables``), so the padding is done here, not there.
+
+    No ``__slots__`` of its own: ``RankEntries.__getstate__`` (copies, pickles) saves the slots
+    that ``self.__slots__`` names, and an empty one here would hide them.
+    """
+
+    def like(self) -> _Entries:
+        return _Entries(_FIELDS)
+
+    def __setitem__(self, rank: int, entry: list[Any]) -> None:
+        if len(entry) != len(_FIELDS):
+            entry = [*entry[:_FIRST], *_DEFAULTS[len(entry) : _FIRST], _OLD]
+        super().__setitem__(rank, entry)
+
+
+def _table(state: dict[str, Any]) -> _Entries:
+    """The job's entries; a dict of rank -> list (a pickled snapshot's: the codec makes the
+    tables of later formats columns on read) becomes columns at the rule's first use."""
+    table = state["r"]
+    if type(table) is not _Entries:
+        stored: Mapping[int, list[Any]] = table
+        table = state["r"] = _Entries(_FIELDS)
+        table.update(dict(stored.items()))
+    return table
+
+
+def _column(column: tuple[Floats, npt.NDArray[np.bool_]] | None) -> Floats | float:
+    """A metric column's values, nan where a row has none (as ``on_step`` writes ``None``);
+    a lone nan where no row of the frame has it."""
     if column is None:
-        return [_NAN] * count
+        return _NAN
     values, present = column
-    out: list[float] = (values if present.all() else np.where(present, values, _NAN)).tolist()
-    return out
+    return values if present.all() else np.where(present, values, _NAN)
 
 
-def _sample_of(e: Any) -> tuple[float | None, float | None, float | None, float | None]:
-    """What a step event writes into its rank's entry: compute, data, throughput, step time."""
-    return e.compute_time_s, e.data_time_s, e.throughput_tokens_per_sec, e.step_time_s
+def _center_spread(values: list[float]) -> tuple[float, float]:
+    """Median and robust standard deviation of the finite values (nan, nan if none)."""
+    finite = [v for v in values if v == v]
+    if not finite:
+        return _NAN, _NAN
+    m = median(finite)
+    return m, _MAD_TO_SD * median([abs(v - m) for v in finite])
 
 
 def _median_np(finite: np.ndarray) -> float:
@@ -191,6 +232,16 @@ def _center_spread_np(values: np.ndarray) -> tuple[float, float]:
     return m, _MAD_TO_SD * _median_np(np.abs(finite - m))
 
 
+class _Bars(NamedTuple):
+    """What one tick judges its peers against."""
+
+    peers: int
+    step_s: float  # the job's step: the peers' median step time, or their own work's
+    z: float  # the bar in deviations: z + sqrt(2 ln peers)
+    #: (peers' median, bar) of compute, data and throughput; nan: nobody reports it
+    bars: tuple[tuple[float, float], tuple[float, float], tuple[float, float]]
+
+
 class StragglerDetector:
     """One rank's own compute or data time far above its peers' (rank scope)."""
 
@@ -205,7 +256,7 @@ class StragglerDetector:
         self._recover_mask = (1 << self.config.recover) - 1
 
     def new_job_state(self) -> dict[str, Any]:
-        return {"r": {}}
+        return {"r": _Entries(_FIELDS)}
 
     def on_step(
         self, job: JobState, rank: RankState, state: dict[str, Any], event: StepEvent
@@ -213,9 +264,13 @@ class StragglerDetector:
         c, d, tp = event.compute_time_s, event.data_time_s, event.throughput_tokens_per_sec
         if c is None and d is None and tp is None:
             return
-        entry = state["r"].get(rank.rank)
-        if entry is None or len(entry) != 10:  # new, or from an older snapshot
-            entry = state["r"][rank.rank] = [_NAN, _NAN, _NAN, _NAN, 0, 0, 0, -1, -1, -1]
+        table = state["r"]
+        if type(table) is not _Entries:
+            table = _table(state)
+        entry = table.get(rank.rank)
+        if entry is None or entry[_FIRST] == _OLD:  # new, or from an older snapshot
+            entry = table.fresh()
+            table[rank.rank] = entry
         st = event.step_time_s
         entry[_C] = _NAN if c is None else c
         entry[_D] = _NAN if d is None else d
@@ -227,107 +282,227 @@ class StragglerDetector:
     def on_frame(
         self, job: JobState, state: dict[str, Any], frame: StepFrame, events: Sequence[Any]
     ) -> None:
-        """:meth:`on_step` of each row of a frame, in order, each rank's entry written once (a
-        frame holds each rank once).
+        """:meth:`on_step` of each row of a frame, as array assignments over the entries'
+        columns (a frame holds each rank once, so no two rows write one entry).
 
-        The common frame (every row carries one of compute, data or throughput, and every
-        rank has an entry of today's layout) is written from the frame's metric columns, with
-        no call and no test per row. The engine's frame builds a column once for all its
-        rules, from the decoded batches' columns, and ``utilization`` reads three of these
-        four: measured at 16,384 ranks (records from decoded batches, the columns built
-        afresh each frame), this rule and the two of ``utilization`` took 1.59 us a row where
-        they took 1.77 reading the events here. Where no other rule asks for the columns, or
-        the events are not from decoded batches, building them costs more than it saves.
-        Exact: the columns hold the events' own floats, and a value a row lacks is written
-        as nan, as ``on_step`` writes ``None``. Any other frame (a rank's first step, a row
-        with none of the three) takes :meth:`_on_rows`."""
-        if not events:
-            return
+        The rows that carry none of compute, data or throughput are left out (``on_step``
+        writes nothing for them); a rank without an entry gets one at the defaults, and an
+        entry of an older layout is put back to them first (``on_step`` makes both afresh).
+        Exact: the frame's columns hold the events' own floats, and a value a row lacks is
+        written as nan, as ``on_step`` writes ``None``. A rank whose entry is kept out of the
+        columns (``RankEntries.far``: a rank far beyond the others, a step past int64) sends
+        the frame to :meth:`on_step`, row by row."""
         columns = [frame.metric(name) for name in _SAMPLED]
-        reported = [col[1] for col in columns[:3] if col is not None]
-        if not reported or not np.logical_or.reduce(reported).all():
-            self._on_rows(state, frame, events)  # a row with none of the three: not written
+        given = [col[1] for col in columns[:3] if col is not None]
+        if not given:
+            return  # no row has any of the three: nothing written
+        ranks, steps = frame.ranks, frame.steps
+        values = [_column(col) for col in columns]
+        written = np.logical_or.reduce(given)
+        if not written.all():
+            ranks, steps = ranks[written], steps[written]
+            values = [v[written] if isinstance(v, np.ndarray) else v for v in values]
+        if not len(ranks):
             return
-        table: dict[int, list[Any]] = state["r"]
-        es: list[Any] = list(map(table.get, frame.ranks.tolist()))  # None: a rank not seen yet
-        try:
-            lengths = set(map(len, es))
-        except TypeError:  # len(None): a rank's first step
-            lengths = set()
-        if lengths != _LONG:  # a new rank, or an older snapshot's entry
-            self._on_rows(state, frame, events)
+        entries = _table(state)
+        entries.add(ranks)
+        if entries.apart(ranks):  # an entry kept out of the columns: on_step, row by row
+            for event in events:
+                self.on_step(job, job.ranks[event.rank], state, event)
             return
-        count = len(es)
-        c, d, tp, st = (_values(col, count) for col in columns)
-        for entry, c_, d_, tp_, st_, step in zip(
-            es, c, d, tp, st, frame.steps.tolist(), strict=True
-        ):
-            entry[_C] = c_
-            entry[_D] = d_
-            entry[_TP] = tp_
-            entry[_ST] = st_
-            entry[_N] += 1
-            entry[_STEP] = step
-
-    def _on_rows(self, state: dict[str, Any], frame: StepFrame, events: Sequence[Any]) -> None:
-        """:meth:`on_step` of each row of a frame, row by row: the values read from the
-        events (``_sample_of`` mapped over them), each rank's entry looked up ahead."""
-        table: dict[int, list[Any]] = state["r"]
-        ranks = frame.ranks.tolist()
-        for r, entry, (c, d, tp, st), step in zip(
-            ranks,
-            map(table.get, ranks),
-            map(_sample_of, events),
-            frame.steps.tolist(),
-            strict=True,
-        ):
-            if c is None or d is None or tp is None or st is None:  # a value missing: rare
-                if c is None and d is None and tp is None:
-                    continue
-                c = _NAN if c is None else c
-                d = _NAN if d is None else d
-                tp = _NAN if tp is None else tp
-                st = _NAN if st is None else st
-            if entry is None or len(entry) != 10:  # new, or from an older snapshot
-                table[r] = [c, d, tp, st, 1, 0, 0, step, -1, -1]
-            else:
-                entry[_C] = c
-                entry[_D] = d
-                entry[_TP] = tp
-                entry[_ST] = st
-                entry[_N] += 1
-                entry[_STEP] = step
+        cols = entries.columns(write=True)
+        old = cols["first"][ranks] == _OLD
+        if old.any():  # an older snapshot's entries: replaced, as on_step replaces them
+            for name, default in _FIELDS:
+                cols[name][ranks[old]] = default
+        for name, value in zip(_SAMPLES, values, strict=True):
+            cols[name][ranks] = value
+        cols["n"][ranks] += 1
+        cols["step"][ranks] = steps
 
     def on_tick(self, job: JobState, state: dict[str, Any], now: float) -> Iterable[Outcome]:
+        """Each fresh peer with a new sample judged against the peers (module docstring),
+        ranks ascending.
+
+        A small job's steps come row by row (``on_step``), so its entries are live lists: they
+        are read as lists, not written back to the columns, which would make every next step
+        build its rank's list again (measured, ``Engine.process`` of an 8-rank job: 33 us an
+        event with its ticks reading the columns, 19 reading the lists). A big job's entries
+        are read as columns."""
+        entries = _table(state)
+        if len(job.ranks) < _LISTS_BELOW:
+            return self._tick_lists(job, state, entries, now)
+        return self._tick_columns(job, state, entries, now)
+
+    def _fresh(
+        self, job: JobState, held: Iterable[tuple[int, list[Any]]], now: float
+    ) -> list[tuple[int, list[Any]]]:
+        """The entries past their warm-up whose rank was heard from within ``stale_s``."""
         cfg = self.config
-        entries: dict[int, list[Any]] = state["r"]
-        if len(entries) < cfg.min_ranks:
-            return ()
-        fresh_after = now - cfg.stale_s
         ranks = job.ranks
-        peers = [
+        fresh_after = now - cfg.stale_s
+        return [
             (r, e)
-            for r, e in entries.items()
+            for r, e in held
             if e[_N] > cfg.warmup_samples and ranks[r].last_seen >= fresh_after
         ]
+
+    def _tick_lists(
+        self, job: JobState, state: dict[str, Any], entries: _Entries, now: float
+    ) -> list[Outcome]:
+        """:meth:`on_tick` over the entries as lists."""
+        cfg = self.config
+        held = [(r, e) for r in sorted(job.ranks) if (e := entries.get(r)) is not None]
+        if len(held) < cfg.min_ranks:
+            return []
+        peers = self._fresh(job, held, now)
         if len(peers) < cfg.min_ranks or not any(e[_STEP] > e[_EVAL] for _, e in peers):
-            return ()
-        n = len(peers)
+            return []
+        tick = self._bars(
+            state,
+            len(peers),
+            _center_spread([e[_C] for _, e in peers]),
+            _center_spread([e[_D] for _, e in peers]),
+            _center_spread([e[_TP] for _, e in peers]),
+            median([e[_ST] for _, e in peers if e[_ST] == e[_ST]] or [_NAN]),
+        )
+        return self._judge_lists(job, peers, tick, now)
+
+    def _judge_lists(
+        self, job: JobState, peers: list[tuple[int, list[Any]]], tick: _Bars, now: float
+    ) -> list[Outcome]:
+        """Each peer with a new sample, judged and its entry (a list) updated."""
+        (med_c, bar_c), (med_d, bar_d), (med_tp, bar_tp) = tick.bars
+        mask, recover_mask = self._mask, self._recover_mask
+        out: list[Outcome] = []
+        for r, e in peers:
+            step = e[_STEP]
+            if step <= e[_EVAL]:
+                continue  # nothing new from this rank since the last evaluation
+            e[_EVAL] = step
+            # Over a bar (nan compares False: a component nobody reports never flags)?
+            flagged = e[_C] - med_c > bar_c or e[_D] - med_d > bar_d or med_tp - e[_TP] > bar_tp
+            before = e[_BITS]
+            if not (flagged or before or e[_FIRING]):
+                continue  # clean, and clean before: its bits stay 0 (the common case)
+            bits = e[_BITS] = ((before << 1) | flagged) & mask
+            if flagged and not before:
+                e[_FIRST] = step
+            if e[_FIRING]:
+                if not bits & recover_mask:
+                    e[_FIRING] = 0
+                    out.append(self._resolution(r, now))
+            elif flagged and bits.bit_count() >= self.config.min_flagged:
+                e[_FIRING] = 1
+                out.append(self._finding(job.ranks[r], e, tick, now))
+        return out
+
+    def _tick_columns(
+        self, job: JobState, state: dict[str, Any], entries: _Entries, now: float
+    ) -> list[Outcome]:
+        """:meth:`on_tick` over the entries' columns: the same floats and outcomes as
+        :meth:`_tick_lists`, in numpy. The entries kept out of the columns (``far``: a rank
+        far beyond the others, a step past int64) are judged as lists, as they were."""
+        cfg = self.config
+        if len(entries) < cfg.min_ranks:
+            return []
+        cols = entries.columns(write=True)
+        apart = self._fresh(job, sorted(entries.far.items()), now) if entries.far else []
+        news_apart = any(e[_STEP] > e[_EVAL] for _, e in apart)
+        warm = np.flatnonzero(entries.present() & (cols["n"] > cfg.warmup_samples))
+        steps, evaluated = cols["step"], cols["eval"]
+        if len(warm) + len(apart) < cfg.min_ranks or not (
+            news_apart or (steps[warm] > evaluated[warm]).any()
+        ):
+            return []  # too few, or nothing new: whoever is fresh among them (no lookups)
+        ranks = job.ranks
+        seen = np.fromiter(
+            map(_LAST_SEEN, map(ranks.__getitem__, warm.tolist())), np.float64, len(warm)
+        )
+        peers = warm[seen >= now - cfg.stale_s]
+        step = steps[peers]
+        new = step > evaluated[peers]
+        n = len(peers) + len(apart)
+        if n < cfg.min_ranks or not (news_apart or new.any()):
+            return []
+        c, d, tp, st = (cols[name][peers] for name in _SAMPLES)
+        every = [c, d, tp, st]
+        if apart:
+            every = [
+                np.concatenate([x, np.array([e[i] for _, e in apart], dtype=np.float64)])
+                for x, i in zip(every, (_C, _D, _TP, _ST), strict=True)
+            ]
+        st_finite = every[3][every[3] == every[3]]
+        tick = self._bars(
+            state,
+            n,
+            _center_spread_np(every[0]),
+            _center_spread_np(every[1]),
+            _center_spread_np(every[2]),
+            _median_np(st_finite) if st_finite.size else _NAN,
+        )
+        (med_c, bar_c), (med_d, bar_d), (med_tp, bar_tp) = tick.bars
+        # Over a bar (nan compares False: a component nobody reports never flags)?
+        flags = (c - med_c > bar_c) | (d - med_d > bar_d) | (med_tp - tp > bar_tp)
+        out = self._judge_columns(job, cols, peers[new], step[new], flags[new], tick, now)
+        if apart:
+            out = sorted(out + self._judge_lists(job, apart, tick, now), key=_RANK)
+        return out
+
+    def _judge_columns(
+        self,
+        job: JobState,
+        cols: dict[str, npt.NDArray[Any]],
+        at: Ints,
+        step: Ints,
+        flagged: npt.NDArray[np.bool_],
+        tick: _Bars,
+        now: float,
+    ) -> list[Outcome]:
+        """:meth:`_judge_lists` of the peers ``at`` (ascending) with a new sample at
+        ``step``, ``flagged`` over a bar, in array operations on the columns."""
+        cols["eval"][at] = step
+        # A peer clean now and before, not firing, keeps its bits at 0 (the common case).
+        before, firing = cols["bits"][at], cols["firing"][at]
+        moved = flagged | (before != 0) | (firing != 0)
+        if not moved.any():
+            return []
+        at, step, flagged, before, firing = (x[moved] for x in (at, step, flagged, before, firing))
+        bits = ((before << 1) | flagged) & self._mask
+        cols["bits"][at] = bits
+        starts = flagged & (before == 0)
+        cols["first"][at[starts]] = step[starts]
+        # Firing: resolved once its last `recover` evaluations are clean. Not firing: fires
+        # when flagged in `min_flagged` of the window (the bits counted for the few flagged).
+        resolved = (firing != 0) & ((bits & self._recover_mask) == 0)
+        fires = (firing == 0) & flagged
+        fires[fires] = [b.bit_count() >= self.config.min_flagged for b in bits[fires].tolist()]
+        cols["firing"][at[resolved]] = 0
+        cols["firing"][at[fires]] = 1
+        out: list[Outcome] = []
+        told = resolved | fires
+        for r, fired in zip(at[told].tolist(), fires[told].tolist(), strict=True):
+            if fired:
+                e = [col[r].item() for col in cols.values()]  # the entry, as on_step keeps it
+                out.append(self._finding(job.ranks[r], e, tick, now))
+            else:
+                out.append(self._resolution(r, now))
+        return out
+
+    def _bars(
+        self,
+        state: dict[str, Any],
+        n: int,
+        compute: tuple[float, float],
+        data: tuple[float, float],
+        throughput: tuple[float, float],
+        step_s: float,
+    ) -> _Bars:
+        """The bars of one tick, from the peers' median and spread of each component and
+        their median step time (nan: none reported)."""
+        cfg = self.config
+        (med_c, sd_c), (med_d, sd_d), (med_tp, sd_tp) = compute, data, throughput
         bar_z = cfg.z + math.sqrt(2.0 * math.log(n))
-        if n < _NUMPY_FROM:
-            med_c, sd_c = _center_spread([e[_C] for _, e in peers])
-            med_d, sd_d = _center_spread([e[_D] for _, e in peers])
-            med_tp, sd_tp = _center_spread([e[_TP] for _, e in peers])
-            step_s = median([e[_ST] for _, e in peers if e[_ST] == e[_ST]] or [_NAN])
-        else:
-            # A column per component, gathered by C loops (no bytecode per rank); partitions.
-            es = list(map(_ENTRY, peers))
-            c, d, tp, st = (np.fromiter(map(get, es), np.float64, n) for get in _SAMPLE)
-            med_c, sd_c = _center_spread_np(c)
-            med_d, sd_d = _center_spread_np(d)
-            med_tp, sd_tp = _center_spread_np(tp)
-            st_finite = st[st == st]
-            step_s = _median_np(st_finite) if st_finite.size else _NAN
         # A few ranks' spread at one tick is a rough estimate (heavy-tailed data waits among 8
         # ranks): the job's typical spread, averaged over its ticks, is a floor under it.
         typical = state.setdefault("sd", [_NAN, _NAN, _NAN])  # older snapshots lack it
@@ -344,41 +519,10 @@ class StragglerDetector:
         bar_d = max(material, bar_z * sd_d) if med_d == med_d else _NAN
         # ... and a shortfall of throughput below its median (tokens/s).
         bar_tp = max(cfg.materiality * med_tp, bar_z * sd_tp) if med_tp == med_tp else _NAN
-        # Whether each peer's latest sample is over a bar (nan compares False: a component
-        # nobody reports never flags); only the peers with a new sample use theirs.
-        flags: list[bool]
-        if n < _NUMPY_FROM:
-            flags = [
-                e[_C] - med_c > bar_c or e[_D] - med_d > bar_d or med_tp - e[_TP] > bar_tp
-                for _, e in peers
-            ]
-        else:
-            flags = ((c - med_c > bar_c) | (d - med_d > bar_d) | (med_tp - tp > bar_tp)).tolist()
-        mask, recover_mask = self._mask, self._recover_mask
-        out: list[Outcome] = []
-        for (r, e), flagged in zip(peers, flags, strict=True):
-            step = e[_STEP]
-            if step <= e[_EVAL]:
-                continue  # nothing new from this rank since the last evaluation
-            e[_EVAL] = step
-            before = e[_BITS]
-            if not (flagged or before or e[_FIRING]):
-                continue  # clean, and clean before: its bits stay 0 (the common case)
-            bits = e[_BITS] = ((before << 1) | flagged) & mask
-            if flagged and not before:
-                e[_FIRST] = step
-            if e[_FIRING]:
-                if not bits & recover_mask:
-                    e[_FIRING] = 0
-                    out.append(
-                        Resolution(self.rule, r, now, "", f"rank {r} keeps pace with its peers")
-                    )
-                continue
-            if flagged and bits.bit_count() >= cfg.min_flagged:
-                e[_FIRING] = 1
-                verdict = self._worst(e, (med_c, bar_c), (med_d, bar_d), (med_tp, bar_tp))
-                out.append(self._finding(ranks[r], e, verdict, n, step_s, bar_z, now))
-        return out
+        return _Bars(n, step_s, bar_z, ((med_c, bar_c), (med_d, bar_d), (med_tp, bar_tp)))
+
+    def _resolution(self, r: int, now: float) -> Resolution:
+        return Resolution(self.rule, r, now, "", f"rank {r} keeps pace with its peers")
 
     @staticmethod
     def _worst(
@@ -403,17 +547,9 @@ class StragglerDetector:
             best = ("throughput", e[_TP], med, bar)
         return best
 
-    def _finding(
-        self,
-        rs: RankState,
-        e: list[Any],
-        verdict: tuple[str, float, float, float],
-        n: int,
-        step_s: float,
-        bar_z: float,
-        now: float,
-    ) -> Finding:
-        component, value, med, bar = verdict
+    def _finding(self, rs: RankState, e: list[Any], tick: _Bars, now: float) -> Finding:
+        component, value, med, bar = self._worst(e, *tick.bars)
+        n, step_s, bar_z = tick.peers, tick.step_s, tick.z
         where = rs.label
         flagged = int(e[_BITS]).bit_count()
         window = self.config.window
@@ -437,7 +573,8 @@ class StragglerDetector:
             rank=rs.rank,
             severity=self.config.severity,
             event_time=now,
-            step=int(e[_FIRST]),
+            # An older layout's entry flagged before has no first flag (the rule raised here).
+            step=int(e[_FIRST] if e[_FIRST] != _OLD else e[_EVAL]),
             summary=(
                 f"{where} is a straggler: {what}, in {flagged} of its last {window} steps "
                 f"judged: {_HINTS[component]}"

@@ -14,16 +14,24 @@ from synth import T0, Fault, RunShape, healthy_run
 from rankwatch.schemas import Alert, LogEvent, StepEvent
 from rankwatch.streams import DetectorConfigError, Engine
 from rankwatch.streams.detectors import crossrank, logs
-from rankwatch.streams.detectors.base import JobState
+from rankwatch.streams.detectors.base import JobState, RankState
 from rankwatch.streams.detectors.liveness import (
     ProgressHangConfig,
     ProgressHangDetector,
     RankSilentConfig,
     RankSilentDetector,
 )
-from rankwatch.streams.detectors.straggler import StragglerConfig, StragglerDetector
+from rankwatch.streams.detectors.straggler import (
+    _FIRING,
+    _N,
+    StragglerConfig,
+    StragglerDetector,
+)
 from rankwatch.streams.findings import Outcome
+from rankwatch.streams.frames import RankEntries
 from rankwatch.streams.frames.testing import assert_job_frames_match_scalar
+from rankwatch.streams.state_codec import Layout, decode_job, encode_job
+from rankwatch.streams.testing import state_difference
 
 
 def engine() -> Engine:
@@ -309,6 +317,58 @@ def test_per_rank_state_stays_small() -> None:
     assert len(memory) == 5 * 4
 
 
+# -- the straggler's state in a snapshot ------------------------------------------------------
+def test_the_straggler_state_survives_a_snapshot_as_columns() -> None:
+    e = engine()
+    e.process_many(healthy_run(ranks=64, steps=40, seed=1, fault=timing(5, from_step=10),
+                               shape=RunShape(checkpoint_every=0)))  # fmt: skip
+    job = e.jobs["job-1"]
+    layout = Layout.of(e, "job-1", ranks_per_chunk=16)
+    table = job.slots["straggler"]["r"]
+    assert isinstance(table, RankEntries) and table[5][_FIRING] == 1  # rank 5 fired
+    back = decode_job(encode_job(job, layout), layout).slots["straggler"]["r"]
+    assert isinstance(back, RankEntries) and len(back) == 64
+    assert state_difference(back, table) is None
+    # A state stored when the entries were a dict of lists reads back as the same columns.
+    job.slots["straggler"] = dict(job.slots["straggler"], r=dict(table.items()))
+    again = decode_job(encode_job(job, layout), layout).slots["straggler"]["r"]
+    assert isinstance(again, RankEntries) and state_difference(again, table) is None
+
+
+def test_entries_kept_out_of_the_columns_are_judged_like_the_others() -> None:
+    # Producers' bugs: a rank far beyond the others (2**62, no world size) and steps past
+    # int64. Their entries are kept apart (RankEntries.far), and judged as the lists they were.
+    events = list(healthy_run(ranks=70, steps=60, seed=2, fault=timing(3, from_step=10),
+                              shape=RunShape(checkpoint_every=0)))  # fmt: skip
+    slow = [e for e in events if e.rank == 3]
+    far = [e.model_copy(update={"rank": 2**62, "world_size": None}) for e in slow]
+    big = [e.model_copy(update={"rank": 70, "world_size": None, "step": e.step + 2**63})
+           for e in slow]  # fmt: skip
+    e = engine()
+    fired = firing(run(iter(sorted([*events, *far, *big], key=lambda x: (x.epoch, x.rank))), e))
+    assert [(a.rule, a.ranks) for a in fired] == [
+        ("straggler", [3]),
+        ("straggler", [70]),
+        ("straggler", [2**62]),
+    ]
+    assert sorted(e.jobs["job-1"].slots["straggler"]["r"].far) == [70, 2**62]
+
+
+def test_an_older_layouts_entries_read_back_and_are_replaced_at_the_next_step() -> None:
+    # The nine fields of an older layout: read where they were, then made afresh, as before.
+    rule = StragglerDetector()
+    layout = Layout.of(Engine([rule]), "j")
+    job = JobState("j", ranks={r: RankState(r) for r in range(3)})
+    job.slots["straggler"] = {"r": {r: [0.5, 0.01, 0.0, 0.9, 7, 0, 0, 3, 3] for r in range(3)}}
+    state = decode_job(encode_job(job, layout), layout).slots["straggler"]
+    assert isinstance(state["r"], RankEntries)
+    assert state["r"][1][:9] == [0.5, 0.01, 0.0, 0.9, 7, 0, 0, 3, 3]
+    event = StepEvent(job_id="j", rank=1, step=4, timestamp=T0, compute_time_s=0.7)
+    rule.on_step(job, job.ranks[1], state, event)
+    assert state_difference(state["r"][1], [0.7, *[math.nan] * 3, 1, 0, 0, 4, -1, -1]) is None
+    assert state["r"][2][_N] == 7  # not stepped: kept as it was read
+
+
 # -- the frame path (on_frame) against on_step -------------------------------------------------
 
 
@@ -419,13 +479,11 @@ def _edge_steps(ranks: int = 40) -> list[StepEvent]:
 
 
 @pytest.mark.parametrize("reported", ["all", "compute_and_data_only"])
-def test_the_frame_path_writes_common_frames_from_the_columns(
-    reported: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Most frames (every rank known, every row with compute, data or throughput) are written
-    from the frame's columns, the others row by row (``_on_rows``): both leave the state
-    ``on_step`` leaves, with throughput and step time reported now and then, or by nobody
-    (a column the frame does not have)."""
+def test_the_frame_path_writes_every_frame_from_the_columns(reported: str) -> None:
+    """Every frame is written from the frame's columns (rows with none of compute, data or
+    throughput left out, ranks new to the job given an entry): it leaves the state ``on_step``
+    leaves, with throughput and step time reported now and then, or by nobody (a column the
+    frame does not have)."""
 
     def timings(rng: random.Random, rank: int, step: int) -> dict[str, float | None]:
         got = _timings(rng, rank, step)
@@ -434,25 +492,19 @@ def test_the_frame_path_writes_common_frames_from_the_columns(
         return got
 
     events = noisy_steps.noisy_job(1, timings, ranks=48, steps=100)
-    frames, by_rows = [0], [0]
-    on_frame, on_rows = StragglerDetector.on_frame, StragglerDetector._on_rows
-
-    def counted_frame(self: StragglerDetector, *args: Any) -> None:
-        frames[0] += 1
-        on_frame(self, *args)
-
-    def counted_rows(self: StragglerDetector, *args: Any) -> None:
-        by_rows[0] += 1
-        on_rows(self, *args)
-
-    monkeypatch.setattr(StragglerDetector, "on_frame", counted_frame)
-    monkeypatch.setattr(StragglerDetector, "_on_rows", counted_rows)
+    bare = [
+        e
+        for e in events
+        if e.compute_time_s is None
+        and e.data_time_s is None
+        and e.throughput_tokens_per_sec is None
+    ]
+    assert bare  # rows that on_step leaves out are among them
     rule = Fresh(
         StragglerDetector(StragglerConfig(warmup_samples=2, window=4, min_flagged=3, recover=4))
     )
     found = assert_job_frames_match_scalar(rule, events, tick_interval_s=4.0)
     assert found > 0  # rank 3 was judged a straggler both ways
-    assert 0 < by_rows[0] < frames[0] / 2  # both paths taken, the columns' most often
 
 
 def test_the_frame_path_on_rare_rows() -> None:
