@@ -42,7 +42,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from statistics import median
 from typing import Any, ClassVar
 
@@ -152,6 +152,12 @@ _STEP, _LR, _PSTEP, _PLR, _DECL, _PEAK, _MAX, _OFF, _OK, _BAD, _SINCE, _EXP, _LO
 )
 _NAN = math.nan
 _GET_SCHEDULE = attrgetter("lr_schedule")
+_GET_BAD, _GET_BITS = itemgetter(_BAD), itemgetter(_BITS)
+#: A job with fewer entries is judged on the entries' lists (``_judge_lists``): its steps come
+#: one at a time (``on_step`` on live lists), and numpy's cost per call on a few ranks is more
+#: than the loop (measured, ``Engine.process`` of an 8-rank job: 31 us an event with ticks on
+#: the columns, about 20 on the lists).
+_LISTS_BELOW = 64
 #: The entry's fields and their defaults, in entry order (a stored entry is this list).
 _FIELDS = (
     ("step", -1), ("lr", _NAN), ("pstep", -1), ("plr", _NAN), ("decl", ""), ("peak", _NAN),
@@ -193,7 +199,7 @@ def _follow(entries: RankEntries, ranks: Ints, steps: Ints, lrs: Floats) -> None
             if e[_DECL]:
                 e[_DECL:_BITS] = _new_entry()[_DECL:_BITS]
         return
-    cols = entries.columns()
+    cols = entries.columns(write=True)
     step_c, lr_c = cols["step"], cols["lr"]
     last = step_c[ranks]
     moved = last != steps
@@ -454,6 +460,8 @@ class LrSchedule:
         entries: RankEntries = state["r"]
         if not len(entries):
             return []
+        if len(entries) < _LISTS_BELOW:
+            return self._judge_lists(job, state, entries.live(), now, wait=wait)
         out: list[Outcome] = []
         # Every entry's fields as arrays (a rank far beyond the others is left out: see
         # RankEntries), in rank order.
@@ -478,11 +486,67 @@ class LrSchedule:
         self._compare(state, entries, ranks, steps, prev, lrs, plrs, bits, set(bad), now, out)
         return out
 
+    def _judge_lists(
+        self,
+        job: JobState,
+        state: dict[str, Any],
+        entries: dict[int, list[Any]],
+        now: float,
+        *,
+        wait: bool,
+    ) -> list[Outcome]:
+        """:meth:`_judge_job` of a small job, on its entries' live lists: the same outcomes
+        and state as the columns give (the frame-versus-scalar tests run both)."""
+        out: list[Outcome] = []
+        rows = list(entries.values())
+        steps = [e[_STEP] for e in rows]
+        prev = [e[_PSTEP] for e in rows]
+        flags = any(map(_GET_BAD, rows)) or any(map(_GET_BITS, rows))
+        current = max(prev)
+        bad = (
+            [r for r, e in entries.items() if e[_BAD] and e[_STEP] >= current]
+            if flags and any(map(_GET_BAD, rows))
+            else []
+        )
+        self._schedule(job, state, entries, bad, now, out, wait)
+        last = state["at"]
+        newer = [s for s in {*steps, *prev} if s > last]  # a step or two, usually
+        counts = {s: steps.count(s) + prev.count(s) for s in newer}
+        if not counts:
+            return out
+        step = max(counts, key=lambda s: (counts[s], s))
+        if counts[step] < 2:
+            return out
+        state["at"] = step
+        a = state["a"]
+        at: dict[int, float] = {}
+        for r, e in entries.items():
+            if e[_STEP] == step:
+                at[r] = e[_LR]
+            elif e[_PSTEP] == step:
+                at[r] = e[_PLR]
+        values = list(at.values())
+        clean = not any(map(_GET_BITS, rows))
+        v = values[0]
+        if clean and v == v and (v + v) / 2 == v and values.count(v) == len(values):
+            self._agreed(a, step, now, out)  # as _agree finds it on the columns
+            return out
+        mid = median(values)
+        if values.count(mid) == len(values) and clean:
+            self._agreed(a, step, now, out)
+            return out
+        bar = self.config.rank_tolerance * abs(mid) + self.config.rank_abs_tolerance
+        for r, value in at.items():
+            e = entries[r]
+            e[_BITS] = ((e[_BITS] << 1) | (abs(value - mid) > bar)) & self._mask
+        self._decide(state, [entries[r][_BITS] for r in at], at, mid, step, set(bad), now, out)
+        return out
+
     def _schedule(
         self,
         job: JobState,
         state: dict[str, Any],
-        entries: RankEntries,
+        entries: RankEntries | dict[int, list[Any]],
         bad: list[int],
         now: float,
         out: list[Outcome],
@@ -515,7 +579,7 @@ class LrSchedule:
         out.append(self._off_finding(job, entries, bad, now))
 
     def _off_finding(
-        self, job: JobState, entries: RankEntries, bad: list[int], now: float
+        self, job: JobState, entries: RankEntries | dict[int, list[Any]], bad: list[int], now: float
     ) -> Finding:
         e = entries[min(bad)]
         name, warmup, total = e[_DECL].split("|")
@@ -604,20 +668,37 @@ class LrSchedule:
         compared_lrs = np.where(by_last, lrs, plrs)[compared]
         values: list[float] = compared_lrs.tolist()
         mid = median(values)
-        mask = self._mismatch_mask
         if values.count(mid) == len(values) and clean:
             # A synchronous job's usual step: every rank the same LR (none is off the median)
             # and no rank with a disagreement in its window, so no rank's bits change.
             self._agreed(a, step, now, out)
             return
         bar = c.rank_tolerance * abs(mid) + c.rank_abs_tolerance
-        bits_c = entries.columns()["bits"]
+        bits_c = entries.columns(write=True)["bits"]
         now_bits = ((bits[compared] << 1) | (np.abs(compared_lrs - mid) > bar)) & self._mask
         bits_c[compared_ranks] = now_bits
+        at = dict(zip(compared_ranks.tolist(), values, strict=True))
+        self._decide(state, now_bits.tolist(), at, mid, step, bad, now, out)
+
+    def _decide(
+        self,
+        state: dict[str, Any],
+        bits: list[int],
+        at: dict[int, float],
+        mid: float,
+        step: int,
+        bad: set[int],
+        now: float,
+        out: list[Outcome],
+    ) -> None:
+        """After a comparison at ``step`` that was not unanimous: ``at`` the ranks compared
+        and their LRs, ``bits`` their disagreement bits now (in ``at``'s order)."""
+        a = state["a"]
+        mask = self._mismatch_mask
         # Only the ranks compared now: one that stopped reporting keeps no incident open.
-        firing: list[int] = compared_ranks[(now_bits & mask) == mask].tolist()
+        firing = [r for r, b in zip(at, bits, strict=True) if b & mask == mask]
         if a[0]:
-            if not (now_bits & self._recover_mask).any():
+            if not any(b & self._recover_mask for b in bits):
                 a[0] = 0
                 out.append(
                     Resolution(
@@ -625,12 +706,11 @@ class LrSchedule:
                     )
                 )
                 return
-            if not firing or now - a[1] < c.refresh_s:
+            if not firing or now - a[1] < self.config.refresh_s:
                 return
         elif not firing or bad & set(firing):
             return  # a rank off its declared schedule: that alert says it
         a[0], a[1] = 1, now
-        at = dict(zip(compared_ranks.tolist(), values, strict=True))
         out.append(self._mismatch_finding(at, firing, step, mid, now))
 
     def _agreed(self, a: list[Any], step: int, now: float, out: list[Outcome]) -> None:

@@ -78,6 +78,8 @@ _FIELDS: tuple[tuple[str, Any], ...] = (
 #: The fields a tick reads (floats), with their places in the entry.
 _JUDGED = (("v", _V), ("s", _S), ("d", _D), ("o", _O), ("seen", _SEEN))
 _WORST = 3  # ranks named in a summary
+#: A job with fewer entries is judged on their lists, not their columns (see _judged).
+_LISTS_BELOW = 64
 #: One step counts for at most this many of the rank's typical steps: a pause (a checkpoint
 #: save, an unmarked evaluation) moves the level like a few slow batches, not like an hour.
 _CLAMP = 8.0
@@ -295,7 +297,7 @@ class _JobShare:
             for e in events:
                 self.on_step(job, ranks_of[e.rank], state, e)
             return
-        cols = entries.columns()
+        cols = entries.columns(write=True)
         step: Ints = frame.steps[rows]
         now = frame.times[rows]
         n = cols["n"][ranks] + 1
@@ -701,6 +703,14 @@ def _judged(entries: RankEntries) -> tuple[list[int] | None, Cols, Mask]:
     fields of ``_JUDGED`` as columns, and which rows hold an entry. The entries kept out of
     the columns (``RankEntries.far``: a rank far beyond the others, a step past int64) are rows
     after theirs: the tick judges every entry, as the rule did when its entries were lists."""
+    if len(entries) < _LISTS_BELOW:
+        # A small job's entries are live lists (its steps come one at a time): read as they
+        # are, not copied back into the columns first, which would make every next step
+        # build its rank's list again.
+        live = entries.live()
+        rows = list(live.values())
+        judged = {name: np.array([e[j] for e in rows], dtype=np.float64) for name, j in _JUDGED}
+        return list(live), judged, np.ones(len(rows), dtype=np.bool_)
     cols = entries.columns()
     present = entries.present()
     if not entries.far:

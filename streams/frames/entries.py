@@ -9,11 +9,15 @@ one assignment per field and a tick reads a field of every rank as one array.
 
 Two ways in, one state:
 
-- **vector**: :meth:`RankEntries.columns` (every column, the ranks ``0 .. size - 1``) and
-  :meth:`RankEntries.add` (give ranks an entry, at the defaults, where they had none);
+- **vector**: :meth:`RankEntries.columns` (every column, the ranks ``0 .. size - 1``; read-only
+  views, or writable ones with ``write=True``) and :meth:`RankEntries.add` (give ranks an
+  entry, at the defaults, where they had none);
 - **scalar**, for rare rows and small jobs: :meth:`RankEntries.get` gives a rank's entry as a
-  *live* list in field order; the code changes it in place, as it did a dict's list, and the
-  entry goes back into the columns before the next vector access (:meth:`settle`).
+  *live* list in field order; the code changes it in place, as it did a dict's list (before
+  its next vector access), and the entry is copied into the columns at the next vector access
+  (:meth:`settle`). The list stays live through reads of the columns, so a small job's steps
+  (one at a time, between ticks that read the columns) do not make it again each time; a
+  vector write (``columns(write=True)``) ends it.
 
 For the snapshot codec and the tests it is a mapping of rank -> entry list, ranks ascending:
 stored, an entry is the same list the rule kept before it had columns, so stored state reads
@@ -29,7 +33,7 @@ rules do; ``lr_schedule`` leaves it out of the ranks it compares).
 
 >>> entries = RankEntries((("step", -1), ("lr", 0.0), ("name", "")))
 >>> entries.add(np.array([0, 3]))
->>> entries.columns()["step"][[0, 3]] = [5, 7]
+>>> entries.columns(write=True)["step"][[0, 3]] = [5, 7]
 >>> e = entries.get(3)
 >>> e
 [7, 0.0, '']
@@ -66,8 +70,10 @@ class RankEntries:
         "_fields",
         "_has",
         "_kinds",
+        "_new",
         "_out",
         "_size",
+        "_synced",
         "far",
     )
 
@@ -83,8 +89,10 @@ class RankEntries:
         self._has: npt.NDArray[np.bool_] = np.zeros(0, dtype=np.bool_)
         self._size = 0  # ranks 0 .. size - 1 have a row (an entry where _has)
         self._count = 0  # ranks with an entry (settled)
-        #: Entries handed out as lists by get/put, written back by settle.
+        #: Entries handed out as lists by get/put, copied back by settle.
         self._out: dict[int, list[Any]] = {}
+        self._synced = True  # no list handed out since the last copy back
+        self._new: set[int] = set()  # ranks put as lists, without a row yet (for len)
         #: Entries of ranks too far beyond the others for a row (see the module doc).
         self.far: dict[int, list[Any]] = {}
 
@@ -105,43 +113,49 @@ class RankEntries:
 
     # -- vector access ---------------------------------------------------------------------
 
-    def columns(self) -> dict[str, npt.NDArray[Any]]:
-        """Every field's column for ranks ``0 .. size - 1`` (views: writing to them writes the
-        entries; a rank without an entry holds the defaults there). Entries handed out as
-        lists are written back first."""
-        if self._out:
-            self.settle()
+    def columns(self, *, write: bool = False) -> dict[str, npt.NDArray[Any]]:
+        """Every field's column for ranks ``0 .. size - 1`` (a rank without an entry holds
+        the defaults there), the entries handed out as lists copied in first. Read-only views;
+        with ``write``, views that write the entries (the lists handed out are no longer
+        live: :meth:`get` makes them again)."""
+        self.settle()
         n = self._size
-        return {name: col[:n] for name, col in zip(self._fields, self._cols, strict=True)}
+        if write:
+            self._out.clear()
+            return {name: col[:n] for name, col in zip(self._fields, self._cols, strict=True)}
+        views = {}
+        for name, col in zip(self._fields, self._cols, strict=True):
+            view = views[name] = col[:n]
+            view.flags.writeable = False
+        return views
 
     def present(self) -> npt.NDArray[np.bool_]:
-        """Which of the ranks ``0 .. size - 1`` have an entry (a view)."""
-        if self._out:
-            self.settle()
-        return self._has[: self._size]
+        """Which of the ranks ``0 .. size - 1`` have an entry (a read-only view)."""
+        self.settle()
+        view = self._has[: self._size]
+        view.flags.writeable = False
+        return view
 
     def ranks(self) -> npt.NDArray[np.int64]:
         """The ranks with an entry, ascending."""
         return np.flatnonzero(self.present()).astype(np.int64)
 
     def __len__(self) -> int:
-        if self._out:
-            self.settle()
-        return self._count + len(self.far)
+        # Not copied back to count: a small job's tick asks between steps that each hand a
+        # list out.
+        return self._count + len(self._new) + len(self.far)
 
     @property
     def size(self) -> int:
         """One more than the highest rank with a row (after :meth:`settle`)."""
-        if self._out:
-            self.settle()
+        self.settle()
         return self._size
 
     def add(self, ranks: npt.NDArray[np.int64]) -> None:
         """Give every rank in ``ranks`` an entry (at the defaults) where it has none."""
         if not len(ranks):
             return
-        if self._out:
-            self.settle()
+        self.settle()
         top = int(ranks.max()) + 1
         if not self._dense(top - 1):  # a rank far beyond: its entry apart, the rest as rows
             far = ranks[~np.fromiter(map(self._dense, ranks.tolist()), np.bool_, len(ranks))]
@@ -183,9 +197,11 @@ class RankEntries:
         """Rank ``rank``'s entry as a live list (change it in place), or ``default``."""
         e = self._out.get(rank)
         if e is not None:
+            self._synced = False
             return e
         if not (0 <= rank < self._size and self._has[rank]):
             return self.far.get(rank, default) if self.far else default
+        self._synced = False
         e = self._out[rank] = [col[rank] for col in self._cols]
         for j, kind in enumerate(self._kinds):
             if kind is not None:
@@ -207,12 +223,23 @@ class RankEntries:
         if rank in self.far or not (rank < self._size or self._dense(rank)):
             self.far[rank] = entry
         else:
+            if not (rank < self._size and self._has[rank]):
+                self._new.add(rank)
             self._out[rank] = entry
+            self._synced = False
 
     def apart(self, ranks: npt.NDArray[np.int64]) -> bool:
         """Whether any of ``ranks`` has its entry kept apart (:attr:`far`): the columns do not
         show it, so a frame over these ranks takes the lists."""
         return bool(self.far) and not self.far.keys().isdisjoint(ranks.tolist())
+
+    def live(self) -> dict[int, list[Any]]:
+        """Every entry as a live list, ranks ascending: a small job's tick reads its entries
+        as its steps left them (each a dict hit once they are live)."""
+        ranks = set(np.flatnonzero(self._has[: self._size]).tolist())
+        ranks.update(self._out)
+        ranks.update(self.far)
+        return {r: self[r] for r in sorted(ranks)}
 
     def checkout(self, ranks: npt.NDArray[np.int64]) -> list[list[Any]]:
         """The entries of distinct ``ranks`` as live lists, at once (column by column), made
@@ -223,12 +250,13 @@ class RankEntries:
         values = [col[ranks].tolist() for col in self._cols]
         rows = list(map(list, zip(*values, strict=True)))
         self._out.update(zip(ranks.tolist(), rows, strict=True))
+        self._synced = False
         return rows
 
     def settle(self) -> None:
-        """Write the entries handed out as lists back into the columns."""
+        """Copy the entries handed out as lists into the columns (they stay live)."""
         out = self._out
-        if not out:
+        if self._synced or not out:
             return
         try:
             self._write(out)
@@ -238,12 +266,13 @@ class RankEntries:
             for r, e in list(out.items()):
                 if any(type(v) is int and not _INT64_MIN <= v <= _INT64_MAX for v in e):
                     del out[r]
+                    self._new.discard(r)
                     self.far[r] = e
                     if r < self._size and self._has[r]:
                         self._has[r] = False
                         self._count -= 1
             self._write(out)
-        out.clear()
+        self._synced = True
 
     def _write(self, out: dict[int, list[Any]]) -> None:
         if not out:
@@ -263,6 +292,7 @@ class RankEntries:
         has = self._has
         self._count += int(len(ranks) - np.count_nonzero(has[ranks]))
         has[ranks] = True
+        self._new.clear()
 
     # -- a mapping of rank -> entry (the codec, the tests) ---------------------------------
 
@@ -292,6 +322,7 @@ class RankEntries:
         for rank, entry in entries.items():
             self[int(rank)] = list(entry)
         self.settle()
+        self._out.clear()  # copies: nobody holds them
 
     def pop(self, rank: int, default: Any = None) -> Any:
         """Remove rank ``rank``'s entry; it, or ``default``."""
@@ -301,6 +332,7 @@ class RankEntries:
         if rank in self.far:
             return self.far.pop(rank)
         self.settle()
+        del self._out[rank]
         self._has[rank] = False
         self._count -= 1
         for col, default_value in zip(self._cols, self._defaults, strict=True):
@@ -308,7 +340,6 @@ class RankEntries:
         return e
 
     def clear(self) -> None:
-        self._out.clear()
         self.far.clear()
         self.__init__(tuple(zip(self._fields, self._defaults, strict=True)))  # type: ignore[misc]
 
@@ -335,7 +366,9 @@ class RankEntries:
 
     def __getstate__(self) -> dict[str, Any]:
         self.settle()
-        return {name: getattr(self, name) for name in self.__slots__}
+        state = {name: getattr(self, name) for name in RankEntries.__slots__}
+        state["_out"] = {}  # copied into the columns: a copy or a pickle starts with none live
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         for name, value in state.items():
