@@ -280,29 +280,37 @@ def test_nvrm_lines_without_indentation_behind_syslog_headers() -> None:
 @pytest.mark.skipif(sys.platform != "linux", reason="torchrun over gloo on Linux")
 def test_live_torchrun_failure_is_blamed_on_the_failing_rank(tmp_path: Path) -> None:
     torchrun = Path(sys.executable).with_name("torchrun")
-    log = tmp_path / "out.log"
     env = {**os.environ, "FAIL_MODE": "raise", "OMP_NUM_THREADS": "1"}
-    with log.open("wb") as handle:
-        finished = subprocess.run(
-            [
-                "timeout",
-                "120",
-                str(torchrun),
-                "--standalone",
-                "--nproc-per-node",
-                "4",
-                str(TRAINER),
-            ],
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=tmp_path,
-            check=False,
-        )
-    assert finished.returncode == 1, log.read_text()[-3000:]
+    # Under a loaded machine torchrun may observe a peer's exit first (rank 0's all-reduce
+    # breaks when rank 3 dies, and it exits 1 before the agent reaps rank 3): its own report
+    # then names rank 0 as the root cause, and the log says so. Seen once in a full suite run
+    # here. That race is torchrun's, not the parser's: the job is run again, at most 3 times,
+    # until torchrun's report names rank 3, and the parser is judged on that report.
+    for attempt in range(3):
+        log = tmp_path / f"out-{attempt}.log"
+        with log.open("wb") as handle:
+            finished = subprocess.run(
+                [
+                    "timeout",
+                    "120",
+                    str(torchrun),
+                    "--standalone",
+                    "--nproc-per-node",
+                    "4",
+                    str(TRAINER),
+                ],
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=tmp_path,
+                check=False,
+            )
+        assert finished.returncode == 1, log.read_text()[-3000:]
+        text = log.read_text()
+        if re.search(r"rank\s*:\s*3 ", text[text.index("Root Cause") :]):
+            break
     # Rank 3 exits with 1, or dies of SIGABRT (-6) when its process group aborts while the
     # interpreter winds down (seen in about one run in ten here): rank 3 either way.
-    text = log.read_text()
     root = re.search(r"exitcode\s*:\s*(-?\d+)", text[text.index("Root Cause") :])
     assert root is not None and root.group(1) in ("1", "-6"), text[-3000:]
     logs = _ship(log, tmp_path)
