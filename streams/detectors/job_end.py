@@ -15,8 +15,11 @@ when the whole job has gone quiet on the worker's clock (``on_quiet``, see
   ``startup_quiet_s`` before its pace is known (a first step that compiles for minutes) and
   after it came back from a stop (a relaunch loading its model).
 
-The root cause is, in order of trust: the rank torchelastic's failure summary names; the
-earliest failure that is not a consequence class; the earliest rank stuck outside a
+The root cause is, in order of trust: the rank torchelastic's failure summary names, unless
+that rank's own failure is a consequence class while another rank failed of its own (torchrun
+names the first exit it observed: on a loaded machine a peer whose collective broke may exit
+before the rank that raised, as in ``tests/producers/data/torchrun_gloo_peer_exits_first.log``);
+the earliest failure that is not a consequence class; the earliest rank stuck outside a
 collective; a rank that went silent without a word before the others failed (SIGKILL, the
 kernel's OOM killer, a dead node); the earliest consequence. It fires once per attempt and
 resolves if the job reports again. A job whose ranks all end cleanly never gets here.
@@ -298,9 +301,11 @@ class JobStopped:
 
 def _root_cause(job: JobState, fates: dict[int, list[Any]], named: int) -> tuple[int | None, str]:
     """The likely root-cause rank and how it was chosen."""
-    if named >= 0 and (named in job.ranks or named in fates):
-        return named, "launcher"
     failed = [(f[_T], r) for r, f in fates.items() if f[_KIND] == FAILED and not f[_CONSEQ]]
+    if named >= 0 and (named in job.ranks or named in fates):
+        mine = fates.get(named)
+        if not (failed and mine is not None and mine[_KIND] == FAILED and mine[_CONSEQ]):
+            return named, "launcher"
     if failed:
         return min(failed)[1], "failed"
     stuck = [(f[_T], r) for r, f in fates.items() if f[_KIND] == STUCK and not f[_CONSEQ]]

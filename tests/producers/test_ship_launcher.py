@@ -9,7 +9,10 @@ CPU over gloo, Python 3.11, 2026-12-07:
 - ``torchrun_gloo_indexerror.log``: rank 3 raises ``IndexError`` after 4 all-reduces;
 - ``torchrun_gloo_sigkill.log``: ``FAIL_MODE=kill``, rank 3 SIGKILLs itself there;
 - ``torchrun_gloo_tee.log``: as the first, with ``--tee 3`` (``[defaultN]:`` prefixes);
-- ``torchrun_gloo_tqdm.log``: ``FAIL_MODE=tqdm``, rank 0 draws a tqdm 4.70.1 bar.
+- ``torchrun_gloo_tqdm.log``: ``FAIL_MODE=tqdm``, rank 0 draws a tqdm 4.70.1 bar;
+- ``torchrun_gloo_peer_exits_first.log``: as the first, during a full suite run on 2026-12-08
+  (a loaded machine): rank 0's broken all-reduce exited before rank 3 was reaped, so torchrun's
+  own report names rank 0 as the root cause.
 
 ``test_live_torchrun_failure_is_blamed_on_the_failing_rank`` runs that trainer again, so a
 torch whose launcher output reads differently fails here.

@@ -262,3 +262,35 @@ def test_the_frame_path_on_simulated_faults(name: str) -> None:
     assert_job_frames_match_scalar(
         noisy_steps.Seeded(JobStopped(), _fates(events[0].epoch)), events
     )
+
+
+@pytest.mark.parametrize(
+    "log",
+    ["torchrun_gloo_indexerror.log", "torchrun_gloo_peer_exits_first.log"],
+)
+def test_the_rank_that_raised_is_the_root_cause_whoever_torchrun_saw_exit_first(
+    log: str, tmp_path: Any
+) -> None:
+    # Two real runs of one job (rank 3 raises IndexError; tests/producers/data/): in the
+    # second, on a loaded machine, rank 0's broken all-reduce exited first and torchrun's
+    # own summary names rank 0 ("Root Cause (first observed failure): rank 0"). Rank 0's
+    # failure is gloo's "Connection closed by peer", a consequence of rank 3's: job_stopped
+    # names rank 3 in both, its peers as having followed. (Before, the second said "rank 0
+    # failed first (the launcher's root cause)".)
+    from pathlib import Path
+
+    from rankwatch.cli.main import main
+    from rankwatch.schemas import decode
+
+    out = tmp_path / "events.jsonl"
+    data = Path(__file__).parents[2] / "producers" / "data" / log
+    assert main(["ship", str(data), "--job", "j", "--utc", "--output", str(out)]) == 0
+    engine = Engine.with_builtin_detectors()
+    alerts: list[Alert] = []
+    for line in out.read_bytes().splitlines():
+        alerts += engine.process(decode(line))
+    alerts += engine.flush()
+    [stopped] = [a for a in alerts if a.rule == "job_stopped"]
+    assert stopped.summary.startswith("Job stopped without a clean end: rank 3 failed first")
+    assert "IndexError: list index out of range" in stopped.summary
+    assert "ranks 0, 1, 2 followed" in stopped.summary
