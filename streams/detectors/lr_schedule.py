@@ -55,6 +55,7 @@ from rankwatch.streams.detectors.base import JobState, RankState
 from rankwatch.streams.exceptions import DetectorConfigError
 from rankwatch.streams.findings import Finding, Outcome, Resolution
 from rankwatch.streams.frames import RankEntries, StepFrame
+from rankwatch.streams.frames.entries import LISTS_BELOW
 
 #: Declared names whose curve is judged; ``other`` and unknown names are not.
 JUDGED = frozenset(KNOWN_LR_SCHEDULES)
@@ -153,11 +154,6 @@ _STEP, _LR, _PSTEP, _PLR, _DECL, _PEAK, _MAX, _OFF, _OK, _BAD, _SINCE, _EXP, _LO
 _NAN = math.nan
 _GET_SCHEDULE = attrgetter("lr_schedule")
 _GET_BAD, _GET_BITS = itemgetter(_BAD), itemgetter(_BITS)
-#: A job with fewer entries is judged on the entries' lists (``_judge_lists``): its steps come
-#: one at a time (``on_step`` on live lists), and numpy's cost per call on a few ranks is more
-#: than the loop (measured, ``Engine.process`` of an 8-rank job: 31 us an event with ticks on
-#: the columns, about 20 on the lists).
-_LISTS_BELOW = 64
 #: The entry's fields and their defaults, in entry order (a stored entry is this list).
 _FIELDS = (
     ("step", -1), ("lr", _NAN), ("pstep", -1), ("plr", _NAN), ("decl", ""), ("peak", _NAN),
@@ -460,7 +456,7 @@ class LrSchedule:
         entries: RankEntries = state["r"]
         if not len(entries):
             return []
-        if len(entries) < _LISTS_BELOW:
+        if len(entries) < LISTS_BELOW:
             return self._judge_lists(job, state, entries.live(), now, wait=wait)
         out: list[Outcome] = []
         # Every entry's fields as arrays (a rank far beyond the others is left out: see

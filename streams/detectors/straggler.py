@@ -50,6 +50,7 @@ from rankwatch.streams.detectors.base import JobState, RankState
 from rankwatch.streams.exceptions import DetectorConfigError
 from rankwatch.streams.findings import Finding, Outcome, Resolution
 from rankwatch.streams.frames import RankEntries, StepFrame
+from rankwatch.streams.frames.entries import LISTS_BELOW
 
 # Per-rank entry: latest compute, data, throughput, step time; samples seen; bits of the last
 # evaluations (1 = flagged, newest lowest); firing (0/1); step of the latest sample; step last
@@ -145,9 +146,6 @@ _FIELD_OF = {
 _SAMPLED = tuple(_FIELD_OF[i] for i in (_C, _D, _TP, _ST))
 _SAMPLES = tuple(_FIELDS[i][0] for i in (_C, _D, _TP, _ST))
 _LAST_SEEN = attrgetter("last_seen")
-#: Below this many ranks a job's steps come row by row (the engine's frames start at 64
-#: released rows), its entries as live lists: a tick reads those (see ``on_tick``).
-_LISTS_BELOW = 64
 
 _RANK = attrgetter("rank")  # of an outcome
 Ints = npt.NDArray[np.int64]
@@ -330,7 +328,7 @@ class StragglerDetector:
         event with its ticks reading the columns, 19 reading the lists). A big job's entries
         are read as columns."""
         entries = _table(state)
-        if len(job.ranks) < _LISTS_BELOW:
+        if len(job.ranks) < LISTS_BELOW:
             return self._tick_lists(job, state, entries, now)
         return self._tick_columns(job, state, entries, now)
 

@@ -60,7 +60,7 @@ from rankwatch.streams.detectors import _metric_config as check
 from rankwatch.streams.detectors.base import JobState, RankState
 from rankwatch.streams.exceptions import DetectorConfigError
 from rankwatch.streams.findings import Finding, Outcome, Resolution
-from rankwatch.streams.frames.entries import RankEntries
+from rankwatch.streams.frames.entries import LISTS_BELOW, RankEntries
 from rankwatch.streams.frames.frame import StepFrame
 
 _NAN = math.nan
@@ -78,8 +78,6 @@ _FIELDS: tuple[tuple[str, Any], ...] = (
 #: The fields a tick reads (floats), with their places in the entry.
 _JUDGED = (("v", _V), ("s", _S), ("d", _D), ("o", _O), ("seen", _SEEN))
 _WORST = 3  # ranks named in a summary
-#: A job with fewer entries is judged on their lists, not their columns (see _judged).
-_LISTS_BELOW = 64
 #: One step counts for at most this many of the rank's typical steps: a pause (a checkpoint
 #: save, an unmarked evaluation) moves the level like a few slow batches, not like an hour.
 _CLAMP = 8.0
@@ -703,7 +701,7 @@ def _judged(entries: RankEntries) -> tuple[list[int] | None, Cols, Mask]:
     fields of ``_JUDGED`` as columns, and which rows hold an entry. The entries kept out of
     the columns (``RankEntries.far``: a rank far beyond the others, a step past int64) are rows
     after theirs: the tick judges every entry, as the rule did when its entries were lists."""
-    if len(entries) < _LISTS_BELOW:
+    if len(entries) < LISTS_BELOW:
         # A small job's entries are live lists (its steps come one at a time): read as they
         # are, not copied back into the columns first, which would make every next step
         # build its rank's list again.

@@ -52,9 +52,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["RankEntries"]
+__all__ = ["LISTS_BELOW", "RankEntries"]
 
 from rankwatch.streams.frames.table import dense_limit
+
+#: Below this many ranks a job rule judges its entries as the live lists: numpy's fixed cost
+#: per call on a few ranks is more than a Python loop over them.
+LISTS_BELOW = 64
 
 _KINDS: dict[type, Any] = {bool: np.bool_, int: np.int64, float: np.float64}
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
@@ -97,7 +101,9 @@ class RankEntries:
         self.far: dict[int, list[Any]] = {}
 
     def _dense(self, rank: int) -> bool:
-        return rank < dense_limit(self._count + len(self._out))
+        # ranks held: those settled into rows and those put as lists without a row yet (a
+        # list handed out for a settled rank stays live, so counting _out would count it twice)
+        return rank < dense_limit(self._count + len(self._new))
 
     @property
     def fields(self) -> tuple[str, ...]:

@@ -89,6 +89,18 @@ def test_a_rank_far_beyond_the_others_is_kept_apart_not_as_gigabytes_of_rows() -
     assert dict(entries.items())[far] == [1, 1.0, "", 0, False]
 
 
+def test_the_limit_for_a_row_counts_each_rank_held_once() -> None:
+    # 40,000 ranks held, every one also handed out as a live list: the limit is 4 x (held + 1)
+    # = 160,004 (a rank beyond it is apart), not the double count's 320,004.
+    entries = RankEntries(FIELDS)
+    ranks = np.arange(40_000, dtype=np.int64)
+    entries.checkout(ranks)
+    entries[170_000] = entries.fresh()
+    assert 170_000 in entries.far and entries.size == 40_000
+    entries[150_000] = entries.fresh()
+    assert 150_000 not in entries.far and entries.size == 150_001
+
+
 def test_copies_and_pickles_are_equal_nan_and_all() -> None:
     entries = RankEntries(FIELDS)
     rng = random.Random(1)
