@@ -180,12 +180,14 @@ Floats = npt.NDArray[np.float64]
 Mask = npt.NDArray[np.bool_]
 
 
-def _follow(entries: RankEntries, ranks: Ints, steps: Ints, lrs: Floats) -> None:
+def _follow(
+    entries: RankEntries, ranks: Ints, steps: Ints, lrs: Floats, expected: int | None
+) -> None:
     """``on_step`` over reports none of which declares a judged schedule (the usual frame;
     ``ranks`` distinct): each becomes its rank's last report (the last one its previous), and a
     declaration the rank had is dropped. The same updates as ``on_frame``'s loop, as array
     assignments over the entries' columns."""
-    entries.add(ranks)
+    entries.add(ranks, expected)
     if entries.apart(ranks):  # a rank kept apart (see RankEntries): the lists, one by one
         for r, step, lr in zip(ranks.tolist(), steps.tolist(), lrs.tolist(), strict=True):
             e = entries[r]
@@ -328,10 +330,11 @@ class LrSchedule:
             reports = map(events.__getitem__, rows)
         entries: RankEntries = state["r"]
         if JUDGED.isdisjoint(map(_GET_SCHEDULE, reports)):
-            _follow(entries, ranks, steps, lrs)
+            _follow(entries, ranks, steps, lrs, job.world_size)
             return
         judge = self._judge
-        held = entries.checkout(ranks)  # live lists: the loop below is on_step's, per row
+        # Live lists: the loop below is on_step's, per row.
+        held = entries.checkout(ranks, job.world_size)
         for i, e, step, lr in zip(rows, held, steps.tolist(), lrs.tolist(), strict=True):
             if step != e[_STEP]:
                 e[_PSTEP], e[_PLR] = e[_STEP], e[_LR]

@@ -303,7 +303,7 @@ class StragglerDetector:
         if not len(ranks):
             return
         entries = _table(state)
-        entries.add(ranks)
+        entries.add(ranks, job.world_size)
         if entries.apart(ranks):  # an entry kept out of the columns: on_step, row by row
             for event in events:
                 self.on_step(job, job.ranks[event.rank], state, event)

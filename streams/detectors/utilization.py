@@ -288,7 +288,8 @@ class _JobShare:
         if not count:
             return
         entries: RankEntries = state["r"]
-        entries.add(ranks)  # an entry at the defaults where a rank has none, as on_step's
+        # An entry at the defaults where a rank has none, as on_step's.
+        entries.add(ranks, job.world_size)
         if entries.apart(ranks):
             # An entry kept out of the columns (see RankEntries): on_step, row by row.
             ranks_of = job.ranks

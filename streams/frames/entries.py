@@ -157,8 +157,10 @@ class RankEntries:
         self.settle()
         return self._size
 
-    def add(self, ranks: npt.NDArray[np.int64]) -> None:
-        """Give every rank in ``ranks`` an entry (at the defaults) where it has none."""
+    def add(self, ranks: npt.NDArray[np.int64], expected: int | None = None) -> None:
+        """Give every rank in ``ranks`` an entry (at the defaults) where it has none.
+        ``expected``: the ranks the job said it has (its world size), if it said: the columns
+        then end there rather than at the next doubling."""
         if not len(ranks):
             return
         self.settle()
@@ -173,7 +175,7 @@ class RankEntries:
                 return
             top = int(ranks.max()) + 1
         if top > self._size:
-            self._grow(top)
+            self._grow(top, expected)
         has = self._has
         new = ranks[~has[ranks]]
         if self.far and len(new):
@@ -183,10 +185,12 @@ class RankEntries:
             has[new] = True
             self._count += len(new)
 
-    def _grow(self, size: int) -> None:
+    def _grow(self, size: int, expected: int | None = None) -> None:
         capacity = len(self._has)
         if size > capacity:
             capacity = max(size, capacity * 2, 8)
+            if expected is not None and size <= expected:
+                capacity = min(capacity, expected)
             for j, (kind, default) in enumerate(zip(self._kinds, self._defaults, strict=True)):
                 old = self._cols[j]
                 col = np.full(capacity, default, dtype=kind if kind is not None else object)
@@ -247,10 +251,12 @@ class RankEntries:
         ranks.update(self.far)
         return {r: self[r] for r in sorted(ranks)}
 
-    def checkout(self, ranks: npt.NDArray[np.int64]) -> list[list[Any]]:
+    def checkout(
+        self, ranks: npt.NDArray[np.int64], expected: int | None = None
+    ) -> list[list[Any]]:
         """The entries of distinct ``ranks`` as live lists, at once (column by column), made
         at the defaults where a rank has none: the scalar code of a frame's rare rows."""
-        self.add(ranks)
+        self.add(ranks, expected)
         if self.apart(ranks):
             return [self[r] for r in ranks.tolist()]
         values = [col[ranks].tolist() for col in self._cols]

@@ -101,6 +101,19 @@ def test_the_limit_for_a_row_counts_each_rank_held_once() -> None:
     assert 150_000 not in entries.far and entries.size == 150_001
 
 
+def test_columns_end_at_the_world_size_the_job_said() -> None:
+    # A 5,000-rank job reporting in frames of 2,000: doubling would make room for 8,000.
+    entries, doubled = RankEntries(FIELDS), RankEntries(FIELDS)
+    for first in range(0, 5_000, 2_000):
+        ranks = np.arange(first, min(first + 2_000, 5_000), dtype=np.int64)
+        entries.add(ranks, expected=5_000)
+        doubled.add(ranks)
+    assert entries == doubled and entries.size == doubled.size == 5_000
+    assert len(entries._has) == 5_000 and len(doubled._has) == 8_000
+    entries.add(np.array([6_000], dtype=np.int64), expected=5_000)  # past what it said
+    assert entries.size == 6_001 and 6_000 in entries
+
+
 def test_copies_and_pickles_are_equal_nan_and_all() -> None:
     entries = RankEntries(FIELDS)
     rng = random.Random(1)
