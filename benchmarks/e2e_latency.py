@@ -150,6 +150,65 @@ class AlertWatch(threading.Thread):
         self.consumer.close()
 
 
+class LagWatch(threading.Thread):
+    """Scrapes the worker's ``/metrics`` once a second: its consumer lag on the steps topic
+    (messages on the broker past the worker's *position*, from librdkafka's statistics).
+
+    Committed offsets alone cannot tell "keeps up" from "falls behind": they move only at a
+    snapshot, so a worker that keeps up is still up to a snapshot interval behind in them. The
+    position is what the worker has processed. Keeping up: the lag stays bounded through the
+    load, and drains within seconds once the load ends.
+    """
+
+    def __init__(self, port: int, topic: str) -> None:
+        super().__init__(daemon=True)
+        self.url = f"http://127.0.0.1:{port}/metrics"
+        self.topic = f'topic="{topic}"'
+        self.samples: list[tuple[float, int]] = []  # (seconds since start, lag)
+        self.started = time.perf_counter()
+        self.stop = threading.Event()
+
+    def lag(self) -> int | None:
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(self.url, timeout=2) as response:
+                text = response.read().decode()
+        except OSError:
+            return None
+        found = [
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("rankwatch_worker_consumer_lag{") and self.topic in line
+        ]
+        return int(sum(found)) if found else None
+
+    def run(self) -> None:
+        while not self.stop.wait(1.0):
+            lag = self.lag()
+            if lag is not None:
+                self.samples.append((round(time.perf_counter() - self.started, 2), lag))
+
+    def summary(self, load_s: float) -> dict[str, Any]:
+        """The lag through the load (means of its halves, max) and after it: how long the
+        worker took to reach the topic's end once the load stopped (None: not within the
+        wait)."""
+        during = [lag for t, lag in self.samples if t <= load_s]
+        after = [(t, lag) for t, lag in self.samples if t > load_s]
+        half = len(during) // 2
+        drained = next((t - load_s for t, lag in after if lag == 0), None)
+        return {
+            "samples": self.samples,
+            "max_during_load": max(during, default=None),
+            "mean_first_half": sum(during[:half]) / half if half else None,
+            "mean_second_half": (
+                sum(during[half:]) / (len(during) - half) if len(during) > half else None
+            ),
+            "at_load_end": during[-1] if during else None,
+            "drained_s_after_load": drained,
+        }
+
+
 def oom_record(job: str, rank: int) -> bytes:
     return orjson.dumps(
         {
@@ -202,13 +261,14 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         watch.start()
         app_id = f"bench-latency-{uuid.uuid4().hex[:8]}"
         worker_log = tmp / "worker.log"
+        metrics_port = _bench.free_port()
         with worker_log.open("wb") as log:
             tree = _bench.baseline_tree(args.baseline) if args.baseline else None
             argv = _bench.rankwatch_argv(
                 tree,
                 ["worker", "--bootstrap", bootstrap, "--app-id", app_id,
                  "--data-dir", str(tmp / "worker"), "--loglevel", "warn",
-                 "--runtime", args.runtime],
+                 "--runtime", args.runtime, "--metrics-port", str(metrics_port)],
             )  # fmt: skip
             procs.append(
                 subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -234,6 +294,8 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                  "--duration", str(duration)],
             )  # fmt: skip
             procs.append(subprocess.Popen(argv, stdout=out, start_new_session=True))
+        lags = LagWatch(metrics_port, topics.steps.name)
+        lags.start()
         time.sleep(args.warmup)
         print(f"load running; {args.probes} probes at {args.probe_rate}/s", flush=True)
         first = time.perf_counter()
@@ -256,6 +318,15 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         if procs[1].wait(duration + 60) != 0:
             raise SystemExit("the load process failed")
         load = json.loads(load_out.read_text().strip().splitlines()[-1])
+        # The load has ended: give the worker up to a minute to reach the topic's end.
+        load_s = load["seconds"]
+        deadline = time.perf_counter() + 60
+        while time.perf_counter() < deadline and not any(
+            t > load_s and lag == 0 for t, lag in lags.samples
+        ):
+            time.sleep(0.5)
+        lags.stop.set()
+        load["worker_lag"] = lags.summary(load_s)
         # How far the worker is behind the load when it ends: its group's committed offsets
         # (a snapshot interval behind at most, when it keeps up) against the topic's end.
         from confluent_kafka.admin import AdminClient
@@ -356,7 +427,17 @@ def main() -> None:
         f"max {lat['max']:.0f} ms (p50 first half {lat['first_half_p50']:.0f} ms, "
         f"second half {lat['second_half_p50']:.0f} ms)"
     )
-    print(f"worker backlog on the steps topic when the load ended: {load_backlog(result):,} events")
+    print(
+        f"worker's committed offsets behind the steps topic when the load ended: "
+        f"{load_backlog(result):,} events (they move at snapshots)"
+    )
+    lag = result["load"]["worker_lag"]
+    print(
+        f"worker's position behind the steps topic (its lag), sampled each second: mean "
+        f"{lag['mean_first_half']} in the load's first half, {lag['mean_second_half']} in its "
+        f"second, max {lag['max_during_load']}, {lag['at_load_end']} when it ended; "
+        f"reached the end {lag['drained_s_after_load']} s after the load ended"
+    )
     band = result["in_band"]
     if band["probes"]:
         print(
