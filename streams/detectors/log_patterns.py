@@ -172,6 +172,8 @@ def classify(
     weak_ok = _LEVEL_RANK.get(level, _WEAK_MIN_LEVEL) >= _WEAK_MIN_LEVEL
     if _PY_WARNING.search(message) and not any(h in message for h in _EXCEPTION_HINT):
         return None
+    if multiline and _ROOT_CAUSE in message:
+        message = _own_entry(message)
     for pat in PATTERNS:
         if not pat.strong and not weak_ok:
             continue
@@ -180,6 +182,23 @@ def classify(
             line = line_at(message, m.start(), max_line) if multiline else clip(message, max_line)
             return LogMatch(pat.rule, pat.label, line)
     return None
+
+
+def _own_entry(message: str) -> str:
+    r"""A torchelastic failure summary without its "Failures:" section: that section lists
+    the *other* ranks the agent stopped (``exitcode : -15 (SIGTERM)``: its own SIGTERM), so a
+    pattern matched there would quote another rank's line as this record's error. What is left
+    is the launcher's traceback and the entry under "Root Cause (first observed failure)".
+
+    >>> _own_entry("ChildFailedError:\nFailures:\n  exitcode : -15\nRoot Cause (first "
+    ...            "observed failure):\n  exitcode : 1")
+    'ChildFailedError:\nRoot Cause (first observed failure):\n  exitcode : 1'
+    """
+    root = message.find(_ROOT_CAUSE)
+    failures = message.rfind("Failures:", 0, root)
+    if failures < 0:
+        return message
+    return message[:failures] + message[root:]
 
 
 def line_at(message: str, pos: int, max_len: int = 400) -> str:

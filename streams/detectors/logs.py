@@ -290,6 +290,14 @@ class LogRulesDetector:
                 severity = cfg.event_severity
         elif "signal" in evidence:
             what = f"{where} died of {evidence['signal']}: {clip(match.line, 160)}"
+        elif match.label == "child_failed" and "root_cause_rank" in evidence:
+            # torchelastic's summary: its lines are the launcher's, not the error itself.
+            code = evidence.get("exitcode")
+            what = (
+                f"Fatal error on {where}: the launcher's failure summary names rank "
+                f"{evidence['root_cause_rank']} as the root cause"
+                + (f" (exitcode {code})" if code is not None else "")
+            )
         else:
             what = f"Fatal error on {where}: {clip(match.line, 160)}"
         return Finding(

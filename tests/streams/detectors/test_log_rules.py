@@ -354,3 +354,35 @@ def test_the_memory_frame_path_with_ranks_joining_late() -> None:
         )
         assert assert_job_frames_match_scalar(rule, events) == 0
         assert assert_job_frames_match_scalar(rule, events, tick_interval_s=5) == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "rank"),
+    [("torchrun_gloo_indexerror.log", 3), ("torchrun_gloo_peer_exits_first.log", 0)],
+)
+def test_a_launcher_summary_quotes_its_root_cause_not_a_peer_it_stopped(
+    name: str, rank: int, tmp_path: object
+) -> None:
+    # Real torchrun runs (tests/producers/data/): the launcher's ChildFailedError summary is
+    # one record, on the rank it saw fail. Its "Failures:" section lists the peers the agent
+    # stopped ("exitcode : -15 (pid: ...) (SIGTERM)"); the alert used to quote that line as
+    # the record's own error: "Fatal error on rank 3: exitcode : -15 (pid: 6938) (SIGTERM)".
+    from pathlib import Path
+
+    from rankwatch.cli.main import main
+    from rankwatch.schemas import decode
+
+    out = Path(str(tmp_path)) / "events.jsonl"
+    data = Path(__file__).parents[2] / "producers" / "data" / name
+    assert main(["ship", str(data), "--job", "j", "--utc", "--output", str(out)]) == 0
+    found = Engine.with_builtin_detectors()
+    alerts: list[Alert] = []
+    for line in out.read_bytes().splitlines():
+        alerts += found.process(decode(line))
+    [fatal] = [a for a in alerts if a.rule == "fatal_error"]
+    assert fatal.ranks == [rank] and "SIGTERM" not in fatal.summary
+    assert fatal.summary == (
+        f"Fatal error on rank {rank}: the launcher's failure summary names rank {rank} as the "
+        "root cause (exitcode 1)"
+    )
+    assert fatal.evidence["exitcode"] == 1 and "signal" not in fatal.evidence
