@@ -12,6 +12,7 @@ from typing import Any
 
 import noisy_steps
 import pytest
+from real_logs import shipped_alerts
 
 from rankwatch.schemas import Alert, LogEvent, StepEvent
 from rankwatch.streams.detectors.job_end import JobStopped
@@ -277,19 +278,7 @@ def test_the_rank_that_raised_is_the_root_cause_whoever_torchrun_saw_exit_first(
     # failure is gloo's "Connection closed by peer", a consequence of rank 3's: job_stopped
     # names rank 3 in both, its peers as having followed. (Before, the second said "rank 0
     # failed first (the launcher's root cause)".)
-    from pathlib import Path
-
-    from rankwatch.cli.main import main
-    from rankwatch.schemas import decode
-
-    out = tmp_path / "events.jsonl"
-    data = Path(__file__).parents[2] / "producers" / "data" / log
-    assert main(["ship", str(data), "--job", "j", "--utc", "--output", str(out)]) == 0
-    engine = Engine.with_builtin_detectors()
-    alerts: list[Alert] = []
-    for line in out.read_bytes().splitlines():
-        alerts += engine.process(decode(line))
-    alerts += engine.flush()
+    alerts = shipped_alerts(log, tmp_path, flush=True)
     [stopped] = [a for a in alerts if a.rule == "job_stopped"]
     assert stopped.summary.startswith("Job stopped without a clean end: rank 3 failed first")
     assert "IndexError: list index out of range" in stopped.summary

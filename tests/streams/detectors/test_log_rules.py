@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 from noisy_steps import noisy_job
+from real_logs import shipped_alerts
 from synth import T0, healthy_run
 
 from rankwatch.schemas import Alert, LogEvent, StepEvent
@@ -361,24 +363,13 @@ def test_the_memory_frame_path_with_ranks_joining_late() -> None:
     [("torchrun_gloo_indexerror.log", 3), ("torchrun_gloo_peer_exits_first.log", 0)],
 )
 def test_a_launcher_summary_quotes_its_root_cause_not_a_peer_it_stopped(
-    name: str, rank: int, tmp_path: object
+    name: str, rank: int, tmp_path: Path
 ) -> None:
     # Real torchrun runs (tests/producers/data/): the launcher's ChildFailedError summary is
     # one record, on the rank it saw fail. Its "Failures:" section lists the peers the agent
     # stopped ("exitcode : -15 (pid: ...) (SIGTERM)"); the alert used to quote that line as
     # the record's own error: "Fatal error on rank 3: exitcode : -15 (pid: 6938) (SIGTERM)".
-    from pathlib import Path
-
-    from rankwatch.cli.main import main
-    from rankwatch.schemas import decode
-
-    out = Path(str(tmp_path)) / "events.jsonl"
-    data = Path(__file__).parents[2] / "producers" / "data" / name
-    assert main(["ship", str(data), "--job", "j", "--utc", "--output", str(out)]) == 0
-    found = Engine.with_builtin_detectors()
-    alerts: list[Alert] = []
-    for line in out.read_bytes().splitlines():
-        alerts += found.process(decode(line))
+    alerts = shipped_alerts(name, tmp_path)
     [fatal] = [a for a in alerts if a.rule == "fatal_error"]
     assert fatal.ranks == [rank] and "SIGTERM" not in fatal.summary
     assert fatal.summary == (
