@@ -219,9 +219,12 @@ def clip(text: str, max_len: int = 400) -> str:
 
 
 # -- figures that evidence quotes -----------------------------------------------------------
-_TRIED: Final = re.compile(r"Tried to allocate ([\d.]+) ?([KMGT]i?B)")
+# A number as a person writes one (\d+(?:\.\d+)?, not [\d.]+): "2..0 GiB" in a record must not
+# make float() raise inside the engine (the decoder fuzz found it).
+_NUMBER: Final = r"(\d+(?:\.\d+)?)"
+_TRIED: Final = re.compile(rf"Tried to allocate {_NUMBER} ?([KMGT]i?B)")
 _CAPACITY: Final = re.compile(
-    r"has a total capacity of ([\d.]+) ?([KMGT]i?B) of which ([\d.]+) ?([KMGT]i?B) is free"
+    rf"has a total capacity of {_NUMBER} ?([KMGT]i?B) of which {_NUMBER} ?([KMGT]i?B) is free"
 )
 _UNIT_TO_GIB: Final = {"K": 2**-20, "M": 2**-10, "G": 1.0, "T": 1024.0}
 

@@ -47,7 +47,7 @@ from rankwatch.streams.frames import StepFrame
 
 RULE = "hang"
 KEY = "stuck"  # its own incident: the event-time hang and the watchdog records have theirs
-_FOR = re.compile(r"\bfor ([\d.]+) ?s\b")
+_FOR = re.compile(r"\bfor (\d+(?:\.\d+)?) ?s\b")  # not [\d.]+: "for 1..2 s" must not raise
 _FAILURE_LEVELS = frozenset({"ERROR", "CRITICAL"})  # a crash's record; the rest is not read
 _MAX_NAMED = 4  # culprits named in the summary: more is no longer "this rank"
 _STACKS_KEPT = 2  # stacks kept of ranks waiting on their peers (all culprits' are kept)

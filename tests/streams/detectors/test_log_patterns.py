@@ -324,3 +324,22 @@ def test_torchelastic_summary_figures_are_the_root_causes() -> None:
     figures = fatal_figures(summary)
     assert (figures["root_cause_rank"], figures["exitcode"]) == (3, 1)
     assert "signal" not in figures
+
+
+@pytest.mark.parametrize("number", ["2..0", "1.2.3", "..."])
+def test_an_oom_with_a_malformed_figure_still_fires_without_it(number: str) -> None:
+    # "Tried to allocate 2..0 GiB" made float() raise inside the engine (found by the
+    # reliability run's decoder fuzz): the record's OOM alert was lost with the exception.
+    from rankwatch.schemas import LogEvent
+    from rankwatch.streams.engine import Engine
+
+    message = (
+        f"torch.OutOfMemoryError: CUDA out of memory. Tried to allocate {number} GiB. GPU 0 "
+        f"has a total capacity of {number} GiB of which 1.02 GiB is free."
+    )
+    assert "tried_to_allocate_gib" not in oom_figures(message)
+    engine = Engine.with_builtin_detectors()
+    [alert] = engine.process(
+        LogEvent(job_id="j", rank=0, timestamp=1.0, level="ERROR", message=message)
+    )
+    assert alert.rule == "cuda_oom" and "tried_to_allocate_gib" not in alert.evidence

@@ -110,6 +110,20 @@ def test_the_rank_stuck_outside_a_collective_is_named_with_its_stack() -> None:
     assert [(a.rule, a.status) for a in resolved] == [("hang", "resolved")]
 
 
+def test_a_stuck_record_with_a_malformed_duration_is_still_read() -> None:
+    # "for 1..2 s": the duration is not a number. It used to raise ValueError from float()
+    # inside the engine (the reliability run's decoder fuzz); it is "not said" now.
+    engine = Engine.with_builtin_detectors()
+    _job(engine)
+    alerts: list[Alert] = []
+    for rank in range(RANKS):
+        stuck = _stuck(rank, 20 + rank / 10, IN_DATA if rank == 3 else IN_ALL_REDUCE)
+        alerts += engine.process(stuck.model_copy(update={"message": stuck.message.replace(
+            "for 9.0 s", "for 1..2 s")}))  # fmt: skip
+    (hang,) = alerts
+    assert (hang.rule, hang.ranks) == ("hang", [3])
+
+
 def test_a_rank_that_stays_quiet_while_its_peers_wait_is_named() -> None:
     engine = Engine.with_builtin_detectors()
     _job(engine)
