@@ -51,8 +51,12 @@ def float_to_wire(value: float) -> float | str:
 
 
 JobId = Annotated[str, Field(pattern=JOB_ID_PATTERN, description="the training job")]
-Rank = Annotated[int, Field(strict=True, ge=0, description="global rank")]
-Step = Annotated[int, Field(strict=True, ge=0, description="optimizer step")]
+#: The largest integer any field takes: a signed 64-bit one, what every reader of an event
+#: holds (Kafka's consumers, SQL's BIGINT, numpy, the worker's stored state). A step of
+#: 10**29 used to be accepted, then stopped the worker at its next snapshot.
+INT64_MAX = 2**63 - 1
+Rank = Annotated[int, Field(strict=True, ge=0, le=INT64_MAX, description="global rank")]
+Step = Annotated[int, Field(strict=True, ge=0, le=INT64_MAX, description="optimizer step")]
 
 Timestamp = Annotated[
     AwareDatetime,

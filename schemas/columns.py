@@ -57,8 +57,6 @@ import numpy.typing as npt
 from rankwatch.schemas._fast import (
     _build,
     _Finite,
-    _Int0,
-    _Int1,
     _Measure,
     _Percent,
     _timestamp,
@@ -166,8 +164,8 @@ class DecodedBatch:
 # The common shape only: anything else fails to decode and goes to `decode`. Rules as in
 # schemas._fast (which are checked against pydantic), narrowed: schema_version must be said and
 # be 1, `kind` said, no nulls (an absent optional field is None, so a null would be ambiguous),
-# rank/step/world_size within int64 (the columns' type). job_id is a plain str here: its pattern
-# is checked once per distinct id of the batch, not once per row.
+# every int within int64 (the columns' type, and the contract's bound). job_id is a plain str
+# here: its pattern is checked once per distinct id of the batch, not once per row.
 _INT64_MAX = 2**63 - 1
 _Int0_64 = Annotated[int, msgspec.Meta(ge=0, le=_INT64_MAX)]
 _Int1_64 = Annotated[int, msgspec.Meta(ge=1, le=_INT64_MAX)]
@@ -186,7 +184,7 @@ class _Row(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, gc=False):
     rank: _Int0_64
     host: str = _NONE
     timestamp: str | int | float
-    attempt: _Int0 = _NONE
+    attempt: _Int0_64 = _NONE
     phase: Literal["train", "eval", "checkpoint"] = _NONE
     kind: Literal["step"]
     world_size: _Int1_64 = _NONE
@@ -203,8 +201,8 @@ class _Row(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, gc=False):
     compute_time_s: _Measure = _ABSENT
     gpu_utilization: _Percent = _ABSENT
     lr_schedule: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = _NONE
-    lr_warmup_steps: _Int0 = _NONE
-    lr_total_steps: _Int1 = _NONE
+    lr_warmup_steps: _Int0_64 = _NONE
+    lr_total_steps: _Int1_64 = _NONE
 
 
 assert list(_Row.__struct_fields__) == list(StepEvent.model_fields)

@@ -222,6 +222,9 @@ def _one_type(prop: dict[str, Any]) -> str:
     if kind == "array":
         text = f"list of {names.get(prop.get('items', {}).get('type'), 'values')}"
     low, high = prop.get("minimum"), prop.get("maximum")
+    if kind == "integer" and high == 2**63 - 1:  # every int field: the bound is the type's
+        text += " (64-bit)"
+        high = None
     if low is not None and high is not None:
         text += f", {low}-{high}"
     elif low is not None:

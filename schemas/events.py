@@ -8,7 +8,16 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from rankwatch.schemas._types import JobId, Measure, NonFiniteFloat, Percent, Rank, Step, Timestamp
+from rankwatch.schemas._types import (
+    INT64_MAX,
+    JobId,
+    Measure,
+    NonFiniteFloat,
+    Percent,
+    Rank,
+    Step,
+    Timestamp,
+)
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 #: What a job is doing, where the trainer says it: detectors judge training steps only, and a
@@ -47,14 +56,14 @@ class EventBase(BaseModel):
 
     model_config = ConfigDict(extra="allow", frozen=True, validate_default=False)
 
-    schema_version: Annotated[int, Field(strict=True, ge=1)] = 1
+    schema_version: Annotated[int, Field(strict=True, ge=1, le=INT64_MAX)] = 1
     job_id: JobId
     rank: Rank
     host: str | None = None
     timestamp: Timestamp
     #: The job's attempt: a restart from a checkpoint is a new attempt of the same job
     #: (torchrun's ``TORCHELASTIC_RESTART_COUNT``). Detector state starts fresh with each one.
-    attempt: Annotated[int, Field(strict=True, ge=0)] | None = None
+    attempt: Annotated[int, Field(strict=True, ge=0, le=INT64_MAX)] | None = None
     #: The phase the rank is in when it produced the event (``train`` where not said).
     phase: Phase | None = None
 
@@ -79,7 +88,7 @@ class StepEvent(EventBase):
     """
 
     kind: Literal["step"] = "step"
-    world_size: Annotated[int, Field(strict=True, ge=1)] | None = None
+    world_size: Annotated[int, Field(strict=True, ge=1, le=INT64_MAX)] | None = None
     step: Step
     loss: NonFiniteFloat | None = None
     learning_rate: Annotated[float, Field(allow_inf_nan=False)] | None = None
@@ -97,8 +106,8 @@ class StepEvent(EventBase):
     #: ``cosine``, ``cosine_with_restarts``, ``polynomial``, ``inverse_sqrt``, or its own name),
     #: its warm-up and total steps: what the ``lr_schedule`` rule checks the observed LR against.
     lr_schedule: Annotated[str, Field(min_length=1, max_length=64)] | None = None
-    lr_warmup_steps: Annotated[int, Field(strict=True, ge=0)] | None = None
-    lr_total_steps: Annotated[int, Field(strict=True, ge=1)] | None = None
+    lr_warmup_steps: Annotated[int, Field(strict=True, ge=0, le=INT64_MAX)] | None = None
+    lr_total_steps: Annotated[int, Field(strict=True, ge=1, le=INT64_MAX)] | None = None
 
     @model_validator(mode="after")
     def _rank_within_world(self) -> StepEvent:

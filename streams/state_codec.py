@@ -330,8 +330,11 @@ def _event_fields(event: StepEvent) -> dict[str, Any]:
     without validating again, 6x cheaper than its wire form both ways)."""
     if not isinstance(event, StepEvent):  # a row of decoded columns (schemas.StepRecord)
         return event.given()
+    # The declared fields it was given: an unknown field (kept by the contract, read by no
+    # detector) is in model_fields_set but not in __dict__, and may hold what the format
+    # cannot (an integer past 64 bits).
     values = event.__dict__
-    return {name: values[name] for name in event.model_fields_set}
+    return {name: values[name] for name in event.model_fields_set if name in values}
 
 
 def _event_from(value: Mapping[str, Any]) -> StepEvent:

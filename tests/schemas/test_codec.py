@@ -223,6 +223,18 @@ def test_every_required_field_missing_is_named(payload: dict[str, object], field
         ({"rank": True}, "rank: Input should be a valid integer (got True)"),
         ({"rank": -1}, "rank: Input should be greater than or equal to 0 (got -1)"),
         ({"step": -3}, "step: Input should be greater than or equal to 0 (got -3)"),
+        # Every reader holds 64 bits: a step of 10**29 was accepted, then stopped the worker
+        # at its next snapshot (the state format holds 64 bits too).
+        ({"step": 10**29}, "step: Input should be a valid integer (got 1e+29)"),
+        (
+            {"step": 2**63 + 5},
+            "step: Input should be less than or equal to 9223372036854775807 "
+            "(got 9223372036854775813)",
+        ),
+        (
+            {"rank": 2**63, "world_size": None},
+            "rank: Input should be less than or equal to 9223372036854775807",
+        ),
         ({"rank": 300}, "rank 300 is not below world_size 256"),
         ({"world_size": 0}, "world_size: Input should be greater than or equal to 1 (got 0)"),
         ({"job_id": ""}, "job_id: String should match pattern '^[A-Za-z0-9._:-]{1,128}$' (got '')"),

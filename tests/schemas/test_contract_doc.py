@@ -32,7 +32,7 @@ def test_every_field_of_every_model_is_on_the_page_with_a_meaning() -> None:
 def test_ranges_come_from_the_models() -> None:
     page = contract_markdown()
     assert "| `gpu_memory_usage` | float, 0-100 | no |" in page
-    assert "| `rank` | int >= 0 | yes |" in page
+    assert "| `rank` | int (64-bit) >= 0 | yes |" in page
     assert "| `loss` | float or non-finite | no |" in page
 
 

@@ -139,11 +139,12 @@ def test_a_release_in_frames_gives_what_the_row_by_row_release_gives() -> None:
 
 
 def test_a_rank_far_beyond_the_others_or_a_step_past_int64_fails_no_batch() -> None:
-    """Both are valid by the contract (ranks and steps are unbounded), and a producer's bug
-    can send them: rank 2**62 in a 64-rank job that declares no world size (rank tables up to
-    it would be exabytes), a step of 2**63 + 5 (past the frames' int64). Before, the first
-    made every later batch of the job fail (dead letters, detection lost); now every batch
-    is applied and the tables keep their 64 rows."""
+    """A producer's bug can send rank 2**62 in a 64-rank job that declares no world size
+    (valid by the contract: rank tables up to it would be exabytes), and a step of the
+    largest int64 (valid) or past it (refused by the contract: every reader holds 64 bits).
+    Before, the first made every later batch of the job fail (dead letters, detection lost);
+    now every batch is applied and the tables keep their 64 rows, and the step past int64
+    alone is a dead letter that says why."""
     import orjson
 
     from rankwatch.streams.pipeline import Pipeline
@@ -165,9 +166,11 @@ def test_a_rank_far_beyond_the_others_or_a_step_past_int64_fails_no_batch() -> N
         if n in (2, 3, 4):
             batch.append(step(2**62, n))
         if n == 5:
-            batch.append(step(7, 2**63 + 5))
+            batch += [step(7, 2**63 - 1), step(8, 2**63 + 5)]
         _, dead = pipeline.handle_batch(batch)
         failed += [letter.error for _, letter in dead]
-    assert failed == []
+    assert failed == [
+        "step: Input should be less than or equal to 9223372036854775807 (got 9223372036854775813)"
+    ]
     job = engine.jobs["odd"]
     assert job.tables and all(len(table) == 64 for table in job.tables.values())
