@@ -251,7 +251,8 @@ class ColumnarSteps:
             ranks = np.array([e[1] for e in rows], dtype=np.int64)
             steps = np.array([e[2] for e in rows], dtype=np.int64)
         except OverflowError:
-            # A rank or step past int64 (the contract bounds neither): these rows row by row.
+            # A rank or step past int64 (the contract refuses one; an event built without
+            # validation can hold one): these rows row by row.
             for _, rank, _, _, event, _ in rows:
                 for rule, slot in framed:
                     rule.on_step(job, job.ranks[rank], slot, event)

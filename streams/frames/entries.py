@@ -25,7 +25,8 @@ back either way (``streams/state_codec.py``).
 
 A rank far beyond the others (:func:`~rankwatch.streams.frames.table.dense_limit`: a producer's
 bug, since a declared world size bounds the ranks) gets no row: columns up to it would hold
-gigabytes. So does an entry holding an int past int64 (a step: the contract bounds none). Such
+gigabytes. So does an entry holding an int past int64 (the contract bounds its ints to int64;
+an event built without validation, or a sum of steps, can still hold one). Such
 an entry is kept apart (:attr:`RankEntries.far`): it is stored, restored and handed out as a
 live list like any other, but the columns do not show it. A frame over such a rank goes row by
 row (:meth:`RankEntries.apart`); a tick that must count it reads ``far`` too (the utilization
@@ -273,7 +274,7 @@ class RankEntries:
         try:
             self._write(out)
         except OverflowError:
-            # An int past int64 in an entry (a step: the contract bounds none): such an entry
+            # An int past int64 in an entry (an unvalidated event's step): such an entry
             # is kept apart, as a far rank's is; the others are written.
             for r, e in list(out.items()):
                 if any(type(v) is int and not _INT64_MIN <= v <= _INT64_MAX for v in e):
