@@ -261,14 +261,17 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         watch.start()
         app_id = f"bench-latency-{uuid.uuid4().hex[:8]}"
         worker_log = tmp / "worker.log"
-        metrics_port = _bench.free_port()
+        # The worker's lag is read from its /metrics, which the batch runtime serves (the
+        # Faust runtime has none: its lag is not reported).
+        metrics_port = _bench.free_port() if args.runtime == "batch" else None
+        serve = [] if metrics_port is None else ["--metrics-port", str(metrics_port)]
         with worker_log.open("wb") as log:
             tree = _bench.baseline_tree(args.baseline) if args.baseline else None
             argv = _bench.rankwatch_argv(
                 tree,
                 ["worker", "--bootstrap", bootstrap, "--app-id", app_id,
                  "--data-dir", str(tmp / "worker"), "--loglevel", "warn",
-                 "--runtime", args.runtime, "--metrics-port", str(metrics_port)],
+                 "--runtime", args.runtime, *serve],
             )  # fmt: skip
             procs.append(
                 subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -294,8 +297,9 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                  "--duration", str(duration)],
             )  # fmt: skip
             procs.append(subprocess.Popen(argv, stdout=out, start_new_session=True))
-        lags = LagWatch(metrics_port, topics.steps.name)
-        lags.start()
+        lags = LagWatch(metrics_port, topics.steps.name) if metrics_port is not None else None
+        if lags is not None:
+            lags.start()
         time.sleep(args.warmup)
         print(f"load running; {args.probes} probes at {args.probe_rate}/s", flush=True)
         first = time.perf_counter()
@@ -320,13 +324,14 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         load = json.loads(load_out.read_text().strip().splitlines()[-1])
         # The load has ended: give the worker up to a minute to reach the topic's end.
         load_s = load["seconds"]
-        deadline = time.perf_counter() + 60
-        while time.perf_counter() < deadline and not any(
-            t > load_s and lag == 0 for t, lag in lags.samples
-        ):
-            time.sleep(0.5)
-        lags.stop.set()
-        load["worker_lag"] = lags.summary(load_s)
+        if lags is not None:
+            deadline = time.perf_counter() + 60
+            while time.perf_counter() < deadline and not any(
+                t > load_s and lag == 0 for t, lag in lags.samples
+            ):
+                time.sleep(0.5)
+            lags.stop.set()
+        load["worker_lag"] = lags.summary(load_s) if lags is not None else None
         # How far the worker is behind the load when it ends: its group's committed offsets
         # (a snapshot interval behind at most, when it keeps up) against the topic's end.
         from confluent_kafka.admin import AdminClient
@@ -432,12 +437,15 @@ def main() -> None:
         f"{load_backlog(result):,} events (they move at snapshots)"
     )
     lag = result["load"]["worker_lag"]
-    print(
-        f"worker's position behind the steps topic (its lag), sampled each second: mean "
-        f"{lag['mean_first_half']} in the load's first half, {lag['mean_second_half']} in its "
-        f"second, max {lag['max_during_load']}, {lag['at_load_end']} when it ended; "
-        f"reached the end {lag['drained_s_after_load']} s after the load ended"
-    )
+    if lag is None:
+        print("worker's lag: not reported (the Faust runtime serves no /metrics)")
+    else:
+        print(
+            f"worker's position behind the steps topic (its lag), sampled each second: mean "
+            f"{lag['mean_first_half']} in the load's first half, {lag['mean_second_half']} in its "
+            f"second, max {lag['max_during_load']}, {lag['at_load_end']} when it ended; "
+            f"reached the end {lag['drained_s_after_load']} s after the load ended"
+        )
     band = result["in_band"]
     if band["probes"]:
         print(
