@@ -209,6 +209,8 @@ def corpus(big_bytes: int = 10 * 1024 * 1024) -> list[tuple[str, bytes]]:
         ("bad job_id", _edit(step, job_id="a b/c")),
         ("memory percent 400", _edit(step, gpu_memory_usage=400)),
         ("huge integer", step.replace(b'"step": 120', b'"step": ' + b"9" * 5000)),
+        # Past 64 bits: accepted once, then it stopped the worker at its next snapshot.
+        ("step past 64 bits", _edit(step, step=2**63)),
         ("deeply nested", b'{"kind":"step","x":' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
         (
             "log without message",
