@@ -257,6 +257,10 @@ class LrSchedule:
     #: Its job state's tables keyed by rank: stored with their ranks, not in the job's head.
     rank_keyed: ClassVar[tuple[str, ...]] = ("r",)
     rule: ClassVar[str] = "lr_schedule"
+    #: A job with fewer entries is judged on their live lists, a bigger one on the columns
+    #: (:data:`~rankwatch.streams.frames.entries.LISTS_BELOW`); a test sets 0 on an instance
+    #: to run the column path on a small job.
+    lists_below: int = LISTS_BELOW
 
     def __init__(self, config: LrScheduleConfig | None = None) -> None:
         self.config = c = config or LrScheduleConfig()
@@ -459,7 +463,7 @@ class LrSchedule:
         entries: RankEntries = state["r"]
         if not len(entries):
             return []
-        if len(entries) < LISTS_BELOW:
+        if len(entries) < self.lists_below:
             return self._judge_lists(job, state, entries.live(), now, wait=wait)
         out: list[Outcome] = []
         # Every entry's fields as arrays (a rank far beyond the others is left out: see
@@ -500,11 +504,10 @@ class LrSchedule:
         rows = list(entries.values())
         steps = [e[_STEP] for e in rows]
         prev = [e[_PSTEP] for e in rows]
-        flags = any(map(_GET_BAD, rows)) or any(map(_GET_BITS, rows))
         current = max(prev)
         bad = (
             [r for r, e in entries.items() if e[_BAD] and e[_STEP] >= current]
-            if flags and any(map(_GET_BAD, rows))
+            if any(map(_GET_BAD, rows))
             else []
         )
         self._schedule(job, state, entries, bad, now, out, wait)

@@ -247,6 +247,10 @@ class StragglerDetector:
     #: Its job state's tables keyed by rank: stored with their ranks, not in the job's head.
     rank_keyed: ClassVar[tuple[str, ...]] = ("r",)
     rule: ClassVar[str] = "straggler"
+    #: A job with fewer entries is judged on their live lists, a bigger one on the columns
+    #: (:data:`~rankwatch.streams.frames.entries.LISTS_BELOW`); a test sets 0 on an instance
+    #: to run the column path on a small job.
+    lists_below: int = LISTS_BELOW
 
     def __init__(self, config: StragglerConfig | None = None) -> None:
         self.config = config or StragglerConfig()
@@ -328,7 +332,7 @@ class StragglerDetector:
         event with its ticks reading the columns, 19 reading the lists). A big job's entries
         are read as columns."""
         entries = _table(state)
-        if len(job.ranks) < LISTS_BELOW:
+        if len(job.ranks) < self.lists_below:
             return self._tick_lists(job, state, entries, now)
         return self._tick_columns(job, state, entries, now)
 

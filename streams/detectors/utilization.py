@@ -204,6 +204,10 @@ class _JobShare:
     rank_keyed: ClassVar[tuple[str, ...]] = ("r",)
     rule: ClassVar[str]
     config: Any
+    #: A job with fewer entries is judged on their live lists, a bigger one on the columns
+    #: (:data:`~rankwatch.streams.frames.entries.LISTS_BELOW`); a test sets 0 on an instance
+    #: to run the column path on a small job.
+    lists_below: int = LISTS_BELOW
 
     def __init__(self) -> None:
         self._alpha = 1.0 / self.config.smoothing_steps
@@ -371,7 +375,7 @@ class _JobShare:
         state["new"] = 0
         cfg = self.config
         entries: RankEntries = state["r"]
-        ranks, cols, present = _judged(entries)
+        ranks, cols, present = _judged(entries, self.lists_below)
         fresh_after = now - cfg.stale_s
         firing = bool(state["on"])
         # Once a streak began (or the incident is open) the resolve bar holds: a job that
@@ -697,12 +701,12 @@ def _ewma(col: Floats, at: Ints, x: Floats, alpha: float) -> None:
     col[at] = np.where(old != old, x, old + alpha * (x - old))
 
 
-def _judged(entries: RankEntries) -> tuple[list[int] | None, Cols, Mask]:
+def _judged(entries: RankEntries, lists_below: int) -> tuple[list[int] | None, Cols, Mask]:
     """What a tick reads of ``entries``: each row's rank (None: a row is its rank's), the
     fields of ``_JUDGED`` as columns, and which rows hold an entry. The entries kept out of
     the columns (``RankEntries.far``: a rank far beyond the others, a step past int64) are rows
     after theirs: the tick judges every entry, as the rule did when its entries were lists."""
-    if len(entries) < LISTS_BELOW:
+    if len(entries) < lists_below:
         # A small job's entries are live lists (its steps come one at a time): read as they
         # are, not copied back into the columns first, which would make every next step
         # build its rank's list again.

@@ -99,7 +99,11 @@ def assert_frames_match_scalar(rule: FrameRule, events: Sequence[StepEvent]) -> 
 
 
 def assert_job_frames_match_scalar(
-    rule: Any, events: Sequence[StepEvent], *, tick_interval_s: float = 1.0
+    rule: Any,
+    events: Sequence[StepEvent],
+    *,
+    tick_interval_s: float = 1.0,
+    frames_rule: Any = None,
 ) -> int:
     """A job-level rule's ``on_frame`` against its ``on_step``: ``events`` (steps of one job,
     in the order the engine applies them) are cut as the engine cuts them (a frame ends at a
@@ -107,14 +111,18 @@ def assert_job_frames_match_scalar(
     again); one state takes ``on_step`` row by row, another ``on_frame`` frame by frame. After
     every frame the two states must be equal (:func:`rankwatch.streams.testing.state_difference`)
     and the rule's ``on_tick`` at a tick must give the same outcomes on both. Raises
-    ``AssertionError`` naming the first difference; returns how many ticks gave outcomes."""
+    ``AssertionError`` naming the first difference; returns how many ticks gave outcomes.
+
+    ``frames_rule``: another instance for the frame side (default: ``rule``), such as one that
+    judges a small job on its columns (``lists_below = 0``) where ``rule`` reads live lists."""
+    framed = rule if frames_rule is None else frames_rule
     from rankwatch.streams.frames.frame import StepFrame
     from rankwatch.streams.testing import state_difference
 
     job_a, job_b = _job(events), _job(events)
     for job in (job_a, job_b):
         job.world_size = max((e.world_size or 0 for e in events), default=0) or None
-    state_a, state_b = rule.new_job_state(), rule.new_job_state()
+    state_a, state_b = rule.new_job_state(), framed.new_job_state()
     last_tick = -math.inf
     rows: list[StepEvent] = []
     seen: set[int] = set()
@@ -122,7 +130,7 @@ def assert_job_frames_match_scalar(
 
     def frame_done(at: int) -> None:
         if rows:
-            rule.on_frame(job_b, state_b, StepFrame.from_events(rows), list(rows))
+            framed.on_frame(job_b, state_b, StepFrame.from_events(rows), list(rows))
         rows.clear()
         seen.clear()
         differ = state_difference(state_a, state_b, "state")
@@ -140,7 +148,7 @@ def assert_job_frames_match_scalar(
             frame_done(i)
             last_tick = now - now % tick_interval_s
             a = list(rule.on_tick(job_a, state_a, now))
-            b = list(rule.on_tick(job_b, state_b, now))
+            b = list(framed.on_tick(job_b, state_b, now))
             if _plain(a) != _plain(b):
                 raise AssertionError(f"tick at event {i}: scalar {a!r}\nframes {b!r}")
             outcomes += bool(a)

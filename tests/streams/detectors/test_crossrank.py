@@ -429,6 +429,21 @@ def test_the_frame_path_leaves_the_state_on_step_leaves(seed: int, ranks: int) -
     assert found > 0  # the straggler was judged both ways, not merely nothing both ways
 
 
+@pytest.mark.parametrize("seed", range(2))
+def test_a_small_job_is_judged_on_its_lists_as_on_its_columns(seed: int) -> None:
+    # Under LISTS_BELOW ranks a tick reads the entries' live lists (numpy costs more than the
+    # loop there): the same ticks on the columns give the same outcomes and state.
+    events = noisy_steps.noisy_job(seed, _timings, ranks=12, steps=100)
+    config = StragglerConfig(warmup_samples=2, window=4, min_flagged=3, recover=4)
+    lists, columns = StragglerDetector(config), StragglerDetector(config)
+    columns.lists_below = 0
+    for interval in (0.3, 1.0, 4.0):
+        found = assert_job_frames_match_scalar(
+            Fresh(lists), events, tick_interval_s=interval, frames_rule=Fresh(columns)
+        )
+        assert found > 0  # the straggler was judged both ways
+
+
 # The faults these rules judge, and a healthy job; `rankwatch scenarios` covers the rest.
 @pytest.mark.parametrize("name", ["healthy", "straggler", "hang", "rank_silent", "nccl_timeout"])
 def test_the_frame_path_on_simulated_faults(name: str) -> None:

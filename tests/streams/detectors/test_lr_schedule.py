@@ -333,6 +333,25 @@ def test_the_frame_path_leaves_the_state_and_ticks_on_step_leaves(seed: int) -> 
     assert_job_frames_match_scalar(LrSchedule(), undeclared)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_a_small_job_is_judged_on_its_lists_as_on_its_columns(seed: int) -> None:
+    # Under LISTS_BELOW ranks a tick reads the entries' live lists (numpy costs more than the
+    # loop there): the same ticks on the columns give the same outcomes and state. The job's
+    # ranks disagree at times (noisy LRs) and leave the declared curve.
+    name = sorted(JUDGED)[seed]
+    events = noisy_steps.noisy_job(seed, _noisy_lrs(name, 20, 400, seed), steps=400)
+    events = _declared(
+        events, lambda step: {"lr_schedule": name, "lr_warmup_steps": 20, "lr_total_steps": 400}
+    )
+    tight = LrScheduleConfig(mismatch_reports=1, off_reports=1, recover_reports=1, refresh_s=5)
+    found = 0
+    for config in (LrScheduleConfig(), tight):
+        columns = LrSchedule(config)
+        columns.lists_below = 0
+        found += assert_job_frames_match_scalar(LrSchedule(config), events, frames_rule=columns)
+    assert found > 0
+
+
 @pytest.mark.parametrize("name", ["healthy", "straggler", "rank_silent"])
 def test_the_frame_path_over_simulated_jobs(name: str) -> None:
     spec = JobSpec(job_id=f"sim-{name}", ranks=8, steps=200, seed=5)

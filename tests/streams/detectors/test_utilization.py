@@ -651,6 +651,21 @@ def test_the_frame_path_leaves_the_state_on_step_leaves(seed: int, ranks: int) -
     assert found >= 12  # both quick rules fired and resolved: judged both ways, not silent
 
 
+@pytest.mark.parametrize("seed", range(2))
+def test_a_small_job_is_judged_on_its_lists_as_on_its_columns(seed: int) -> None:
+    # Under LISTS_BELOW ranks a tick reads the entries' live lists (numpy costs more than the
+    # loop there): the same ticks on the columns give the same outcomes and state.
+    events = noisy_steps.noisy_job(seed, _noisy_times, ranks=12, steps=260, step_s=0.6)
+    found = 0
+    for lists, columns in zip(_frame_rules(), _frame_rules(), strict=True):
+        columns.lists_below = 0
+        for interval in (0.3, 1.0, 4.0):
+            found += assert_job_frames_match_scalar(
+                lists, events, tick_interval_s=interval, frames_rule=columns
+            )
+    assert found >= 12  # both quick rules fired and resolved
+
+
 @functools.cache
 def _simulated(name: str, ranks: int = 24) -> list[StepEvent]:
     """A simulated job's step events with one fault, in the engine's (time, rank) order, with
